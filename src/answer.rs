@@ -1,0 +1,149 @@
+//! The answers extoken gives instead of forwarding: what status, which headers, what body.
+//!
+//! Kept apart from pingora so every answer is a plain value a unit test can look at. Bodies are
+//! small JSON documents; descriptions come from our own error texts, never from the token, the
+//! connector's reply or a secret.
+
+use bytes::Bytes;
+
+use crate::exchange::ExchangeError;
+use crate::verify::{AuthError, VerifyError};
+
+/// A response extoken writes itself. `outcome`/`reason` feed logs and metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub status: u16,
+    pub www_authenticate: Option<String>,
+    pub retry_after: Option<u32>,
+    pub body: Bytes,
+    pub outcome: &'static str,
+    pub reason: &'static str,
+}
+
+/// Seconds a client is told to wait when a dependency is down.
+pub const RETRY_AFTER_SECS: u32 = 5;
+
+impl Answer {
+    pub fn unauthorized(e: &AuthError) -> Answer {
+        match e {
+            AuthError::Missing => Answer {
+                status: 401,
+                www_authenticate: Some(r#"Bearer realm="extoken""#.into()),
+                retry_after: None,
+                body: json_body("unauthorized", "no session token: send Authorization: Bearer <session JWT> or the session cookie"),
+                outcome: "unauthorized",
+                reason: e.reason(),
+            },
+            _ => Self::invalid_token(&e.to_string(), e.reason()),
+        }
+    }
+
+    fn invalid_token(description: &str, reason: &'static str) -> Answer {
+        Answer {
+            status: 401,
+            www_authenticate: Some(format!(
+                r#"Bearer error="invalid_token", error_description="{}""#,
+                quoted_safe(description)
+            )),
+            retry_after: None,
+            body: json_body("invalid_token", description),
+            outcome: "unauthorized",
+            reason,
+        }
+    }
+
+    pub fn from_verify(e: &VerifyError) -> Answer {
+        match e {
+            VerifyError::Invalid(a) => Self::unauthorized(a),
+            VerifyError::KeysUnavailable => Self::unavailable("Descope keys are not available yet", "jwks_unavailable"),
+        }
+    }
+
+    pub fn from_exchange(e: &ExchangeError) -> Answer {
+        match e {
+            ExchangeError::MissingClaim { .. } => Self::invalid_token(&e.to_string(), "missing_external_token"),
+            ExchangeError::InvalidClaim { .. } => Self::invalid_token(&e.to_string(), "invalid_external_token"),
+            ExchangeError::Unavailable { connector, .. } => Self::unavailable(
+                &format!("connector {connector} is unavailable"),
+                "connector_unavailable",
+            ),
+        }
+    }
+
+    pub fn unavailable(description: &str, reason: &'static str) -> Answer {
+        Answer {
+            status: 503,
+            www_authenticate: None,
+            retry_after: Some(RETRY_AFTER_SECS),
+            body: json_body("temporarily_unavailable", description),
+            outcome: "unavailable",
+            reason,
+        }
+    }
+
+    pub fn no_route() -> Answer {
+        Answer {
+            status: 404,
+            www_authenticate: None,
+            retry_after: None,
+            body: json_body("not_found", "no route for this request"),
+            outcome: "no_route",
+            reason: "no_route",
+        }
+    }
+}
+
+fn json_body(error: &str, description: &str) -> Bytes {
+    let v = serde_json::json!({ "error": error, "error_description": description });
+    Bytes::from(v.to_string())
+}
+
+/// RFC 6750 descriptions are quoted-strings limited to visible ASCII minus `"` and `\`.
+fn quoted_safe(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' { c } else { '\'' })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_token_challenge_has_realm_only() {
+        let a = Answer::unauthorized(&AuthError::Missing);
+        assert_eq!(a.status, 401);
+        assert_eq!(a.www_authenticate.as_deref(), Some(r#"Bearer realm="extoken""#));
+    }
+
+    #[test]
+    fn bad_token_challenge_and_body_agree() {
+        let a = Answer::unauthorized(&AuthError::Expired);
+        assert_eq!(
+            a.www_authenticate.as_deref(),
+            Some(r#"Bearer error="invalid_token", error_description="token has expired""#)
+        );
+        let body: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+        assert_eq!(body["error"], "invalid_token");
+        assert_eq!(body["error_description"], "token has expired");
+        assert_eq!(a.reason, "expired");
+    }
+
+    #[test]
+    fn missing_claim_mentions_claim() {
+        let a = Answer::from_exchange(&ExchangeError::MissingClaim { claim: "externalToken".into() });
+        assert_eq!(a.status, 401);
+        assert!(a.www_authenticate.unwrap().contains("externalToken"));
+    }
+
+    #[test]
+    fn unavailable_has_retry_after() {
+        let a = Answer::from_verify(&VerifyError::KeysUnavailable);
+        assert_eq!((a.status, a.retry_after), (503, Some(RETRY_AFTER_SECS)));
+    }
+
+    #[test]
+    fn descriptions_are_header_safe() {
+        assert_eq!(quoted_safe("a\"b\\c\nd"), "a'b'c'd");
+    }
+}

@@ -1,0 +1,443 @@
+//! `gateway.yaml`: the configuration types, loading and validation.
+//!
+//! These types mirror the file and nothing else; `crate::gateway` turns a validated [`Config`] into
+//! the runtime objects the proxy uses. Every error names the key path it is about
+//! (`routes[1].connector: no connector named "fb"`), because the person reading it has a YAML file
+//! open, not our source.
+
+mod duration;
+mod expand;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub use duration::{parse_duration, Dur};
+
+/// The config the demo and `extoken run` fall back to: the repo's own `gateway.yaml`.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../gateway.yaml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Syntax(String),
+    /// A problem with one key; displayed as `path: message`.
+    #[error("{path}: {message}")]
+    Key { path: String, message: String },
+}
+
+impl ConfigError {
+    pub fn key(path: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Key {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Worker threads of the proxy service; 0 means one per CPU.
+    #[serde(default)]
+    pub threads: usize,
+    pub descope: DescopeConfig,
+    #[serde(default)]
+    pub connectors: BTreeMap<String, ConnectorConfig>,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    #[serde(default)]
+    pub cache: CacheConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+fn default_listen() -> String {
+    "0.0.0.0:8080".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DescopeConfig {
+    pub project_id: String,
+    pub base_url: Option<String>,
+    pub jwks_url: Option<String>,
+    pub jwks_file: Option<PathBuf>,
+    pub audience: Option<OneOrMany>,
+    #[serde(default = "d_leeway")]
+    pub leeway: Dur,
+    #[serde(default = "d_refresh")]
+    pub jwks_refresh: Dur,
+    #[serde(default = "d_min_refetch")]
+    pub jwks_min_refetch: Dur,
+    /// Timeout of one JWKS fetch.
+    #[serde(default = "d_jwks_timeout")]
+    pub jwks_timeout: Dur,
+    #[serde(default = "d_ds")]
+    pub session_cookie: String,
+    #[serde(default = "d_dsr")]
+    pub refresh_cookie: String,
+}
+
+fn d_leeway() -> Dur {
+    Dur::secs(5)
+}
+fn d_refresh() -> Dur {
+    Dur::secs(300)
+}
+fn d_min_refetch() -> Dur {
+    Dur::secs(30)
+}
+fn d_jwks_timeout() -> Dur {
+    Dur::secs(5)
+}
+fn d_ds() -> String {
+    "DS".into()
+}
+fn d_dsr() -> String {
+    "DSR".into()
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// Where the Descope public keys come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeySource {
+    Url(String),
+    File(PathBuf),
+}
+
+impl DescopeConfig {
+    /// `jwks_file`, else `jwks_url`, else `{base}/v2/keys/{projectId}` with the regional host
+    /// Descope uses for project ids of 32 characters or more.
+    pub fn key_source(&self) -> KeySource {
+        if let Some(f) = &self.jwks_file {
+            return KeySource::File(f.clone());
+        }
+        if let Some(u) = &self.jwks_url {
+            return KeySource::Url(u.clone());
+        }
+        let base = match &self.base_url {
+            Some(b) => b.trim_end_matches('/').to_string(),
+            None => default_base_url(&self.project_id),
+        };
+        KeySource::Url(format!("{base}/v2/keys/{}", self.project_id))
+    }
+}
+
+/// `https://api.descope.com`, or `https://api.<region>.descope.com` for 32+ character project ids
+/// (the region is characters 1..5 of the id, as the Descope SDKs derive it).
+pub fn default_base_url(project_id: &str) -> String {
+    if project_id.len() >= 32 && project_id.is_char_boundary(1) && project_id.is_char_boundary(5) {
+        format!("https://api.{}.descope.com", &project_id[1..5].to_ascii_lowercase())
+    } else {
+        "https://api.descope.com".into()
+    }
+}
+
+/// A connector produces the external token for a verified session.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ConnectorConfig {
+    /// The external token is a claim of the session JWT (Descope put it there at the end of the flow).
+    Claim(ClaimConnectorConfig),
+}
+
+impl ConnectorConfig {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ConnectorConfig::Claim(_) => "claim",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimConnectorConfig {
+    #[serde(default = "d_claim")]
+    pub claim: String,
+}
+
+fn d_claim() -> String {
+    "externalToken".into()
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    #[default]
+    Required,
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub name: Option<String>,
+    #[serde(default = "d_prefix")]
+    pub path_prefix: String,
+    pub host: Option<String>,
+    pub upstream: String,
+    #[serde(default)]
+    pub auth: AuthMode,
+    pub connector: Option<String>,
+    #[serde(default = "d_header")]
+    pub header: String,
+    #[serde(default = "d_scheme")]
+    pub scheme: String,
+    /// Defaults to the session and refresh cookie names of `descope:`.
+    pub strip_cookies: Option<Vec<String>>,
+}
+
+fn d_prefix() -> String {
+    "/".into()
+}
+fn d_header() -> String {
+    "Authorization".into()
+}
+fn d_scheme() -> String {
+    "Bearer".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Bound of the verified-session cache (tokens already verified, kept until they expire).
+    #[serde(default = "d_verified_entries")]
+    pub verified_sessions: u64,
+}
+
+fn d_verified_entries() -> u64 {
+    100_000
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            verified_sessions: d_verified_entries(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Longest session token accepted; longer ones are refused before any parsing.
+    #[serde(default = "d_max_token")]
+    pub max_token_bytes: usize,
+}
+
+fn d_max_token() -> usize {
+    16 * 1024
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_token_bytes: d_max_token(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, expands and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut cfg = Self::parse(&text, &|k| std::env::var(k).ok())?;
+        cfg.resolve_paths(path.parent().unwrap_or(Path::new(".")));
+        Ok(cfg)
+    }
+
+    /// Parses and validates config text; `env` resolves `${VAR}`.
+    pub fn parse(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let mut tree: serde_yaml::Value =
+            serde_yaml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        expand::expand_tree(&mut tree, &mut String::new(), env)
+            .map_err(|(path, msg)| ConfigError::key(path, msg))?;
+        let cfg: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
+            let path = e.path().to_string();
+            let msg = e.into_inner().to_string();
+            if path == "." {
+                ConfigError::Syntax(msg)
+            } else {
+                ConfigError::key(path, msg)
+            }
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Relative file paths in the config are relative to the config file, not the working dir.
+    fn resolve_paths(&mut self, base: &Path) {
+        if let Some(f) = &self.descope.jwks_file {
+            if f.is_relative() {
+                self.descope.jwks_file = Some(base.join(f));
+            }
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let d = &self.descope;
+        if d.project_id.trim().is_empty() {
+            return Err(ConfigError::key("descope.project_id", "must not be empty"));
+        }
+        if d.jwks_url.is_some() && d.jwks_file.is_some() {
+            return Err(ConfigError::key(
+                "descope.jwks_file",
+                "jwks_file and jwks_url are exclusive: set one",
+            ));
+        }
+        for (key, url) in [("descope.jwks_url", &d.jwks_url), ("descope.base_url", &d.base_url)] {
+            if let Some(u) = url {
+                if !(u.starts_with("http://") || u.starts_with("https://")) {
+                    return Err(ConfigError::key(key, format!("{u:?} is not an http(s) URL")));
+                }
+            }
+        }
+        if d.jwks_refresh.0.is_zero() {
+            return Err(ConfigError::key("descope.jwks_refresh", "must be more than 0"));
+        }
+        for (key, name) in [
+            ("descope.session_cookie", &d.session_cookie),
+            ("descope.refresh_cookie", &d.refresh_cookie),
+        ] {
+            if !is_token(name) {
+                return Err(ConfigError::key(key, format!("{name:?} is not a cookie name")));
+            }
+        }
+        crate::route::check_listen(&self.listen)
+            .map_err(|m| ConfigError::key("listen", m))?;
+        if self.routes.is_empty() {
+            return Err(ConfigError::key("routes", "at least one route is needed"));
+        }
+        for (name, c) in &self.connectors {
+            let path = format!("connectors.{name}");
+            match c {
+                ConnectorConfig::Claim(c) if c.claim.is_empty() => {
+                    return Err(ConfigError::key(format!("{path}.claim"), "must not be empty"))
+                }
+                ConnectorConfig::Claim(_) => {}
+            }
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            let path = format!("routes[{i}]");
+            if !r.path_prefix.starts_with('/') {
+                return Err(ConfigError::key(
+                    format!("{path}.path_prefix"),
+                    format!("{:?} must start with /", r.path_prefix),
+                ));
+            }
+            crate::route::parse_upstream(&r.upstream)
+                .map_err(|m| ConfigError::key(format!("{path}.upstream"), m))?;
+            if http::HeaderName::from_bytes(r.header.as_bytes()).is_err() {
+                return Err(ConfigError::key(
+                    format!("{path}.header"),
+                    format!("{:?} is not a header name", r.header),
+                ));
+            }
+            if !r.scheme.is_empty() && !is_token(&r.scheme) {
+                return Err(ConfigError::key(
+                    format!("{path}.scheme"),
+                    format!("{:?} is not an auth scheme", r.scheme),
+                ));
+            }
+            for (j, c) in r.strip_cookies.iter().flatten().enumerate() {
+                if !is_token(c) {
+                    return Err(ConfigError::key(
+                        format!("{path}.strip_cookies[{j}]"),
+                        format!("{c:?} is not a cookie name"),
+                    ));
+                }
+            }
+            match (r.auth, &r.connector) {
+                (AuthMode::Required, None) => {
+                    return Err(ConfigError::key(
+                        format!("{path}.connector"),
+                        "required when auth is required",
+                    ))
+                }
+                (_, Some(c)) if !self.connectors.contains_key(c) => {
+                    return Err(ConfigError::key(
+                        format!("{path}.connector"),
+                        format!("no connector named {c:?}"),
+                    ))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The short description `extoken check` prints.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        let d = &self.descope;
+        let _ = writeln!(s, "listen:   {}", self.listen);
+        let _ = writeln!(s, "project:  {}", d.project_id);
+        let keys = match d.key_source() {
+            KeySource::Url(u) => format!("{u} (refresh {}, unknown-kid cooldown {})", d.jwks_refresh, d.jwks_min_refetch),
+            KeySource::File(f) => format!("file {} (re-read every {})", f.display(), d.jwks_refresh),
+        };
+        let _ = writeln!(s, "keys:     {keys}");
+        if let Some(a) = &d.audience {
+            let _ = writeln!(s, "audience: {}", a.to_vec().join(", "));
+        }
+        let _ = writeln!(s, "connectors:");
+        for (name, c) in &self.connectors {
+            let _ = writeln!(s, "  {name}: {}", c.type_name());
+        }
+        let _ = writeln!(s, "routes:");
+        for (i, r) in self.routes.iter().enumerate() {
+            let name = r.name.clone().unwrap_or_else(|| format!("#{i}"));
+            let host = r.host.as_deref().map(|h| format!(" host {h}")).unwrap_or_default();
+            let auth = match (r.auth, &r.connector) {
+                (AuthMode::None, _) => "auth none".to_string(),
+                (AuthMode::Required, c) => format!(
+                    "connector {} -> {}{}",
+                    c.as_deref().unwrap_or("?"),
+                    r.header,
+                    if r.scheme.is_empty() { String::new() } else { format!(" ({})", r.scheme) }
+                ),
+            };
+            let _ = writeln!(s, "  {name}: {}{host} -> {}  [{auth}]", r.path_prefix, r.upstream);
+        }
+        s
+    }
+}
+
+/// An RFC 7230 token (header names, cookie names, auth schemes).
+pub fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+        })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,22 @@
+//! extoken: an edge gateway that accepts a Descope session and forwards the request to a legacy
+//! backend with the token that backend already understands.
+//!
+//! The modules follow a request's path:
+//! [`extract`] (find the session token) → [`verify`] (JWKS, claims) → [`exchange`] (the external
+//! token, from a connector) → [`rewrite`] (headers for the backend) → [`proxy`] (pingora phases,
+//! forward). [`route`] picks the route, [`answer`] builds the refusals, [`gateway`] holds the
+//! runtime built from [`config`], [`server`] assembles the pingora server. [`mint`] and [`demo`]
+//! serve the developer commands.
+
+pub mod answer;
+pub mod config;
+pub mod demo;
+pub mod exchange;
+pub mod extract;
+pub mod gateway;
+pub mod mint;
+pub mod proxy;
+pub mod rewrite;
+pub mod route;
+pub mod server;
+pub mod verify;

@@ -1,0 +1,190 @@
+//! The `extoken` binary: command-line parsing and process setup only. Everything it runs lives in
+//! the library; errors become `anyhow` here, at the edge.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use extoken::config::{parse_duration, Config, KeySource, EMBEDDED_DEFAULT};
+use extoken::mint::{parse_claim, DevKey, MintOptions};
+
+#[derive(Parser)]
+#[command(name = "extoken", version, about = "Edge gateway: Descope session in, legacy external token out")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default command)
+    Run(RunArgs),
+    /// Validate a config file without starting; print a summary
+    Check {
+        /// The config file to check
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Issue Descope-shaped session JWTs from a local dev key (demos, tests, load tests)
+    Mint(MintArgs),
+    /// Run a self-contained local demo: dev key, JWKS endpoint, echo upstream and the gateway
+    Demo {
+        /// Where the demo's dev key lives (created if absent)
+        #[arg(long, default_value = ".extoken/dev-key.pem")]
+        key: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Config file; without it ./gateway.yaml, else the embedded default
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct MintArgs {
+    /// PEM RSA private key; created, with <key>.jwks.json beside it, if absent
+    #[arg(long, default_value = ".extoken/dev-key.pem")]
+    key: PathBuf,
+    /// Descope project id (the token's iss)
+    #[arg(long, default_value = "P2DemoProject0000000000000")]
+    project_id: String,
+    /// Issuer, if not the bare project id (e.g. https://api.descope.com/<project>)
+    #[arg(long)]
+    issuer: Option<String>,
+    /// Subject (Descope user id); with --count N, a prefix for N distinct subjects
+    #[arg(long, default_value = "U2demoUser")]
+    sub: String,
+    /// Lifetime, e.g. 10m, 1h; a leading '-' mints an already expired token
+    #[arg(long, default_value = "10m", allow_hyphen_values = true)]
+    ttl: String,
+    /// Extra claim as key=JSON (repeatable), e.g. --claim dct='"T1"' --claim roles='["admin"]'
+    #[arg(long = "claim", value_name = "KEY=JSON")]
+    claims: Vec<String>,
+    /// The externalToken claim; "{sub}" in it becomes the subject
+    #[arg(long)]
+    external_token: Option<String>,
+    /// Number of tokens, one per line, each with a distinct sub
+    #[arg(long, default_value_t = 1)]
+    count: usize,
+    /// Mint a refresh token (drn DSR) instead of a session token
+    #[arg(long)]
+    refresh: bool,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None => run(cli.run),
+        Some(Command::Run(a)) => run(a),
+        Some(Command::Check { config }) => check(&config),
+        Some(Command::Mint(a)) => mint(a),
+        Some(Command::Demo { key }) => demo(&key),
+    };
+    if let Err(e) = result {
+        eprintln!("extoken: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EXTOKEN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+fn load_config(path: Option<&Path>) -> Result<Config> {
+    match path {
+        Some(p) => Config::load(p).with_context(|| format!("config {}", p.display())),
+        None if Path::new("gateway.yaml").exists() => Config::load(Path::new("gateway.yaml")).context("config gateway.yaml"),
+        None => {
+            tracing::info!("no gateway.yaml here: using the embedded default");
+            Ok(Config::parse(EMBEDDED_DEFAULT, &|k| std::env::var(k).ok()).context("embedded config")?)
+        }
+    }
+}
+
+fn run(args: RunArgs) -> Result<()> {
+    init_logs();
+    let cfg = load_config(args.config.as_deref())?;
+    tracing::info!(listen = %cfg.listen, project = %cfg.descope.project_id, routes = cfg.routes.len(), "starting extoken");
+    let built = extoken::server::build(cfg)?;
+    built.server.run_forever();
+}
+
+fn check(path: &Path) -> Result<()> {
+    let cfg = Config::load(path)?;
+    print!("{}", cfg.summary());
+    println!("ok: {} is valid", path.display());
+    Ok(())
+}
+
+fn ttl_secs(s: &str) -> Result<i64> {
+    let (neg, body) = match s.strip_prefix('-') {
+        Some(b) => (true, b),
+        None => (false, s),
+    };
+    let d = parse_duration(body).map_err(anyhow::Error::msg)?;
+    let secs = i64::try_from(d.as_secs()).context("ttl too large")?;
+    Ok(if neg { -secs } else { secs })
+}
+
+fn mint(a: MintArgs) -> Result<()> {
+    if a.count == 0 {
+        bail!("--count must be at least 1");
+    }
+    let key = DevKey::load_or_create(&a.key)?;
+    let opts = MintOptions {
+        project_id: a.project_id,
+        issuer: a.issuer,
+        sub: a.sub,
+        ttl_secs: ttl_secs(&a.ttl)?,
+        claims: a.claims.iter().map(|c| parse_claim(c)).collect::<Result<_, _>>()?,
+        external_token: a.external_token,
+        refresh: a.refresh,
+    };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for t in opts.mint(&key, a.count)? {
+        use std::io::Write;
+        writeln!(out, "{t}")?;
+    }
+    Ok(())
+}
+
+fn demo(key_path: &Path) -> Result<()> {
+    init_logs();
+    let cfg = Config::parse(EMBEDDED_DEFAULT, &|k| std::env::var(k).ok()).context("embedded config")?;
+    let key = DevKey::load_or_create(key_path)?;
+    let jwks_addr = match cfg.descope.key_source() {
+        KeySource::Url(u) => extoken::demo::url_authority(&u).context("the demo serves its JWKS over http://")?,
+        KeySource::File(_) => bail!("the demo serves its keys over HTTP: set DESCOPE_JWKS_URL to an http:// URL"),
+    };
+    let upstream = cfg.routes.first().map(|r| r.upstream.clone()).unwrap_or_default();
+    let echo_addr = extoken::demo::url_authority(&upstream).context("the demo upstream must be http://")?;
+    let listen: SocketAddr = cfg.listen.parse().context("listen")?;
+    let opts = |ttl_secs, ext: &str| MintOptions {
+        project_id: cfg.descope.project_id.clone(),
+        issuer: None,
+        sub: "U2demoUser".into(),
+        ttl_secs,
+        claims: vec![],
+        external_token: Some(ext.into()),
+        refresh: false,
+    };
+    let good = opts(3600, "legacy-token-for-{sub}").mint(&key, 1)?.remove(0);
+    let bad = opts(-600, "legacy-token-for-{sub}").mint(&key, 1)?.remove(0);
+
+    let mut built = extoken::server::build(cfg)?;
+    built
+        .server
+        .add_service(extoken::demo::http_app("demo jwks", &jwks_addr, extoken::demo::StaticJson(key.jwks.into_bytes())));
+    built.server.add_service(extoken::demo::http_app("demo echo upstream", &echo_addr, extoken::demo::Echo));
+    tracing::info!(jwks = %jwks_addr, upstream = %echo_addr, "demo: dev key {} (kid {})", key_path.display(), key.kid);
+    extoken::demo::announce_when_ready(listen, good, bad);
+    built.server.run_forever();
+}

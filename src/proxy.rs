@@ -1,0 +1,114 @@
+//! Step 5: pingora's `ProxyHttp` phases, kept thin. Each phase calls one plain function:
+//! route lookup and [`Gateway::authorize`] in `request_filter`, the peer in `upstream_peer`,
+//! [`rewrite::apply`] in `upstream_request_filter`. Nothing here parses config or keys.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{ProxyHttp, Session};
+
+use crate::answer::Answer;
+use crate::config::AuthMode;
+use crate::exchange::RequestInfo;
+use crate::gateway::Gateway;
+use crate::rewrite::{self, Rewrite};
+use crate::route::Route;
+
+pub struct Proxy {
+    pub state: Arc<ArcSwap<Gateway>>,
+}
+
+/// Per-request state carried between phases.
+#[derive(Default)]
+pub struct Ctx {
+    gateway: Option<Arc<Gateway>>,
+    route: Option<Arc<Route>>,
+    rewrite: Option<Rewrite>,
+}
+
+/// Writes an [`Answer`] to the client.
+pub async fn send_answer(session: &mut Session, a: &Answer) -> Result<()> {
+    let mut h = ResponseHeader::build(a.status, Some(6))?;
+    h.insert_header("content-type", "application/json")?;
+    h.insert_header("content-length", a.body.len().to_string())?;
+    h.insert_header("cache-control", "no-store")?;
+    if let Some(w) = &a.www_authenticate {
+        h.insert_header("www-authenticate", w.as_str())?;
+    }
+    if let Some(r) = a.retry_after {
+        h.insert_header("retry-after", r.to_string())?;
+    }
+    session.write_response_header(Box::new(h), false).await?;
+    session.write_response_body(Some(a.body.clone()), true).await?;
+    Ok(())
+}
+
+fn request_host(req: &RequestHeader) -> Option<&str> {
+    req.uri
+        .host()
+        .or_else(|| req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()))
+}
+
+#[async_trait]
+impl ProxyHttp for Proxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let gw = self.state.load_full();
+        let req = session.req_header();
+        let Some(route) = gw.routes.find(request_host(req), req.uri.path()).cloned() else {
+            send_answer(session, &Answer::no_route()).await?;
+            return Ok(true);
+        };
+        if route.auth == AuthMode::Required {
+            let info = RequestInfo {
+                route: &route.name,
+                method: req.method.as_str(),
+                path: req.uri.path(),
+            };
+            match gw.authorize(&route, &req.headers, info).await {
+                Ok(rw) => ctx.rewrite = Some(rw),
+                Err(answer) => {
+                    send_answer(session, &answer).await?;
+                    return Ok(true);
+                }
+            }
+        }
+        ctx.route = Some(route);
+        ctx.gateway = Some(gw);
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        match &ctx.route {
+            Some(r) => Ok(r.peer()),
+            None => Error::e_explain(ErrorType::InternalError, "no route chosen"),
+        }
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        // `auth: none` routes are forwarded untouched.
+        if let (Some(rw), Some(route)) = (&ctx.rewrite, &ctx.route) {
+            rewrite::apply(upstream_request, rw, &route.strip_cookies);
+        }
+        Ok(())
+    }
+
+    /// pingora's default summary includes the full URI; ours never logs a query string.
+    fn request_summary(&self, session: &Session, _ctx: &Ctx) -> String {
+        let req = session.req_header();
+        format!("{} {}", req.method, req.uri.path())
+    }
+}

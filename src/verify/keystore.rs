@@ -1,0 +1,179 @@
+//! The Descope key set: loaded at start, refreshed in the background, refetched on an unseen `kid`.
+//!
+//! Readers get the current [`KeySet`] with one atomic load (`ArcSwap`); nothing on the request path
+//! fetches or parses keys except the rare unknown-`kid` refetch, which is single-flight (one fetch
+//! shared by every waiting request) and rate-limited by `jwks_min_refetch`, so a flood of forged
+//! `kid`s costs at most one fetch per cooldown. A failed fetch never replaces the last good set.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+
+use super::keys::{parse_jwks, KeySet, KeySetError};
+use crate::config::{DescopeConfig, KeySource};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("JWKS request failed: {0}")]
+    Http(String),
+    #[error("JWKS endpoint answered {0}")]
+    Status(u16),
+    #[error("cannot read JWKS file {0}: {1}")]
+    File(PathBuf, std::io::Error),
+    #[error(transparent)]
+    Parse(#[from] KeySetError),
+}
+
+/// Fetch outcomes, for metrics and readiness.
+#[derive(Debug, Default)]
+pub struct FetchStats {
+    pub ok: AtomicU64,
+    pub failed: AtomicU64,
+    /// Unix seconds of the last successful load; 0 = never.
+    pub last_success: AtomicU64,
+}
+
+pub struct KeyStore {
+    source: KeySource,
+    client: reqwest::Client,
+    timeout: Duration,
+    min_refetch: Duration,
+    pub refresh: Duration,
+    current: ArcSwap<KeySet>,
+    generation: AtomicU64,
+    /// Single flight for unknown-kid refetches; holds when the last one started.
+    refetch: tokio::sync::Mutex<Option<Instant>>,
+    pub stats: FetchStats,
+}
+
+impl KeyStore {
+    pub fn new(cfg: &DescopeConfig, client: reqwest::Client) -> KeyStore {
+        KeyStore {
+            source: cfg.key_source(),
+            client,
+            timeout: cfg.jwks_timeout.0,
+            min_refetch: cfg.jwks_min_refetch.0,
+            refresh: cfg.jwks_refresh.0,
+            current: ArcSwap::from_pointee(KeySet::default()),
+            generation: AtomicU64::new(0),
+            refetch: tokio::sync::Mutex::new(None),
+            stats: FetchStats::default(),
+        }
+    }
+
+    /// The keys in force now (possibly empty before the first successful load).
+    pub fn current(&self) -> Arc<KeySet> {
+        self.current.load_full()
+    }
+
+    pub fn source(&self) -> &KeySource {
+        &self.source
+    }
+
+    /// Seconds since the keys were last loaded successfully, if ever.
+    pub fn age(&self) -> Option<Duration> {
+        let t = self.stats.last_success.load(Ordering::Relaxed);
+        (t != 0).then(|| Duration::from_secs(unix_now().saturating_sub(t)))
+    }
+
+    /// Fetches the set and swaps it in. On failure the previous set stays.
+    pub async fn load(&self) -> Result<usize, FetchError> {
+        let result = self.fetch().await;
+        match &result {
+            Ok(_) => {
+                self.stats.ok.fetch_add(1, Ordering::Relaxed);
+                self.stats.last_success.store(unix_now(), Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let mut set = result?;
+        let n = set.len();
+        set.generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        self.current.store(Arc::new(set));
+        Ok(n)
+    }
+
+    async fn fetch(&self) -> Result<KeySet, FetchError> {
+        let body = match &self.source {
+            KeySource::File(p) => tokio::fs::read(p)
+                .await
+                .map_err(|e| FetchError::File(p.clone(), e))?,
+            KeySource::Url(u) => {
+                let resp = self
+                    .client
+                    .get(u)
+                    .timeout(self.timeout)
+                    .send()
+                    .await
+                    .map_err(|e| FetchError::Http(e.without_url().to_string()))?;
+                if !resp.status().is_success() {
+                    return Err(FetchError::Status(resp.status().as_u16()));
+                }
+                resp.bytes()
+                    .await
+                    .map_err(|e| FetchError::Http(e.without_url().to_string()))?
+                    .to_vec()
+            }
+        };
+        Ok(parse_jwks(&body, &mut |w| tracing::warn!(target: "extoken::jwks", "{w}"))?)
+    }
+
+    /// Called when a token names a `kid` that `seen` does not have. Returns the key set to retry
+    /// with: a newer one if anybody (this call or another) loaded one, else `seen` unchanged.
+    pub async fn refetch_for_unknown_kid(&self, seen: &Arc<KeySet>) -> Arc<KeySet> {
+        let mut last = self.refetch.lock().await;
+        let now = self.current();
+        if now.generation != seen.generation {
+            return now; // someone loaded keys while we waited: no second fetch
+        }
+        if let Some(t) = *last {
+            if t.elapsed() < self.min_refetch {
+                return now;
+            }
+        }
+        *last = Some(Instant::now());
+        match self.load().await {
+            Ok(n) => tracing::info!(target: "extoken::jwks", keys = n, "refetched keys for an unknown kid"),
+            Err(e) => tracing::warn!(target: "extoken::jwks", "unknown-kid refetch failed: {e}"),
+        }
+        self.current()
+    }
+
+    /// The background loop: retries with backoff (1 s doubling to 30 s) while a load fails, and
+    /// reloads every `jwks_refresh` once one succeeded. Ends when `stop` fires.
+    pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let wait = match self.load().await {
+                Ok(n) => {
+                    tracing::debug!(target: "extoken::jwks", keys = n, "keys loaded");
+                    backoff = Duration::from_secs(1);
+                    self.refresh
+                }
+                Err(e) => {
+                    let have = self.current().len();
+                    tracing::warn!(target: "extoken::jwks", keys_in_use = have, "key load failed: {e}; retrying in {backoff:?}");
+                    let w = backoff.min(self.refresh.max(Duration::from_secs(1)));
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    w
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

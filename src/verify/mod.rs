@@ -1,0 +1,309 @@
+//! Step 2 of the request path: is this a valid Descope session?
+//!
+//! Rules (token-formats.md §1): the key is chosen by `kid` (required); the header `alg` must be
+//! the key's; `exp` is required and `exp`/`nbf`/`iat` are checked with the leeway; `iss` is the
+//! project id or a URL whose last or second-to-last path segment is it; a refresh token (`drn`
+//! `DSR`) is not a session; `aud` must match the configured audience, or when none is configured
+//! be absent or contain the project id.
+//!
+//! A verified token is remembered until it expires (keyed by the token itself), so a session's
+//! signature is checked once, not on every request. A cache hit still re-checks the expiry and
+//! that its key is still published, so a key withdrawn from the JWKS stops its tokens.
+
+mod keys;
+mod keystore;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use serde_json::{Map, Value};
+
+pub use keys::{header_alg, parse_jwks, Allowed, Key, KeySet, KeySetError};
+pub use keystore::{FetchError, KeyStore};
+
+use crate::config::DescopeConfig;
+
+/// Why a token was refused. `reason()` is the metric label, `Display` the description sent back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("no session token")]
+    Missing,
+    #[error("malformed token: {0}")]
+    Malformed(&'static str),
+    #[error("token is too long")]
+    TooLong,
+    #[error("token has expired")]
+    Expired,
+    #[error("token is not yet valid")]
+    NotYetValid,
+    #[error("token has no exp claim")]
+    MissingExp,
+    #[error("token signature is invalid")]
+    BadSignature,
+    #[error("token is signed with an unknown key")]
+    UnknownKey,
+    #[error("token algorithm is not accepted for its key")]
+    BadAlgorithm,
+    #[error("token issuer is not this project")]
+    WrongIssuer,
+    #[error("token audience is not accepted")]
+    WrongAudience,
+    #[error("a refresh token is not a session token")]
+    RefreshToken,
+}
+
+impl AuthError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing",
+            AuthError::Malformed(_) | AuthError::TooLong => "malformed",
+            AuthError::Expired => "expired",
+            AuthError::NotYetValid => "not_yet_valid",
+            AuthError::MissingExp => "missing_exp",
+            AuthError::BadSignature => "bad_signature",
+            AuthError::UnknownKey => "unknown_key",
+            AuthError::BadAlgorithm => "bad_algorithm",
+            AuthError::WrongIssuer => "wrong_issuer",
+            AuthError::WrongAudience => "wrong_audience",
+            AuthError::RefreshToken => "refresh_token",
+        }
+    }
+}
+
+/// A verification outcome other than "valid".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    #[error(transparent)]
+    Invalid(#[from] AuthError),
+    /// No keys could be loaded yet: the answer is 503, not 401.
+    #[error("Descope keys are not available")]
+    KeysUnavailable,
+}
+
+/// A verified Descope session: its claims, read-only and shared.
+#[derive(Debug)]
+pub struct Session {
+    pub claims: Map<String, Value>,
+    pub exp: u64,
+    kid: Arc<str>,
+}
+
+impl Session {
+    /// The Descope user id: `dsub` when a JWT template overrode `sub`, else `sub`.
+    pub fn user_id(&self) -> Option<&str> {
+        self.str_claim("dsub").or_else(|| self.str_claim("sub"))
+    }
+    pub fn str_claim(&self, name: &str) -> Option<&str> {
+        self.claims.get(name).and_then(Value::as_str)
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct Header<'a> {
+    #[serde(borrow)]
+    alg: Option<&'a str>,
+    #[serde(borrow)]
+    kid: Option<std::borrow::Cow<'a, str>>,
+    crit: Option<Value>,
+}
+
+pub struct Verifier {
+    project_id: String,
+    audience: Option<Vec<String>>,
+    leeway: u64,
+    max_token_bytes: usize,
+    pub keys: Arc<KeyStore>,
+    verified: moka::sync::Cache<Arc<str>, Arc<Session>>,
+}
+
+struct UntilExp;
+impl moka::Expiry<Arc<str>, Arc<Session>> for UntilExp {
+    fn expire_after_create(&self, _: &Arc<str>, s: &Arc<Session>, _: std::time::Instant) -> Option<Duration> {
+        Some(Duration::from_secs(s.exp.saturating_sub(now())))
+    }
+}
+
+impl Verifier {
+    pub fn new(cfg: &DescopeConfig, keys: Arc<KeyStore>, max_token_bytes: usize, cache_entries: u64) -> Verifier {
+        Verifier {
+            project_id: cfg.project_id.clone(),
+            audience: cfg.audience.as_ref().map(|a| a.to_vec()),
+            leeway: cfg.leeway.0.as_secs(),
+            max_token_bytes,
+            keys,
+            verified: moka::sync::Cache::builder()
+                .max_capacity(cache_entries)
+                .expire_after(UntilExp)
+                .build(),
+        }
+    }
+
+    /// Verifies a session token. Cheap for a token seen before; otherwise the signature check runs
+    /// on the blocking pool so a slow curve (ES384 is ~10x RS256) never stalls other requests.
+    pub async fn verify(&self, token: &str) -> Result<Arc<Session>, VerifyError> {
+        if token.len() > self.max_token_bytes {
+            return Err(AuthError::TooLong.into());
+        }
+        let mut keyset = self.keys.current();
+        if let Some(s) = self.verified.get(token) {
+            if s.exp + self.leeway > now() && keyset.get(&s.kid).is_some() {
+                return Ok(s);
+            }
+            self.verified.invalidate(token);
+        }
+        let (signing_input, sig) = token.rsplit_once('.').ok_or(AuthError::Malformed("not a JWT"))?;
+        let (h64, c64) = signing_input.split_once('.').ok_or(AuthError::Malformed("not a JWT"))?;
+        if c64.contains('.') {
+            return Err(AuthError::Malformed("not a JWT").into());
+        }
+        let hbytes = URL_SAFE_NO_PAD.decode(h64).map_err(|_| AuthError::Malformed("bad header encoding"))?;
+        let header: Header = serde_json::from_slice(&hbytes).map_err(|_| AuthError::Malformed("bad header"))?;
+        if header.crit.is_some() {
+            return Err(AuthError::Malformed("unsupported crit header").into());
+        }
+        let alg = header.alg.and_then(header_alg).ok_or(AuthError::BadAlgorithm)?;
+        let kid = header.kid.ok_or(AuthError::Malformed("no kid"))?;
+
+        if keyset.is_empty() {
+            return Err(VerifyError::KeysUnavailable);
+        }
+        let key = match keyset.get(&kid) {
+            Some(k) => k.clone(),
+            None => {
+                keyset = self.keys.refetch_for_unknown_kid(&keyset).await;
+                keyset.get(&kid).cloned().ok_or(AuthError::UnknownKey)?
+            }
+        };
+        if !key.allowed.permits(alg) {
+            return Err(AuthError::BadAlgorithm.into());
+        }
+
+        let session = {
+            let token: Arc<str> = token.into();
+            let key = key.clone();
+            let (input_len, c_start) = (signing_input.len(), h64.len() + 1);
+            let verify = move || -> Result<Session, AuthError> {
+                let input = &token[..input_len];
+                let sig = &token[input_len + 1..];
+                match jsonwebtoken::crypto::verify(sig, input.as_bytes(), &key.decoding, alg) {
+                    Ok(true) => {}
+                    _ => return Err(AuthError::BadSignature),
+                }
+                let cbytes = URL_SAFE_NO_PAD
+                    .decode(&token[c_start..input_len])
+                    .map_err(|_| AuthError::Malformed("bad claims encoding"))?;
+                let claims: Map<String, Value> =
+                    serde_json::from_slice(&cbytes).map_err(|_| AuthError::Malformed("bad claims"))?;
+                let exp = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
+                Ok(Session { claims, exp, kid: key.kid.clone() })
+            };
+            let _ = sig;
+            match tokio::task::spawn_blocking(verify).await {
+                Ok(r) => r?,
+                Err(_) => return Err(AuthError::BadSignature.into()),
+            }
+        };
+        self.check_claims(&session.claims)?;
+        let session = Arc::new(session);
+        self.verified.insert(token.into(), session.clone());
+        Ok(session)
+    }
+
+    fn check_claims(&self, c: &Map<String, Value>) -> Result<(), AuthError> {
+        let now = now();
+        let num = |k: &str| -> Result<Option<u64>, AuthError> {
+            match c.get(k) {
+                None => Ok(None),
+                Some(v) => v
+                    .as_u64()
+                    .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+                    .map(Some)
+                    .ok_or(AuthError::Malformed("time claim is not a number")),
+            }
+        };
+        if let Some(nbf) = num("nbf")? {
+            if nbf > now + self.leeway {
+                return Err(AuthError::NotYetValid);
+            }
+        }
+        let exp = num("exp")?.ok_or(AuthError::MissingExp)?;
+        if exp + self.leeway <= now {
+            return Err(AuthError::Expired);
+        }
+        if let Some(iat) = num("iat")? {
+            if iat > now + self.leeway {
+                return Err(AuthError::NotYetValid);
+            }
+        }
+        match c.get("iss").and_then(Value::as_str) {
+            Some(iss) if issuer_matches(iss, &self.project_id) => {}
+            _ => return Err(AuthError::WrongIssuer),
+        }
+        if c.get("drn").and_then(Value::as_str) == Some("DSR") {
+            return Err(AuthError::RefreshToken);
+        }
+        let aud: Vec<&str> = match c.get("aud") {
+            None => vec![],
+            Some(Value::String(s)) => vec![s.as_str()],
+            Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
+            Some(_) => return Err(AuthError::WrongAudience),
+        };
+        let ok = match &self.audience {
+            Some(want) => aud.iter().any(|a| want.iter().any(|w| w == a)),
+            None => c.get("aud").is_none() || aud.contains(&self.project_id.as_str()),
+        };
+        if !ok {
+            return Err(AuthError::WrongAudience);
+        }
+        Ok(())
+    }
+
+    /// Verified sessions currently remembered (for metrics).
+    pub fn cached_sessions(&self) -> u64 {
+        self.verified.entry_count()
+    }
+}
+
+/// `iss` is the project id, or an http(s) URL whose last or second-to-last path segment is the
+/// project id (node-sdk's rule). The host is not a path segment.
+pub fn issuer_matches(iss: &str, project_id: &str) -> bool {
+    if iss == project_id {
+        return true;
+    }
+    let Some(rest) = iss.strip_prefix("https://").or_else(|| iss.strip_prefix("http://")) else {
+        return false;
+    };
+    let path = match rest.find('/') {
+        Some(i) => &rest[i..],
+        None => return false,
+    };
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let n = segs.len();
+    (n >= 1 && segs[n - 1] == project_id) || (n >= 2 && segs[n - 2] == project_id)
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issuer_rule() {
+        let p = "P2abc";
+        assert!(issuer_matches("P2abc", p));
+        assert!(issuer_matches("https://api.descope.com/P2abc", p));
+        assert!(issuer_matches("https://auth.example.com/v1/apps/agentic/P2abc/srv1", p));
+        assert!(issuer_matches("https://api.descope.com/P2abc/", p));
+        assert!(!issuer_matches("https://P2abc/x", p), "the host is not a segment");
+        assert!(!issuer_matches("https://P2abc", p));
+        assert!(!issuer_matches("https://x.com/P2abc/a/b", p));
+        assert!(!issuer_matches("P2abcd", p));
+        assert!(!issuer_matches("https://x.com/P2abcd", p));
+    }
+}
