@@ -32,7 +32,8 @@ impl Gateway {
             Some((p, msg)) => ConfigError::key(p, msg),
             None => ConfigError::Syntax(m),
         })?;
-        let connectors = Connectors::build(&config)?;
+        let client = Self::http_client().map_err(|e| ConfigError::Syntax(format!("cannot create the HTTP client: {e}")))?;
+        let connectors = Connectors::build(&config, &client)?;
         let verifier = Verifier::new(
             &config.descope,
             keys,
@@ -66,21 +67,26 @@ impl Gateway {
             .verify(found.token)
             .await
             .map_err(|e| Answer::from_verify(&e))?;
-        let name = route.connector.as_deref().unwrap_or_default();
-        let connector = self
-            .connectors
-            .get(name)
+        let name = route
+            .connector_for(session.str_claim("dct"))
             .ok_or_else(|| Answer::unavailable("route has no connector", "misconfigured"))?;
-        let token = connector
-            .token(&session, info)
+        let obtained = self
+            .connectors
+            .obtain(name, &session, info)
             .await
-            .map_err(|e| Answer::from_exchange(&e))?;
-        let value = rewrite::auth_value(&route.scheme, &token)
+            .map_err(|e| {
+                if let crate::exchange::ExchangeError::Unavailable { connector, reason } = &e {
+                    tracing::warn!(target: "extoken::exchange", connector = %connector, "no external token: {reason}");
+                }
+                Answer::from_exchange(&e)
+            })?;
+        let value = rewrite::auth_value(&route.scheme, &obtained.token)
             .ok_or_else(|| Answer::unavailable("external token is not a valid header value", "invalid_external_token"))?;
         Ok(Rewrite {
             drop_bearer: found.source == Source::Bearer && route.header != http::header::AUTHORIZATION,
             header: route.header.clone(),
             value,
+            evict: obtained.cache_key,
         })
     }
 }

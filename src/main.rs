@@ -119,6 +119,10 @@ fn run(args: RunArgs) -> Result<()> {
 
 fn check(path: &Path) -> Result<()> {
     let cfg = Config::load(path)?;
+    // Builds the connectors too: key files, service accounts and secrets are read and test-signed.
+    extoken::server::install_crypto_provider();
+    let client = extoken::gateway::Gateway::http_client()?;
+    extoken::exchange::Connectors::build(&cfg, &client)?;
     print!("{}", cfg.summary());
     println!("ok: {} is valid", path.display());
     Ok(())

@@ -106,6 +106,22 @@ impl ProxyHttp for Proxy {
         Ok(())
     }
 
+    /// A 401 from the upstream to a minted token means the backend no longer accepts it (rotated
+    /// secret, revoked user): forget it so the next request mints a fresh one.
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if upstream_response.status == http::StatusCode::UNAUTHORIZED {
+            if let (Some(gw), Some(key)) = (&ctx.gateway, ctx.rewrite.as_ref().and_then(|r| r.evict.as_ref())) {
+                gw.connectors.evict(key).await;
+            }
+        }
+        Ok(())
+    }
+
     /// pingora's default summary includes the full URI; ours never logs a query string.
     fn request_summary(&self, session: &Session, _ctx: &Ctx) -> String {
         let req = session.req_header();

@@ -58,6 +58,8 @@ pub struct Rewrite {
     pub value: HeaderValue,
     /// The session arrived as `Authorization: Bearer` and `header` is another header.
     pub drop_bearer: bool,
+    /// The cache entry the token came from, to evict if the upstream answers 401.
+    pub evict: Option<crate::exchange::CacheKey>,
 }
 
 /// Applies a rewrite to a header set. Generic over the setter so it serves pingora's
@@ -155,6 +157,7 @@ mod tests {
             header: HeaderName::from_static("x-legacy"),
             value: auth_value("", &tok).unwrap(),
             drop_bearer: true,
+            evict: None,
         };
         apply(&mut m, &rw, &strip());
         assert_eq!(m.get("x-legacy").unwrap(), "legacy.token");

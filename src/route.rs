@@ -56,6 +56,8 @@ pub struct Route {
     host: Option<String>,
     pub auth: AuthMode,
     pub connector: Option<String>,
+    /// Tenant (`dct`) → connector name; falls back to `connector`.
+    pub connector_by_tenant: std::collections::BTreeMap<String, String>,
     pub header: http::HeaderName,
     pub scheme: String,
     pub strip_cookies: Vec<String>,
@@ -69,6 +71,13 @@ impl Route {
     pub fn peer(&self) -> Box<HttpPeer> {
         let sni = if self.upstream.tls { self.upstream.host.clone() } else { String::new() };
         Box::new(HttpPeer::new(self.peer_addr, self.upstream.tls, sni))
+    }
+
+    /// The connector for a session in tenant `dct` (if any).
+    pub fn connector_for(&self, dct: Option<&str>) -> Option<&str> {
+        dct.and_then(|t| self.connector_by_tenant.get(t))
+            .or(self.connector.as_ref())
+            .map(String::as_str)
     }
 
     fn matches(&self, host: Option<&str>, path: &str) -> bool {
@@ -131,6 +140,7 @@ impl RouteTable {
             host: r.host.as_ref().map(|h| h.to_ascii_lowercase()),
             auth: r.auth,
             connector: r.connector.clone(),
+            connector_by_tenant: r.connector_by_tenant.clone(),
             header: http::HeaderName::from_bytes(r.header.as_bytes())
                 .map_err(|_| format!("routes[{i}].header: invalid header name"))?,
             scheme: r.scheme.clone(),

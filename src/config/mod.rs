@@ -5,6 +5,7 @@
 //! (`routes[1].connector: no connector named "fb"`), because the person reading it has a YAML file
 //! open, not our source.
 
+mod connectors;
 mod duration;
 mod expand;
 
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use connectors::*;
 pub use duration::{parse_duration, Dur};
 
 /// The config the demo and `extoken run` fall back to: the repo's own `gateway.yaml`.
@@ -158,32 +160,7 @@ pub fn default_base_url(project_id: &str) -> String {
     }
 }
 
-/// A connector produces the external token for a verified session.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum ConnectorConfig {
-    /// The external token is a claim of the session JWT (Descope put it there at the end of the flow).
-    Claim(ClaimConnectorConfig),
-}
 
-impl ConnectorConfig {
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            ConnectorConfig::Claim(_) => "claim",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClaimConnectorConfig {
-    #[serde(default = "d_claim")]
-    pub claim: String,
-}
-
-fn d_claim() -> String {
-    "externalToken".into()
-}
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
@@ -210,6 +187,9 @@ pub struct RouteConfig {
     pub scheme: String,
     /// Defaults to the session and refresh cookie names of `descope:`.
     pub strip_cookies: Option<Vec<String>>,
+    /// Per-tenant connector, keyed by the session's `dct`; falls back to `connector`.
+    #[serde(default)]
+    pub connector_by_tenant: BTreeMap<String, String>,
 }
 
 fn d_prefix() -> String {
@@ -228,17 +208,70 @@ pub struct CacheConfig {
     /// Bound of the verified-session cache (tokens already verified, kept until they expire).
     #[serde(default = "d_verified_entries")]
     pub verified_sessions: u64,
+    /// Bound of the external-token cache (all minting connectors together).
+    #[serde(default = "d_verified_entries")]
+    pub max_entries: u64,
+    /// Refresh-ahead window as a share of the token's lifetime (`10%`).
+    #[serde(default = "d_margin")]
+    pub margin: Percent,
+    /// ... but at least this long.
+    #[serde(default = "d_min_margin")]
+    pub min_margin: Dur,
+    /// How long a connector failure is remembered per key (no call during it).
+    #[serde(default = "d_negative_ttl")]
+    pub negative_ttl: Dur,
 }
 
 fn d_verified_entries() -> u64 {
     100_000
+}
+fn d_margin() -> Percent {
+    Percent(10.0)
+}
+fn d_min_margin() -> Dur {
+    Dur::secs(30)
+}
+fn d_negative_ttl() -> Dur {
+    Dur::secs(1)
 }
 
 impl Default for CacheConfig {
     fn default() -> Self {
         CacheConfig {
             verified_sessions: d_verified_entries(),
+            max_entries: d_verified_entries(),
+            margin: d_margin(),
+            min_margin: d_min_margin(),
+            negative_ttl: d_negative_ttl(),
         }
+    }
+}
+
+/// A percentage written `10%` (or a bare number).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Percent(pub f64);
+
+impl<'de> Deserialize<'de> for Percent {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(f64),
+            S(String),
+        }
+        let v = match Raw::deserialize(d)? {
+            Raw::N(n) => n,
+            Raw::S(s) => s
+                .trim()
+                .trim_end_matches('%')
+                .trim()
+                .parse::<f64>()
+                .map_err(|_| serde::de::Error::custom(format!("{s:?} is not a percentage like 10%")))?,
+        };
+        if !(0.0..=50.0).contains(&v) {
+            return Err(serde::de::Error::custom("a margin must be between 0% and 50%"));
+        }
+        Ok(Percent(v))
     }
 }
 
@@ -300,6 +333,9 @@ impl Config {
                 self.descope.jwks_file = Some(base.join(f));
             }
         }
+        for c in self.connectors.values_mut() {
+            c.resolve_paths(base);
+        }
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -337,13 +373,7 @@ impl Config {
             return Err(ConfigError::key("routes", "at least one route is needed"));
         }
         for (name, c) in &self.connectors {
-            let path = format!("connectors.{name}");
-            match c {
-                ConnectorConfig::Claim(c) if c.claim.is_empty() => {
-                    return Err(ConfigError::key(format!("{path}.claim"), "must not be empty"))
-                }
-                ConnectorConfig::Claim(_) => {}
-            }
+            c.validate(&format!("connectors.{name}"))?;
         }
         for (i, r) in self.routes.iter().enumerate() {
             let path = format!("routes[{i}]");
@@ -389,6 +419,14 @@ impl Config {
                     ))
                 }
                 _ => {}
+            }
+            for (tenant, c) in &r.connector_by_tenant {
+                if !self.connectors.contains_key(c) {
+                    return Err(ConfigError::key(
+                        format!("{path}.connector_by_tenant.{tenant}"),
+                        format!("no connector named {c:?}"),
+                    ));
+                }
             }
         }
         Ok(())

@@ -1,7 +1,7 @@
 //! The `claim` connector: the external token is a claim of the session (by default
 //! `externalToken`, where Descope puts the token its connector made at the end of the flow).
 
-use super::{Connector, ExchangeError, ExternalToken, RequestInfo};
+use super::{ExchangeError, ExternalToken};
 use crate::verify::Session;
 
 pub struct ClaimConnector {
@@ -19,12 +19,5 @@ impl ClaimConnector {
             .filter(|s| !s.is_empty())
             .ok_or_else(|| ExchangeError::MissingClaim { claim: self.claim.clone() })?;
         ExternalToken::new(v.to_owned()).ok_or_else(|| ExchangeError::InvalidClaim { claim: self.claim.clone() })
-    }
-}
-
-#[async_trait::async_trait]
-impl Connector for ClaimConnector {
-    async fn token(&self, session: &Session, _req: RequestInfo<'_>) -> Result<ExternalToken, ExchangeError> {
-        self.extract(session)
     }
 }

@@ -1,19 +1,35 @@
 //! Step 3 of the request path: obtain the external token for a verified session.
 //!
-//! A [`Connector`] turns a [`Session`] into an [`ExternalToken`]. The `claim` connector reads the
-//! token Descope already put in the session; minting connectors (later) call out or sign, behind a
-//! cache. An [`ExternalToken`] can only be built from visible ASCII, so whatever reaches a header
-//! is a valid, single-line header value.
+//! Two kinds of connector: `claim` reads the token Descope already put in the session (no cache,
+//! nothing to mint); the minting connectors (`supabase`, `firebase`, `http`, `jwt`) implement
+//! [`Mint`] and are called through the [`TokenCache`], which coalesces concurrent misses and
+//! refreshes ahead of expiry. An [`ExternalToken`] can only be built from visible ASCII, so
+//! whatever reaches a header is a valid, single-line header value.
 
+mod cache;
 mod claim;
+mod firebase;
+mod http;
+mod identity;
+mod jwt;
+mod signing;
+mod supabase;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub use cache::{CacheKey, Lookup, TokenCache};
 pub use claim::ClaimConnector;
+pub use firebase::{Firebase, FIREBASE_AUDIENCE};
+pub use http::HttpConnector;
+pub use identity::{lookup, mapped};
+pub use jwt::JwtConnector;
+pub use signing::Signer;
+pub use supabase::Supabase;
 
-use crate::config::{Config, ConnectorConfig};
+use crate::config::{Config, ConfigError, ConnectorConfig};
 use crate::verify::Session;
 
 /// A token for the legacy backend. Never printed: `Debug` shows its length only.
@@ -36,20 +52,36 @@ impl fmt::Debug for ExternalToken {
     }
 }
 
+/// A freshly made token and how long it is good for.
+#[derive(Debug, Clone)]
+pub struct Minted {
+    pub token: ExternalToken,
+    pub lifetime: Duration,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ExchangeError {
     /// The session lacks what the connector needs (a 401: the client must log in again).
     #[error("session has no usable {claim} claim")]
     MissingClaim { claim: String },
-    /// The session's claim exists but is not a token that may go in a header.
-    #[error("session's {claim} claim is not a valid token")]
+    /// The session's claim exists but cannot be used (not a header-safe token, too long, ...).
+    #[error("session's {claim} claim is not usable")]
     InvalidClaim { claim: String },
-    /// The connector could not produce a token now (a 503: retry later).
+    /// The connector could not produce a token now (a 503: retry later). `reason` is for logs.
     #[error("connector {connector} is unavailable: {reason}")]
     Unavailable { connector: String, reason: String },
 }
 
-/// What a connector knows about the request besides the session (minting connectors send it).
+impl ExchangeError {
+    pub fn unavailable(connector: &str, reason: impl Into<String>) -> ExchangeError {
+        ExchangeError::Unavailable {
+            connector: connector.to_string(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// What a connector knows about the request besides the session (the `http` connector sends it).
 #[derive(Debug, Clone, Copy)]
 pub struct RequestInfo<'a> {
     pub route: &'a str,
@@ -57,31 +89,115 @@ pub struct RequestInfo<'a> {
     pub path: &'a str,
 }
 
+/// A connector that makes tokens. `inputs` extracts from the session exactly what the token will
+/// depend on; `mint` works from those inputs only, so the cache key (a hash of them) is exact.
 #[async_trait::async_trait]
-pub trait Connector: Send + Sync {
-    async fn token(&self, session: &Session, req: RequestInfo<'_>) -> Result<ExternalToken, ExchangeError>;
+pub trait Mint: Send + Sync {
+    fn inputs(&self, session: &Session, req: RequestInfo<'_>) -> Result<serde_json::Value, ExchangeError>;
+    /// The part of the inputs that keys the cache (all of it unless a connector says otherwise).
+    fn cache_inputs(&self, inputs: &serde_json::Value) -> serde_json::Value {
+        inputs.clone()
+    }
+    async fn mint(&self, inputs: &serde_json::Value) -> Result<Minted, ExchangeError>;
+    /// The public key of a connector that signs with its own key, to publish in a JWKS.
+    fn public_jwk(&self) -> Option<jsonwebtoken::jwk::Jwk> {
+        None
+    }
 }
 
-/// The configured connectors, by name.
+enum Kind {
+    Claim(ClaimConnector),
+    Minting(Arc<dyn Mint>),
+}
+
+struct Named {
+    name: Arc<str>,
+    kind: Kind,
+}
+
+/// The token a request gets, and the cache key to forget it by if the upstream refuses it.
+#[derive(Debug, Clone)]
+pub struct Obtained {
+    pub token: ExternalToken,
+    pub cache_key: Option<CacheKey>,
+}
+
+/// The configured connectors, by name, with the token cache they share.
 pub struct Connectors {
-    by_name: BTreeMap<String, Arc<dyn Connector>>,
+    by_name: BTreeMap<String, Named>,
+    cache: TokenCache,
+    jwks: Option<String>,
 }
 
 impl Connectors {
-    pub fn build(cfg: &Config) -> Result<Connectors, crate::config::ConfigError> {
-        let mut by_name: BTreeMap<String, Arc<dyn Connector>> = BTreeMap::new();
+    /// Builds every connector, reading key files and service accounts: a bad one is an error here
+    /// (at start, on reload, and in `extoken check`), naming its key.
+    pub fn build(cfg: &Config, client: &reqwest::Client) -> Result<Connectors, ConfigError> {
+        let mut by_name = BTreeMap::new();
+        let mut public = vec![];
         for (name, c) in &cfg.connectors {
-            let conn: Arc<dyn Connector> = match c {
-                ConnectorConfig::Claim(c) => Arc::new(ClaimConnector::new(c.claim.clone())),
+            let path = format!("connectors.{name}");
+            let kind = match c {
+                ConnectorConfig::Claim(c) => Kind::Claim(ClaimConnector::new(c.claim.clone())),
+                ConnectorConfig::Supabase(c) => Kind::Minting(Arc::new(Supabase::build(name, &path, c)?)),
+                ConnectorConfig::Firebase(c) => Kind::Minting(Arc::new(Firebase::build(name, &path, c, client.clone())?)),
+                ConnectorConfig::Http(c) => Kind::Minting(Arc::new(HttpConnector::build(name, &path, c, client.clone())?)),
+                ConnectorConfig::Jwt(c) => Kind::Minting(Arc::new(JwtConnector::build(name, &path, c)?)),
             };
-            by_name.insert(name.clone(), conn);
+            if let Kind::Minting(m) = &kind {
+                public.extend(m.public_jwk());
+            }
+            by_name.insert(name.clone(), Named { name: name.as_str().into(), kind });
         }
-        Ok(Connectors { by_name })
+        let jwks = (!public.is_empty())
+            .then(|| serde_json::to_string(&jsonwebtoken::jwk::JwkSet { keys: public }).unwrap_or_default());
+        Ok(Connectors {
+            by_name,
+            cache: TokenCache::new(&cfg.cache),
+            jwks,
+        })
     }
 
-    pub fn get(&self, name: &str) -> Option<&Arc<dyn Connector>> {
-        self.by_name.get(name)
+    /// The external token from connector `name` for this session.
+    pub async fn obtain(&self, name: &str, session: &Session, req: RequestInfo<'_>) -> Result<Obtained, ExchangeError> {
+        let c = self
+            .by_name
+            .get(name)
+            .ok_or_else(|| ExchangeError::unavailable(name, "no such connector"))?;
+        match &c.kind {
+            Kind::Claim(cc) => Ok(Obtained {
+                token: cc.extract(session)?,
+                cache_key: None,
+            }),
+            Kind::Minting(m) => {
+                let inputs = Arc::new(m.inputs(session, req)?);
+                let key = CacheKey::new(c.name.clone(), &m.cache_inputs(&inputs));
+                let (result, _how) = self.cache.get_or_mint(&key, m, &inputs).await;
+                Ok(Obtained {
+                    token: result?,
+                    cache_key: Some(key),
+                })
+            }
+        }
     }
+
+    /// Forgets a cached token (the upstream answered 401 to it).
+    pub async fn evict(&self, key: &CacheKey) {
+        self.cache.evict(key).await;
+    }
+
+    /// `{"keys":[...]}` of the `jwt` connectors' public keys, if any are configured.
+    pub fn jwks(&self) -> Option<&str> {
+        self.jwks.as_deref()
+    }
+
+    pub fn cache(&self) -> &TokenCache {
+        &self.cache
+    }
+}
+
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 #[cfg(test)]
