@@ -1,0 +1,211 @@
+#!/usr/bin/env bash
+# Interop test suite for extoken's minting connectors (supabase, firebase, jwt) against the real
+# components a user has: PyJWT, PostgreSQL with Supabase-style roles and RLS, firebase-admin and the
+# Firebase Auth emulator. See tests/interop/README.md.
+#
+# Idempotent: installs only what is missing (PostgreSQL from Debian packages, a Python venv in
+# tests/interop/.venv, firebase-tools in tests/interop/node_modules), builds the gateway (debug),
+# starts a throwaway PostgreSQL cluster and the Auth emulator on loopback ports, runs pytest, and
+# stops what it started on exit. Exit code = pytest's.
+#
+# Environment knobs (all optional):
+#   EXTOKEN_BIN=path        use this binary instead of building target/debug/extoken
+#   INTEROP_SKIP_BUILD=1    don't run cargo build (use the existing target/debug/extoken)
+#   INTEROP_KEEP_TMP=1      keep the temp dir (logs of postgres, the emulator, the gateways)
+#   PYTEST_ARGS="..."       extra pytest arguments (e.g. "-k supabase -x")
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+VENV="$HERE/.venv"
+export NO_UPDATE_NOTIFIER=1 NPM_CONFIG_UPDATE_NOTIFIER=false PIP_DISABLE_PIP_VERSION_CHECK=1
+export DEBIAN_FRONTEND=noninteractive
+
+log() { printf '[interop] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 2; }
+t0=$SECONDS
+
+SUDO=()
+if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then SUDO=(sudo -n); fi
+APT_UPDATED=0
+apt_install() {
+  command -v apt-get >/dev/null 2>&1 || die "apt-get not found; install $* by hand"
+  if [ "$APT_UPDATED" = 0 ]; then
+    timeout 600 "${SUDO[@]}" apt-get update -qq || die "apt-get update failed"
+    APT_UPDATED=1
+  fi
+  log "apt-get install $*"
+  timeout 900 "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "$@" >/dev/null \
+    || die "apt-get install $* failed"
+}
+
+sha() { sha256sum "$1" | cut -d' ' -f1; }
+
+# ---------------------------------------------------------------- PostgreSQL binaries
+find_pg_bin() {
+  local d
+  if command -v initdb >/dev/null 2>&1 && command -v pg_ctl >/dev/null 2>&1; then
+    dirname "$(readlink -f "$(command -v initdb)")"
+    return 0
+  fi
+  d="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1 || true)"
+  if [ -n "$d" ] && [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ]; then
+    echo "$d"
+    return 0
+  fi
+  return 1
+}
+PG_BIN="$(find_pg_bin || true)"
+if [ -z "$PG_BIN" ]; then
+  apt_install postgresql
+  PG_BIN="$(find_pg_bin || true)"
+  [ -n "$PG_BIN" ] || die "PostgreSQL installed but initdb/pg_ctl not found"
+fi
+log "PostgreSQL: $PG_BIN ($("$PG_BIN/postgres" --version))"
+
+# ---------------------------------------------------------------- Python venv
+PY="${PYTHON:-}"
+if [ -z "$PY" ]; then
+  for c in python3.11 python3; do
+    if command -v "$c" >/dev/null 2>&1; then PY="$c"; break; fi
+  done
+fi
+[ -n "$PY" ] || apt_install python3 python3-venv
+PY="${PY:-python3}"
+REQ_SHA="$(sha "$HERE/requirements.txt")"
+if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.interop-stamp" 2>/dev/null || true)" != "$REQ_SHA" ]; then
+  log "creating Python venv in $VENV"
+  rm -rf "$VENV"
+  if ! "$PY" -m venv "$VENV" >/dev/null 2>&1; then
+    rm -rf "$VENV"
+    apt_install python3-venv
+    "$PY" -m venv "$VENV"
+  fi
+  timeout 900 "$VENV/bin/python" -m pip install -q --upgrade pip
+  timeout 900 "$VENV/bin/python" -m pip install -q -r "$HERE/requirements.txt"
+  echo "$REQ_SHA" > "$VENV/.interop-stamp"
+fi
+
+# ---------------------------------------------------------------- firebase-tools (npm, local)
+command -v npm >/dev/null 2>&1 || die "npm not found (Node 20 + npm are expected on the machine)"
+LOCK_SHA="$(sha "$HERE/package-lock.json")"
+if [ ! -x "$HERE/node_modules/.bin/firebase" ] \
+   || [ "$(cat "$HERE/node_modules/.interop-stamp" 2>/dev/null || true)" != "$LOCK_SHA" ]; then
+  log "npm ci (firebase-tools) in $HERE"
+  # --ignore-scripts: the auth emulator needs no native addon (re2 etc. fall back to JS).
+  (cd "$HERE" && timeout 1200 npm ci --no-audit --no-fund --ignore-scripts --loglevel=error)
+  echo "$LOCK_SHA" > "$HERE/node_modules/.interop-stamp"
+fi
+log "installs done in $((SECONDS - t0))s"
+
+# ---------------------------------------------------------------- build the gateway
+if [ -z "${EXTOKEN_BIN:-}" ]; then
+  if [ "${INTEROP_SKIP_BUILD:-0}" != 1 ]; then
+    if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then . "$HOME/.cargo/env"; fi
+    log "cargo build (debug)"
+    (cd "$ROOT" && timeout 3000 cargo build --quiet)
+  fi
+  EXTOKEN_BIN="$ROOT/target/debug/extoken"
+fi
+[ -x "$EXTOKEN_BIN" ] || die "no gateway binary at $EXTOKEN_BIN"
+export EXTOKEN_BIN
+log "ready to start services after $((SECONDS - t0))s"
+
+# ---------------------------------------------------------------- services
+TMP="$(mktemp -d -t extoken-interop.XXXXXX)"
+chmod 755 "$TMP"
+FB_PID=""
+PG_STARTED=0
+PG_USER_CMD=()
+
+cleanup() {
+  local rc=$?
+  set +e
+  if [ -n "$FB_PID" ] && kill -0 "$FB_PID" 2>/dev/null; then
+    # The emulator was started with setsid: its process group id is its PID.
+    kill -TERM -- "-$FB_PID" 2>/dev/null
+    for _ in $(seq 50); do kill -0 "$FB_PID" 2>/dev/null || break; sleep 0.2; done
+    kill -KILL -- "-$FB_PID" 2>/dev/null
+  fi
+  if [ "$PG_STARTED" = 1 ]; then
+    "${PG_USER_CMD[@]}" "$PG_BIN/pg_ctl" -D "$TMP/pg/data" -m immediate -w -t 20 stop >/dev/null 2>&1
+  fi
+  if [ "${INTEROP_KEEP_TMP:-0}" = 1 ]; then
+    log "kept $TMP"
+  else
+    rm -rf "$TMP"
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+free_port() {
+  "$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+# PostgreSQL: initdb refuses to run as root, so as root the cluster belongs to a system user.
+mkdir -p "$TMP/pg"
+if [ "$(id -u)" -eq 0 ]; then
+  if ! id postgres >/dev/null 2>&1; then
+    useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin postgres
+  fi
+  chown postgres "$TMP/pg"
+  PG_USER_CMD=(runuser -u postgres --)
+fi
+PG_PORT="$(free_port)"
+(cd "$TMP" && timeout 120 "${PG_USER_CMD[@]}" "$PG_BIN/initdb" -D "$TMP/pg/data" -A trust -U postgres \
+  -E UTF8 --locale=C --no-sync >"$TMP/pg/initdb.log" 2>&1) \
+  || { cat "$TMP/pg/initdb.log" >&2; die "initdb failed"; }
+(cd "$TMP" && "${PG_USER_CMD[@]}" "$PG_BIN/pg_ctl" -D "$TMP/pg/data" -l "$TMP/pg/postgres.log" -w -t 60 \
+  -o "-p $PG_PORT -k $TMP/pg -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off" \
+  start >/dev/null) || { cat "$TMP/pg/postgres.log" >&2; die "postgres did not start"; }
+PG_STARTED=1
+export INTEROP_PG_DSN="host=127.0.0.1 port=$PG_PORT user=postgres dbname=postgres"
+log "PostgreSQL on 127.0.0.1:$PG_PORT"
+
+# Firebase Auth emulator (Node only, no Java, offline; demo- project id needs no credentials).
+FB_PORT="$(free_port)"; HUB_PORT="$(free_port)"; LOG_PORT="$(free_port)"
+mkdir -p "$TMP/firebase"
+cat > "$TMP/firebase/firebase.json" <<EOF
+{
+  "emulators": {
+    "auth": {"host": "127.0.0.1", "port": $FB_PORT},
+    "hub": {"host": "127.0.0.1", "port": $HUB_PORT},
+    "logging": {"host": "127.0.0.1", "port": $LOG_PORT},
+    "ui": {"enabled": false},
+    "singleProjectMode": true
+  }
+}
+EOF
+(cd "$TMP/firebase" && exec setsid "$HERE/node_modules/.bin/firebase" emulators:start --only auth \
+  --project demo-extoken --config "$TMP/firebase/firebase.json" >"$TMP/firebase/emulator.log" 2>&1) &
+FB_PID=$!
+ok=0
+for _ in $(seq 240); do   # up to 120 s
+  if ! kill -0 "$FB_PID" 2>/dev/null; then break; fi
+  if "$VENV/bin/python" - "$FB_PORT" <<'PYEOF' 2>/dev/null
+import json, sys, urllib.request
+r = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/", timeout=2)
+sys.exit(0 if json.load(r).get("authEmulator", {}).get("ready") else 1)
+PYEOF
+  then ok=1; break; fi
+  sleep 0.5
+done
+if [ "$ok" != 1 ]; then
+  cat "$TMP/firebase/emulator.log" >&2
+  die "Firebase Auth emulator did not become ready"
+fi
+export INTEROP_FIREBASE_AUTH_PORT="$FB_PORT"
+log "Firebase Auth emulator on 127.0.0.1:$FB_PORT (ready after $((SECONDS - t0))s)"
+
+# ---------------------------------------------------------------- tests
+export INTEROP_TMP="$TMP"
+set +e
+# shellcheck disable=SC2086
+(cd "$HERE" && timeout 1500 "$VENV/bin/python" -m pytest -p no:cacheprovider -rs -v ${PYTEST_ARGS:-} "$HERE")
+rc=$?
+set -e
+log "pytest exit code $rc; total $((SECONDS - t0))s"
+exit "$rc"

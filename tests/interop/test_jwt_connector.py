@@ -1,0 +1,128 @@
+"""jwt connector: a legacy backend verifies the gateway-signed token with PyJWT.
+
+The backend gets the public keys where the contract says the gateway serves them:
+``GET /.well-known/jwks.json`` on the admin listener (issue 4), and until then
+``GET /.extoken/jwks.json`` on the proxy listener. Tests skip (with the reason) only while neither
+exists.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+from conftest import rfc7638_thumbprint, unverified
+
+USER = "U2aliceJwt000000000000000001"
+ISSUER = "https://gateway.interop.test"
+AUDIENCE = "legacy-api"
+
+
+@pytest.fixture(autouse=True)
+def _need_jwt(require_connector):
+    require_connector("jwt")
+
+
+def new_key(alg: str):
+    if alg == "RS256":
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    if alg == "ES256":
+        return ec.generate_private_key(ec.SECP256R1())
+    return ed25519.Ed25519PrivateKey.generate()
+
+
+def write_pem(key, path):
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    return str(path)
+
+
+def fetch_jwks(g, backend) -> dict:
+    """The gateway's JWKS the way a legacy backend would fetch it, or a skip if not served yet."""
+    tried = []
+    for path in ("/.extoken/jwks.json",):
+        status, headers, body = g.request(path)
+        forwarded = backend.find(path) is not None
+        tried.append(f"{path} -> {status}{' (forwarded to the backend)' if forwarded else ''}")
+        if status == 200 and not forwarded:
+            try:
+                jwks = json.loads(body)
+            except ValueError:
+                pytest.fail(f"{path} answered 200 but not JSON: {body[:200]!r}")
+            assert isinstance(jwks.get("keys"), list) and jwks["keys"], f"{path}: no keys: {jwks}"
+            return jwks
+    pytest.skip("the gateway serves no JWKS for the jwt connector yet (" + "; ".join(tried) + ")")
+
+
+def key_for(jwks: dict, kid: str):
+    for k in jwks["keys"]:
+        if k.get("kid") == kid:
+            assert "d" not in k, "the published JWKS contains a private key component"
+            return jwt.PyJWK(k)
+    pytest.fail(f"kid {kid!r} not in the served JWKS (kids: {[k.get('kid') for k in jwks['keys']]})")
+
+
+def jwt_connector(key_path: str, alg: str, **extra) -> dict:
+    return {"inhouse": {"type": "jwt", "algorithm": alg, "key_file": key_path, "issuer": ISSUER,
+                        "audience": AUDIENCE, "expires_in": "15m",
+                        "claims": {"tenant": "dct", "roles": "roles"}, **extra}}
+
+
+@pytest.mark.parametrize("alg", ["RS256", "ES256", "EdDSA"])
+def test_backend_verifies_with_served_jwks(gateway, backend, descope, tmp_path, alg):
+    key = new_key(alg)
+    g = gateway(jwt_connector(write_pem(key, tmp_path / "inhouse.pem"), alg))
+    tok = g.forward(descope.mint(USER, dct="T1", roles=["admin"]), backend).token
+    header = jwt.get_unverified_header(tok)
+    assert header["alg"] == alg
+    assert header.get("kid"), "the jwt connector's header needs a kid to pick the key"
+
+    jwks = fetch_jwks(g, backend)
+    pub = key_for(jwks, header["kid"])
+    claims = jwt.decode(tok, pub.key, algorithms=[alg], audience=AUDIENCE, issuer=ISSUER,
+                        options={"require": ["exp", "iat", "iss", "aud"]})
+    assert claims["exp"] - claims["iat"] == 900
+    assert abs(claims["iat"] - time.time()) < 120
+    assert claims["tenant"] == "T1"
+    assert claims["roles"] == ["admin"]
+
+    # The same public key, straight from our private key, verifies too.
+    jwt.decode(tok, key.public_key(), algorithms=[alg], audience=AUDIENCE, issuer=ISSUER)
+    # ... and another key does not.
+    with pytest.raises(jwt.InvalidSignatureError):
+        jwt.decode(tok, new_key(alg).public_key(), algorithms=[alg], audience=AUDIENCE)
+
+
+def test_subject_identifies_the_user(gateway, backend, descope, tmp_path):
+    # Not spelled out in the contract's claim list, but a legacy backend must learn who the user is.
+    g = gateway(jwt_connector(write_pem(new_key("RS256"), tmp_path / "k.pem"), "RS256"))
+    tok = g.forward(descope.mint(USER), backend).token
+    _, claims = unverified(tok)
+    assert claims.get("sub") == USER, f"sub: expected {USER!r}, got {claims.get('sub')!r}"
+
+
+def test_default_kid_is_rfc7638_thumbprint(gateway, backend, descope, tmp_path):
+    g = gateway(jwt_connector(write_pem(new_key("RS256"), tmp_path / "k.pem"), "RS256"))
+    tok = g.forward(descope.mint(USER), backend).token
+    jwks = fetch_jwks(g, backend)
+    kid = jwt.get_unverified_header(tok)["kid"]
+    served = next((k for k in jwks["keys"] if k.get("kid") == kid), None)
+    assert served is not None, f"kid {kid!r} not in the served JWKS"
+    assert kid == rfc7638_thumbprint(served), "default kid should be the RFC 7638 thumbprint"
+
+
+def test_configured_kid_and_wrong_audience(gateway, backend, descope, tmp_path):
+    g = gateway(jwt_connector(write_pem(new_key("ES256"), tmp_path / "k.pem"), "ES256",
+                              kid="inhouse-2024"))
+    tok = g.forward(descope.mint(USER), backend).token
+    assert jwt.get_unverified_header(tok)["kid"] == "inhouse-2024"
+    pub = key_for(fetch_jwks(g, backend), "inhouse-2024")
+    with pytest.raises(jwt.InvalidAudienceError):
+        jwt.decode(tok, pub.key, algorithms=["ES256"], audience="some-other-api")
+    with pytest.raises(jwt.InvalidAlgorithmError):
+        jwt.decode(tok, pub.key, algorithms=["RS256"], audience=AUDIENCE)
