@@ -66,26 +66,37 @@ impl DevKey {
 
     pub fn from_pem(pem: &[u8]) -> Result<DevKey, String> {
         let encoding = EncodingKey::from_rsa_pem(pem).map_err(|e| e.to_string())?;
-        let mut jwk = Jwk::from_encoding_key(&encoding, Algorithm::RS256).map_err(|e| e.to_string())?;
-        let kid = jwk.thumbprint(ThumbprintHash::SHA256).map_err(|e| e.to_string())?;
+        let mut jwk =
+            Jwk::from_encoding_key(&encoding, Algorithm::RS256).map_err(|e| e.to_string())?;
+        let kid = jwk
+            .thumbprint(ThumbprintHash::SHA256)
+            .map_err(|e| e.to_string())?;
         jwk.common.key_id = Some(kid.clone());
         jwk.common.key_algorithm = Some(KeyAlgorithm::RS256);
         jwk.common.public_key_use = Some(PublicKeyUse::Signature);
-        let jwks = serde_json::to_string_pretty(&JwkSet { keys: vec![jwk] }).map_err(|e| e.to_string())?;
-        Ok(DevKey { encoding, kid, jwks })
+        let jwks =
+            serde_json::to_string_pretty(&JwkSet { keys: vec![jwk] }).map_err(|e| e.to_string())?;
+        Ok(DevKey {
+            encoding,
+            kid,
+            jwks,
+        })
     }
 
     /// Signs one token.
     pub fn sign(&self, claims: &Map<String, Value>) -> Result<String, MintError> {
         let mut header = Header::new(Algorithm::RS256);
         header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&header, claims, &self.encoding).map_err(|e| MintError::Sign(e.to_string()))
+        jsonwebtoken::encode(&header, claims, &self.encoding)
+            .map_err(|e| MintError::Sign(e.to_string()))
     }
 }
 
-fn generate_pem() -> Result<String, MintError> {
+/// A fresh RSA-2048 private key as PKCS#8 PEM.
+pub fn generate_pem() -> Result<String, MintError> {
     use aws_lc_rs::encoding::AsDer;
-    let kp = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).map_err(|_| MintError::KeyGen)?;
+    let kp = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
+        .map_err(|_| MintError::KeyGen)?;
     let der = kp.as_der().map_err(|_| MintError::KeyGen)?;
     let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
     let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
@@ -128,7 +139,13 @@ impl MintOptions {
     pub fn claims_for(&self, sub: &str, now: u64) -> Map<String, Value> {
         let mut c = Map::new();
         let exp = (now as i64 + self.ttl_secs).max(0);
-        c.insert("iss".into(), self.issuer.clone().unwrap_or_else(|| self.project_id.clone()).into());
+        c.insert(
+            "iss".into(),
+            self.issuer
+                .clone()
+                .unwrap_or_else(|| self.project_id.clone())
+                .into(),
+        );
         c.insert("sub".into(), sub.into());
         c.insert("iat".into(), now.into());
         c.insert("exp".into(), exp.into());
@@ -145,10 +162,17 @@ impl MintOptions {
 
     /// `count` tokens with distinct subjects (`sub` itself when `count` is 1).
     pub fn mint(&self, key: &DevKey, count: usize) -> Result<Vec<String>, MintError> {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_secs();
         (0..count)
             .map(|i| {
-                let sub = if count == 1 { self.sub.clone() } else { format!("{}{:06}", self.sub, i + 1) };
+                let sub = if count == 1 {
+                    self.sub.clone()
+                } else {
+                    format!("{}{:06}", self.sub, i + 1)
+                };
                 key.sign(&self.claims_for(&sub, now))
             })
             .collect()
@@ -157,7 +181,9 @@ impl MintOptions {
 
 /// Parses `--claim key=JSON`; a value that is not JSON is taken as a string.
 pub fn parse_claim(s: &str) -> Result<(String, Value), MintError> {
-    let (k, v) = s.split_once('=').ok_or_else(|| MintError::BadClaim(s.into()))?;
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| MintError::BadClaim(s.into()))?;
     if k.is_empty() {
         return Err(MintError::BadClaim(s.into()));
     }
@@ -176,7 +202,10 @@ mod tests {
             issuer: None,
             sub: "U2a".into(),
             ttl_secs: 600,
-            claims: vec![parse_claim("dct=\"t1\"").unwrap(), parse_claim("plain=word").unwrap()],
+            claims: vec![
+                parse_claim("dct=\"t1\"").unwrap(),
+                parse_claim("plain=word").unwrap(),
+            ],
             external_token: Some("legacy-{sub}".into()),
             refresh: false,
         };

@@ -36,7 +36,11 @@ impl CacheKey {
 
 impl fmt::Debug for CacheKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{:02x}{:02x}{:02x}{:02x}", self.connector, self.digest[0], self.digest[1], self.digest[2], self.digest[3])
+        write!(
+            f,
+            "{}:{:02x}{:02x}{:02x}{:02x}",
+            self.connector, self.digest[0], self.digest[1], self.digest[2], self.digest[3]
+        )
     }
 }
 
@@ -52,7 +56,13 @@ impl moka::Expiry<CacheKey, Arc<Entry>> for UntilStale {
     fn expire_after_create(&self, _: &CacheKey, e: &Arc<Entry>, now: Instant) -> Option<Duration> {
         Some(e.stale_at.saturating_duration_since(now))
     }
-    fn expire_after_update(&self, _: &CacheKey, e: &Arc<Entry>, now: Instant, _: Option<Duration>) -> Option<Duration> {
+    fn expire_after_update(
+        &self,
+        _: &CacheKey,
+        e: &Arc<Entry>,
+        now: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
         Some(e.stale_at.saturating_duration_since(now))
     }
 }
@@ -155,9 +165,19 @@ impl TokenCache {
             let m = mint.mint(inputs).await?;
             Ok::<_, ExchangeError>(this.entry(m))
         };
-        match self.inner.tokens.entry(key.clone()).or_try_insert_with(init).await {
+        match self
+            .inner
+            .tokens
+            .entry(key.clone())
+            .or_try_insert_with(init)
+            .await
+        {
             Ok(e) => {
-                let how = if e.is_fresh() { Lookup::Miss } else { Lookup::Coalesced };
+                let how = if e.is_fresh() {
+                    Lookup::Miss
+                } else {
+                    Lookup::Coalesced
+                };
                 (Ok(e.into_value().token.clone()), how)
             }
             Err(err) => {
@@ -168,13 +188,20 @@ impl TokenCache {
         }
     }
 
-    fn refresh_in_background(&self, key: CacheKey, mint: Arc<dyn Mint>, inputs: Arc<serde_json::Value>) {
+    fn refresh_in_background(
+        &self,
+        key: CacheKey,
+        mint: Arc<dyn Mint>,
+        inputs: Arc<serde_json::Value>,
+    ) {
         let this = self.clone();
         tokio::spawn(async move {
             match mint.mint(&inputs).await {
                 Ok(m) => this.inner.tokens.insert(key, this.entry(m)).await,
                 // The old entry stays until it goes stale; the next miss mints synchronously.
-                Err(e) => tracing::warn!(target: "extoken::exchange", connector = %key.connector, "refresh-ahead failed: {e}"),
+                Err(e) => {
+                    tracing::warn!(target: "extoken::exchange", connector = %key.connector, "refresh-ahead failed: {e}")
+                }
             }
         });
     }

@@ -17,7 +17,11 @@ impl ClaimConnector {
         let v = session
             .str_claim(&self.claim)
             .filter(|s| !s.is_empty())
-            .ok_or_else(|| ExchangeError::MissingClaim { claim: self.claim.clone() })?;
-        ExternalToken::new(v.to_owned()).ok_or_else(|| ExchangeError::InvalidClaim { claim: self.claim.clone() })
+            .ok_or_else(|| ExchangeError::MissingClaim {
+                claim: self.claim.clone(),
+            })?;
+        ExternalToken::new(v.to_owned()).ok_or_else(|| ExchangeError::InvalidClaim {
+            claim: self.claim.clone(),
+        })
     }
 }

@@ -40,15 +40,29 @@ pub struct Firebase {
 }
 
 impl Firebase {
-    pub fn build(name: &str, path: &str, c: &FirebaseConfig, client: reqwest::Client) -> Result<Firebase, ConfigError> {
+    pub fn build(
+        name: &str,
+        path: &str,
+        c: &FirebaseConfig,
+        client: reqwest::Client,
+    ) -> Result<Firebase, ConfigError> {
         let (key, text) = match (&c.service_account_file, &c.service_account_json) {
             (Some(f), _) => (
                 format!("{path}.service_account_file"),
-                std::fs::read_to_string(f)
-                    .map_err(|e| ConfigError::key(format!("{path}.service_account_file"), format!("cannot read {}: {e}", f.display())))?,
+                std::fs::read_to_string(f).map_err(|e| {
+                    ConfigError::key(
+                        format!("{path}.service_account_file"),
+                        format!("cannot read {}: {e}", f.display()),
+                    )
+                })?,
             ),
             (None, Some(j)) => (format!("{path}.service_account_json"), j.clone()),
-            (None, None) => return Err(ConfigError::key(format!("{path}.service_account_file"), "missing")),
+            (None, None) => {
+                return Err(ConfigError::key(
+                    format!("{path}.service_account_file"),
+                    "missing",
+                ))
+            }
         };
         let sa: ServiceAccount = serde_json::from_str(&text)
             .map_err(|e| ConfigError::key(key.clone(), format!("not a service account JSON (need private_key_id, private_key, client_email): {}", e.classify_msg())))?;
@@ -70,7 +84,11 @@ impl Firebase {
     }
 
     /// The custom token for `uid` with developer `claims` (omitted when empty, as firebase-admin does).
-    pub fn custom_token(&self, uid: &str, claims: &Map<String, Value>) -> Result<String, ExchangeError> {
+    pub fn custom_token(
+        &self,
+        uid: &str,
+        claims: &Map<String, Value>,
+    ) -> Result<String, ExchangeError> {
         let iat = unix_now();
         let mut c = Map::new();
         c.insert("iss".into(), self.client_email.clone().into());
@@ -85,7 +103,9 @@ impl Firebase {
         if let Some(t) = &self.tenant_id {
             c.insert("tenant_id".into(), t.clone().into());
         }
-        self.signer.sign(&c).map_err(|e| ExchangeError::unavailable(&self.name, e))
+        self.signer
+            .sign(&c)
+            .map_err(|e| ExchangeError::unavailable(&self.name, e))
     }
 
     async fn exchange(&self, custom: &str) -> Result<Minted, ExchangeError> {
@@ -103,19 +123,27 @@ impl Firebase {
             .await
             .map_err(|e| fail(format!("signInWithCustomToken: {}", e.without_url())))?;
         let status = resp.status();
-        let reply: Value = resp.json().await.map_err(|e| fail(format!("unreadable reply: {}", e.without_url())))?;
+        let reply: Value = resp
+            .json()
+            .await
+            .map_err(|e| fail(format!("unreadable reply: {}", e.without_url())))?;
         if !status.is_success() {
             let msg = reply["error"]["message"].as_str().unwrap_or("no message");
-            return Err(fail(format!("signInWithCustomToken answered {status}: {msg}")));
+            return Err(fail(format!(
+                "signInWithCustomToken answered {status}: {msg}"
+            )));
         }
-        let id_token = reply["idToken"].as_str().ok_or_else(|| fail("reply has no idToken".into()))?;
+        let id_token = reply["idToken"]
+            .as_str()
+            .ok_or_else(|| fail("reply has no idToken".into()))?;
         let expires_in = match &reply["expiresIn"] {
             Value::String(s) => s.parse::<u64>().ok(),
             v => v.as_u64(),
         }
         .unwrap_or(CUSTOM_TOKEN_TTL);
         Ok(Minted {
-            token: ExternalToken::new(id_token.to_string()).ok_or_else(|| fail("idToken is not visible ASCII".into()))?,
+            token: ExternalToken::new(id_token.to_string())
+                .ok_or_else(|| fail("idToken is not visible ASCII".into()))?,
             lifetime: Duration::from_secs(expires_in),
         })
     }
@@ -126,7 +154,9 @@ impl Mint for Firebase {
     fn inputs(&self, s: &Session, _req: RequestInfo<'_>) -> Result<Value, ExchangeError> {
         let uid = user_id(s)?;
         if uid.chars().count() > 128 {
-            return Err(ExchangeError::InvalidClaim { claim: "sub".into() });
+            return Err(ExchangeError::InvalidClaim {
+                claim: "sub".into(),
+            });
         }
         Ok(json!({ "uid": uid, "claims": mapped(&s.claims, &self.claims) }))
     }
@@ -138,7 +168,8 @@ impl Mint for Firebase {
         let custom = self.custom_token(uid, claims)?;
         match self.mode {
             FirebaseMode::CustomToken => Ok(Minted {
-                token: ExternalToken::new(custom).ok_or_else(|| ExchangeError::unavailable(&self.name, "not ASCII"))?,
+                token: ExternalToken::new(custom)
+                    .ok_or_else(|| ExchangeError::unavailable(&self.name, "not ASCII"))?,
                 lifetime: Duration::from_secs(CUSTOM_TOKEN_TTL),
             }),
             FirebaseMode::IdToken => self.exchange(&custom).await,
@@ -156,6 +187,11 @@ impl ClassifyMsg for serde_json::Error {
         if msg.starts_with("missing field") {
             return msg;
         }
-        format!("{:?} error at line {} column {}", self.classify(), self.line(), self.column())
+        format!(
+            "{:?} error at line {} column {}",
+            self.classify(),
+            self.line(),
+            self.column()
+        )
     }
 }

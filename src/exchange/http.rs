@@ -20,8 +20,28 @@ use crate::verify::Session;
 
 /// Claims that are Descope's own, not "custom claims" of the flow or template.
 const STANDARD_CLAIMS: &[&str] = &[
-    "iss", "sub", "dsub", "aud", "exp", "iat", "nbf", "jti", "drn", "amr", "dct", "tenants", "roles",
-    "permissions", "nsec", "externalToken", "rexp", "cnf", "email", "phone", "name", "loginIds",
+    "iss",
+    "sub",
+    "dsub",
+    "aud",
+    "exp",
+    "iat",
+    "nbf",
+    "jti",
+    "drn",
+    "amr",
+    "dct",
+    "tenants",
+    "roles",
+    "permissions",
+    "nsec",
+    "externalToken",
+    "rexp",
+    "cnf",
+    "email",
+    "phone",
+    "name",
+    "loginIds",
 ];
 
 pub struct HttpConnector {
@@ -39,16 +59,25 @@ pub struct HttpConnector {
 }
 
 impl HttpConnector {
-    pub fn build(name: &str, path: &str, c: &HttpConnectorConfig, client: reqwest::Client) -> Result<HttpConnector, ConfigError> {
+    pub fn build(
+        name: &str,
+        path: &str,
+        c: &HttpConnectorConfig,
+        client: reqwest::Client,
+    ) -> Result<HttpConnector, ConfigError> {
         let mut headers = HeaderMap::new();
         for (k, v) in &c.headers {
             let key = format!("{path}.headers.{k}");
-            let n = HeaderName::from_bytes(k.as_bytes()).map_err(|_| ConfigError::key(key.clone(), "not a header name"))?;
-            let v = HeaderValue::from_str(v).map_err(|_| ConfigError::key(key, "not a valid header value"))?;
+            let n = HeaderName::from_bytes(k.as_bytes())
+                .map_err(|_| ConfigError::key(key.clone(), "not a header name"))?;
+            let v = HeaderValue::from_str(v)
+                .map_err(|_| ConfigError::key(key, "not a valid header value"))?;
             headers.insert(n, v);
         }
         if let Some(HttpAuth::ApiKey { value, .. } | HttpAuth::Bearer(value)) = &c.auth {
-            HeaderValue::from_str(value).map_err(|_| ConfigError::key(format!("{path}.auth"), "not a valid header value"))?;
+            HeaderValue::from_str(value).map_err(|_| {
+                ConfigError::key(format!("{path}.auth"), "not a valid header value")
+            })?;
         }
         Ok(HttpConnector {
             name: name.to_string(),
@@ -74,7 +103,13 @@ impl HttpConnector {
 
     /// The OAuth2 access token for the endpoint, fetched once and reused until shortly before it
     /// expires. The mutex makes concurrent first calls share one fetch.
-    async fn oauth_token(&self, token_url: &str, id: &str, secret: &str, scopes: &[String]) -> Result<String, ExchangeError> {
+    async fn oauth_token(
+        &self,
+        token_url: &str,
+        id: &str,
+        secret: &str,
+        scopes: &[String],
+    ) -> Result<String, ExchangeError> {
         let mut cached = self.oauth.lock().await;
         if let Some((t, until)) = cached.as_ref() {
             if Instant::now() < *until {
@@ -103,14 +138,27 @@ impl HttpConnector {
         if !resp.status().is_success() {
             return Err(self.fail(format!("oauth2 token endpoint answered {}", resp.status())));
         }
-        let v: Value = resp.json().await.map_err(|_| self.fail("oauth2 token reply is not JSON"))?;
-        let t = v["access_token"].as_str().ok_or_else(|| self.fail("oauth2 reply has no access_token"))?.to_string();
+        let v: Value = resp
+            .json()
+            .await
+            .map_err(|_| self.fail("oauth2 token reply is not JSON"))?;
+        let t = v["access_token"]
+            .as_str()
+            .ok_or_else(|| self.fail("oauth2 reply has no access_token"))?
+            .to_string();
         let life = v["expires_in"].as_u64().unwrap_or(300);
-        *cached = Some((t.clone(), Instant::now() + Duration::from_secs(life.saturating_sub(30).max(1))));
+        *cached = Some((
+            t.clone(),
+            Instant::now() + Duration::from_secs(life.saturating_sub(30).max(1)),
+        ));
         Ok(t)
     }
 
-    async fn send_once(&self, body: &bytes::Bytes, oauth: Option<&str>) -> Result<reqwest::Response, reqwest::Error> {
+    async fn send_once(
+        &self,
+        body: &bytes::Bytes,
+        oauth: Option<&str>,
+    ) -> Result<reqwest::Response, reqwest::Error> {
         let mut req = self
             .client
             .post(&self.url)
@@ -126,8 +174,12 @@ impl HttpConnector {
             (_, Some(t)) => req.bearer_auth(t),
             (None | Some(HttpAuth::Oauth2ClientCredentials { .. }), None) => req,
             (Some(HttpAuth::Bearer(t)), None) => req.bearer_auth(t),
-            (Some(HttpAuth::Basic { username, password }), None) => req.basic_auth(username, Some(password)),
-            (Some(HttpAuth::ApiKey { header, value }), None) => req.header(header.as_str(), value.as_str()),
+            (Some(HttpAuth::Basic { username, password }), None) => {
+                req.basic_auth(username, Some(password))
+            }
+            (Some(HttpAuth::ApiKey { header, value }), None) => {
+                req.header(header.as_str(), value.as_str())
+            }
         };
         req.send().await
     }
@@ -136,9 +188,15 @@ impl HttpConnector {
         let mut attempt = 0;
         loop {
             let oauth = match &self.auth {
-                Some(HttpAuth::Oauth2ClientCredentials { token_url, client_id, client_secret, scopes }) => {
-                    Some(self.oauth_token(token_url, client_id, client_secret, scopes).await?)
-                }
+                Some(HttpAuth::Oauth2ClientCredentials {
+                    token_url,
+                    client_id,
+                    client_secret,
+                    scopes,
+                }) => Some(
+                    self.oauth_token(token_url, client_id, client_secret, scopes)
+                        .await?,
+                ),
                 _ => None,
             };
             let result = self.send_once(&body, oauth.as_deref()).await;
@@ -152,7 +210,11 @@ impl HttpConnector {
             };
             if !retryable || attempt >= self.retries {
                 return result.map_err(|e| {
-                    let kind = if e.is_timeout() { "timed out" } else { "request failed" };
+                    let kind = if e.is_timeout() {
+                        "timed out"
+                    } else {
+                        "request failed"
+                    };
                     self.fail(format!("{kind}: {}", e.without_url()))
                 });
             }
@@ -165,7 +227,9 @@ impl HttpConnector {
 fn form_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
             b' ' => "+".to_string(),
             _ => format!("%{b:02X}"),
         })
@@ -220,18 +284,25 @@ impl Mint for HttpConnector {
     }
 
     async fn mint(&self, inputs: &Value) -> Result<Minted, ExchangeError> {
-        let body = bytes::Bytes::from(serde_json::to_vec(inputs).map_err(|e| self.fail(e.to_string()))?);
+        let body =
+            bytes::Bytes::from(serde_json::to_vec(inputs).map_err(|e| self.fail(e.to_string()))?);
         let resp = self.call(body).await?;
         let status = resp.status();
         if !status.is_success() {
             return Err(self.fail(format!("endpoint answered {status}")));
         }
-        let reply: Value = resp.json().await.map_err(|_| self.fail("reply is not JSON"))?;
+        let reply: Value = resp
+            .json()
+            .await
+            .map_err(|_| self.fail("reply is not JSON"))?;
         let raw = reply
             .get(&self.token_field)
             .and_then(Value::as_str)
-            .ok_or_else(|| self.fail(format!("reply has no string {:?} field", self.token_field)))?;
-        let token = ExternalToken::new(raw.to_string()).ok_or_else(|| self.fail("reply token is not visible ASCII"))?;
+            .ok_or_else(|| {
+                self.fail(format!("reply has no string {:?} field", self.token_field))
+            })?;
+        let token = ExternalToken::new(raw.to_string())
+            .ok_or_else(|| self.fail("reply token is not visible ASCII"))?;
         let lifetime = match &reply["expires_in"] {
             Value::Number(n) => n.as_u64().map(Duration::from_secs),
             Value::String(s) => s.parse().ok().map(Duration::from_secs),

@@ -12,7 +12,9 @@ pub fn user_id(session: &Session) -> Result<&str, ExchangeError> {
     session
         .user_id()
         .filter(|s| !s.is_empty())
-        .ok_or_else(|| ExchangeError::MissingClaim { claim: "sub".into() })
+        .ok_or_else(|| ExchangeError::MissingClaim {
+            claim: "sub".into(),
+        })
 }
 
 /// `a.b.c` inside a claims object.
@@ -79,18 +81,36 @@ mod tests {
         let c = c.as_object().unwrap();
         let map: ClaimMap = [
             ("tenant".to_string(), "dct".to_string()),
-            ("app_metadata.roles".to_string(), "tenants.T1.roles".to_string()),
+            (
+                "app_metadata.roles".to_string(),
+                "tenants.T1.roles".to_string(),
+            ),
             ("missing".to_string(), "nope.x".to_string()),
         ]
         .into();
         let m = mapped(c, &map);
-        assert_eq!(Value::Object(m), json!({"tenant": "T1", "app_metadata": {"roles": ["admin"]}}));
+        assert_eq!(
+            Value::Object(m),
+            json!({"tenant": "T1", "app_metadata": {"roles": ["admin"]}})
+        );
     }
 
     #[test]
     fn merge_is_deep() {
-        let mut a = json!({"app_metadata": {"provider": "descope"}}).as_object().unwrap().clone();
-        merge(&mut a, json!({"app_metadata": {"roles": ["x"]}}).as_object().unwrap().clone());
-        assert_eq!(Value::Object(a), json!({"app_metadata": {"provider": "descope", "roles": ["x"]}}));
+        let mut a = json!({"app_metadata": {"provider": "descope"}})
+            .as_object()
+            .unwrap()
+            .clone();
+        merge(
+            &mut a,
+            json!({"app_metadata": {"roles": ["x"]}})
+                .as_object()
+                .unwrap()
+                .clone(),
+        );
+        assert_eq!(
+            Value::Object(a),
+            json!({"app_metadata": {"provider": "descope", "roles": ["x"]}})
+        );
     }
 }

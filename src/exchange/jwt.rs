@@ -23,7 +23,11 @@ pub struct JwtConnector {
 }
 
 impl JwtConnector {
-    pub fn build(name: &str, path: &str, c: &JwtConnectorConfig) -> Result<JwtConnector, ConfigError> {
+    pub fn build(
+        name: &str,
+        path: &str,
+        c: &JwtConnectorConfig,
+    ) -> Result<JwtConnector, ConfigError> {
         let alg = match c.algorithm {
             JwtAlgorithm::RS256 => Algorithm::RS256,
             JwtAlgorithm::ES256 => Algorithm::ES256,
@@ -65,9 +69,14 @@ impl Mint for JwtConnector {
         if let Some(m) = inputs["mapped"].as_object() {
             merge(&mut c, m.clone());
         }
-        let token = self.signer.sign(&c).map_err(|e| ExchangeError::unavailable(&self.name, e))?;
+        let token = self
+            .signer
+            .sign(&c)
+            .map_err(|e| ExchangeError::unavailable(&self.name, e))?;
         Ok(Minted {
-            token: ExternalToken::new(token).ok_or_else(|| ExchangeError::unavailable(&self.name, "signed token is not ASCII"))?,
+            token: ExternalToken::new(token).ok_or_else(|| {
+                ExchangeError::unavailable(&self.name, "signed token is not ASCII")
+            })?,
             lifetime: self.expires_in,
         })
     }

@@ -39,7 +39,8 @@ pub struct ExternalToken(Arc<str>);
 impl ExternalToken {
     /// Accepts only visible ASCII (0x21..=0x7E): no spaces, controls, CR/LF or non-ASCII.
     pub fn new(s: String) -> Option<ExternalToken> {
-        (!s.is_empty() && s.bytes().all(|b| (0x21..=0x7e).contains(&b))).then(|| ExternalToken(s.into()))
+        (!s.is_empty() && s.bytes().all(|b| (0x21..=0x7e).contains(&b)))
+            .then(|| ExternalToken(s.into()))
     }
     pub fn as_str(&self) -> &str {
         &self.0
@@ -93,7 +94,11 @@ pub struct RequestInfo<'a> {
 /// depend on; `mint` works from those inputs only, so the cache key (a hash of them) is exact.
 #[async_trait::async_trait]
 pub trait Mint: Send + Sync {
-    fn inputs(&self, session: &Session, req: RequestInfo<'_>) -> Result<serde_json::Value, ExchangeError>;
+    fn inputs(
+        &self,
+        session: &Session,
+        req: RequestInfo<'_>,
+    ) -> Result<serde_json::Value, ExchangeError>;
     /// The part of the inputs that keys the cache (all of it unless a connector says otherwise).
     fn cache_inputs(&self, inputs: &serde_json::Value) -> serde_json::Value {
         inputs.clone()
@@ -139,18 +144,36 @@ impl Connectors {
             let path = format!("connectors.{name}");
             let kind = match c {
                 ConnectorConfig::Claim(c) => Kind::Claim(ClaimConnector::new(c.claim.clone())),
-                ConnectorConfig::Supabase(c) => Kind::Minting(Arc::new(Supabase::build(name, &path, c)?)),
-                ConnectorConfig::Firebase(c) => Kind::Minting(Arc::new(Firebase::build(name, &path, c, client.clone())?)),
-                ConnectorConfig::Http(c) => Kind::Minting(Arc::new(HttpConnector::build(name, &path, c, client.clone())?)),
-                ConnectorConfig::Jwt(c) => Kind::Minting(Arc::new(JwtConnector::build(name, &path, c)?)),
+                ConnectorConfig::Supabase(c) => {
+                    Kind::Minting(Arc::new(Supabase::build(name, &path, c)?))
+                }
+                ConnectorConfig::Firebase(c) => {
+                    Kind::Minting(Arc::new(Firebase::build(name, &path, c, client.clone())?))
+                }
+                ConnectorConfig::Http(c) => Kind::Minting(Arc::new(HttpConnector::build(
+                    name,
+                    &path,
+                    c,
+                    client.clone(),
+                )?)),
+                ConnectorConfig::Jwt(c) => {
+                    Kind::Minting(Arc::new(JwtConnector::build(name, &path, c)?))
+                }
             };
             if let Kind::Minting(m) = &kind {
                 public.extend(m.public_jwk());
             }
-            by_name.insert(name.clone(), Named { name: name.as_str().into(), kind });
+            by_name.insert(
+                name.clone(),
+                Named {
+                    name: name.as_str().into(),
+                    kind,
+                },
+            );
         }
-        let jwks = (!public.is_empty())
-            .then(|| serde_json::to_string(&jsonwebtoken::jwk::JwkSet { keys: public }).unwrap_or_default());
+        let jwks = (!public.is_empty()).then(|| {
+            serde_json::to_string(&jsonwebtoken::jwk::JwkSet { keys: public }).unwrap_or_default()
+        });
         Ok(Connectors {
             by_name,
             cache: TokenCache::new(&cfg.cache),
@@ -159,7 +182,12 @@ impl Connectors {
     }
 
     /// The external token from connector `name` for this session.
-    pub async fn obtain(&self, name: &str, session: &Session, req: RequestInfo<'_>) -> Result<Obtained, ExchangeError> {
+    pub async fn obtain(
+        &self,
+        name: &str,
+        session: &Session,
+        req: RequestInfo<'_>,
+    ) -> Result<Obtained, ExchangeError> {
         let c = self
             .by_name
             .get(name)
@@ -197,7 +225,10 @@ impl Connectors {
 }
 
 pub(crate) fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -30,14 +30,20 @@ impl Signer {
 
     /// An RS256 key from PEM text (a Firebase service account's `private_key`).
     pub fn rsa_pem(pem: &str, kid: Option<String>) -> Result<Signer, String> {
-        let key = EncodingKey::from_rsa_pem(pem.as_bytes()).map_err(|e| format!("not an RSA private key: {e}"))?;
+        let key = EncodingKey::from_rsa_pem(pem.as_bytes())
+            .map_err(|e| format!("not an RSA private key: {e}"))?;
         Self::finish(Algorithm::RS256, key, kid)
     }
 
     /// A private key file: PEM (PKCS#8, PKCS#1 or SEC1) or a private JWK (EC P-256). `want`
     /// lists the algorithms acceptable for this connector, in order of preference.
-    pub fn from_file(path: &Path, kid: Option<String>, want: &[Algorithm]) -> Result<Signer, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    pub fn from_file(
+        path: &Path,
+        kid: Option<String>,
+        want: &[Algorithm],
+    ) -> Result<Signer, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         if text.trim_start().starts_with('{') {
             return Self::from_private_jwk(&text, kid, want);
         }
@@ -54,18 +60,36 @@ impl Signer {
                 }
             }
         }
-        Err(format!("{} is not a PEM private key for {}", path.display(), names(want)))
+        Err(format!(
+            "{} is not a PEM private key for {}",
+            path.display(),
+            names(want)
+        ))
     }
 
-    fn from_private_jwk(text: &str, kid: Option<String>, want: &[Algorithm]) -> Result<Signer, String> {
+    fn from_private_jwk(
+        text: &str,
+        kid: Option<String>,
+        want: &[Algorithm],
+    ) -> Result<Signer, String> {
         let v: Value = serde_json::from_str(text).map_err(|e| format!("not a JWK: {e}"))?;
         let field = |k: &str| -> Result<Vec<u8>, String> {
-            let s = v.get(k).and_then(Value::as_str).ok_or(format!("JWK has no {k:?}"))?;
-            URL_SAFE_NO_PAD.decode(s.trim_end_matches('=')).map_err(|_| format!("JWK {k:?} is not base64url"))
+            let s = v
+                .get(k)
+                .and_then(Value::as_str)
+                .ok_or(format!("JWK has no {k:?}"))?;
+            URL_SAFE_NO_PAD
+                .decode(s.trim_end_matches('='))
+                .map_err(|_| format!("JWK {k:?} is not base64url"))
         };
-        let (kty, crv) = (v.get("kty").and_then(Value::as_str), v.get("crv").and_then(Value::as_str));
+        let (kty, crv) = (
+            v.get("kty").and_then(Value::as_str),
+            v.get("crv").and_then(Value::as_str),
+        );
         if (kty, crv) != (Some("EC"), Some("P-256")) || !want.contains(&Algorithm::ES256) {
-            return Err("private JWKs must be EC P-256 (ES256); use a PEM file for RSA keys".into());
+            return Err(
+                "private JWKs must be EC P-256 (ES256); use a PEM file for RSA keys".into(),
+            );
         }
         let (d, x, y) = (field("d")?, field("x")?, field("y")?);
         let mut public = vec![0x04];
@@ -77,22 +101,37 @@ impl Signer {
             &public,
         )
         .map_err(|_| "the JWK's d, x and y are not one P-256 key pair".to_string())?;
-        let der = kp.to_pkcs8v1().map_err(|_| "cannot encode the JWK as PKCS#8".to_string())?;
+        let der = kp
+            .to_pkcs8v1()
+            .map_err(|_| "cannot encode the JWK as PKCS#8".to_string())?;
         let kid = kid.or_else(|| v.get("kid").and_then(Value::as_str).map(str::to_string));
-        Self::finish(Algorithm::ES256, EncodingKey::from_ec_der(der.as_ref()), kid)
+        Self::finish(
+            Algorithm::ES256,
+            EncodingKey::from_ec_der(der.as_ref()),
+            kid,
+        )
     }
 
     fn finish(alg: Algorithm, key: EncodingKey, kid: Option<String>) -> Result<Signer, String> {
-        let mut jwk = Jwk::from_encoding_key(&key, alg).map_err(|e| format!("unusable key: {e}"))?;
+        let mut jwk =
+            Jwk::from_encoding_key(&key, alg).map_err(|e| format!("unusable key: {e}"))?;
         let kid = match kid {
             Some(k) => k,
-            None => jwk.thumbprint(ThumbprintHash::SHA256).map_err(|e| e.to_string())?,
+            None => jwk
+                .thumbprint(ThumbprintHash::SHA256)
+                .map_err(|e| e.to_string())?,
         };
         jwk.common.key_id = Some(kid.clone());
         jwk.common.key_algorithm = KeyAlgorithm::from_str_opt(alg);
         jwk.common.public_key_use = Some(PublicKeyUse::Signature);
-        let s = Signer { alg, key, kid: Some(kid), public: Some(jwk) };
-        s.sign(&Map::new()).map_err(|e| format!("the key cannot sign {alg:?}: {e}"))?;
+        let s = Signer {
+            alg,
+            key,
+            kid: Some(kid),
+            public: Some(jwk),
+        };
+        s.sign(&Map::new())
+            .map_err(|e| format!("the key cannot sign {alg:?}: {e}"))?;
         Ok(s)
     }
 
@@ -114,5 +153,8 @@ impl FromAlg for KeyAlgorithm {
 }
 
 fn names(algs: &[Algorithm]) -> String {
-    algs.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(" or ")
+    algs.iter()
+        .map(|a| format!("{a:?}"))
+        .collect::<Vec<_>>()
+        .join(" or ")
 }

@@ -32,8 +32,10 @@ impl Supabase {
     pub fn build(name: &str, path: &str, c: &SupabaseConfig) -> Result<Supabase, ConfigError> {
         let signer = match (&c.jwt_secret, &c.signing_key) {
             (Some(secret), _) => Signer::hs256(secret),
-            (None, Some(file)) => Signer::from_file(file, c.kid.clone(), &[Algorithm::ES256, Algorithm::RS256])
-                .map_err(|m| ConfigError::key(format!("{path}.signing_key"), m))?,
+            (None, Some(file)) => {
+                Signer::from_file(file, c.kid.clone(), &[Algorithm::ES256, Algorithm::RS256])
+                    .map_err(|m| ConfigError::key(format!("{path}.signing_key"), m))?
+            }
             (None, None) => return Err(ConfigError::key(format!("{path}.jwt_secret"), "missing")),
         };
         let namespace = uuid::Uuid::parse_str(&c.uuid_namespace)
@@ -94,9 +96,14 @@ impl Mint for Supabase {
         if let Some(m) = inputs["mapped"].as_object() {
             merge(&mut c, m.clone());
         }
-        let token = self.signer.sign(&c).map_err(|e| ExchangeError::unavailable(&self.name, e))?;
+        let token = self
+            .signer
+            .sign(&c)
+            .map_err(|e| ExchangeError::unavailable(&self.name, e))?;
         Ok(Minted {
-            token: ExternalToken::new(token).ok_or_else(|| ExchangeError::unavailable(&self.name, "signed token is not ASCII"))?,
+            token: ExternalToken::new(token).ok_or_else(|| {
+                ExchangeError::unavailable(&self.name, "signed token is not ASCII")
+            })?,
             lifetime: self.expires_in,
         })
     }
