@@ -226,6 +226,11 @@ impl JwksServer {
         self.state.lock().unwrap().body = jwks(keys);
     }
 
+    /// Serves `body` verbatim from now on.
+    pub fn set_body(&self, body: &str) {
+        self.state.lock().unwrap().body = body.to_string();
+    }
+
     pub fn set_mode(&self, mode: JwksMode) {
         self.state.lock().unwrap().mode = mode;
     }
