@@ -24,10 +24,14 @@ pub struct CacheKey {
 }
 
 impl CacheKey {
-    pub fn new(connector: Arc<str>, inputs: &serde_json::Value) -> CacheKey {
+    /// `settings` fingerprints the connector's configuration, so a token minted under other
+    /// settings (another secret, claims mapping, lifetime) is never served after a reload.
+    pub fn new(connector: Arc<str>, settings: &[u8; 32], inputs: &serde_json::Value) -> CacheKey {
         // serde_json's Map is ordered (BTreeMap), so equal inputs serialize to equal bytes.
-        let bytes = serde_json::to_vec(inputs).unwrap_or_default();
-        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes);
+        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        ctx.update(settings);
+        ctx.update(&serde_json::to_vec(inputs).unwrap_or_default());
+        let d = ctx.finish();
         let mut digest = [0u8; 32];
         digest.copy_from_slice(d.as_ref());
         CacheKey { connector, digest }

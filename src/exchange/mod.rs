@@ -118,6 +118,8 @@ enum Kind {
 struct Named {
     name: Arc<str>,
     kind: Kind,
+    /// SHA-256 of the connector's settings (secrets included, so only ever hashed).
+    settings: [u8; 32],
 }
 
 /// The token a request gets, and the cache key to forget it by if the upstream refuses it.
@@ -163,13 +165,16 @@ impl Connectors {
             if let Kind::Minting(m) = &kind {
                 public.extend(m.public_jwk());
             }
-            by_name.insert(
-                name.clone(),
-                Named {
-                    name: name.as_str().into(),
-                    kind,
-                },
-            );
+            let mut settings = [0u8; 32];
+            let d =
+                aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, format!("{c:?}").as_bytes());
+            settings.copy_from_slice(d.as_ref());
+            let named = Named {
+                name: name.as_str().into(),
+                kind,
+                settings,
+            };
+            by_name.insert(name.clone(), named);
         }
         let jwks = (!public.is_empty()).then(|| {
             serde_json::to_string(&jsonwebtoken::jwk::JwkSet { keys: public }).unwrap_or_default()
@@ -199,7 +204,7 @@ impl Connectors {
             }),
             Kind::Minting(m) => {
                 let inputs = Arc::new(m.inputs(session, req)?);
-                let key = CacheKey::new(c.name.clone(), &m.cache_inputs(&inputs));
+                let key = CacheKey::new(c.name.clone(), &c.settings, &m.cache_inputs(&inputs));
                 let (result, _how) = self.cache.get_or_mint(&key, m, &inputs).await;
                 Ok(Obtained {
                     token: result?,
