@@ -32,7 +32,8 @@ impl Gateway {
             Some((p, msg)) => ConfigError::key(p, msg),
             None => ConfigError::Syntax(m),
         })?;
-        let client = Self::http_client().map_err(|e| ConfigError::Syntax(format!("cannot create the HTTP client: {e}")))?;
+        let client = Self::http_client()
+            .map_err(|e| ConfigError::Syntax(format!("cannot create the HTTP client: {e}")))?;
         let connectors = Connectors::build(&config, &client)?;
         let verifier = Verifier::new(
             &config.descope,
@@ -58,7 +59,12 @@ impl Gateway {
 
     /// Decides whether a request on an `auth: required` route may go upstream, and with what
     /// header. `Err` is the answer to send instead.
-    pub async fn authorize(&self, route: &Route, headers: &HeaderMap, info: RequestInfo<'_>) -> Result<Rewrite, Answer> {
+    pub async fn authorize(
+        &self,
+        route: &Route,
+        headers: &HeaderMap,
+        info: RequestInfo<'_>,
+    ) -> Result<Rewrite, Answer> {
         debug_assert_eq!(route.auth, AuthMode::Required);
         let found = extract::session_token(headers, &self.config.descope.session_cookie)
             .ok_or_else(|| Answer::unauthorized(&AuthError::Missing))?;
@@ -80,10 +86,15 @@ impl Gateway {
                 }
                 Answer::from_exchange(&e)
             })?;
-        let value = rewrite::auth_value(&route.scheme, &obtained.token)
-            .ok_or_else(|| Answer::unavailable("external token is not a valid header value", "invalid_external_token"))?;
+        let value = rewrite::auth_value(&route.scheme, &obtained.token).ok_or_else(|| {
+            Answer::unavailable(
+                "external token is not a valid header value",
+                "invalid_external_token",
+            )
+        })?;
         Ok(Rewrite {
-            drop_bearer: found.source == Source::Bearer && route.header != http::header::AUTHORIZATION,
+            drop_bearer: found.source == Source::Bearer
+                && route.header != http::header::AUTHORIZATION,
             header: route.header.clone(),
             value,
             evict: obtained.cache_key,

@@ -132,8 +132,14 @@ fn d_connector_timeout() -> Dur {
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum HttpAuth {
     Bearer(String),
-    Basic { username: String, password: String },
-    ApiKey { header: String, value: String },
+    Basic {
+        username: String,
+        password: String,
+    },
+    ApiKey {
+        header: String,
+        value: String,
+    },
     Oauth2ClientCredentials {
         token_url: String,
         client_id: String,
@@ -199,8 +205,22 @@ fn d_quarter() -> Dur {
 const JWT_RESERVED: &[&str] = &["sub", "exp", "iat", "nbf", "iss", "aud"];
 /// Names Firebase forbids inside a custom token's `claims`.
 pub const FIREBASE_RESERVED: &[&str] = &[
-    "acr", "amr", "at_hash", "aud", "auth_time", "azp", "cnf", "c_hash", "exp", "firebase", "iat",
-    "iss", "jti", "nbf", "nonce", "sub",
+    "acr",
+    "amr",
+    "at_hash",
+    "aud",
+    "auth_time",
+    "azp",
+    "cnf",
+    "c_hash",
+    "exp",
+    "firebase",
+    "iat",
+    "iss",
+    "jti",
+    "nbf",
+    "nonce",
+    "sub",
 ];
 
 fn check_claim_map(path: &str, m: &ClaimMap, reserved: &[&str]) -> Result<(), ConfigError> {
@@ -211,7 +231,10 @@ fn check_claim_map(path: &str, m: &ClaimMap, reserved: &[&str]) -> Result<(), Co
             return Err(ConfigError::key(key, "invalid claim path"));
         }
         if reserved.contains(&top) {
-            return Err(ConfigError::key(key, format!("{top:?} is set by the connector and cannot be mapped")));
+            return Err(ConfigError::key(
+                key,
+                format!("{top:?} is set by the connector and cannot be mapped"),
+            ));
         }
         if source.is_empty() || source.split('.').any(str::is_empty) {
             return Err(ConfigError::key(key, "invalid session claim path"));
@@ -224,7 +247,10 @@ fn check_url(key: String, u: &str) -> Result<(), ConfigError> {
     if u.starts_with("http://") || u.starts_with("https://") {
         Ok(())
     } else {
-        Err(ConfigError::key(key, format!("{u:?} is not an http(s) URL")))
+        Err(ConfigError::key(
+            key,
+            format!("{u:?} is not an http(s) URL"),
+        ))
     }
 }
 
@@ -248,7 +274,10 @@ impl ConnectorConfig {
         match self {
             ConnectorConfig::Claim(c) => {
                 if c.claim.is_empty() {
-                    return Err(ConfigError::key(format!("{path}.claim"), "must not be empty"));
+                    return Err(ConfigError::key(
+                        format!("{path}.claim"),
+                        "must not be empty",
+                    ));
                 }
             }
             ConnectorConfig::Supabase(c) => {
@@ -266,12 +295,18 @@ impl ConnectorConfig {
                         ))
                     }
                     (Some(s), None) if s.is_empty() => {
-                        return Err(ConfigError::key(format!("{path}.jwt_secret"), "must not be empty"))
+                        return Err(ConfigError::key(
+                            format!("{path}.jwt_secret"),
+                            "must not be empty",
+                        ))
                     }
                     _ => {}
                 }
                 if uuid::Uuid::parse_str(&c.uuid_namespace).is_err() {
-                    return Err(ConfigError::key(format!("{path}.uuid_namespace"), "not a UUID"));
+                    return Err(ConfigError::key(
+                        format!("{path}.uuid_namespace"),
+                        "not a UUID",
+                    ));
                 }
                 positive(format!("{path}.expires_in"), c.expires_in)?;
                 check_claim_map(path, &c.claims, JWT_RESERVED)?;
@@ -292,30 +327,49 @@ impl ConnectorConfig {
                     }
                     _ => {}
                 }
-                if c.mode == FirebaseMode::IdToken && c.api_key.as_deref().unwrap_or("").is_empty() {
-                    return Err(ConfigError::key(format!("{path}.api_key"), "required when mode is id_token"));
+                if c.mode == FirebaseMode::IdToken && c.api_key.as_deref().unwrap_or("").is_empty()
+                {
+                    return Err(ConfigError::key(
+                        format!("{path}.api_key"),
+                        "required when mode is id_token",
+                    ));
                 }
-                check_url(format!("{path}.identity_toolkit_url"), &c.identity_toolkit_url)?;
+                check_url(
+                    format!("{path}.identity_toolkit_url"),
+                    &c.identity_toolkit_url,
+                )?;
                 check_claim_map(path, &c.claims, FIREBASE_RESERVED)?;
             }
             ConnectorConfig::Http(c) => {
                 check_url(format!("{path}.url"), &c.url)?;
                 if c.token_field.is_empty() {
-                    return Err(ConfigError::key(format!("{path}.token_field"), "must not be empty"));
+                    return Err(ConfigError::key(
+                        format!("{path}.token_field"),
+                        "must not be empty",
+                    ));
                 }
                 positive(format!("{path}.timeout"), c.timeout)?;
                 for name in c.headers.keys() {
                     if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                        return Err(ConfigError::key(format!("{path}.headers.{name}"), "not a header name"));
+                        return Err(ConfigError::key(
+                            format!("{path}.headers.{name}"),
+                            "not a header name",
+                        ));
                     }
                 }
                 match &c.auth {
-                    Some(HttpAuth::ApiKey { header, .. }) if http::HeaderName::from_bytes(header.as_bytes()).is_err() => {
-                        return Err(ConfigError::key(format!("{path}.auth.api_key.header"), "not a header name"))
+                    Some(HttpAuth::ApiKey { header, .. })
+                        if http::HeaderName::from_bytes(header.as_bytes()).is_err() =>
+                    {
+                        return Err(ConfigError::key(
+                            format!("{path}.auth.api_key.header"),
+                            "not a header name",
+                        ))
                     }
-                    Some(HttpAuth::Oauth2ClientCredentials { token_url, .. }) => {
-                        check_url(format!("{path}.auth.oauth2_client_credentials.token_url"), token_url)?
-                    }
+                    Some(HttpAuth::Oauth2ClientCredentials { token_url, .. }) => check_url(
+                        format!("{path}.auth.oauth2_client_credentials.token_url"),
+                        token_url,
+                    )?,
                     _ => {}
                 }
                 if let Some(t) = c.ttl {
@@ -325,7 +379,10 @@ impl ConnectorConfig {
             ConnectorConfig::Jwt(c) => {
                 positive(format!("{path}.expires_in"), c.expires_in)?;
                 if c.issuer.is_empty() {
-                    return Err(ConfigError::key(format!("{path}.issuer"), "must not be empty"));
+                    return Err(ConfigError::key(
+                        format!("{path}.issuer"),
+                        "must not be empty",
+                    ));
                 }
                 check_claim_map(path, &c.claims, JWT_RESERVED)?;
             }

@@ -88,14 +88,13 @@ pub fn expand_str(s: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<St
             Some((n, d)) => (n, Some(d)),
             None => (body, None),
         };
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_')
-        {
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(format!("invalid variable name {name:?} in ${{...}}"));
         }
-        match (lookup(name).filter(|v| !v.is_empty() || default.is_none()), default) {
+        match (
+            lookup(name).filter(|v| !v.is_empty() || default.is_none()),
+            default,
+        ) {
             (Some(v), _) => out.push_str(&v),
             (None, Some(d)) => out.push_str(d),
             (None, None) => return Err(format!("environment variable {name} is not set")),
@@ -121,7 +120,10 @@ mod tests {
 
     #[test]
     fn strings() {
-        assert_eq!(expand_str("http://${HOST}/x", &env).unwrap(), "http://example.com/x");
+        assert_eq!(
+            expand_str("http://${HOST}/x", &env).unwrap(),
+            "http://example.com/x"
+        );
         assert_eq!(expand_str("${NOPE:-dflt}", &env).unwrap(), "dflt");
         assert_eq!(expand_str("${EMPTY:-dflt}", &env).unwrap(), "dflt");
         assert_eq!(expand_str("${EMPTY}", &env).unwrap(), "");
