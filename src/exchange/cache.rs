@@ -219,3 +219,79 @@ impl TokenCache {
         self.inner.tokens.entry_count()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{CacheConfig, Dur, Percent};
+    use serde_json::json;
+
+    fn cache(margin: f64, min: u64) -> TokenCache {
+        TokenCache::new(&CacheConfig {
+            margin: Percent(margin),
+            min_margin: Dur::secs(min),
+            ..CacheConfig::default()
+        })
+    }
+
+    #[test]
+    fn margin_is_share_then_floor_then_third() {
+        let c = cache(10.0, 30);
+        assert_eq!(
+            c.margin(Duration::from_secs(3600)),
+            Duration::from_secs(360),
+            "10% of 1h"
+        );
+        assert_eq!(
+            c.margin(Duration::from_secs(600)),
+            Duration::from_secs(60),
+            "10% of 10m"
+        );
+        assert_eq!(
+            c.margin(Duration::from_secs(120)),
+            Duration::from_secs(30),
+            "at least min_margin"
+        );
+        assert_eq!(
+            c.margin(Duration::from_secs(60)),
+            Duration::from_secs(20),
+            "at most a third"
+        );
+    }
+
+    #[test]
+    fn entry_windows() {
+        let c = cache(10.0, 30);
+        let before = Instant::now();
+        let e = c.entry(Minted {
+            token: ExternalToken::new("t".into()).unwrap(),
+            lifetime: Duration::from_secs(3600),
+        });
+        let stale = e.stale_at.duration_since(before).as_secs();
+        let refresh = e.refresh_at.duration_since(before).as_secs();
+        assert!((3239..=3240).contains(&stale), "{stale}");
+        assert!((2879..=2880).contains(&refresh), "{refresh}");
+    }
+
+    #[test]
+    fn keys_depend_on_inputs_and_settings_only() {
+        let name: Arc<str> = "c".into();
+        let (s1, s2) = ([1u8; 32], [2u8; 32]);
+        let a = CacheKey::new(name.clone(), &s1, &json!({"uid": "U1", "roles": ["a"]}));
+        let same = CacheKey::new(name.clone(), &s1, &json!({"roles": ["a"], "uid": "U1"}));
+        assert_eq!(a, same, "key order does not matter");
+        assert_ne!(
+            a,
+            CacheKey::new(name.clone(), &s1, &json!({"uid": "U1", "roles": ["b"]}))
+        );
+        assert_ne!(
+            a,
+            CacheKey::new(name.clone(), &s2, &json!({"uid": "U1", "roles": ["a"]}))
+        );
+        assert_ne!(
+            a,
+            CacheKey::new("d".into(), &s1, &json!({"uid": "U1", "roles": ["a"]}))
+        );
+        assert!(!format!("{a:?}").contains("U1"), "keys print no identity");
+    }
+}
