@@ -151,6 +151,60 @@ def test_custom_token_wrong_key_and_tampering_fail(gateway, backend, descope, se
                             service_account["public_key"])
 
 
+RESERVED = ["acr", "amr", "at_hash", "aud", "auth_time", "azp", "cnf", "c_hash", "exp", "firebase",
+            "iat", "iss", "jti", "nbf", "nonce", "sub"]
+
+
+def test_firebase_admin_refuses_reserved_claims(reference_app):
+    # What the gateway must not produce either (see the next test).
+    for name in ("firebase", "sub"):
+        with pytest.raises(ValueError):
+            reference_token(reference_app, USER, {name: "x"})
+
+
+@pytest.mark.parametrize("name", ["firebase", "sub", "aud"])
+def test_gateway_never_emits_reserved_developer_claims(gateway, backend, descope, service_account,
+                                                       tmp_path, name):
+    """firebase_admin raises ValueError for these; Firebase refuses such a token. The gateway must
+    refuse the mapping (at start / in `extoken check`) or at least not forward such a token."""
+    import subprocess
+    from conftest import EXTOKEN_BIN, PROJECT_ID
+    cfg = {"descope": {"project_id": PROJECT_ID, "jwks_file": str(descope.jwks_file)},
+           "connectors": {"fb": {"type": "firebase",
+                                 "service_account_file": str(service_account["path"]),
+                                 "claims": {name: "roles"}}},
+           "routes": [{"upstream": backend.url, "connector": "fb"}]}
+    path = tmp_path / "check.yaml"
+    path.write_text(json.dumps(cfg))
+    chk = subprocess.run([str(EXTOKEN_BIN), "check", "--config", str(path)], capture_output=True,
+                         text=True, timeout=60)
+    if chk.returncode != 0:
+        assert "claims" in chk.stderr + chk.stdout, f"rejected without naming the key: {chk.stderr}"
+        return
+    g = gateway(cfg["connectors"])
+    f = g.forward(descope.mint(USER, roles=["admin"]), backend)
+    if f.status == 200 and f.record is not None:
+        inner = unverified(f.token)[1].get("claims", {})
+        assert name not in inner, (
+            f"forwarded a custom token with reserved claim {name!r} inside 'claims' "
+            f"(firebase_admin.create_custom_token raises ValueError for it; extoken check accepted "
+            f"the mapping)")
+
+
+def test_uid_longer_than_128_is_not_forwarded(gateway, backend, descope, service_account,
+                                              reference_app):
+    long_uid = "U2" + "x" * 127  # 129 characters
+    with pytest.raises(ValueError):
+        reference_token(reference_app, long_uid)
+    g = gateway({"fb": {"type": "firebase", "service_account_file": str(service_account["path"])}})
+    f = g.forward(descope.mint(long_uid), backend)
+    if f.record is not None:
+        uid = unverified(f.token)[1].get("uid", "")
+        assert len(uid) <= 128, (
+            f"forwarded a custom token with a {len(uid)}-character uid (Firebase allows 1-128; "
+            f"firebase_admin.create_custom_token raises ValueError); got HTTP {f.status}")
+
+
 # --------------------------------------------------------------------------- mode: id_token
 
 @pytest.fixture

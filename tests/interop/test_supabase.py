@@ -101,6 +101,17 @@ def test_hs256_options_issuer_role_audience_expiry_namespace(gateway, backend, d
     assert claims["descope_user_id"] == USER
 
 
+def test_dotted_targets_merge_into_one_object(gateway, backend, descope):
+    g = gateway({"sb": {"type": "supabase", "jwt_secret": SECRET, "claims": {
+        "app_metadata.roles": "roles", "app_metadata.tenant": "dct",
+        "user_metadata.plan": "billing.plan"}}})
+    tok = g.forward(descope.mint(USER, roles=["admin"], dct="T9", billing={"plan": "pro"}),
+                    backend).token
+    claims = verify_hs256(tok)
+    assert claims["app_metadata"] == {"roles": ["admin"], "tenant": "T9"}
+    assert claims["user_metadata"] == {"plan": "pro"}
+
+
 def test_user_id_is_dsub_when_present(gateway, backend, descope):
     g = gateway({"sb": {"type": "supabase", "jwt_secret": SECRET}})
     tok = g.forward(descope.mint("templated-subject", dsub=USER), backend).token
@@ -167,12 +178,57 @@ def test_es256_jwk_signing_key(gateway, backend, descope, tmp_path):
                    algorithms=["ES256"], audience="authenticated")
 
 
+def test_supabase_cli_signing_key_formats(gateway, backend, descope, tmp_path):
+    """`supabase gen signing-key` writes a private JWK with key_ops/ext members besides kid/alg."""
+    kid = str(uuid.uuid4())
+    jwk, key = ec_jwk(kid)
+    jwk.update({"key_ops": ["sign", "verify"], "ext": True})
+    single = tmp_path / "signing_key.json"
+    single.write_text(json.dumps(jwk))
+    g = gateway({"sb": {"type": "supabase", "signing_key": str(single)}})
+    tok = g.forward(descope.mint(USER), backend).token
+    assert jwt.get_unverified_header(tok).get("kid") == kid
+    jwt.decode(tok, key.public_key(), algorithms=["ES256"], audience="authenticated")
+
+
+def rsa_jwk(kid: str) -> tuple[dict, rsa.RSAPrivateKey]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    n = key.private_numbers()
+
+    def enc(i: int) -> str:
+        return b64url(i.to_bytes((i.bit_length() + 7) // 8, "big"))
+
+    jwk = {"kty": "RSA", "kid": kid, "alg": "RS256", "use": "sig",
+           "n": enc(n.public_numbers.n), "e": enc(n.public_numbers.e), "d": enc(n.d),
+           "p": enc(n.p), "q": enc(n.q), "dp": enc(n.dmp1), "dq": enc(n.dmq1), "qi": enc(n.iqmp)}
+    return jwk, key
+
+
+def test_rs256_jwk_signing_key(gateway, backend, descope, tmp_path):
+    jwk, key = rsa_jwk("rsa-key-1")
+    path = tmp_path / "supabase-rs256.json"
+    path.write_text(json.dumps(jwk))
+    g = gateway({"sb": {"type": "supabase", "signing_key": str(path)}})
+    tok = g.forward(descope.mint(USER), backend).token
+    header = jwt.get_unverified_header(tok)
+    assert header["alg"] == "RS256" and header.get("kid") == "rsa-key-1"
+    jwt.decode(tok, key.public_key(), algorithms=["RS256"], audience="authenticated")
+
+
+PEM_FORMATS = {
+    "pkcs8": serialization.PrivateFormat.PKCS8,
+    # `openssl ecparam -genkey` (SEC1 "EC PRIVATE KEY") / `openssl genrsa` ("RSA PRIVATE KEY")
+    "traditional": serialization.PrivateFormat.TraditionalOpenSSL,
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(PEM_FORMATS))
 @pytest.mark.parametrize("alg", ["ES256", "RS256"])
-def test_pem_signing_key_with_configured_kid(gateway, backend, descope, tmp_path, alg):
+def test_pem_signing_key_with_configured_kid(gateway, backend, descope, tmp_path, alg, fmt):
     key = (ec.generate_private_key(ec.SECP256R1()) if alg == "ES256"
            else rsa.generate_private_key(public_exponent=65537, key_size=2048))
     path = tmp_path / f"supabase-{alg}.pem"
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, PEM_FORMATS[fmt],
                                        serialization.NoEncryption()))
     g = gateway({"sb": {"type": "supabase", "signing_key": str(path), "kid": "pem-key-1"}})
     tok = g.forward(descope.mint(USER), backend).token
