@@ -17,6 +17,19 @@ use crate::gateway::Gateway;
 use crate::rewrite::{self, Rewrite};
 use crate::route::Route;
 
+/// Largest request head (request line and header lines) forwarded; larger ones get a 431.
+/// pingora itself reads up to 1 MB, which backends commonly refuse or choke on.
+pub const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
+
+/// Bytes of a request head as it would go upstream: request line plus `name: value\r\n` lines.
+pub fn request_head_bytes(req: &RequestHeader) -> usize {
+    let target = req.uri.path_and_query().map_or(1, |p| p.as_str().len());
+    let line = req.method.as_str().len() + target + 12;
+    req.headers
+        .iter()
+        .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
+}
+
 pub struct Proxy {
     pub state: Arc<ArcSwap<Gateway>>,
 }
@@ -42,14 +55,18 @@ pub async fn send_answer(session: &mut Session, a: &Answer) -> Result<()> {
         h.insert_header("retry-after", r.to_string())?;
     }
     session.write_response_header(Box::new(h), false).await?;
-    session.write_response_body(Some(a.body.clone()), true).await?;
+    session
+        .write_response_body(Some(a.body.clone()), true)
+        .await?;
     Ok(())
 }
 
 fn request_host(req: &RequestHeader) -> Option<&str> {
-    req.uri
-        .host()
-        .or_else(|| req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()))
+    req.uri.host().or_else(|| {
+        req.headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+    })
 }
 
 #[async_trait]
@@ -63,6 +80,10 @@ impl ProxyHttp for Proxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let gw = self.state.load_full();
         let req = session.req_header();
+        if request_head_bytes(req) > MAX_REQUEST_HEAD_BYTES {
+            send_answer(session, &Answer::headers_too_large()).await?;
+            return Ok(true);
+        }
         let Some(route) = gw.routes.find(request_host(req), req.uri.path()).cloned() else {
             send_answer(session, &Answer::no_route()).await?;
             return Ok(true);
@@ -99,9 +120,14 @@ impl ProxyHttp for Proxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        // `auth: none` routes are forwarded untouched.
-        if let (Some(rw), Some(route)) = (&ctx.rewrite, &ctx.route) {
-            rewrite::apply(upstream_request, rw, &route.strip_cookies);
+        // `auth: none` routes are forwarded untouched (but for the Host choice).
+        if let Some(route) = &ctx.route {
+            if let Some(rw) = &ctx.rewrite {
+                rewrite::apply(upstream_request, rw, &route.strip_cookies);
+            }
+            if let Some(host) = &route.host_override {
+                upstream_request.insert_header(http::header::HOST, host.clone())?;
+            }
         }
         Ok(())
     }
@@ -115,7 +141,10 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         if upstream_response.status == http::StatusCode::UNAUTHORIZED {
-            if let (Some(gw), Some(key)) = (&ctx.gateway, ctx.rewrite.as_ref().and_then(|r| r.evict.as_ref())) {
+            if let (Some(gw), Some(key)) = (
+                &ctx.gateway,
+                ctx.rewrite.as_ref().and_then(|r| r.evict.as_ref()),
+            ) {
                 gw.connectors.evict(key).await;
             }
         }

@@ -21,6 +21,24 @@ pub struct Upstream {
 
 /// Parses `http://host[:port]` / `https://host[:port]` (a trailing `/` is allowed, a path is not:
 /// extoken forwards the request path unchanged).
+impl Upstream {
+    /// `host[:port]` as a `Host` header (the port only when it is not the scheme's default).
+    pub fn host_header(&self) -> Option<http::HeaderValue> {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        let default_port = if self.tls { 443 } else { 80 };
+        let v = if self.port == default_port {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        };
+        http::HeaderValue::from_str(&v).ok()
+    }
+}
+
 pub fn parse_upstream(s: &str) -> Result<Upstream, String> {
     let (tls, rest) = if let Some(r) = s.strip_prefix("http://") {
         (false, r)
@@ -39,7 +57,11 @@ pub fn parse_upstream(s: &str) -> Result<Upstream, String> {
         .parse()
         .map_err(|_| format!("{s:?} has an invalid host"))?;
     let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-    let host = uri.host().trim_start_matches('[').trim_end_matches(']').to_string();
+    let host = uri
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
     Ok(Upstream { tls, host, port })
 }
 
@@ -58,6 +80,8 @@ pub struct Route {
     pub connector: Option<String>,
     /// Tenant (`dct`) → connector name; falls back to `connector`.
     pub connector_by_tenant: std::collections::BTreeMap<String, String>,
+    /// `Host` to send instead of the client's (`preserve_host: false`).
+    pub host_override: Option<http::HeaderValue>,
     pub header: http::HeaderName,
     pub scheme: String,
     pub strip_cookies: Vec<String>,
@@ -69,7 +93,11 @@ pub struct Route {
 impl Route {
     /// A fresh peer for one request (pingora takes ownership of it).
     pub fn peer(&self) -> Box<HttpPeer> {
-        let sni = if self.upstream.tls { self.upstream.host.clone() } else { String::new() };
+        let sni = if self.upstream.tls {
+            self.upstream.host.clone()
+        } else {
+            String::new()
+        };
         Box::new(HttpPeer::new(self.peer_addr, self.upstream.tls, sni))
     }
 
@@ -128,10 +156,16 @@ impl RouteTable {
     }
 
     fn route(i: usize, r: &RouteConfig, default_strip: &[String]) -> Result<Route, String> {
-        let upstream = parse_upstream(&r.upstream).map_err(|m| format!("routes[{i}].upstream: {m}"))?;
+        let upstream =
+            parse_upstream(&r.upstream).map_err(|m| format!("routes[{i}].upstream: {m}"))?;
         let peer_addr = (upstream.host.as_str(), upstream.port)
             .to_socket_addrs()
-            .map_err(|e| format!("routes[{i}].upstream: cannot resolve {}: {e}", upstream.host))?
+            .map_err(|e| {
+                format!(
+                    "routes[{i}].upstream: cannot resolve {}: {e}",
+                    upstream.host
+                )
+            })?
             .next()
             .ok_or_else(|| format!("routes[{i}].upstream: {} has no address", upstream.host))?;
         Ok(Route {
@@ -141,10 +175,14 @@ impl RouteTable {
             auth: r.auth,
             connector: r.connector.clone(),
             connector_by_tenant: r.connector_by_tenant.clone(),
+            host_override: (!r.preserve_host).then(|| upstream.host_header()).flatten(),
             header: http::HeaderName::from_bytes(r.header.as_bytes())
                 .map_err(|_| format!("routes[{i}].header: invalid header name"))?,
             scheme: r.scheme.clone(),
-            strip_cookies: r.strip_cookies.clone().unwrap_or_else(|| default_strip.to_vec()),
+            strip_cookies: r
+                .strip_cookies
+                .clone()
+                .unwrap_or_else(|| default_strip.to_vec()),
             upstream,
             peer_addr,
         })
@@ -187,7 +225,11 @@ mod tests {
     fn upstream_parsing() {
         assert_eq!(
             parse_upstream("http://127.0.0.1:3000").unwrap(),
-            Upstream { tls: false, host: "127.0.0.1".into(), port: 3000 }
+            Upstream {
+                tls: false,
+                host: "127.0.0.1".into(),
+                port: 3000
+            }
         );
         let u = parse_upstream("https://api.example.com/").unwrap();
         assert!(u.tls);
@@ -208,7 +250,10 @@ mod tests {
         );
         let name = |h: Option<&str>, p: &str| t.find(h, p).map(|r| r.name.clone());
         assert_eq!(name(None, "/api/x").as_deref(), Some("api"));
-        assert_eq!(name(Some("api.example.com:8080"), "/api/x").as_deref(), Some("api-host"));
+        assert_eq!(
+            name(Some("api.example.com:8080"), "/api/x").as_deref(),
+            Some("api-host")
+        );
         assert_eq!(name(Some("other.com"), "/api").as_deref(), Some("api"));
         assert_eq!(name(None, "/apix").as_deref(), Some("root"));
         assert_eq!(name(None, "/api?q=1").as_deref(), Some("api"));
@@ -219,6 +264,14 @@ mod tests {
     fn no_route() {
         let t = table("  - {path_prefix: /only, upstream: 'http://127.0.0.1:1', connector: ext}\n");
         assert!(t.find(None, "/other").is_none());
+    }
+
+    #[test]
+    fn host_header_omits_default_ports() {
+        let h = |u: &str| parse_upstream(u).unwrap().host_header().unwrap();
+        assert_eq!(h("https://abc.supabase.co"), "abc.supabase.co");
+        assert_eq!(h("http://127.0.0.1:3000"), "127.0.0.1:3000");
+        assert_eq!(h("http://[::1]:8080"), "[::1]:8080");
     }
 
     #[test]

@@ -866,3 +866,37 @@ fn check_names_broken_connector_keys() {
         assert!(!err.contains("AAAA"), "no key material in errors");
     }
 }
+
+/// Hosted backends (Supabase, a Firebase-backed API behind a CDN) route on `Host`.
+#[tokio::test(flavor = "multi_thread")]
+async fn preserve_host_false_sends_the_upstreams_host() {
+    let key = TestKey::rsa("k1", Algorithm::RS256);
+    let jwks = JwksServer::start(&[&key]).await;
+    let backend = Backend::start().await;
+    let yaml = format!(
+        "{}connectors:\n  ext:\n    type: claim\nroutes:\n  - {{path_prefix: /kept, upstream: \"{u}\", connector: ext}}\n  - {{path_prefix: /hosted, upstream: \"{u}\", connector: ext, preserve_host: false}}\n",
+        descope_block(PROJECT, &jwks.url(), &[]),
+        u = backend.url()
+    );
+    let gw = Gateway::start(&yaml).await;
+    gw.wait_keys("/kept", &key.probe_token()).await;
+    let t = key.sign(&with(session("U2host", &[]), "externalToken", "x".into()));
+    for path in ["/kept", "/hosted"] {
+        let r = gw
+            .send(
+                gw.client
+                    .get(gw.url(path))
+                    .bearer_auth(&t)
+                    .header("host", "public.example"),
+            )
+            .await;
+        assert_eq!(r.status, 200);
+    }
+    let hosts: Vec<_> = backend
+        .requests()
+        .iter()
+        .map(|q| q.header("host").unwrap().to_string())
+        .collect();
+    let upstream_host = backend.url().trim_start_matches("http://").to_string();
+    assert_eq!(hosts, ["public.example".to_string(), upstream_host]);
+}

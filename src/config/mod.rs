@@ -154,13 +154,14 @@ impl DescopeConfig {
 /// (the region is characters 1..5 of the id, as the Descope SDKs derive it).
 pub fn default_base_url(project_id: &str) -> String {
     if project_id.len() >= 32 && project_id.is_char_boundary(1) && project_id.is_char_boundary(5) {
-        format!("https://api.{}.descope.com", &project_id[1..5].to_ascii_lowercase())
+        format!(
+            "https://api.{}.descope.com",
+            &project_id[1..5].to_ascii_lowercase()
+        )
     } else {
         "https://api.descope.com".into()
     }
 }
-
-
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
@@ -190,8 +191,15 @@ pub struct RouteConfig {
     /// Per-tenant connector, keyed by the session's `dct`; falls back to `connector`.
     #[serde(default)]
     pub connector_by_tenant: BTreeMap<String, String>,
+    /// Forward the client's `Host` (default); `false` sends the upstream's own host, as an
+    /// `https://` API behind a CDN or a hosted Supabase/Firebase endpoint requires.
+    #[serde(default = "d_true")]
+    pub preserve_host: bool,
 }
 
+fn d_true() -> bool {
+    true
+}
 fn d_prefix() -> String {
     "/".into()
 }
@@ -266,10 +274,14 @@ impl<'de> Deserialize<'de> for Percent {
                 .trim_end_matches('%')
                 .trim()
                 .parse::<f64>()
-                .map_err(|_| serde::de::Error::custom(format!("{s:?} is not a percentage like 10%")))?,
+                .map_err(|_| {
+                    serde::de::Error::custom(format!("{s:?} is not a percentage like 10%"))
+                })?,
         };
         if !(0.0..=50.0).contains(&v) {
-            return Err(serde::de::Error::custom("a margin must be between 0% and 50%"));
+            return Err(serde::de::Error::custom(
+                "a margin must be between 0% and 50%",
+            ));
         }
         Ok(Percent(v))
     }
@@ -349,26 +361,37 @@ impl Config {
                 "jwks_file and jwks_url are exclusive: set one",
             ));
         }
-        for (key, url) in [("descope.jwks_url", &d.jwks_url), ("descope.base_url", &d.base_url)] {
+        for (key, url) in [
+            ("descope.jwks_url", &d.jwks_url),
+            ("descope.base_url", &d.base_url),
+        ] {
             if let Some(u) = url {
                 if !(u.starts_with("http://") || u.starts_with("https://")) {
-                    return Err(ConfigError::key(key, format!("{u:?} is not an http(s) URL")));
+                    return Err(ConfigError::key(
+                        key,
+                        format!("{u:?} is not an http(s) URL"),
+                    ));
                 }
             }
         }
         if d.jwks_refresh.0.is_zero() {
-            return Err(ConfigError::key("descope.jwks_refresh", "must be more than 0"));
+            return Err(ConfigError::key(
+                "descope.jwks_refresh",
+                "must be more than 0",
+            ));
         }
         for (key, name) in [
             ("descope.session_cookie", &d.session_cookie),
             ("descope.refresh_cookie", &d.refresh_cookie),
         ] {
             if !is_token(name) {
-                return Err(ConfigError::key(key, format!("{name:?} is not a cookie name")));
+                return Err(ConfigError::key(
+                    key,
+                    format!("{name:?} is not a cookie name"),
+                ));
             }
         }
-        crate::route::check_listen(&self.listen)
-            .map_err(|m| ConfigError::key("listen", m))?;
+        crate::route::check_listen(&self.listen).map_err(|m| ConfigError::key("listen", m))?;
         if self.routes.is_empty() {
             return Err(ConfigError::key("routes", "at least one route is needed"));
         }
@@ -439,8 +462,13 @@ impl Config {
         let _ = writeln!(s, "listen:   {}", self.listen);
         let _ = writeln!(s, "project:  {}", d.project_id);
         let keys = match d.key_source() {
-            KeySource::Url(u) => format!("{u} (refresh {}, unknown-kid cooldown {})", d.jwks_refresh, d.jwks_min_refetch),
-            KeySource::File(f) => format!("file {} (re-read every {})", f.display(), d.jwks_refresh),
+            KeySource::Url(u) => format!(
+                "{u} (refresh {}, unknown-kid cooldown {})",
+                d.jwks_refresh, d.jwks_min_refetch
+            ),
+            KeySource::File(f) => {
+                format!("file {} (re-read every {})", f.display(), d.jwks_refresh)
+            }
         };
         let _ = writeln!(s, "keys:     {keys}");
         if let Some(a) = &d.audience {
@@ -453,17 +481,29 @@ impl Config {
         let _ = writeln!(s, "routes:");
         for (i, r) in self.routes.iter().enumerate() {
             let name = r.name.clone().unwrap_or_else(|| format!("#{i}"));
-            let host = r.host.as_deref().map(|h| format!(" host {h}")).unwrap_or_default();
+            let host = r
+                .host
+                .as_deref()
+                .map(|h| format!(" host {h}"))
+                .unwrap_or_default();
             let auth = match (r.auth, &r.connector) {
                 (AuthMode::None, _) => "auth none".to_string(),
                 (AuthMode::Required, c) => format!(
                     "connector {} -> {}{}",
                     c.as_deref().unwrap_or("?"),
                     r.header,
-                    if r.scheme.is_empty() { String::new() } else { format!(" ({})", r.scheme) }
+                    if r.scheme.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", r.scheme)
+                    }
                 ),
             };
-            let _ = writeln!(s, "  {name}: {}{host} -> {}  [{auth}]", r.path_prefix, r.upstream);
+            let _ = writeln!(
+                s,
+                "  {name}: {}{host} -> {}  [{auth}]",
+                r.path_prefix, r.upstream
+            );
         }
         s
     }
@@ -472,9 +512,8 @@ impl Config {
 /// An RFC 7230 token (header names, cookie names, auth schemes).
 pub fn is_token(s: &str) -> bool {
     !s.is_empty()
-        && s.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-        })
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 #[cfg(test)]
