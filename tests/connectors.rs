@@ -110,9 +110,11 @@ impl TokenEndpoint {
                         response(s, "application/json", r#"{"token":"leaked-if-forwarded"}"#)
                     }
                     Mode::NotJson => response(200, "text/html", "<html>token=zzz</html>"),
-                    Mode::NoTokenField => {
-                        response(200, "application/json", r#"{"access":"x","expires_in":60}"#)
-                    }
+                    Mode::NoTokenField => response(
+                        200,
+                        "application/json",
+                        r#"{"data":{"access":"x"},"expires_in":60}"#,
+                    ),
                     Mode::NonAscii => response(
                         200,
                         "application/json",
@@ -473,6 +475,17 @@ async fn connector_failures_are_503_and_never_forwarded() {
         assert_unavailable(&r, "U2erin").await;
         assert_eq!(r.endpoint.calls(), 1, "{mode:?}: not retried");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn token_field_may_be_a_dotted_path() {
+    // Mode::NoTokenField answers {"data": {"access": "x"}, ...}: fine once token_field points at it.
+    let r = rig(Mode::NoTokenField, "    token_field: data.access\n", "").await;
+    let reply =
+        r.gw.get_bearer("/", &r.key.sign(&session("U2nest", &[])))
+            .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(r.backend.only().header("authorization"), Some("Bearer x"));
 }
 
 #[tokio::test(flavor = "multi_thread")]

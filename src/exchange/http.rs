@@ -295,8 +295,10 @@ impl Mint for HttpConnector {
             .json()
             .await
             .map_err(|_| self.fail("reply is not JSON"))?;
+        // `token_field` may be a dotted path (`data.access_token`) for endpoints that nest it.
         let raw = reply
-            .get(&self.token_field)
+            .as_object()
+            .and_then(|o| super::identity::lookup(o, &self.token_field))
             .and_then(Value::as_str)
             .ok_or_else(|| {
                 self.fail(format!("reply has no string {:?} field", self.token_field))
