@@ -81,6 +81,21 @@ impl Answer {
         }
     }
 
+    /// 431: the request head is larger than the gateway accepts (never forwarded).
+    pub fn headers_too_large() -> Answer {
+        Answer {
+            status: 431,
+            www_authenticate: None,
+            retry_after: None,
+            body: json_body(
+                "request_header_fields_too_large",
+                "request headers are too large",
+            ),
+            outcome: "refused",
+            reason: "headers_too_large",
+        }
+    }
+
     pub fn no_route() -> Answer {
         Answer {
             status: 404,
