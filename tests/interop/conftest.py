@@ -104,7 +104,8 @@ def require_connector(tmp_path):
 # --------------------------------------------------------------------------- recording backend
 
 class Backend:
-    """A legacy backend: records method, path and headers of every request, answers 200 JSON."""
+    """A legacy backend: records method, path and headers of every request, answers 200 JSON
+    (or ``<code>`` for paths under ``/status/<code>/``)."""
 
     def __init__(self):
         self.requests: list[dict] = []
@@ -127,7 +128,10 @@ class Backend:
                 with backend.lock:
                     backend.requests.append(rec)
                 out = json.dumps({"ok": True, "path": self.path}).encode()
-                self.send_response(200)
+                # A path starting /status/<code>/ makes the backend answer that status.
+                parts = self.path.split("/")
+                code = int(parts[2]) if len(parts) > 3 and parts[1] == "status" else 200
+                self.send_response(code)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(out)))
                 self.end_headers()

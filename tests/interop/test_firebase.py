@@ -263,6 +263,34 @@ def test_id_token_mode_against_auth_emulator(gateway, backend, descope, service_
     assert decoded["firebase"]["sign_in_provider"] == ref["firebase"]["sign_in_provider"]
 
 
+def test_id_token_mode_with_tenant(gateway, backend, descope, service_account, emulator_url,
+                                   emulator_app):
+    """Identity Platform multi-tenancy: a tenant's ID token carries firebase.tenant, and a
+    tenant-aware backend (auth_for_tenant(t).verify_id_token) accepts only that. The Firebase
+    client SDKs send the tenant as `tenantId` in signInWithCustomToken's body."""
+    # Created through the emulator's REST API (tenant_mgt would fetch an OAuth token from Google).
+    req = urllib.request.Request(
+        f"{emulator_url}/v2/projects/{PROJECT}/tenants",
+        data=json.dumps({"displayName": "interop"}).encode(),
+        headers={"content-type": "application/json", "authorization": "Bearer owner"},
+        method="POST")
+    with urllib.request.urlopen(req, timeout=10) as r:
+        tenant_id = json.load(r)["tenantId"]
+    g = gateway({"fb": {"type": "firebase", "service_account_file": str(service_account["path"]),
+                        "mode": "id_token", "api_key": "any-key", "tenant_id": tenant_id,
+                        "identity_toolkit_url": emulator_url, "claims": {"roles": "roles"}}})
+    f = g.forward(descope.mint(USER, roles=["admin"]), backend)
+    assert f.status == 200, (
+        f"gateway answered {f.status} for a tenant sign-in: {f.body[:200]!r}")
+    decoded = auth.verify_id_token(f.token, app=emulator_app)
+    assert decoded["uid"] == USER
+    assert decoded["firebase"].get("tenant") == tenant_id, (
+        f"firebase.tenant: expected {tenant_id!r}, got {decoded['firebase'].get('tenant')!r} "
+        "(signInWithCustomToken was not made for the tenant: body lacks tenantId)")
+    tenant_client = tenant_mgt.auth_for_tenant(tenant_id, app=emulator_app)
+    assert tenant_client.verify_id_token(f.token)["roles"] == ["admin"]
+
+
 def test_id_token_is_cached_per_identity(gateway, backend, descope, service_account,
                                          emulator_url, emulator_app):
     g = gateway({"fb": {"type": "firebase", "service_account_file": str(service_account["path"]),
