@@ -260,7 +260,8 @@ async fn endpoint_down_after_start_keeps_the_last_good_keys() {
     let h = jwks.hits();
     wait_hits(&jwks, h + 1).await;
 
-    let failures: [(&str, Box<dyn Fn(&JwksServer)>); 4] = [
+    type Breakage = Box<dyn Fn(&JwksServer)>;
+    let failures: [(&str, Breakage); 4] = [
         (
             "connection closed",
             Box::new(|j: &JwksServer| j.set_mode(JwksMode::Drop)),
