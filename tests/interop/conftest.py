@@ -10,6 +10,7 @@ PostgreSQL cluster and the Firebase Auth emulator are started by ``run.sh`` and 
 from __future__ import annotations
 
 import base64
+import ctypes
 import hashlib
 import http.client
 import json
@@ -24,6 +25,8 @@ from pathlib import Path
 
 import jwt
 import pytest
+import signal
+import sys
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -35,6 +38,15 @@ DEFAULT_UUID_NAMESPACE = uuid.UUID("dbd8928c-bb64-505a-830f-43f6b6e8fabd")
 FIREBASE_CUSTOM_TOKEN_AUD = (
     "https://identitytoolkit.googleapis.com/google.identity.identitytoolkit.v1.IdentityToolkit"
 )
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+def _die_with_parent():
+    """In the child before exec: get SIGTERM when pytest dies, so no gateway outlives the run."""
+    if _LIBC is not None:
+        _LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def free_port() -> int:
@@ -237,6 +249,7 @@ class Gateway:
         self.proc = subprocess.Popen(
             [str(EXTOKEN_BIN), "run", "--config", str(self.config_path)],
             stdout=self.log, stderr=subprocess.STDOUT, env=full_env, cwd=workdir,
+            preexec_fn=_die_with_parent,
         )
         self._wait_ready()
 

@@ -137,9 +137,15 @@ cleanup() {
   fi
   exit "$rc"
 }
+PYTEST_PID=""
+on_signal() {
+  # pytest runs in the background so that a signal is handled now, not when pytest ends.
+  if [ -n "$PYTEST_PID" ]; then kill -TERM "$PYTEST_PID" 2>/dev/null || true; fi
+  exit "$1"
+}
 trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+trap 'on_signal 130' INT
+trap 'on_signal 143' TERM
 
 free_port() {
   "$VENV/bin/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
@@ -202,10 +208,14 @@ log "Firebase Auth emulator on 127.0.0.1:$FB_PORT (ready after $((SECONDS - t0))
 
 # ---------------------------------------------------------------- tests
 export INTEROP_TMP="$TMP"
-set +e
+cd "$HERE"
 # shellcheck disable=SC2086
-(cd "$HERE" && timeout 1500 "$VENV/bin/python" -m pytest -p no:cacheprovider -rs -v ${PYTEST_ARGS:-} "$HERE")
+timeout 1500 "$VENV/bin/python" -m pytest -p no:cacheprovider -rs -v ${PYTEST_ARGS:-} "$HERE" &
+PYTEST_PID=$!
+set +e
+wait "$PYTEST_PID"
 rc=$?
 set -e
+PYTEST_PID=""
 log "pytest exit code $rc; total $((SECONDS - t0))s"
 exit "$rc"
