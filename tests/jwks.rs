@@ -239,6 +239,57 @@ async fn unknown_kid_flood_costs_at_most_one_fetch() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn unknown_kid_refetch_is_single_flight_and_blocks_nobody_else() {
+    let backend = Backend::start().await;
+    let a = TestKey::rsa("key-a", Algorithm::RS256);
+    let b = TestKey::es256("key-b");
+    let jwks = JwksServer::start(&[&a]).await;
+    let gw = Gateway::start(&config(&jwks.url(), &backend.url(), &["jwks_timeout: 30s"])).await;
+    gw.wait_keys("/", &a.probe_token()).await;
+    assert_eq!(jwks.hits(), 1);
+
+    // B is published, but the endpoint now takes its time answering.
+    jwks.set_keys(&[&a, &b]);
+    jwks.set_mode(JwksMode::Hang);
+    let mut waiting = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let t = token(&b, &format!("b-{i}"));
+        let (client, url) = (gw.client.clone(), gw.url("/b"));
+        waiting.spawn(async move {
+            Reply::from(client.get(url).bearer_auth(t).send().await.unwrap()).await
+        });
+    }
+    wait_hits(&jwks, 2).await;
+
+    // While that refetch hangs, sessions with a known key are served.
+    for i in 0..5 {
+        let r = gw.get_bearer("/a", &token(&a, &format!("a-{i}"))).await;
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    assert_eq!(backend.count(), 5);
+    assert!(
+        waiting.try_join_next().is_none(),
+        "the B requests should still wait for the refetch"
+    );
+
+    // The endpoint answers: every waiting request is served from that one fetch.
+    jwks.set_mode(JwksMode::Up);
+    let mut n = 0;
+    while let Some(r) = waiting.join_next().await {
+        let r = r.unwrap();
+        assert_eq!(r.status, 200, "{r:?}");
+        n += 1;
+    }
+    assert_eq!(n, 20);
+    assert_eq!(
+        jwks.hits(),
+        2,
+        "one fetch shared by all the requests that needed it"
+    );
+    assert_eq!(backend.count(), 25);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn endpoint_down_after_start_keeps_the_last_good_keys() {
     let backend = Backend::start().await;
     let a = TestKey::rsa("key-a", Algorithm::PS256);

@@ -149,6 +149,8 @@ pub enum JwksMode {
     Status(u16),
     /// Accepts connections and closes them without a word (a crashed server behind a port).
     Drop,
+    /// Holds every request until the mode changes, then answers per the new mode.
+    Hang,
 }
 
 struct JwksState {
@@ -186,14 +188,20 @@ impl JwksServer {
             let h = h.clone();
             Box::pin(async move {
                 h.fetch_add(1, Ordering::SeqCst);
-                let (mode, body) = {
-                    let s = st.lock().unwrap();
-                    (s.mode, s.body.clone())
+                let (mode, body) = loop {
+                    let (mode, body) = {
+                        let s = st.lock().unwrap();
+                        (s.mode, s.body.clone())
+                    };
+                    if mode != JwksMode::Hang {
+                        break (mode, body);
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 };
                 match mode {
                     JwksMode::Up => Ok(response(200, "application/json", body)),
                     JwksMode::Status(s) => Ok(response(s, "text/html", "<html>down</html>")),
-                    JwksMode::Drop => Err("dropping the connection".to_string()),
+                    JwksMode::Drop | JwksMode::Hang => Err("dropping the connection".to_string()),
                 }
             })
         });
