@@ -50,7 +50,9 @@ impl Signer {
         for &alg in want {
             let key = match alg {
                 Algorithm::RS256 => EncodingKey::from_rsa_pem(text.as_bytes()),
-                Algorithm::ES256 => EncodingKey::from_ec_pem(text.as_bytes()),
+                Algorithm::ES256 => {
+                    EncodingKey::from_ec_pem(text.as_bytes()).or_else(|e| sec1_p256(&text).ok_or(e))
+                }
                 Algorithm::EdDSA => EncodingKey::from_ed_pem(text.as_bytes()),
                 _ => continue,
             };
@@ -86,10 +88,20 @@ impl Signer {
             v.get("kty").and_then(Value::as_str),
             v.get("crv").and_then(Value::as_str),
         );
+        let kid = kid.or_else(|| v.get("kid").and_then(Value::as_str).map(str::to_string));
+        if kty == Some("RSA") && want.contains(&Algorithm::RS256) {
+            let mut parts = Vec::with_capacity(8);
+            for k in ["n", "e", "d", "p", "q", "dp", "dq", "qi"] {
+                parts.push(field(k)?);
+            }
+            let der = rsa_private_key_der(&parts);
+            return Self::finish(Algorithm::RS256, EncodingKey::from_rsa_der(&der), kid);
+        }
         if (kty, crv) != (Some("EC"), Some("P-256")) || !want.contains(&Algorithm::ES256) {
-            return Err(
-                "private JWKs must be EC P-256 (ES256); use a PEM file for RSA keys".into(),
-            );
+            return Err(format!(
+                "private JWKs must be EC P-256 or RSA, for {}",
+                names(want)
+            ));
         }
         let (d, x, y) = (field("d")?, field("x")?, field("y")?);
         let mut public = vec![0x04];
@@ -104,7 +116,6 @@ impl Signer {
         let der = kp
             .to_pkcs8v1()
             .map_err(|_| "cannot encode the JWK as PKCS#8".to_string())?;
-        let kid = kid.or_else(|| v.get("kid").and_then(Value::as_str).map(str::to_string));
         Self::finish(
             Algorithm::ES256,
             EncodingKey::from_ec_der(der.as_ref()),
@@ -157,4 +168,57 @@ fn names(algs: &[Algorithm]) -> String {
         .map(|a| format!("{a:?}"))
         .collect::<Vec<_>>()
         .join(" or ")
+}
+
+/// An `EC PRIVATE KEY` (SEC1, what `openssl ecparam -genkey` writes) P-256 PEM as a PKCS#8 key.
+fn sec1_p256(pem: &str) -> Option<EncodingKey> {
+    let b64: String = pem
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN EC PRIVATE KEY-----"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
+    let der = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+    let kp = aws_lc_rs::signature::EcdsaKeyPair::from_private_key_der(
+        &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+        &der,
+    )
+    .ok()?;
+    Some(EncodingKey::from_ec_der(kp.to_pkcs8v1().ok()?.as_ref()))
+}
+
+/// PKCS#1 `RSAPrivateKey` DER from the JWK members n, e, d, p, q, dp, dq, qi (RFC 8017 A.1.2).
+fn rsa_private_key_der(parts: &[Vec<u8>]) -> Vec<u8> {
+    fn len(out: &mut Vec<u8>, n: usize) {
+        if n < 0x80 {
+            out.push(n as u8);
+        } else {
+            let bytes: Vec<u8> = n
+                .to_be_bytes()
+                .into_iter()
+                .skip_while(|b| *b == 0)
+                .collect();
+            out.push(0x80 | bytes.len() as u8);
+            out.extend(bytes);
+        }
+    }
+    fn integer(out: &mut Vec<u8>, mag: &[u8]) {
+        let mag: Vec<u8> = mag.iter().copied().skip_while(|b| *b == 0).collect();
+        let pad = mag.first().is_none_or(|b| b & 0x80 != 0);
+        out.push(0x02);
+        len(out, mag.len() + pad as usize);
+        if pad {
+            out.push(0);
+        }
+        out.extend(mag);
+    }
+    let mut body = Vec::new();
+    integer(&mut body, &[0]); // version
+    for p in parts {
+        integer(&mut body, p);
+    }
+    let mut out = vec![0x30];
+    len(&mut out, body.len());
+    out.extend(body);
+    out
 }
