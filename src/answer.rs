@@ -55,14 +55,20 @@ impl Answer {
     pub fn from_verify(e: &VerifyError) -> Answer {
         match e {
             VerifyError::Invalid(a) => Self::unauthorized(a),
-            VerifyError::KeysUnavailable => Self::unavailable("Descope keys are not available yet", "jwks_unavailable"),
+            VerifyError::KeysUnavailable => {
+                Self::unavailable("Descope keys are not available yet", "jwks_unavailable")
+            }
         }
     }
 
     pub fn from_exchange(e: &ExchangeError) -> Answer {
         match e {
-            ExchangeError::MissingClaim { .. } => Self::invalid_token(&e.to_string(), "missing_external_token"),
-            ExchangeError::InvalidClaim { .. } => Self::invalid_token(&e.to_string(), "invalid_external_token"),
+            ExchangeError::MissingClaim { .. } => {
+                Self::invalid_token(&e.to_string(), "missing_external_token")
+            }
+            ExchangeError::InvalidClaim { .. } => {
+                Self::invalid_token(&e.to_string(), "invalid_external_token")
+            }
             ExchangeError::Unavailable { connector, .. } => Self::unavailable(
                 &format!("connector {connector} is unavailable"),
                 "connector_unavailable",
@@ -116,7 +122,13 @@ fn json_body(error: &str, description: &str) -> Bytes {
 /// RFC 6750 descriptions are quoted-strings limited to visible ASCII minus `"` and `\`.
 fn quoted_safe(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' { c } else { '\'' })
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
+                c
+            } else {
+                '\''
+            }
+        })
         .collect()
 }
 
@@ -128,7 +140,10 @@ mod tests {
     fn missing_token_challenge_has_realm_only() {
         let a = Answer::unauthorized(&AuthError::Missing);
         assert_eq!(a.status, 401);
-        assert_eq!(a.www_authenticate.as_deref(), Some(r#"Bearer realm="extoken""#));
+        assert_eq!(
+            a.www_authenticate.as_deref(),
+            Some(r#"Bearer realm="extoken""#)
+        );
     }
 
     #[test]
@@ -146,7 +161,9 @@ mod tests {
 
     #[test]
     fn missing_claim_mentions_claim() {
-        let a = Answer::from_exchange(&ExchangeError::MissingClaim { claim: "externalToken".into() });
+        let a = Answer::from_exchange(&ExchangeError::MissingClaim {
+            claim: "externalToken".into(),
+        });
         assert_eq!(a.status, 401);
         assert!(a.www_authenticate.unwrap().contains("externalToken"));
     }

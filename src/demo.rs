@@ -35,7 +35,10 @@ impl ServeHttp for Echo {
         let req = s.req_header();
         let mut headers = BTreeMap::new();
         for (k, v) in req.headers.iter() {
-            headers.insert(k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned());
+            headers.insert(
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            );
         }
         let body = serde_json::json!({
             "echo": "received by the demo upstream",
@@ -57,7 +60,11 @@ fn json_response(status: u16, body: Vec<u8>) -> Response<Vec<u8>> {
 }
 
 /// A pingora listening service for a [`ServeHttp`] app on `addr`.
-pub fn http_app<A: ServeHttp + Send + Sync + 'static>(name: &str, addr: &str, app: A) -> Service<A> {
+pub fn http_app<A: ServeHttp + Send + Sync + 'static>(
+    name: &str,
+    addr: &str,
+    app: A,
+) -> Service<A> {
     let mut svc = Service::new(name.to_string(), app);
     svc.add_tcp(addr);
     svc
@@ -67,7 +74,11 @@ pub fn http_app<A: ServeHttp + Send + Sync + 'static>(name: &str, addr: &str, ap
 pub fn url_authority(url: &str) -> Option<String> {
     let rest = url.strip_prefix("http://")?;
     let auth = rest.split('/').next()?;
-    Some(if auth.contains(':') { auth.to_string() } else { format!("{auth}:80") })
+    Some(if auth.contains(':') {
+        auth.to_string()
+    } else {
+        format!("{auth}:80")
+    })
 }
 
 /// Sends one GET with a bearer token to `addr` and returns the status code.
@@ -94,7 +105,9 @@ pub fn announce_when_ready(listen: SocketAddr, good: String, bad: String) {
                 println!("\nextoken demo is up on http://{target}\n");
                 println!("# accepted: the upstream echoes the Authorization it received (the external token)");
                 println!("curl -s http://{target}/hello -H 'Authorization: Bearer {good}'\n");
-                println!("# refused: an expired session gets 401 with an RFC 6750 WWW-Authenticate");
+                println!(
+                    "# refused: an expired session gets 401 with an RFC 6750 WWW-Authenticate"
+                );
                 println!("curl -si http://{target}/hello -H 'Authorization: Bearer {bad}'\n");
                 println!("Ctrl-C to stop.");
                 return;

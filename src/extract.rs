@@ -22,14 +22,23 @@ pub struct Found<'a> {
 
 /// The session token of a request, if it carries one.
 pub fn session_token<'a>(headers: &'a HeaderMap, session_cookie: &str) -> Option<Found<'a>> {
-    if let Some(token) = headers.get(AUTHORIZATION).and_then(|v| bearer(v.as_bytes())) {
-        return Some(Found { token, source: Source::Bearer });
+    if let Some(token) = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| bearer(v.as_bytes()))
+    {
+        return Some(Found {
+            token,
+            source: Source::Bearer,
+        });
     }
     headers
         .get_all(COOKIE)
         .iter()
         .find_map(|v| cookie(v.as_bytes(), session_cookie))
-        .map(|token| Found { token, source: Source::Cookie })
+        .map(|token| Found {
+            token,
+            source: Source::Cookie,
+        })
 }
 
 fn bearer(v: &[u8]) -> Option<&str> {
@@ -68,10 +77,16 @@ mod tests {
 
     #[test]
     fn bearer_any_case_wins_over_cookie() {
-        let m = h(&[("authorization", "bEaReR  abc"), ("cookie", "DS=fromcookie")]);
+        let m = h(&[
+            ("authorization", "bEaReR  abc"),
+            ("cookie", "DS=fromcookie"),
+        ]);
         assert_eq!(
             session_token(&m, "DS"),
-            Some(Found { token: "abc", source: Source::Bearer })
+            Some(Found {
+                token: "abc",
+                source: Source::Bearer
+            })
         );
     }
 
@@ -80,15 +95,24 @@ mod tests {
         let m = h(&[("cookie", "a=1; b=2"), ("cookie", "x=y; DS=tok; DSR=r")]);
         assert_eq!(
             session_token(&m, "DS"),
-            Some(Found { token: "tok", source: Source::Cookie })
+            Some(Found {
+                token: "tok",
+                source: Source::Cookie
+            })
         );
         assert_eq!(session_token(&m, "Other"), None);
     }
 
     #[test]
     fn other_schemes_and_empty_values_are_not_tokens() {
-        assert_eq!(session_token(&h(&[("authorization", "Basic dXNlcg==")]), "DS"), None);
-        assert_eq!(session_token(&h(&[("authorization", "Bearer ")]), "DS"), None);
+        assert_eq!(
+            session_token(&h(&[("authorization", "Basic dXNlcg==")]), "DS"),
+            None
+        );
+        assert_eq!(
+            session_token(&h(&[("authorization", "Bearer ")]), "DS"),
+            None
+        );
         assert_eq!(session_token(&h(&[("cookie", "DS=")]), "DS"), None);
         assert_eq!(session_token(&h(&[("cookie", "XDS=1")]), "DS"), None);
         let m = h(&[("authorization", "Basic x"), ("cookie", "DS=c")]);

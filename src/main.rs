@@ -11,7 +11,11 @@ use extoken::config::{parse_duration, Config, KeySource, EMBEDDED_DEFAULT};
 use extoken::mint::{parse_claim, DevKey, MintOptions};
 
 #[derive(Parser)]
-#[command(name = "extoken", version, about = "Edge gateway: Descope session in, legacy external token out")]
+#[command(
+    name = "extoken",
+    version,
+    about = "Edge gateway: Descope session in, legacy external token out"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -95,16 +99,22 @@ fn main() {
 fn init_logs() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("EXTOKEN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn load_config(path: Option<&Path>) -> Result<Config> {
     match path {
         Some(p) => Config::load(p).with_context(|| format!("config {}", p.display())),
-        None if Path::new("gateway.yaml").exists() => Config::load(Path::new("gateway.yaml")).context("config gateway.yaml"),
+        None if Path::new("gateway.yaml").exists() => {
+            Config::load(Path::new("gateway.yaml")).context("config gateway.yaml")
+        }
         None => {
             tracing::info!("no gateway.yaml here: using the embedded default");
-            Ok(Config::parse(EMBEDDED_DEFAULT, &|k| std::env::var(k).ok()).context("embedded config")?)
+            Ok(Config::parse(EMBEDDED_DEFAULT, &|k| std::env::var(k).ok())
+                .context("embedded config")?)
         }
     }
 }
@@ -148,7 +158,11 @@ fn mint(a: MintArgs) -> Result<()> {
         issuer: a.issuer,
         sub: a.sub,
         ttl_secs: ttl_secs(&a.ttl)?,
-        claims: a.claims.iter().map(|c| parse_claim(c)).collect::<Result<_, _>>()?,
+        claims: a
+            .claims
+            .iter()
+            .map(|c| parse_claim(c))
+            .collect::<Result<_, _>>()?,
         external_token: a.external_token,
         refresh: a.refresh,
     };
@@ -162,14 +176,24 @@ fn mint(a: MintArgs) -> Result<()> {
 
 fn demo(key_path: &Path) -> Result<()> {
     init_logs();
-    let cfg = Config::parse(EMBEDDED_DEFAULT, &|k| std::env::var(k).ok()).context("embedded config")?;
+    let cfg =
+        Config::parse(EMBEDDED_DEFAULT, &|k| std::env::var(k).ok()).context("embedded config")?;
     let key = DevKey::load_or_create(key_path)?;
     let jwks_addr = match cfg.descope.key_source() {
-        KeySource::Url(u) => extoken::demo::url_authority(&u).context("the demo serves its JWKS over http://")?,
-        KeySource::File(_) => bail!("the demo serves its keys over HTTP: set DESCOPE_JWKS_URL to an http:// URL"),
+        KeySource::Url(u) => {
+            extoken::demo::url_authority(&u).context("the demo serves its JWKS over http://")?
+        }
+        KeySource::File(_) => {
+            bail!("the demo serves its keys over HTTP: set DESCOPE_JWKS_URL to an http:// URL")
+        }
     };
-    let upstream = cfg.routes.first().map(|r| r.upstream.clone()).unwrap_or_default();
-    let echo_addr = extoken::demo::url_authority(&upstream).context("the demo upstream must be http://")?;
+    let upstream = cfg
+        .routes
+        .first()
+        .map(|r| r.upstream.clone())
+        .unwrap_or_default();
+    let echo_addr =
+        extoken::demo::url_authority(&upstream).context("the demo upstream must be http://")?;
     let listen: SocketAddr = cfg.listen.parse().context("listen")?;
     let opts = |ttl_secs, ext: &str| MintOptions {
         project_id: cfg.descope.project_id.clone(),
@@ -180,14 +204,24 @@ fn demo(key_path: &Path) -> Result<()> {
         external_token: Some(ext.into()),
         refresh: false,
     };
-    let good = opts(3600, "legacy-token-for-{sub}").mint(&key, 1)?.remove(0);
-    let bad = opts(-600, "legacy-token-for-{sub}").mint(&key, 1)?.remove(0);
+    let good = opts(3600, "legacy-token-for-{sub}")
+        .mint(&key, 1)?
+        .remove(0);
+    let bad = opts(-600, "legacy-token-for-{sub}")
+        .mint(&key, 1)?
+        .remove(0);
 
     let mut built = extoken::server::build(cfg)?;
-    built
-        .server
-        .add_service(extoken::demo::http_app("demo jwks", &jwks_addr, extoken::demo::StaticJson(key.jwks.into_bytes())));
-    built.server.add_service(extoken::demo::http_app("demo echo upstream", &echo_addr, extoken::demo::Echo));
+    built.server.add_service(extoken::demo::http_app(
+        "demo jwks",
+        &jwks_addr,
+        extoken::demo::StaticJson(key.jwks.into_bytes()),
+    ));
+    built.server.add_service(extoken::demo::http_app(
+        "demo echo upstream",
+        &echo_addr,
+        extoken::demo::Echo,
+    ));
     tracing::info!(jwks = %jwks_addr, upstream = %echo_addr, "demo: dev key {} (kid {})", key_path.display(), key.kid);
     extoken::demo::announce_when_ready(listen, good, bad);
     built.server.run_forever();

@@ -17,10 +17,6 @@ use crate::gateway::Gateway;
 use crate::rewrite::{self, Rewrite};
 use crate::route::Route;
 
-/// Largest request head (request line and header lines) forwarded; larger ones get a 431.
-/// pingora itself reads up to 1 MB, which backends commonly refuse or choke on.
-pub const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
-
 /// Bytes of a request head as it would go upstream: request line plus `name: value\r\n` lines.
 pub fn request_head_bytes(req: &RequestHeader) -> usize {
     let target = req.uri.path_and_query().map_or(1, |p| p.as_str().len());
@@ -80,7 +76,8 @@ impl ProxyHttp for Proxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let gw = self.state.load_full();
         let req = session.req_header();
-        if request_head_bytes(req) > MAX_REQUEST_HEAD_BYTES {
+        // pingora itself reads heads up to 1 MB, which backends commonly refuse or choke on.
+        if request_head_bytes(req) > gw.config.limits.max_header_bytes {
             send_answer(session, &Answer::headers_too_large()).await?;
             return Ok(true);
         }

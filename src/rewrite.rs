@@ -79,7 +79,10 @@ fn strip_cookie_headers<H: Headers>(req: &mut H, strip: &[String]) {
     if cookies.is_empty() {
         return;
     }
-    let kept: Vec<HeaderValue> = cookies.iter().filter_map(|v| strip_cookies(v, strip)).collect();
+    let kept: Vec<HeaderValue> = cookies
+        .iter()
+        .filter_map(|v| strip_cookies(v, strip))
+        .collect();
     if kept.len() == cookies.len() && kept.iter().zip(&cookies).all(|(a, b)| a == b) {
         return;
     }
@@ -99,7 +102,10 @@ pub trait Headers {
 
 impl Headers for http::HeaderMap {
     fn get_all(&self, name: &HeaderName) -> Vec<HeaderValue> {
-        http::HeaderMap::get_all(self, name).iter().cloned().collect()
+        http::HeaderMap::get_all(self, name)
+            .iter()
+            .cloned()
+            .collect()
     }
     fn set(&mut self, name: HeaderName, value: HeaderValue) {
         self.insert(name, value);
@@ -141,7 +147,10 @@ mod tests {
     fn strips_only_descope_cookies() {
         let v = HeaderValue::from_static("a=1; DS=x; b=2;DSR=y");
         assert_eq!(strip_cookies(&v, &strip()).unwrap(), "a=1; b=2");
-        assert_eq!(strip_cookies(&HeaderValue::from_static("DS=x; DSR=y"), &strip()), None);
+        assert_eq!(
+            strip_cookies(&HeaderValue::from_static("DS=x; DSR=y"), &strip()),
+            None
+        );
         let keep = HeaderValue::from_static("DSX=1; xDS=2");
         assert_eq!(strip_cookies(&keep, &strip()).unwrap(), keep);
     }
@@ -149,7 +158,10 @@ mod tests {
     #[test]
     fn apply_sets_header_and_cleans_cookies() {
         let mut m = HeaderMap::new();
-        m.insert(AUTHORIZATION, HeaderValue::from_static("Bearer descope-jwt"));
+        m.insert(
+            AUTHORIZATION,
+            HeaderValue::from_static("Bearer descope-jwt"),
+        );
         m.append(COOKIE, HeaderValue::from_static("DS=x"));
         m.append(COOKIE, HeaderValue::from_static("theme=dark; DSR=y"));
         let tok = ExternalToken::new("legacy.token".into()).unwrap();

@@ -39,7 +39,9 @@ pub fn build(cfg: Config) -> Result<Built, StartError> {
     let keys = Arc::new(KeyStore::new(&cfg.descope, client));
     let listen = cfg.listen.clone();
     let threads = if cfg.threads == 0 {
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
     } else {
         cfg.threads
     };

@@ -35,6 +35,9 @@ enum Mode {
     NonAscii,
 }
 
+/// One call to the endpoint: the JSON body and the headers it came with.
+type Call = (Value, Vec<(String, String)>);
+
 /// A generic-HTTP token endpoint: verifies the bearer and the HMAC of the exact body, records
 /// every body, numbers its tokens.
 struct TokenEndpoint {
@@ -42,7 +45,7 @@ struct TokenEndpoint {
     calls: Arc<AtomicUsize>,
     bad_auth: Arc<AtomicUsize>,
     mode: Arc<Mutex<Mode>>,
-    bodies: Arc<Mutex<Vec<(Value, Vec<(String, String)>)>>>,
+    bodies: Arc<Mutex<Vec<Call>>>,
 }
 
 impl TokenEndpoint {

@@ -293,16 +293,23 @@ pub struct LimitsConfig {
     /// Longest session token accepted; longer ones are refused before any parsing.
     #[serde(default = "d_max_token")]
     pub max_token_bytes: usize,
+    /// Largest request head (request line + headers) forwarded; larger ones get a 431.
+    #[serde(default = "d_max_header")]
+    pub max_header_bytes: usize,
 }
 
 fn d_max_token() -> usize {
     16 * 1024
+}
+fn d_max_header() -> usize {
+    64 * 1024
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             max_token_bytes: d_max_token(),
+            max_header_bytes: d_max_header(),
         }
     }
 }

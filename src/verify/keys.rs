@@ -44,7 +44,10 @@ pub struct Key {
 
 impl std::fmt::Debug for Key {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Key").field("kid", &self.kid).field("allowed", &self.allowed).finish()
+        f.debug_struct("Key")
+            .field("kid", &self.kid)
+            .field("allowed", &self.allowed)
+            .finish()
     }
 }
 
@@ -86,11 +89,17 @@ pub fn parse_jwks(body: &[u8], warn: &mut dyn FnMut(String)) -> Result<KeySet, K
     let doc: Doc = serde_json::from_slice(body).map_err(|e| KeySetError::NotJson(e.to_string()))?;
     let mut keys = HashMap::new();
     for (i, raw) in doc.keys.into_iter().enumerate() {
-        let kid_hint = raw.get("kid").and_then(|k| k.as_str()).unwrap_or("").to_string();
+        let kid_hint = raw
+            .get("kid")
+            .and_then(|k| k.as_str())
+            .unwrap_or("")
+            .to_string();
         match key_from_jwk(raw) {
             Ok(k) => {
                 if keys.contains_key(&k.kid) {
-                    warn(format!("JWKS key #{i} (kid {kid_hint:?}) skipped: duplicate kid"));
+                    warn(format!(
+                        "JWKS key #{i} (kid {kid_hint:?}) skipped: duplicate kid"
+                    ));
                 } else {
                     keys.insert(k.kid.clone(), Arc::new(k));
                 }
@@ -101,12 +110,20 @@ pub fn parse_jwks(body: &[u8], warn: &mut dyn FnMut(String)) -> Result<KeySet, K
     if keys.is_empty() {
         return Err(KeySetError::NoUsableKey);
     }
-    Ok(KeySet { keys, generation: 0 })
+    Ok(KeySet {
+        keys,
+        generation: 0,
+    })
 }
 
 fn key_from_jwk(raw: serde_json::Value) -> Result<Key, String> {
     let jwk: Jwk = serde_json::from_value(raw).map_err(|e| format!("unreadable JWK: {e}"))?;
-    let kid = jwk.common.key_id.clone().filter(|k| !k.is_empty()).ok_or("no kid")?;
+    let kid = jwk
+        .common
+        .key_id
+        .clone()
+        .filter(|k| !k.is_empty())
+        .ok_or("no kid")?;
     if let Some(u) = &jwk.common.public_key_use {
         if *u != PublicKeyUse::Signature {
             return Err("not a signing key (use != sig)".into());
@@ -193,7 +210,9 @@ mod tests {
 
     fn parse(keys: &str) -> (Result<KeySet, KeySetError>, Vec<String>) {
         let mut warnings = vec![];
-        let r = parse_jwks(format!(r#"{{"keys":[{keys}]}}"#).as_bytes(), &mut |w| warnings.push(w));
+        let r = parse_jwks(format!(r#"{{"keys":[{keys}]}}"#).as_bytes(), &mut |w| {
+            warnings.push(w)
+        });
         (r, warnings)
     }
 
@@ -218,19 +237,27 @@ mod tests {
     #[test]
     fn skips_hmac_enc_duplicates_and_kidless() {
         let hmac = r#"{"kty":"oct","kid":"h","k":"c2VjcmV0"}"#;
-        let enc = RSA.replace(r#""kid":"r1""#, r#""kid":"e1""#).replace(r#""use":"sig""#, r#""use":"enc""#);
+        let enc = RSA
+            .replace(r#""kid":"r1""#, r#""kid":"e1""#)
+            .replace(r#""use":"sig""#, r#""use":"enc""#);
         let nokid = RSA.replace(r#""kid":"r1","#, "");
         let (set, w) = parse(&format!("{RSA},{hmac},{enc},{nokid},{RSA}"));
         assert_eq!(set.unwrap().len(), 1);
         assert_eq!(w.len(), 4, "{w:?}");
-        assert!(w.iter().all(|l| !l.contains("sXchDaQ")), "no key material in warnings");
+        assert!(
+            w.iter().all(|l| !l.contains("sXchDaQ")),
+            "no key material in warnings"
+        );
     }
 
     #[test]
     fn empty_or_garbage_sets_fail() {
         assert!(matches!(parse("").0, Err(KeySetError::NoUsableKey)));
         let mut w = |_| {};
-        assert!(matches!(parse_jwks(b"<html>", &mut w), Err(KeySetError::NotJson(_))));
+        assert!(matches!(
+            parse_jwks(b"<html>", &mut w),
+            Err(KeySetError::NotJson(_))
+        ));
     }
 
     #[test]

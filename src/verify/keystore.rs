@@ -120,7 +120,10 @@ impl KeyStore {
                     .to_vec()
             }
         };
-        Ok(parse_jwks(&body, &mut |w| tracing::warn!(target: "extoken::jwks", "{w}"))?)
+        Ok(parse_jwks(
+            &body,
+            &mut |w| tracing::warn!(target: "extoken::jwks", "{w}"),
+        )?)
     }
 
     /// Called when a token names a `kid` that `seen` does not have. Returns the key set to retry
@@ -138,7 +141,9 @@ impl KeyStore {
         }
         *last = Some(Instant::now());
         match self.load().await {
-            Ok(n) => tracing::info!(target: "extoken::jwks", keys = n, "refetched keys for an unknown kid"),
+            Ok(n) => {
+                tracing::info!(target: "extoken::jwks", keys = n, "refetched keys for an unknown kid")
+            }
             Err(e) => tracing::warn!(target: "extoken::jwks", "unknown-kid refetch failed: {e}"),
         }
         self.current()

@@ -120,13 +120,23 @@ pub struct Verifier {
 
 struct UntilExp;
 impl moka::Expiry<Arc<str>, Arc<Session>> for UntilExp {
-    fn expire_after_create(&self, _: &Arc<str>, s: &Arc<Session>, _: std::time::Instant) -> Option<Duration> {
+    fn expire_after_create(
+        &self,
+        _: &Arc<str>,
+        s: &Arc<Session>,
+        _: std::time::Instant,
+    ) -> Option<Duration> {
         Some(Duration::from_secs(s.exp.saturating_sub(now())))
     }
 }
 
 impl Verifier {
-    pub fn new(cfg: &DescopeConfig, keys: Arc<KeyStore>, max_token_bytes: usize, cache_entries: u64) -> Verifier {
+    pub fn new(
+        cfg: &DescopeConfig,
+        keys: Arc<KeyStore>,
+        max_token_bytes: usize,
+        cache_entries: u64,
+    ) -> Verifier {
         Verifier {
             project_id: cfg.project_id.clone(),
             audience: cfg.audience.as_ref().map(|a| a.to_vec()),
@@ -153,17 +163,27 @@ impl Verifier {
             }
             self.verified.invalidate(token);
         }
-        let (signing_input, sig) = token.rsplit_once('.').ok_or(AuthError::Malformed("not a JWT"))?;
-        let (h64, c64) = signing_input.split_once('.').ok_or(AuthError::Malformed("not a JWT"))?;
+        let (signing_input, sig) = token
+            .rsplit_once('.')
+            .ok_or(AuthError::Malformed("not a JWT"))?;
+        let (h64, c64) = signing_input
+            .split_once('.')
+            .ok_or(AuthError::Malformed("not a JWT"))?;
         if c64.contains('.') {
             return Err(AuthError::Malformed("not a JWT").into());
         }
-        let hbytes = URL_SAFE_NO_PAD.decode(h64).map_err(|_| AuthError::Malformed("bad header encoding"))?;
-        let header: Header = serde_json::from_slice(&hbytes).map_err(|_| AuthError::Malformed("bad header"))?;
+        let hbytes = URL_SAFE_NO_PAD
+            .decode(h64)
+            .map_err(|_| AuthError::Malformed("bad header encoding"))?;
+        let header: Header =
+            serde_json::from_slice(&hbytes).map_err(|_| AuthError::Malformed("bad header"))?;
         if header.crit.is_some() {
             return Err(AuthError::Malformed("unsupported crit header").into());
         }
-        let alg = header.alg.and_then(header_alg).ok_or(AuthError::BadAlgorithm)?;
+        let alg = header
+            .alg
+            .and_then(header_alg)
+            .ok_or(AuthError::BadAlgorithm)?;
         let kid = header.kid.ok_or(AuthError::Malformed("no kid"))?;
 
         if keyset.is_empty() {
@@ -194,10 +214,14 @@ impl Verifier {
                 let cbytes = URL_SAFE_NO_PAD
                     .decode(&token[c_start..input_len])
                     .map_err(|_| AuthError::Malformed("bad claims encoding"))?;
-                let claims: Map<String, Value> =
-                    serde_json::from_slice(&cbytes).map_err(|_| AuthError::Malformed("bad claims"))?;
+                let claims: Map<String, Value> = serde_json::from_slice(&cbytes)
+                    .map_err(|_| AuthError::Malformed("bad claims"))?;
                 let exp = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
-                Ok(Session { claims, exp, kid: key.kid.clone() })
+                Ok(Session {
+                    claims,
+                    exp,
+                    kid: key.kid.clone(),
+                })
             };
             let _ = sig;
             match tokio::task::spawn_blocking(verify).await {
@@ -272,7 +296,10 @@ pub fn issuer_matches(iss: &str, project_id: &str) -> bool {
     if iss == project_id {
         return true;
     }
-    let Some(rest) = iss.strip_prefix("https://").or_else(|| iss.strip_prefix("http://")) else {
+    let Some(rest) = iss
+        .strip_prefix("https://")
+        .or_else(|| iss.strip_prefix("http://"))
+    else {
         return false;
     };
     let path = match rest.find('/') {
@@ -286,7 +313,10 @@ pub fn issuer_matches(iss: &str, project_id: &str) -> bool {
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -298,9 +328,15 @@ mod tests {
         let p = "P2abc";
         assert!(issuer_matches("P2abc", p));
         assert!(issuer_matches("https://api.descope.com/P2abc", p));
-        assert!(issuer_matches("https://auth.example.com/v1/apps/agentic/P2abc/srv1", p));
+        assert!(issuer_matches(
+            "https://auth.example.com/v1/apps/agentic/P2abc/srv1",
+            p
+        ));
         assert!(issuer_matches("https://api.descope.com/P2abc/", p));
-        assert!(!issuer_matches("https://P2abc/x", p), "the host is not a segment");
+        assert!(
+            !issuer_matches("https://P2abc/x", p),
+            "the host is not a segment"
+        );
         assert!(!issuer_matches("https://P2abc", p));
         assert!(!issuer_matches("https://x.com/P2abc/a/b", p));
         assert!(!issuer_matches("P2abcd", p));
