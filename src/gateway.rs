@@ -11,7 +11,7 @@ use http::HeaderMap;
 
 use crate::answer::Answer;
 use crate::config::{AuthMode, Config, ConfigError};
-use crate::exchange::{Connectors, RequestInfo};
+use crate::exchange::{Connectors, RequestInfo, TokenCache};
 use crate::extract::{self, Source};
 use crate::rewrite::{self, Rewrite};
 use crate::route::{Route, RouteTable};
@@ -20,27 +20,61 @@ use crate::verify::{AuthError, KeyStore, Verifier};
 pub struct Gateway {
     pub config: Arc<Config>,
     pub routes: RouteTable,
-    pub verifier: Verifier,
+    pub verifier: Arc<Verifier>,
     pub connectors: Connectors,
 }
 
 impl Gateway {
-    /// Builds the runtime. `keys` is passed in so a reload with unchanged `descope:` settings keeps
-    /// the keys already loaded.
+    /// Builds the runtime. `keys` is passed in because the key store's refresh task outlives any
+    /// one config (see [`Gateway::rebuild`]).
     pub fn build(config: Config, keys: Arc<KeyStore>) -> Result<Gateway, ConfigError> {
+        let verifier = Arc::new(Verifier::new(
+            &config.descope,
+            keys,
+            config.limits.max_token_bytes,
+            config.cache.verified_sessions,
+        ));
+        Self::assemble(config, verifier, None)
+    }
+
+    /// A new runtime for a reloaded config that keeps what is still valid: the verifier (its keys
+    /// and verified sessions) when `descope:`, `limits:` and the session cache bound are unchanged,
+    /// and the token cache when `cache:` is unchanged (its keys fingerprint each connector's
+    /// settings, so a changed connector never gets a token minted under the old ones).
+    /// `Ok((gateway, keys_kept))`; when the keys were not kept, the caller starts a refresh task
+    /// for `gateway.verifier.keys`.
+    pub fn rebuild(&self, config: Config) -> Result<(Gateway, bool), ConfigError> {
+        let old = &self.config;
+        let same_verifier = old.descope == config.descope
+            && old.limits == config.limits
+            && old.cache.verified_sessions == config.cache.verified_sessions;
+        let verifier = if same_verifier {
+            self.verifier.clone()
+        } else {
+            let keys = Arc::new(KeyStore::new(&config.descope, self.verifier.keys.client()));
+            Arc::new(Verifier::new(
+                &config.descope,
+                keys,
+                config.limits.max_token_bytes,
+                config.cache.verified_sessions,
+            ))
+        };
+        let cache = (old.cache == config.cache).then(|| self.connectors.cache().clone());
+        Ok((Self::assemble(config, verifier, cache)?, same_verifier))
+    }
+
+    fn assemble(
+        config: Config,
+        verifier: Arc<Verifier>,
+        cache: Option<TokenCache>,
+    ) -> Result<Gateway, ConfigError> {
         let routes = RouteTable::build(&config).map_err(|m| match m.split_once(": ") {
             Some((p, msg)) => ConfigError::key(p, msg),
             None => ConfigError::Syntax(m),
         })?;
         let client = Self::http_client()
             .map_err(|e| ConfigError::Syntax(format!("cannot create the HTTP client: {e}")))?;
-        let connectors = Connectors::build(&config, &client)?;
-        let verifier = Verifier::new(
-            &config.descope,
-            keys,
-            config.limits.max_token_bytes,
-            config.cache.verified_sessions,
-        );
+        let connectors = Connectors::build(&config, &client, cache)?;
         Ok(Gateway {
             config: Arc::new(config),
             routes,
@@ -99,5 +133,53 @@ impl Gateway {
             value,
             evict: obtained.cache_key,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(extra: &str) -> Config {
+        let text = format!(
+            "descope: {{project_id: P2x, jwks_url: 'http://127.0.0.1:1/k'{extra}}}\n\
+             connectors: {{ext: {{type: claim}}}}\nroutes: [{{upstream: 'http://127.0.0.1:1', connector: ext}}]\n"
+        );
+        Config::parse(&text, &|_| None).unwrap()
+    }
+
+    fn gateway() -> Gateway {
+        crate::server::install_crypto_provider();
+        let c = cfg("");
+        let keys = Arc::new(KeyStore::new(&c.descope, Gateway::http_client().unwrap()));
+        Gateway::build(c, keys).unwrap()
+    }
+
+    #[test]
+    fn rebuild_keeps_warm_state_when_settings_are_unchanged() {
+        let gw = gateway();
+        let (next, kept) = gw.rebuild(cfg("")).unwrap();
+        assert!(kept);
+        assert!(
+            Arc::ptr_eq(&gw.verifier, &next.verifier),
+            "keys and verified sessions kept"
+        );
+        assert!(
+            gw.connectors.cache().is_same(next.connectors.cache()),
+            "token cache kept"
+        );
+    }
+
+    #[test]
+    fn rebuild_replaces_what_changed() {
+        let gw = gateway();
+        let (next, kept) = gw.rebuild(cfg(", leeway: 9s")).unwrap();
+        assert!(!kept);
+        assert!(!Arc::ptr_eq(&gw.verifier, &next.verifier));
+        assert!(!Arc::ptr_eq(&gw.verifier.keys, &next.verifier.keys));
+        assert!(
+            gw.connectors.cache().is_same(next.connectors.cache()),
+            "cache: unchanged"
+        );
     }
 }

@@ -132,7 +132,7 @@ fn check(path: &Path) -> Result<()> {
     // Builds the connectors too: key files, service accounts and secrets are read and test-signed.
     extoken::server::install_crypto_provider();
     let client = extoken::gateway::Gateway::http_client()?;
-    extoken::exchange::Connectors::build(&cfg, &client)?;
+    extoken::exchange::Connectors::build(&cfg, &client, None)?;
     print!("{}", cfg.summary());
     println!("ok: {} is valid", path.display());
     Ok(())

@@ -67,7 +67,7 @@ fn default_listen() -> String {
     "0.0.0.0:8080".into()
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DescopeConfig {
     pub project_id: String,
@@ -210,7 +210,7 @@ fn d_scheme() -> String {
     "Bearer".into()
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct CacheConfig {
     /// Bound of the verified-session cache (tokens already verified, kept until they expire).
@@ -287,7 +287,7 @@ impl<'de> Deserialize<'de> for Percent {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Longest session token accepted; longer ones are refused before any parsing.

@@ -215,6 +215,11 @@ impl TokenCache {
         self.inner.tokens.invalidate(key).await;
     }
 
+    /// Whether two handles are the same cache (a reload kept it).
+    pub fn is_same(&self, other: &TokenCache) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     pub fn entry_count(&self) -> u64 {
         self.inner.tokens.entry_count()
     }

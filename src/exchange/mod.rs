@@ -139,7 +139,12 @@ pub struct Connectors {
 impl Connectors {
     /// Builds every connector, reading key files and service accounts: a bad one is an error here
     /// (at start, on reload, and in `extoken check`), naming its key.
-    pub fn build(cfg: &Config, client: &reqwest::Client) -> Result<Connectors, ConfigError> {
+    /// `cache`: the token cache to keep (a reload with unchanged `cache:` settings), else a new one.
+    pub fn build(
+        cfg: &Config,
+        client: &reqwest::Client,
+        cache: Option<TokenCache>,
+    ) -> Result<Connectors, ConfigError> {
         let mut by_name = BTreeMap::new();
         let mut public = vec![];
         for (name, c) in &cfg.connectors {
@@ -181,7 +186,7 @@ impl Connectors {
         });
         Ok(Connectors {
             by_name,
-            cache: TokenCache::new(&cfg.cache),
+            cache: cache.unwrap_or_else(|| TokenCache::new(&cfg.cache)),
             jwks,
         })
     }

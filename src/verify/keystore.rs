@@ -69,6 +69,11 @@ impl KeyStore {
         self.current.load_full()
     }
 
+    /// The HTTP client (shared with a key store built on reload).
+    pub fn client(&self) -> reqwest::Client {
+        self.client.clone()
+    }
+
     pub fn source(&self) -> &KeySource {
         &self.source
     }
