@@ -5,18 +5,23 @@
 //! [`extract`] (find the session token) → [`verify`] (JWKS, claims) → [`exchange`] (the external
 //! token, from a connector) → [`rewrite`] (headers for the backend) → [`proxy`] (pingora phases,
 //! forward). [`route`] picks the route, [`answer`] builds the refusals, [`gateway`] holds the
-//! runtime built from [`config`], [`server`] assembles the pingora server. [`mint`] and [`demo`]
+//! runtime built from [`config`], [`server`] assembles the pingora server; [`admin`], [`metrics`],
+//! [`telemetry`] and [`lifecycle`] are the operations side (probes, metrics, logs, reload, shutdown). [`mint`] and [`demo`]
 //! serve the developer commands.
 
+pub mod admin;
 pub mod answer;
 pub mod config;
 pub mod demo;
 pub mod exchange;
 pub mod extract;
 pub mod gateway;
+pub mod lifecycle;
+pub mod metrics;
 pub mod mint;
 pub mod proxy;
 pub mod rewrite;
 pub mod route;
 pub mod server;
+pub mod telemetry;
 pub mod verify;

@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use extoken::config::{parse_duration, Config, KeySource, EMBEDDED_DEFAULT};
+use extoken::lifecycle::ConfigSource;
 use extoken::mint::{parse_claim, DevKey, MintOptions};
 
 #[derive(Parser)]
@@ -35,6 +36,15 @@ enum Command {
     },
     /// Issue Descope-shaped session JWTs from a local dev key (demos, tests, load tests)
     Mint(MintArgs),
+    /// Make the running gateway re-read its config (SIGHUP to the pid in its pid_file)
+    Reload {
+        /// The config the gateway runs with (for its pid_file); default as for `run`
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The pid file to read instead of the config's pid_file
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
+    },
     /// Run a self-contained local demo: dev key, JWKS endpoint, echo upstream and the gateway
     Demo {
         /// Where the demo's dev key lives (created if absent)
@@ -88,6 +98,7 @@ fn main() {
         Some(Command::Run(a)) => run(a),
         Some(Command::Check { config }) => check(&config),
         Some(Command::Mint(a)) => mint(a),
+        Some(Command::Reload { config, pid_file }) => reload(config.as_deref(), pid_file),
         Some(Command::Demo { key }) => demo(&key),
     };
     if let Err(e) = result {
@@ -105,26 +116,45 @@ fn init_logs() {
         .try_init();
 }
 
-fn load_config(path: Option<&Path>) -> Result<Config> {
+/// `--config`, else ./gateway.yaml, else the embedded default (a reload reads the same).
+fn config_source(path: Option<&Path>) -> ConfigSource {
     match path {
-        Some(p) => Config::load(p).with_context(|| format!("config {}", p.display())),
-        None if Path::new("gateway.yaml").exists() => {
-            Config::load(Path::new("gateway.yaml")).context("config gateway.yaml")
-        }
-        None => {
-            tracing::info!("no gateway.yaml here: using the embedded default");
-            Ok(Config::parse(EMBEDDED_DEFAULT, &|k| std::env::var(k).ok())
-                .context("embedded config")?)
-        }
+        Some(p) => ConfigSource::File(p.to_owned()),
+        None if Path::new("gateway.yaml").exists() => ConfigSource::File("gateway.yaml".into()),
+        None => ConfigSource::Embedded,
     }
 }
 
+fn load_config(source: &ConfigSource) -> Result<Config> {
+    source.load().with_context(|| match source {
+        ConfigSource::File(p) => format!("config {}", p.display()),
+        ConfigSource::Embedded => "embedded config".into(),
+    })
+}
+
 fn run(args: RunArgs) -> Result<()> {
-    init_logs();
-    let cfg = load_config(args.config.as_deref())?;
-    tracing::info!(listen = %cfg.listen, project = %cfg.descope.project_id, routes = cfg.routes.len(), "starting extoken");
+    let source = config_source(args.config.as_deref());
+    let cfg = load_config(&source)?;
+    extoken::telemetry::init(&cfg.log)?;
+    if let ConfigSource::Embedded = source {
+        tracing::info!("no gateway.yaml here: using the embedded default");
+    }
+    tracing::info!(listen = %cfg.listen, admin = cfg.admin_addr().unwrap_or("off"), project = %cfg.descope.project_id, routes = cfg.routes.len(), version = env!("CARGO_PKG_VERSION"), "starting extoken");
     let built = extoken::server::build(cfg)?;
-    built.server.run_forever();
+    built.run(source)?;
+    Ok(())
+}
+
+fn reload(config: Option<&Path>, pid_file: Option<PathBuf>) -> Result<()> {
+    let pid_file = match pid_file {
+        Some(p) => p,
+        None => load_config(&config_source(config))?
+            .pid_file
+            .ok_or(extoken::lifecycle::LifecycleError::NoPidFile)?,
+    };
+    let pid = extoken::lifecycle::signal_reload(&pid_file)?;
+    println!("sent SIGHUP to extoken (pid {pid}); its log says whether the config was applied");
+    Ok(())
 }
 
 fn check(path: &Path) -> Result<()> {
@@ -224,5 +254,6 @@ fn demo(key_path: &Path) -> Result<()> {
     ));
     tracing::info!(jwks = %jwks_addr, upstream = %echo_addr, "demo: dev key {} (kid {})", key_path.display(), key.kid);
     extoken::demo::announce_when_ready(listen, good, bad);
-    built.server.run_forever();
+    built.run(ConfigSource::Embedded)?;
+    Ok(())
 }

@@ -16,6 +16,7 @@ use crate::exchange::RequestInfo;
 use crate::gateway::Gateway;
 use crate::rewrite::{self, Rewrite};
 use crate::route::Route;
+use crate::telemetry::{self, RequestLog};
 
 /// Bytes of a request head as it would go upstream: request line plus `name: value\r\n` lines.
 pub fn request_head_bytes(req: &RequestHeader) -> usize {
@@ -36,11 +37,15 @@ pub struct Ctx {
     gateway: Option<Arc<Gateway>>,
     route: Option<Arc<Route>>,
     rewrite: Option<Rewrite>,
+    /// Request id, timings and outcome for the access line and metrics.
+    log: RequestLog,
 }
 
-/// Writes an [`Answer`] to the client.
-pub async fn send_answer(session: &mut Session, a: &Answer) -> Result<()> {
-    let mut h = ResponseHeader::build(a.status, Some(6))?;
+/// Writes an [`Answer`] to the client (and notes its outcome for the access line).
+pub async fn send_answer(session: &mut Session, a: &Answer, log: &mut RequestLog) -> Result<()> {
+    log.answered(a.outcome, a.reason);
+    let mut h = ResponseHeader::build(a.status, Some(7))?;
+    log.stamp_response(&mut h)?;
     h.insert_header("content-type", "application/json")?;
     h.insert_header("content-length", a.body.len().to_string())?;
     h.insert_header("cache-control", "no-store")?;
@@ -78,13 +83,14 @@ impl ProxyHttp for Proxy {
         let req = session.req_header();
         // pingora itself reads heads up to 1 MB, which backends commonly refuse or choke on.
         if request_head_bytes(req) > gw.config.limits.max_header_bytes {
-            send_answer(session, &Answer::headers_too_large()).await?;
+            send_answer(session, &Answer::headers_too_large(), &mut ctx.log).await?;
             return Ok(true);
         }
         let Some(route) = gw.routes.find(request_host(req), req.uri.path()).cloned() else {
-            send_answer(session, &Answer::no_route()).await?;
+            send_answer(session, &Answer::no_route(), &mut ctx.log).await?;
             return Ok(true);
         };
+        ctx.log.route(&route.name);
         if route.auth == AuthMode::Required {
             let info = RequestInfo {
                 route: &route.name,
@@ -94,7 +100,7 @@ impl ProxyHttp for Proxy {
             match gw.authorize(&route, &req.headers, info).await {
                 Ok(rw) => ctx.rewrite = Some(rw),
                 Err(answer) => {
-                    send_answer(session, &answer).await?;
+                    send_answer(session, &answer, &mut ctx.log).await?;
                     return Ok(true);
                 }
             }
@@ -104,7 +110,14 @@ impl ProxyHttp for Proxy {
         Ok(false)
     }
 
+    /// The request id: the client's `X-Request-Id` if sane, else a new one.
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        ctx.log.begin(session.req_header());
+        Ok(())
+    }
+
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        ctx.log.upstream_started();
         match &ctx.route {
             Some(r) => Ok(r.peer()),
             None => Error::e_explain(ErrorType::InternalError, "no route chosen"),
@@ -117,6 +130,7 @@ impl ProxyHttp for Proxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        ctx.log.stamp_request(upstream_request)?;
         // `auth: none` routes are forwarded untouched (but for the Host choice).
         if let Some(route) = &ctx.route {
             if let Some(rw) = &ctx.rewrite {
@@ -137,6 +151,7 @@ impl ProxyHttp for Proxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        ctx.log.upstream_answered(upstream_response.status.as_u16());
         if upstream_response.status == http::StatusCode::UNAUTHORIZED {
             if let (Some(gw), Some(key)) = (
                 &ctx.gateway,
@@ -146,6 +161,46 @@ impl ProxyHttp for Proxy {
             }
         }
         Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.log.stamp_response(upstream_response)
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut Ctx,
+    ) -> pingora::proxy::FailToProxy {
+        telemetry::fail_to_proxy(session, e, &mut ctx.log).await
+    }
+
+    /// One access line per request, and the request metrics.
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        telemetry::finish(session, e, &ctx.log);
+    }
+
+    /// pingora's error lines print error contexts we do not vouch for; the access line carries the
+    /// error kind instead.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, _error: &Error) -> bool {
+        true
+    }
+
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        ctx: &Ctx,
+        error: &Error,
+        _context: pingora::proxy::ProxyWarnLogContext,
+    ) -> bool {
+        telemetry::retry_warning(error, &ctx.log.request_id);
+        true
     }
 
     /// pingora's default summary includes the full URI; ours never logs a query string.

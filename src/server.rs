@@ -1,13 +1,13 @@
-//! Assembles the pingora server: the proxy service on `listen`, and the background task that keeps
-//! the Descope keys fresh. `extoken run` and `extoken demo` both start from here.
+//! Assembles the pingora server: the proxy service on `listen`, the admin listener on
+//! `admin_listen`, and the background task that keeps the Descope keys fresh. `extoken run` and
+//! `extoken demo` both start from here; [`crate::lifecycle`] runs it (reload, shutdown).
 
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use async_trait::async_trait;
 use pingora::server::configuration::ServerConf;
-use pingora::server::{Server, ShutdownWatch};
-use pingora::services::background::{background_service, BackgroundService};
+use pingora::server::Server;
+use pingora::services::background::background_service;
 
 use crate::config::{Config, ConfigError};
 use crate::gateway::Gateway;
@@ -45,14 +45,17 @@ pub fn build(cfg: Config) -> Result<Built, StartError> {
     } else {
         cfg.threads
     };
-    let gateway = Gateway::build(cfg, keys.clone())?;
+    let admin = cfg.admin_addr().map(str::to_string);
+    let (grace_period, shutdown_timeout) = crate::lifecycle::pingora_grace(&cfg);
+    let gateway = Gateway::build(cfg, keys)?;
     let state = Arc::new(ArcSwap::from_pointee(gateway));
 
     let conf = ServerConf {
         threads,
-        // pingora's defaults wait minutes on SIGTERM; a sidecar has 30 s in all.
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(25),
+        // After `shutdown_delay` the listeners close; in-flight requests get the rest of
+        // `shutdown_grace` (we exit as soon as none is left: see `lifecycle`).
+        grace_period_seconds: Some(grace_period),
+        graceful_shutdown_timeout_seconds: Some(shutdown_timeout),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
@@ -66,15 +69,12 @@ pub fn build(cfg: Config) -> Result<Built, StartError> {
     );
     proxy.add_tcp(&listen);
     server.add_service(proxy);
-    server.add_service(background_service("descope keys", KeyRefresher(keys)));
-    Ok(Built { server, state })
-}
-
-struct KeyRefresher(Arc<KeyStore>);
-
-#[async_trait]
-impl BackgroundService for KeyRefresher {
-    async fn start(&self, shutdown: ShutdownWatch) {
-        self.0.clone().run(shutdown).await;
+    if let Some(addr) = admin {
+        server.add_service(crate::admin::service(&addr, state.clone()));
     }
+    server.add_service(background_service(
+        "descope keys",
+        crate::lifecycle::KeyRefresher::new(state.clone()),
+    ));
+    Ok(Built { server, state })
 }

@@ -8,6 +8,7 @@
 mod connectors;
 mod duration;
 mod expand;
+mod ops;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -17,6 +18,7 @@ use serde::Deserialize;
 
 pub use connectors::*;
 pub use duration::{parse_duration, Dur};
+pub use ops::{LogConfig, LogFormat, LOG_LEVELS};
 
 /// The config the demo and `extoken run` fall back to: the repo's own `gateway.yaml`.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../gateway.yaml");
@@ -61,6 +63,22 @@ pub struct Config {
     pub cache: CacheConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Admin listener (`/healthz`, `/readyz`, `/metrics`, JWKS); `off` disables it.
+    #[serde(default = "ops::d_admin_listen")]
+    pub admin_listen: String,
+    #[serde(default)]
+    pub log: LogConfig,
+    /// SIGTERM to exit, at most (Kubernetes gives 30 s by default).
+    #[serde(default = "ops::d_shutdown_grace")]
+    pub shutdown_grace: Dur,
+    /// After SIGTERM: not ready at once, but still accepting for this long.
+    #[serde(default = "ops::d_shutdown_delay")]
+    pub shutdown_delay: Dur,
+    /// `/readyz` fails when the Descope keys were last loaded longer ago than this.
+    #[serde(default = "ops::d_keys_max_age")]
+    pub keys_max_age: Dur,
+    /// Where `extoken run` writes its pid (for `extoken reload`).
+    pub pid_file: Option<PathBuf>,
 }
 
 fn default_listen() -> String {
@@ -358,6 +376,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_ops()?;
         let d = &self.descope;
         if d.project_id.trim().is_empty() {
             return Err(ConfigError::key("descope.project_id", "must not be empty"));

@@ -87,6 +87,11 @@ impl KeyStore {
     /// Fetches the set and swaps it in. On failure the previous set stays.
     pub async fn load(&self) -> Result<usize, FetchError> {
         let result = self.fetch().await;
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        crate::metrics::metrics()
+            .jwks_fetches_total
+            .with_label_values(&[outcome])
+            .inc();
         match &result {
             Ok(_) => {
                 self.stats.ok.fetch_add(1, Ordering::Relaxed);

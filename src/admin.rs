@@ -1,0 +1,106 @@
+//! The admin listener (`admin_listen`, default `127.0.0.1:9090`), apart from the proxy port:
+//!
+//! * `GET /healthz` — 200 while the process runs (liveness).
+//! * `GET /readyz` — 200 when the config is loaded, the Descope keys were loaded at least once and
+//!   not longer ago than `keys_max_age`, and the process is not shutting down; else 503 with a
+//!   one-line reason.
+//! * `GET /metrics` — Prometheus text format.
+//! * `GET /.well-known/jwks.json` — the public keys of the `jwt` connectors (404 when none).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use http::{Method, Response};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use pingora::services::listening::Service;
+
+use crate::gateway::Gateway;
+use crate::metrics::metrics;
+
+pub struct Admin {
+    state: Arc<ArcSwap<Gateway>>,
+}
+
+/// The admin service on `addr` (one thread: it serves probes and scrapes).
+pub fn service(addr: &str, state: Arc<ArcSwap<Gateway>>) -> Service<Admin> {
+    let mut svc = Service::new("admin".to_string(), Admin { state });
+    svc.threads = Some(1);
+    svc.add_tcp(addr);
+    svc
+}
+
+/// `Ok(())` when ready, else why not (one line).
+pub fn readiness(gw: &Gateway) -> Result<(), String> {
+    if crate::lifecycle::shutting_down() {
+        return Err("shutting down".into());
+    }
+    let keys = &gw.verifier.keys;
+    let max = gw.config.keys_max_age;
+    match keys.age() {
+        None => Err("Descope keys not loaded yet".into()),
+        Some(age) if age > max.0 => Err(format!(
+            "Descope keys are {}s old (keys_max_age {max}); the last loads failed",
+            age.as_secs()
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+fn text(status: u16, body: impl Into<Vec<u8>>, content_type: &str) -> Response<Vec<u8>> {
+    let body = body.into();
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .header("content-length", body.len())
+        .header("cache-control", "no-store")
+        .body(body)
+        .unwrap_or_default()
+}
+
+impl Admin {
+    fn metrics_text(&self) -> Vec<u8> {
+        let gw = self.state.load();
+        let keys = &gw.verifier.keys;
+        let m = metrics();
+        m.jwks_keys
+            .set(i64::try_from(keys.current().len()).unwrap_or(i64::MAX));
+        m.jwks_last_success_timestamp_seconds
+            .set(i64::try_from(keys.stats.last_success.load(Ordering::Relaxed)).unwrap_or(0));
+        m.render()
+    }
+}
+
+#[async_trait]
+impl ServeHttp for Admin {
+    async fn response(&self, s: &mut ServerSession) -> Response<Vec<u8>> {
+        let req = s.req_header();
+        if req.method != Method::GET && req.method != Method::HEAD {
+            let mut r = text(405, "method not allowed\n", "text/plain; charset=utf-8");
+            r.headers_mut().insert(
+                http::header::ALLOW,
+                http::HeaderValue::from_static("GET, HEAD"),
+            );
+            return r;
+        }
+        match req.uri.path() {
+            "/healthz" => text(200, "ok\n", "text/plain; charset=utf-8"),
+            "/readyz" => match readiness(&self.state.load()) {
+                Ok(()) => text(200, "ready\n", "text/plain; charset=utf-8"),
+                Err(why) => text(
+                    503,
+                    format!("not ready: {why}\n"),
+                    "text/plain; charset=utf-8",
+                ),
+            },
+            "/metrics" => text(200, self.metrics_text(), "text/plain; version=0.0.4"),
+            "/.well-known/jwks.json" => match self.state.load().connectors.jwks() {
+                Some(j) => text(200, j.as_bytes().to_vec(), "application/json"),
+                None => text(404, "no jwt connector configured\n", "text/plain"),
+            },
+            _ => text(404, "not found\n", "text/plain; charset=utf-8"),
+        }
+    }
+}

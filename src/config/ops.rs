@@ -1,0 +1,134 @@
+//! Operational settings: the admin listener, logs, shutdown timing, readiness, pid file.
+//!
+//! All top-level keys of `gateway.yaml`, all optional. `log.level` is the only one a reload
+//! (`SIGHUP`) applies; the others are read at start (a reload that changes them logs a warning).
+
+use serde::Deserialize;
+
+use super::{ConfigError, Dur};
+
+/// `admin_listen` values that turn the admin listener off.
+pub const ADMIN_OFF: [&str; 2] = ["", "off"];
+
+pub(super) fn d_admin_listen() -> String {
+    "127.0.0.1:9090".into()
+}
+pub(super) fn d_shutdown_grace() -> Dur {
+    Dur::secs(25)
+}
+pub(super) fn d_shutdown_delay() -> Dur {
+    Dur::secs(5)
+}
+pub(super) fn d_keys_max_age() -> Dur {
+    Dur::secs(3600)
+}
+
+/// `log:`: the format and level of every log line (access lines included).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default)]
+    pub format: LogFormat,
+    /// `error`, `warn`, `info`, `debug`, `trace` or `off`. `EXTOKEN_LOG` overrides it.
+    #[serde(default = "d_level")]
+    pub level: String,
+}
+
+fn d_level() -> String {
+    "info".into()
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::default(),
+            level: d_level(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+pub const LOG_LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+
+impl super::Config {
+    /// The admin listener's address, unless it is turned off.
+    pub fn admin_addr(&self) -> Option<&str> {
+        let a = self.admin_listen.trim();
+        (!ADMIN_OFF.contains(&a)).then_some(a)
+    }
+
+    pub(super) fn validate_ops(&self) -> Result<(), ConfigError> {
+        if let Some(a) = self.admin_addr() {
+            let addr =
+                crate::route::check_listen(a).map_err(|m| ConfigError::key("admin_listen", m))?;
+            if self.listen.parse().ok() == Some(addr) {
+                return Err(ConfigError::key(
+                    "admin_listen",
+                    "must differ from listen (or be off)",
+                ));
+            }
+        }
+        if !LOG_LEVELS.contains(&self.log.level.to_ascii_lowercase().as_str()) {
+            return Err(ConfigError::key(
+                "log.level",
+                format!(
+                    "{:?} is not one of {}",
+                    self.log.level,
+                    LOG_LEVELS.join(", ")
+                ),
+            ));
+        }
+        if self.shutdown_grace.0 < std::time::Duration::from_secs(1) {
+            return Err(ConfigError::key("shutdown_grace", "must be at least 1s"));
+        }
+        if self.shutdown_delay >= self.shutdown_grace {
+            return Err(ConfigError::key(
+                "shutdown_delay",
+                format!(
+                    "must be shorter than shutdown_grace ({})",
+                    self.shutdown_grace
+                ),
+            ));
+        }
+        if self.keys_max_age.0.is_zero() {
+            return Err(ConfigError::key("keys_max_age", "must be more than 0"));
+        }
+        if let Some(p) = &self.pid_file {
+            if p.as_os_str().is_empty() {
+                return Err(ConfigError::key("pid_file", "must not be empty"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Settings a reload cannot change (they are read once at start), by key name.
+    pub fn restart_only_changes(&self, new: &super::Config) -> Vec<&'static str> {
+        let mut v = vec![];
+        if self.listen != new.listen {
+            v.push("listen");
+        }
+        if self.threads != new.threads {
+            v.push("threads");
+        }
+        if self.admin_listen != new.admin_listen {
+            v.push("admin_listen");
+        }
+        if self.log.format != new.log.format {
+            v.push("log.format");
+        }
+        if self.shutdown_grace != new.shutdown_grace || self.shutdown_delay != new.shutdown_delay {
+            v.push("shutdown_grace/shutdown_delay");
+        }
+        if self.pid_file != new.pid_file {
+            v.push("pid_file");
+        }
+        v
+    }
+}

@@ -1,0 +1,367 @@
+//! Process lifecycle: reload on `SIGHUP`, graceful shutdown on `SIGTERM`, the pid file.
+//!
+//! * **Reload** re-reads the config file. A valid one becomes a new [`Gateway`] swapped into the
+//!   shared `ArcSwap` (requests in flight hold an `Arc` of the old one and finish on it); keys,
+//!   verified sessions and cached tokens carry over when their settings did not change
+//!   ([`Gateway::rebuild`]). Changed `descope:` settings get a new key store, loaded *before* the
+//!   swap so no request meets an empty one. Anything invalid keeps the running config, logs why and
+//!   counts `extoken_config_reloads_total{result="error"}`.
+//! * **SIGTERM** (or SIGQUIT): `/readyz` answers 503 at once; the listeners keep accepting for
+//!   `shutdown_delay` (load balancers and Kubernetes endpoints deregister meanwhile), then close;
+//!   requests in flight finish; the process exits 0 as soon as none is left, at the latest at
+//!   `shutdown_grace` after the signal. SIGINT exits at once.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::server::{RunArgs, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::config::{Config, ConfigError, EMBEDDED_DEFAULT};
+use crate::gateway::Gateway;
+use crate::metrics::metrics;
+use crate::server::Built;
+
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
+
+/// Counts a request as in flight for as long as it lives (one per proxied request).
+pub struct InFlight(());
+
+impl InFlight {
+    pub fn new() -> InFlight {
+        IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+        InFlight(())
+    }
+}
+
+impl Default for InFlight {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Requests being processed now.
+pub fn in_flight() -> usize {
+    IN_FLIGHT.load(Ordering::SeqCst)
+}
+
+/// True from the moment SIGTERM arrived.
+pub fn shutting_down() -> bool {
+    SHUTTING_DOWN.load(Ordering::SeqCst)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("no pid_file in the config: set one, or pass --pid-file")]
+    NoPidFile,
+    #[error("pid file {0}: {1}")]
+    PidFile(PathBuf, std::io::Error),
+    #[error("pid file {0} does not hold a process id")]
+    BadPid(PathBuf),
+    #[error("cannot signal process {0}: {1}")]
+    Signal(i32, std::io::Error),
+}
+
+/// pingora's share of the shutdown: after `shutdown_delay` the listeners close and pingora waits
+/// `grace_period_seconds` before stopping its runtimes (which cancels what is still running) within
+/// `graceful_shutdown_timeout_seconds`. Both fit in `shutdown_grace`; we exit earlier when idle.
+pub fn pingora_grace(cfg: &Config) -> (u64, u64) {
+    let rest = cfg.shutdown_grace.0.saturating_sub(cfg.shutdown_delay.0);
+    (rest.as_secs().saturating_sub(1), 1)
+}
+
+/// Waits for SIGTERM/SIGQUIT (graceful) or SIGINT (fast) for pingora's main loop.
+pub struct Signals {
+    delay: Duration,
+    grace: Duration,
+    pid_file: Option<PathBuf>,
+}
+
+impl Signals {
+    pub fn new(cfg: &Config) -> Signals {
+        Signals {
+            delay: cfg.shutdown_delay.0,
+            grace: cfg.shutdown_grace.0,
+            pid_file: cfg.pid_file.clone(),
+        }
+    }
+}
+
+async fn recv_or_pending(s: &mut Option<tokio::signal::unix::Signal>) {
+    match s {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+fn listen(kind: SignalKind, name: &str) -> Option<tokio::signal::unix::Signal> {
+    match signal(kind) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!(target: "extoken::lifecycle", "cannot handle {name}: {e}");
+            None
+        }
+    }
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        let mut term = listen(SignalKind::terminate(), "SIGTERM");
+        let mut quit = listen(SignalKind::quit(), "SIGQUIT");
+        let mut int = listen(SignalKind::interrupt(), "SIGINT");
+        tokio::select! {
+            _ = recv_or_pending(&mut term) => {}
+            _ = recv_or_pending(&mut quit) => {}
+            _ = recv_or_pending(&mut int) => {
+                tracing::info!(target: "extoken::lifecycle", "SIGINT: exiting now");
+                return ShutdownSignal::FastShutdown;
+            }
+        }
+        let signalled = Instant::now();
+        SHUTTING_DOWN.store(true, Ordering::SeqCst);
+        tracing::info!(
+            target: "extoken::lifecycle",
+            in_flight = in_flight(),
+            "shutting down: not ready; still accepting for {:?}, exiting within {:?}",
+            self.delay,
+            self.grace
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(self.delay) => {}
+            _ = recv_or_pending(&mut int) => {
+                tracing::info!(target: "extoken::lifecycle", "SIGINT: exiting now");
+                return ShutdownSignal::FastShutdown;
+            }
+        }
+        tracing::info!(
+            target: "extoken::lifecycle",
+            in_flight = in_flight(),
+            "closing the listeners; waiting for requests in flight"
+        );
+        let deadline = signalled + self.grace;
+        let pid_file = self.pid_file.clone();
+        // pingora sleeps its whole grace period; leave as soon as nothing is in flight.
+        let spawned = std::thread::Builder::new()
+            .name("extoken-drain".into())
+            .spawn(move || {
+                // Let the listeners see the shutdown broadcast first.
+                std::thread::sleep(Duration::from_millis(200));
+                while Instant::now() < deadline {
+                    if in_flight() == 0 {
+                        tracing::info!(target: "extoken::lifecycle", "no request in flight: exiting");
+                        remove_pid_file(pid_file.as_deref());
+                        std::process::exit(0);
+                    }
+                    std::thread::sleep(Duration::from_millis(25));
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(target: "extoken::lifecycle", "cannot watch the drain: {e}");
+        }
+        ShutdownSignal::GracefulTerminate
+    }
+}
+
+/// Notified when a reload replaced the key store (the refresher then follows the new one).
+fn keys_swapped() -> &'static tokio::sync::Notify {
+    static N: OnceLock<tokio::sync::Notify> = OnceLock::new();
+    N.get_or_init(tokio::sync::Notify::new)
+}
+
+/// Keeps the current gateway's Descope keys fresh, following reloads that replace the key store.
+pub struct KeyRefresher {
+    state: Arc<ArcSwap<Gateway>>,
+}
+
+impl KeyRefresher {
+    pub fn new(state: Arc<ArcSwap<Gateway>>) -> KeyRefresher {
+        KeyRefresher { state }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for KeyRefresher {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            let keys = self.state.load().verifier.keys.clone();
+            // `run` stops when its future is dropped; this sender only has to outlive it.
+            let (_tx, rx) = tokio::sync::watch::channel(false);
+            tokio::select! {
+                _ = keys.run(rx) => return,
+                _ = shutdown.changed() => return,
+                _ = keys_swapped().notified() => continue,
+            }
+        }
+    }
+}
+
+/// Where a reload reads the config from.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    File(PathBuf),
+    /// The embedded default (with the environment).
+    Embedded,
+}
+
+impl ConfigSource {
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        match self {
+            ConfigSource::File(p) => Config::load(p),
+            ConfigSource::Embedded => Config::parse(EMBEDDED_DEFAULT, &|k| std::env::var(k).ok()),
+        }
+    }
+}
+
+/// Re-reads the config on SIGHUP.
+pub struct Reloader {
+    state: Arc<ArcSwap<Gateway>>,
+    source: ConfigSource,
+}
+
+#[async_trait]
+impl BackgroundService for Reloader {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(mut hup) = listen(SignalKind::hangup(), "SIGHUP") else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {
+                    let _ = reload(&self.state, &self.source).await;
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+/// One reload: `Ok(())` when the new config is in force; else the running one stays.
+pub async fn reload(state: &ArcSwap<Gateway>, source: &ConfigSource) -> Result<(), ConfigError> {
+    let result = try_reload(state, source).await;
+    let m = &metrics().config_reloads_total;
+    match &result {
+        Ok(()) => m.with_label_values(&["ok"]).inc(),
+        Err(e) => {
+            m.with_label_values(&["error"]).inc();
+            tracing::error!(target: "extoken::lifecycle", "config reload failed, keeping the running config: {e}");
+        }
+    }
+    result
+}
+
+async fn try_reload(state: &ArcSwap<Gateway>, source: &ConfigSource) -> Result<(), ConfigError> {
+    let cfg = source.load()?;
+    let old = state.load_full();
+    let restart = old.config.restart_only_changes(&cfg);
+    let (gw, keys_kept) = old.rebuild(cfg)?;
+    if !keys_kept {
+        let keys = &gw.verifier.keys;
+        let limit = Duration::from_secs(10);
+        match tokio::time::timeout(limit, keys.load()).await {
+            Ok(Ok(n)) => {
+                tracing::info!(target: "extoken::lifecycle", keys = n, "loaded the keys of the new descope settings")
+            }
+            Ok(Err(e)) => {
+                return Err(ConfigError::key(
+                    "descope",
+                    format!("the keys of the new settings could not be loaded: {e}"),
+                ))
+            }
+            Err(_) => {
+                return Err(ConfigError::key(
+                    "descope",
+                    format!("the keys of the new settings did not load within {limit:?}"),
+                ))
+            }
+        }
+    }
+    if let Err(e) = crate::telemetry::set_level(&gw.config.log.level) {
+        tracing::warn!(target: "extoken::lifecycle", "log.level not applied: {e}");
+    }
+    let routes = gw.config.routes.len();
+    state.store(Arc::new(gw));
+    if !keys_kept {
+        keys_swapped().notify_one();
+    }
+    if !restart.is_empty() {
+        tracing::warn!(target: "extoken::lifecycle", "changed settings that apply only after a restart: {}", restart.join(", "));
+    }
+    tracing::info!(target: "extoken::lifecycle", routes, keys_kept, "config reloaded");
+    Ok(())
+}
+
+/// Writes this process's id to `path`.
+pub fn write_pid_file(path: &Path) -> Result<(), LifecycleError> {
+    std::fs::write(path, format!("{}\n", std::process::id()))
+        .map_err(|e| LifecycleError::PidFile(path.to_owned(), e))
+}
+
+pub fn remove_pid_file(path: Option<&Path>) {
+    if let Some(p) = path {
+        // Only our own: another instance may have taken the file over.
+        let ours = std::fs::read_to_string(p)
+            .map(|s| s.trim() == std::process::id().to_string())
+            .unwrap_or(false);
+        if ours {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// `extoken reload`: SIGHUP to the process named in the pid file.
+pub fn signal_reload(pid_file: &Path) -> Result<i32, LifecycleError> {
+    let text = std::fs::read_to_string(pid_file)
+        .map_err(|e| LifecycleError::PidFile(pid_file.to_owned(), e))?;
+    let pid: i32 = text
+        .trim()
+        .parse()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| LifecycleError::BadPid(pid_file.to_owned()))?;
+    // SAFETY: kill(2) has no memory effects; pid is a positive process id.
+    let rc = unsafe { libc::kill(pid, libc::SIGHUP) };
+    if rc != 0 {
+        return Err(LifecycleError::Signal(pid, std::io::Error::last_os_error()));
+    }
+    Ok(pid)
+}
+
+impl Built {
+    /// Runs the server until it is shut down: SIGHUP reloads from `source`, SIGTERM drains.
+    /// Writes (and at the end removes) the configured pid file.
+    pub fn run(mut self, source: ConfigSource) -> Result<(), LifecycleError> {
+        let cfg = self.state.load().config.clone();
+        self.server.add_service(background_service(
+            "config reload",
+            Reloader {
+                state: self.state.clone(),
+                source,
+            },
+        ));
+        if let Some(p) = &cfg.pid_file {
+            write_pid_file(p)?;
+        }
+        self.server.run(RunArgs {
+            shutdown_signal: Box::new(Signals::new(&cfg)),
+        });
+        remove_pid_file(cfg.pid_file.as_deref());
+        Ok(())
+    }
+}

@@ -1,0 +1,253 @@
+//! Prometheus metrics, all prefixed `extoken_`, registered once in a registry of our own and
+//! served as text on the admin listener's `/metrics`.
+//!
+//! Labels are bounded sets: route and connector names from the config, fixed outcome/reason/result
+//! words. Never a user id, token, path or anything else a client chooses.
+
+use std::sync::OnceLock;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// Buckets (seconds) for request and connector latencies: 1 ms .. 30 s.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+pub struct Metrics {
+    pub registry: Registry,
+    /// `route`, `outcome` (forwarded, unauthorized, unavailable, no_route, upstream_error,
+    /// refused, client_error).
+    pub requests_total: IntCounterVec,
+    /// `route`: from the request head to the end of the response.
+    pub request_duration_seconds: HistogramVec,
+    /// `reason`: the `AuthError::reason()` words (missing, expired, bad_signature, ...).
+    pub auth_failures_total: IntCounterVec,
+    /// `result`: ok, error.
+    pub jwks_fetches_total: IntCounterVec,
+    /// Keys in the set in use (set at scrape time).
+    pub jwks_keys: IntGauge,
+    /// Unix time of the last successful key load, 0 = never (set at scrape time).
+    pub jwks_last_success_timestamp_seconds: IntGauge,
+    /// `connector`, `result` (ok, error, ...).
+    pub connector_calls_total: IntCounterVec,
+    /// `connector`.
+    pub connector_duration_seconds: HistogramVec,
+    /// `connector`, `result` (hit, miss, coalesced, refresh_ahead).
+    pub cache_lookups_total: IntCounterVec,
+    /// `connector`.
+    pub cache_entries: IntGaugeVec,
+    /// `route`, `class` (1xx .. 5xx).
+    pub upstream_responses_total: IntCounterVec,
+    /// `result`: ok, error.
+    pub config_reloads_total: IntCounterVec,
+    /// `version`; always 1.
+    pub build_info: IntGaugeVec,
+}
+
+/// The process's metrics (created and registered on first use).
+pub fn metrics() -> &'static Metrics {
+    static M: OnceLock<Metrics> = OnceLock::new();
+    M.get_or_init(Metrics::new)
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(format!("extoken_{name}"), help), labels)
+        .expect("static metric definition");
+    register(r, Box::new(c.clone()));
+    c
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let h = HistogramVec::new(
+        HistogramOpts::new(format!("extoken_{name}"), help).buckets(LATENCY_BUCKETS.to_vec()),
+        labels,
+    )
+    .expect("static metric definition");
+    register(r, Box::new(h.clone()));
+    h
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(format!("extoken_{name}"), help).expect("static metric definition");
+    register(r, Box::new(g.clone()));
+    g
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(format!("extoken_{name}"), help), labels)
+        .expect("static metric definition");
+    register(r, Box::new(g.clone()));
+    g
+}
+
+fn register(r: &Registry, c: Box<dyn prometheus::core::Collector>) {
+    // Names are unique and the registry is fresh: this only fails on a programming error.
+    if let Err(e) = r.register(c) {
+        tracing::error!(target: "extoken::metrics", "metric not registered: {e}");
+    }
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let r = Registry::new();
+        let m = Metrics {
+            requests_total: counter(
+                &r,
+                "requests_total",
+                "Requests by route and outcome.",
+                &["route", "outcome"],
+            ),
+            request_duration_seconds: histogram(
+                &r,
+                "request_duration_seconds",
+                "Time from the request head to the end of the response.",
+                &["route"],
+            ),
+            auth_failures_total: counter(
+                &r,
+                "auth_failures_total",
+                "Requests refused 401, by reason.",
+                &["reason"],
+            ),
+            jwks_fetches_total: counter(
+                &r,
+                "jwks_fetches_total",
+                "Descope key set loads, by result.",
+                &["result"],
+            ),
+            jwks_keys: gauge(&r, "jwks_keys", "Descope keys in use."),
+            jwks_last_success_timestamp_seconds: gauge(
+                &r,
+                "jwks_last_success_timestamp_seconds",
+                "Unix time of the last successful Descope key load (0: never).",
+            ),
+            connector_calls_total: counter(
+                &r,
+                "connector_calls_total",
+                "Calls to token-minting connectors, by result.",
+                &["connector", "result"],
+            ),
+            connector_duration_seconds: histogram(
+                &r,
+                "connector_duration_seconds",
+                "Duration of connector calls.",
+                &["connector"],
+            ),
+            cache_lookups_total: counter(
+                &r,
+                "cache_lookups_total",
+                "External-token cache lookups (hit, miss, coalesced, refresh_ahead).",
+                &["connector", "result"],
+            ),
+            cache_entries: gauge_vec(
+                &r,
+                "cache_entries",
+                "External tokens cached, by connector.",
+                &["connector"],
+            ),
+            upstream_responses_total: counter(
+                &r,
+                "upstream_responses_total",
+                "Upstream responses by route and status class.",
+                &["route", "class"],
+            ),
+            config_reloads_total: counter(
+                &r,
+                "config_reloads_total",
+                "Config reloads (SIGHUP), by result.",
+                &["result"],
+            ),
+            build_info: gauge_vec(
+                &r,
+                "build_info",
+                "Always 1; the version label says which build runs.",
+                &["version"],
+            ),
+            registry: r,
+        };
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        for result in ["ok", "error"] {
+            m.config_reloads_total.with_label_values(&[result]);
+            m.jwks_fetches_total.with_label_values(&[result]);
+        }
+        m
+    }
+
+    /// The registry in the Prometheus text format.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 * 1024);
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(target: "extoken::metrics", "cannot encode metrics: {e}");
+        }
+        out
+    }
+}
+
+/// `2xx` for 200..=299, etc.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_exported() {
+        let m = metrics();
+        m.requests_total
+            .with_label_values(&["api", "forwarded"])
+            .inc();
+        m.request_duration_seconds
+            .with_label_values(&["api"])
+            .observe(0.01);
+        m.auth_failures_total.with_label_values(&["expired"]).inc();
+        m.connector_calls_total
+            .with_label_values(&["c", "ok"])
+            .inc();
+        m.connector_duration_seconds
+            .with_label_values(&["c"])
+            .observe(0.1);
+        m.cache_lookups_total.with_label_values(&["c", "hit"]).inc();
+        m.cache_entries.with_label_values(&["c"]).set(1);
+        m.upstream_responses_total
+            .with_label_values(&["api", "2xx"])
+            .inc();
+        let text = String::from_utf8(m.render()).unwrap();
+        for name in [
+            "extoken_requests_total",
+            "extoken_request_duration_seconds_bucket",
+            "extoken_auth_failures_total",
+            "extoken_jwks_fetches_total",
+            "extoken_jwks_keys",
+            "extoken_jwks_last_success_timestamp_seconds",
+            "extoken_connector_calls_total",
+            "extoken_connector_duration_seconds_bucket",
+            "extoken_cache_lookups_total",
+            "extoken_cache_entries",
+            "extoken_upstream_responses_total",
+            "extoken_config_reloads_total",
+            "extoken_build_info",
+        ] {
+            assert!(text.contains(name), "{name} missing from\n{text}");
+        }
+    }
+
+    #[test]
+    fn classes() {
+        assert_eq!(status_class(204), "2xx");
+        assert_eq!(status_class(503), "5xx");
+        assert_eq!(status_class(404), "4xx");
+    }
+}

@@ -1,0 +1,323 @@
+//! Logs: the `tracing` subscriber (`log.format`, `log.level`, `EXTOKEN_LOG`), and the access line
+//! and request metrics of every proxied request.
+//!
+//! What a log line may contain: route names, methods, paths *without* their query string, statuses,
+//! outcome/reason words, durations, request ids and error kinds. Never a header value, cookie,
+//! token, secret or query string. pingora's own error lines carry error contexts we do not control,
+//! so the proxy suppresses them and logs the error kind here instead; the targets of our
+//! dependencies are capped at `info` (their `debug`/`trace` lines can print request heads).
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, Session};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
+
+use crate::config::{LogConfig, LogFormat};
+use crate::lifecycle::InFlight;
+use crate::metrics::{metrics, status_class};
+
+pub const REQUEST_ID: &str = "x-request-id";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("EXTOKEN_LOG: {0}")]
+    Filter(String),
+    #[error("a log subscriber is already installed")]
+    AlreadyInstalled,
+}
+
+static RELOAD: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
+
+/// The filter for a level: ours at `level`, everybody else's at most `info` (pingora, hyper and
+/// reqwest print request heads at `debug`/`trace`). `EXTOKEN_LOG` replaces the level; when it is a
+/// full directive list (`extoken=debug,pingora_core=warn`) it is used as written.
+fn filter_for(level: &str) -> Result<EnvFilter, TelemetryError> {
+    let level = std::env::var("EXTOKEN_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| level.to_string());
+    let level = level.trim().to_ascii_lowercase();
+    let directives = if level.contains(['=', ',']) {
+        level
+    } else {
+        let others = match level.as_str() {
+            "debug" | "trace" => "info",
+            l => l,
+        };
+        format!("{others},extoken={level}")
+    };
+    EnvFilter::try_new(&directives).map_err(|e| TelemetryError::Filter(e.to_string()))
+}
+
+/// Installs the process's subscriber (stderr). Call once, before the server starts.
+pub fn init(cfg: &LogConfig) -> Result<(), TelemetryError> {
+    let (filter, handle) = reload::Layer::new(filter_for(&cfg.level)?);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match cfg.format {
+        LogFormat::Text => fmt.with_ansi(false).boxed(),
+        LogFormat::Json => fmt
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .try_init()
+        .map_err(|_| TelemetryError::AlreadyInstalled)?;
+    let _ = RELOAD.set(handle);
+    Ok(())
+}
+
+/// Applies a reloaded `log.level` (no-op when [`init`] was not used).
+pub fn set_level(level: &str) -> Result<(), TelemetryError> {
+    if let Some(h) = RELOAD.get() {
+        let f = filter_for(level)?;
+        h.reload(f)
+            .map_err(|e| TelemetryError::Filter(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// A sane incoming request id: 1..=128 visible ASCII characters.
+pub fn sane_request_id(v: &[u8]) -> bool {
+    !v.is_empty() && v.len() <= 128 && v.iter().all(|b| (0x21..=0x7e).contains(b))
+}
+
+/// 32 random hex digits.
+pub fn new_request_id() -> String {
+    use aws_lc_rs::rand::SecureRandom;
+    let mut b = [0u8; 16];
+    if aws_lc_rs::rand::SystemRandom::new().fill(&mut b).is_err() {
+        // Not expected; a time-based id is still unique enough to correlate lines.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        b = t.to_le_bytes();
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// What one request did, collected across the proxy phases for the access line and metrics.
+/// Holding one counts the request as in flight (graceful shutdown waits for them).
+pub struct RequestLog {
+    pub start: Instant,
+    pub request_id: String,
+    pub route: Option<String>,
+    pub outcome: Option<&'static str>,
+    pub reason: Option<&'static str>,
+    upstream_start: Option<Instant>,
+    upstream_status: Option<u16>,
+    upstream_time: Option<Duration>,
+    _in_flight: InFlight,
+}
+
+impl Default for RequestLog {
+    fn default() -> Self {
+        RequestLog {
+            start: Instant::now(),
+            request_id: String::new(),
+            route: None,
+            outcome: None,
+            reason: None,
+            upstream_start: None,
+            upstream_status: None,
+            upstream_time: None,
+            _in_flight: InFlight::new(),
+        }
+    }
+}
+
+impl RequestLog {
+    /// Takes the client's `X-Request-Id` if sane, else makes one.
+    pub fn begin(&mut self, req: &RequestHeader) {
+        self.request_id = match req.headers.get(REQUEST_ID) {
+            Some(v) if sane_request_id(v.as_bytes()) => {
+                String::from_utf8_lossy(v.as_bytes()).into_owned()
+            }
+            _ => new_request_id(),
+        };
+    }
+
+    pub fn route(&mut self, name: &str) {
+        self.route = Some(name.to_string());
+    }
+
+    /// An answer extoken gave itself (a refusal).
+    pub fn answered(&mut self, outcome: &'static str, reason: &'static str) {
+        self.outcome = Some(outcome);
+        self.reason = Some(reason);
+    }
+
+    pub fn upstream_started(&mut self) {
+        self.upstream_start.get_or_insert_with(Instant::now);
+    }
+
+    pub fn upstream_answered(&mut self, status: u16) {
+        self.upstream_status = Some(status);
+        self.upstream_time = self.upstream_start.map(|t| t.elapsed());
+    }
+
+    /// Sets `X-Request-Id` on a request or response head.
+    pub fn stamp_request(&self, h: &mut RequestHeader) -> Result<()> {
+        if !self.request_id.is_empty() {
+            h.insert_header(REQUEST_ID, self.request_id.as_str())?;
+        }
+        Ok(())
+    }
+
+    pub fn stamp_response(&self, h: &mut ResponseHeader) -> Result<()> {
+        if !self.request_id.is_empty() {
+            h.insert_header(REQUEST_ID, self.request_id.as_str())?;
+        }
+        Ok(())
+    }
+}
+
+fn route_label(log: &RequestLog) -> &str {
+    log.route.as_deref().unwrap_or("unmatched")
+}
+
+/// `fail_to_proxy`: pingora's status choice (502 for upstream failures, 0 when the client is
+/// gone), a small JSON body, and the request id.
+pub async fn fail_to_proxy(session: &mut Session, e: &Error, log: &mut RequestLog) -> FailToProxy {
+    let code = match e.etype() {
+        ErrorType::HTTPStatus(code) => *code,
+        _ => match e.esource() {
+            ErrorSource::Upstream => 502,
+            ErrorSource::Downstream => match e.etype() {
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                _ => 400,
+            },
+            ErrorSource::Internal | ErrorSource::Unset => 500,
+        },
+    };
+    if log.outcome.is_none() {
+        log.outcome = Some(match e.esource() {
+            ErrorSource::Downstream => "client_error",
+            _ => "upstream_error",
+        });
+    }
+    if code > 0 && session.response_written().is_none() {
+        let (error, description) = match code {
+            502 | 504 => ("bad_gateway", "the upstream could not be reached or failed"),
+            400..=499 => ("bad_request", "the request could not be processed"),
+            _ => (
+                "internal_error",
+                "the gateway failed to process the request",
+            ),
+        };
+        let body =
+            serde_json::json!({ "error": error, "error_description": description }).to_string();
+        let written = async {
+            let mut h = ResponseHeader::build(code, Some(4))?;
+            h.insert_header("content-type", "application/json")?;
+            h.insert_header("content-length", body.len().to_string())?;
+            h.insert_header("cache-control", "no-store")?;
+            log.stamp_response(&mut h)?;
+            session.write_response_header(Box::new(h), false).await?;
+            session
+                .write_response_body(Some(bytes::Bytes::from(body)), true)
+                .await
+        };
+        if let Err(we) = written.await {
+            tracing::debug!(target: "extoken::proxy", request_id = %log.request_id, error = we.etype().as_str(), "cannot send the error response");
+        }
+    }
+    FailToProxy {
+        error_code: code,
+        can_reuse_downstream: false,
+    }
+}
+
+/// The `logging` phase: one access line, and the request metrics.
+pub fn finish(session: &Session, e: Option<&Error>, log: &RequestLog) {
+    let req = session.req_header();
+    let status = session
+        .response_written()
+        .map(|r| r.status.as_u16())
+        .unwrap_or(0);
+    let outcome = log.outcome.unwrap_or(match (log.upstream_status, e) {
+        (Some(_), None) => "forwarded",
+        (Some(_), Some(e)) if *e.esource() == ErrorSource::Downstream => "client_error",
+        (Some(_), Some(_)) => "upstream_error",
+        (None, Some(e)) if *e.esource() == ErrorSource::Downstream => "client_error",
+        (None, _) => "upstream_error",
+    });
+    let error = e.map(|e| e.etype().as_str());
+    let route = route_label(log);
+    let duration = log.start.elapsed();
+
+    let m = metrics();
+    m.requests_total.with_label_values(&[route, outcome]).inc();
+    m.request_duration_seconds
+        .with_label_values(&[route])
+        .observe(duration.as_secs_f64());
+    if outcome == "unauthorized" {
+        m.auth_failures_total
+            .with_label_values(&[log.reason.unwrap_or("other")])
+            .inc();
+    }
+    if let Some(s) = log.upstream_status {
+        m.upstream_responses_total
+            .with_label_values(&[route, status_class(s)])
+            .inc();
+    }
+
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    tracing::info!(
+        target: "extoken::access",
+        request_id = %log.request_id,
+        route,
+        method = %req.method,
+        path = %req.uri.path(),
+        status,
+        outcome,
+        reason = log.reason,
+        error,
+        duration_ms = ms(duration),
+        upstream_status = log.upstream_status,
+        upstream_ms = log.upstream_time.map(ms),
+        "request"
+    );
+}
+
+/// Replaces pingora's retry warning (its error context is not ours to vouch for).
+pub fn retry_warning(e: &Error, request_id: &str) {
+    tracing::warn!(target: "extoken::proxy", request_id, error = e.etype().as_str(), source = e.esource().as_str(), "upstream attempt failed; retrying");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids() {
+        assert!(sane_request_id(b"abc-123_X.y"));
+        assert!(!sane_request_id(b""));
+        assert!(!sane_request_id(b"has space"));
+        assert!(!sane_request_id(&[b'a'; 129]));
+        assert!(sane_request_id(&[b'a'; 128]));
+        let a = new_request_id();
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, new_request_id());
+    }
+
+    #[test]
+    fn dependencies_are_capped_at_info() {
+        if std::env::var_os("EXTOKEN_LOG").is_some() {
+            return;
+        }
+        let f = filter_for("trace").unwrap().to_string();
+        assert!(f.contains("extoken=trace"), "{f}");
+        assert!(f.split(',').any(|d| d == "info"), "{f}");
+    }
+}
