@@ -401,7 +401,14 @@ impl Gateway {
         for _ in 0..3 {
             let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
             let cfg = dir.path().join("gateway.yaml");
-            std::fs::write(&cfg, format!("listen: \"{addr}\"\n{yaml}")).unwrap();
+            // No admin listener unless the test asks for one: parallel gateways would all want
+            // its default port.
+            let admin = if yaml.contains("admin_listen:") {
+                ""
+            } else {
+                "admin_listen: off\n"
+            };
+            std::fs::write(&cfg, format!("listen: \"{addr}\"\n{admin}{yaml}")).unwrap();
             let log = dir.path().join("gateway.log");
             let child = gateway_command(&cfg, &log).spawn().expect("spawn extoken");
             let mut gw = Gateway {
