@@ -62,6 +62,13 @@ pub fn shutting_down() -> bool {
     SHUTTING_DOWN.load(Ordering::SeqCst)
 }
 
+/// While draining, answers say `Connection: close` so keep-alive clients reconnect elsewhere.
+pub fn close_if_draining(session: &mut pingora::proxy::Session) {
+    if shutting_down() {
+        session.set_keepalive(None);
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {
     #[error(transparent)]

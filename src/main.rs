@@ -146,12 +146,12 @@ fn run(args: RunArgs) -> Result<()> {
 }
 
 fn reload(config: Option<&Path>, pid_file: Option<PathBuf>) -> Result<()> {
-    let pid_file = match pid_file {
-        Some(p) => p,
-        None => load_config(&config_source(config))?
-            .pid_file
-            .ok_or(extoken::lifecycle::LifecycleError::NoPidFile)?,
-    };
+    // An invalid file would be refused by the gateway anyway: say why here, and send nothing.
+    let cfg = load_config(&config_source(config))
+        .context("not reloading (the running gateway keeps its config)")?;
+    let pid_file = pid_file
+        .or(cfg.pid_file)
+        .ok_or(extoken::lifecycle::LifecycleError::NoPidFile)?;
     let pid = extoken::lifecycle::signal_reload(&pid_file)?;
     println!("sent SIGHUP to extoken (pid {pid}); its log says whether the config was applied");
     Ok(())

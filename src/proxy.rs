@@ -44,6 +44,7 @@ pub struct Ctx {
 /// Writes an [`Answer`] to the client (and notes its outcome for the access line).
 pub async fn send_answer(session: &mut Session, a: &Answer, log: &mut RequestLog) -> Result<()> {
     log.answered(a.outcome, a.reason);
+    crate::lifecycle::close_if_draining(session);
     let mut h = ResponseHeader::build(a.status, Some(7))?;
     log.stamp_response(&mut h)?;
     h.insert_header("content-type", "application/json")?;
@@ -165,10 +166,11 @@ impl ProxyHttp for Proxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        crate::lifecycle::close_if_draining(session);
         ctx.log.stamp_response(upstream_response)
     }
 

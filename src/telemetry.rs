@@ -223,9 +223,10 @@ pub async fn fail_to_proxy(session: &mut Session, e: &Error, log: &mut RequestLo
             h.insert_header("content-length", body.len().to_string())?;
             h.insert_header("cache-control", "no-store")?;
             log.stamp_response(&mut h)?;
-            session.write_response_header(Box::new(h), false).await?;
+            // Says `Connection: close`: the connection is not reused after a failure.
             session
-                .write_response_body(Some(bytes::Bytes::from(body)), true)
+                .as_mut()
+                .write_error_response(h, bytes::Bytes::from(body))
                 .await
         };
         if let Err(we) = written.await {
@@ -272,7 +273,7 @@ pub fn finish(session: &Session, e: Option<&Error>, log: &RequestLog) {
             .inc();
     }
 
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let ms = |d: Duration| (d.as_secs_f64() * 1_000_000.0).round() / 1000.0;
     tracing::info!(
         target: "extoken::access",
         request_id = %log.request_id,
