@@ -354,6 +354,9 @@ impl Built {
     /// Runs the server until it is shut down: SIGHUP reloads from `source`, SIGTERM drains.
     /// Writes (and at the end removes) the configured pid file.
     pub fn run(mut self, source: ConfigSource) -> Result<(), LifecycleError> {
+        // SIGHUP's default action ends the process: ignore it until the reloader listens.
+        // SAFETY: installs the SIG_IGN disposition; no handler code runs.
+        unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
         let cfg = self.state.load().config.clone();
         self.server.add_service(background_service(
             "config reload",

@@ -132,3 +132,56 @@ impl super::Config {
         v
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::Config;
+
+    fn parse(extra: &str) -> Result<Config, String> {
+        let text = format!(
+            "descope: {{project_id: P2x, jwks_url: 'http://127.0.0.1:1/k'}}\n\
+             connectors: {{ext: {{type: claim}}}}\n\
+             routes: [{{upstream: 'http://127.0.0.1:1', connector: ext}}]\n{extra}"
+        );
+        Config::parse(&text, &|_| None).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.admin_addr(), Some("127.0.0.1:9090"));
+        assert_eq!(c.log.format, super::LogFormat::Text);
+        assert_eq!(c.log.level, "info");
+        assert_eq!(c.shutdown_grace.to_string(), "25s");
+        assert_eq!(c.shutdown_delay.to_string(), "5s");
+        assert_eq!(c.keys_max_age.to_string(), "1h");
+        assert_eq!(c.pid_file, None);
+    }
+
+    #[test]
+    fn values_and_errors_name_their_key() {
+        let c =
+            parse("admin_listen: off\nlog: {format: json, level: debug}\npid_file: /run/x.pid\n")
+                .unwrap();
+        assert_eq!(c.admin_addr(), None);
+        assert_eq!(c.log.format, super::LogFormat::Json);
+        for (extra, key) in [
+            ("admin_listen: nope", "admin_listen:"),
+            ("admin_listen: '0.0.0.0:8080'", "admin_listen:"),
+            ("log: {level: loud}", "log.level:"),
+            ("log: {format: xml}", "log.format"),
+            ("shutdown_delay: 30s", "shutdown_delay:"),
+            ("keys_max_age: 0s", "keys_max_age:"),
+        ] {
+            let e = parse(extra).unwrap_err();
+            assert!(e.starts_with(key), "{extra}: {e}");
+        }
+    }
+
+    #[test]
+    fn restart_only_settings_are_named() {
+        let a = parse("").unwrap();
+        let b = parse("admin_listen: off\nlog: {format: json, level: debug}\n").unwrap();
+        assert_eq!(a.restart_only_changes(&b), ["admin_listen", "log.format"]);
+    }
+}
