@@ -100,6 +100,15 @@ impl super::Config {
         if self.keys_max_age.0.is_zero() {
             return Err(ConfigError::key("keys_max_age", "must be more than 0"));
         }
+        if self.keys_max_age <= self.descope.jwks_refresh {
+            return Err(ConfigError::key(
+                "keys_max_age",
+                format!(
+                    "must be longer than descope.jwks_refresh ({}), or readiness would flap",
+                    self.descope.jwks_refresh
+                ),
+            ));
+        }
         if let Some(p) = &self.pid_file {
             if p.as_os_str().is_empty() {
                 return Err(ConfigError::key("pid_file", "must not be empty"));
@@ -172,6 +181,7 @@ mod tests {
             ("log: {format: xml}", "log.format"),
             ("shutdown_delay: 30s", "shutdown_delay:"),
             ("keys_max_age: 0s", "keys_max_age:"),
+            ("keys_max_age: 5m", "keys_max_age:"),
         ] {
             let e = parse(extra).unwrap_err();
             assert!(e.starts_with(key), "{extra}: {e}");
