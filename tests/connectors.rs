@@ -916,3 +916,80 @@ async fn preserve_host_false_sends_the_upstreams_host() {
     let upstream_host = backend.url().trim_start_matches("http://").to_string();
     assert_eq!(hosts, ["public.example".to_string(), upstream_host]);
 }
+
+/// `extoken_connector_*` and `extoken_cache_*` count calls and lookups as they happen.
+#[tokio::test(flavor = "multi_thread")]
+async fn connector_and_cache_metrics() {
+    let admin = free_port();
+    let admin_line = format!("admin_listen: \"127.0.0.1:{admin}\"\n");
+    let r = rig(Mode::Slow(Duration::from_millis(400)), "", &admin_line).await;
+    let token = r.key.sign(&session("U2metrics", &[]));
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let (c, url, t) = (r.gw.client.clone(), r.gw.url("/m"), token.clone());
+        tasks.push(tokio::spawn(async move {
+            c.get(url)
+                .bearer_auth(t)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    assert_eq!(r.gw.get_bearer("/m", &token).await.status, 200);
+    r.endpoint.set_mode(Mode::Status(400));
+    let other = r.key.sign(&session("U2metricsFail", &[]));
+    assert_eq!(r.gw.get_bearer("/m", &other).await.status, 503);
+
+    let text =
+        r.gw.client
+            .get(format!("http://127.0.0.1:{admin}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0.0)
+    };
+    let lbl = |result: &str| {
+        format!("extoken_cache_lookups_total{{connector=\"legacy\",result=\"{result}\"}}")
+    };
+    assert_eq!(value(&lbl("miss")), 2.0, "one mint per user:\n{text}");
+    assert_eq!(
+        value(&lbl("coalesced")) + value(&lbl("hit")),
+        20.0,
+        "{text}"
+    );
+    assert!(
+        value(&lbl("coalesced")) >= 1.0,
+        "concurrent misses waited on one call:\n{text}"
+    );
+    assert_eq!(
+        value("extoken_connector_calls_total{connector=\"legacy\",result=\"ok\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("extoken_connector_calls_total{connector=\"legacy\",result=\"error\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("extoken_connector_duration_seconds_count{connector=\"legacy\"}"),
+        2.0
+    );
+    assert_eq!(
+        value("extoken_cache_entries{connector=\"legacy\"}"),
+        1.0,
+        "{text}"
+    );
+    for secret in [ENDPOINT_BEARER, HMAC_SECRET, "U2metrics"] {
+        assert!(!text.contains(secret), "{secret} in metrics");
+    }
+}

@@ -93,6 +93,13 @@ impl Lookup {
     }
 }
 
+/// `extoken_cache_entries{connector}`.
+fn entries_gauge(connector: &str) -> prometheus::IntGauge {
+    crate::metrics::metrics()
+        .cache_entries
+        .with_label_values(&[connector])
+}
+
 #[derive(Clone)]
 pub struct TokenCache {
     inner: Arc<Inner>,
@@ -112,6 +119,8 @@ impl TokenCache {
                 tokens: moka::future::Cache::builder()
                     .max_capacity(cfg.max_entries)
                     .expire_after(UntilStale)
+                    // Every removal (expiry, size, replacement, eviction) balances one insert.
+                    .eviction_listener(|k: Arc<CacheKey>, _, _| entries_gauge(&k.connector).dec())
                     .build(),
                 failures: moka::sync::Cache::builder()
                     .max_capacity(cfg.max_entries)
@@ -177,6 +186,9 @@ impl TokenCache {
             .await
         {
             Ok(e) => {
+                if e.is_fresh() {
+                    entries_gauge(&key.connector).inc();
+                }
                 let how = if e.is_fresh() {
                     Lookup::Miss
                 } else {
@@ -201,7 +213,10 @@ impl TokenCache {
         let this = self.clone();
         tokio::spawn(async move {
             match mint.mint(&inputs).await {
-                Ok(m) => this.inner.tokens.insert(key, this.entry(m)).await,
+                Ok(m) => {
+                    entries_gauge(&key.connector).inc();
+                    this.inner.tokens.insert(key, this.entry(m)).await
+                }
                 // The old entry stays until it goes stale; the next miss mints synchronously.
                 Err(e) => {
                     tracing::warn!(target: "extoken::exchange", connector = %key.connector, "refresh-ahead failed: {e}")

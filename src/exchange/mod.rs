@@ -115,11 +115,62 @@ enum Kind {
     Minting(Arc<dyn Mint>),
 }
 
+/// Counts and times every connector call (`extoken_connector_calls_total`,
+/// `extoken_connector_duration_seconds`), wherever the cache makes it from.
+struct Instrumented {
+    name: String,
+    inner: Arc<dyn Mint>,
+}
+
+#[async_trait::async_trait]
+impl Mint for Instrumented {
+    fn inputs(
+        &self,
+        s: &Session,
+        req: RequestInfo<'_>,
+    ) -> Result<serde_json::Value, ExchangeError> {
+        self.inner.inputs(s, req)
+    }
+    fn cache_inputs(&self, inputs: &serde_json::Value) -> serde_json::Value {
+        self.inner.cache_inputs(inputs)
+    }
+    async fn mint(&self, inputs: &serde_json::Value) -> Result<Minted, ExchangeError> {
+        let m = crate::metrics::metrics();
+        let start = std::time::Instant::now();
+        let result = self.inner.mint(inputs).await;
+        m.connector_duration_seconds
+            .with_label_values(&[self.name.as_str()])
+            .observe(start.elapsed().as_secs_f64());
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        m.connector_calls_total
+            .with_label_values(&[self.name.as_str(), outcome])
+            .inc();
+        result
+    }
+    fn public_jwk(&self) -> Option<jsonwebtoken::jwk::Jwk> {
+        self.inner.public_jwk()
+    }
+}
+
 struct Named {
     name: Arc<str>,
     kind: Kind,
     /// SHA-256 of the connector's settings (secrets included, so only ever hashed).
     settings: [u8; 32],
+}
+
+impl Named {
+    fn new(name: &str, kind: Kind, cfg: &ConnectorConfig) -> Named {
+        let mut settings = [0u8; 32];
+        let d =
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, format!("{cfg:?}").as_bytes());
+        settings.copy_from_slice(d.as_ref());
+        Named {
+            name: name.into(),
+            kind,
+            settings,
+        }
+    }
 }
 
 /// The token a request gets, and the cache key to forget it by if the upstream refuses it.
@@ -149,36 +200,29 @@ impl Connectors {
         let mut public = vec![];
         for (name, c) in &cfg.connectors {
             let path = format!("connectors.{name}");
-            let kind = match c {
-                ConnectorConfig::Claim(c) => Kind::Claim(ClaimConnector::new(c.claim.clone())),
-                ConnectorConfig::Supabase(c) => {
-                    Kind::Minting(Arc::new(Supabase::build(name, &path, c)?))
+            let minting: Arc<dyn Mint> = match c {
+                ConnectorConfig::Claim(claim) => {
+                    let kind = Kind::Claim(ClaimConnector::new(claim.claim.clone()));
+                    by_name.insert(name.clone(), Named::new(name, kind, c));
+                    continue;
                 }
+                ConnectorConfig::Supabase(c) => Arc::new(Supabase::build(name, &path, c)?),
                 ConnectorConfig::Firebase(c) => {
-                    Kind::Minting(Arc::new(Firebase::build(name, &path, c, client.clone())?))
+                    Arc::new(Firebase::build(name, &path, c, client.clone())?)
                 }
-                ConnectorConfig::Http(c) => Kind::Minting(Arc::new(HttpConnector::build(
-                    name,
-                    &path,
-                    c,
-                    client.clone(),
-                )?)),
-                ConnectorConfig::Jwt(c) => {
-                    Kind::Minting(Arc::new(JwtConnector::build(name, &path, c)?))
+                ConnectorConfig::Http(c) => {
+                    Arc::new(HttpConnector::build(name, &path, c, client.clone())?)
                 }
+                ConnectorConfig::Jwt(c) => Arc::new(JwtConnector::build(name, &path, c)?),
             };
+            let kind = Kind::Minting(Arc::new(Instrumented {
+                name: name.clone(),
+                inner: minting,
+            }));
             if let Kind::Minting(m) = &kind {
                 public.extend(m.public_jwk());
             }
-            let mut settings = [0u8; 32];
-            let d =
-                aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, format!("{c:?}").as_bytes());
-            settings.copy_from_slice(d.as_ref());
-            let named = Named {
-                name: name.as_str().into(),
-                kind,
-                settings,
-            };
+            let named = Named::new(name, kind, c);
             by_name.insert(name.clone(), named);
         }
         let jwks = (!public.is_empty()).then(|| {
@@ -210,7 +254,11 @@ impl Connectors {
             Kind::Minting(m) => {
                 let inputs = Arc::new(m.inputs(session, req)?);
                 let key = CacheKey::new(c.name.clone(), &c.settings, &m.cache_inputs(&inputs));
-                let (result, _how) = self.cache.get_or_mint(&key, m, &inputs).await;
+                let (result, how) = self.cache.get_or_mint(&key, m, &inputs).await;
+                crate::metrics::metrics()
+                    .cache_lookups_total
+                    .with_label_values(&[&*c.name, how.label()])
+                    .inc();
                 Ok(Obtained {
                     token: result?,
                     cache_key: Some(key),
