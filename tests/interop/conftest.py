@@ -240,7 +240,9 @@ class Gateway:
     def __init__(self, workdir: Path, config: dict, env: dict | None = None):
         self.workdir = workdir
         self.port = free_port()
-        config = {"listen": f"127.0.0.1:{self.port}", "threads": 1, **config}
+        self.admin_port = free_port()
+        config = {"listen": f"127.0.0.1:{self.port}", "admin_listen": f"127.0.0.1:{self.admin_port}",
+                  "threads": 1, **config}
         self.config_path = workdir / "gateway.yaml"
         self.config_path.write_text(json.dumps(config, indent=2))  # JSON is YAML
         self.log_path = workdir / "gateway.log"
@@ -293,7 +295,8 @@ class Gateway:
 
     def stop(self):
         if self.proc.poll() is None:
-            self.proc.terminate()
+            # SIGINT is extoken's fast shutdown; SIGTERM would drain for shutdown_delay first.
+            self.proc.send_signal(signal.SIGINT)
             try:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:

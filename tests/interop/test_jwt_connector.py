@@ -1,9 +1,7 @@
 """jwt connector: a legacy backend verifies the gateway-signed token with PyJWT.
 
-The backend gets the public keys where the contract says the gateway serves them:
-``GET /.well-known/jwks.json`` on the admin listener (issue 4), and until then
-``GET /.extoken/jwks.json`` on the proxy listener. Tests skip (with the reason) only while neither
-exists.
+The backend gets the public keys where the gateway publishes them:
+``GET /.well-known/jwks.json`` on the admin listener.
 """
 
 from __future__ import annotations
@@ -43,20 +41,16 @@ def write_pem(key, path):
 
 
 def fetch_jwks(g, backend) -> dict:
-    """The gateway's JWKS the way a legacy backend would fetch it, or a skip if not served yet."""
-    tried = []
-    for path in ("/.extoken/jwks.json",):
-        status, headers, body = g.request(path)
-        forwarded = backend.find(path) is not None
-        tried.append(f"{path} -> {status}{' (forwarded to the backend)' if forwarded else ''}")
-        if status == 200 and not forwarded:
-            try:
-                jwks = json.loads(body)
-            except ValueError:
-                pytest.fail(f"{path} answered 200 but not JSON: {body[:200]!r}")
-            assert isinstance(jwks.get("keys"), list) and jwks["keys"], f"{path}: no keys: {jwks}"
-            return jwks
-    pytest.skip("the gateway serves no JWKS for the jwt connector yet (" + "; ".join(tried) + ")")
+    """The gateway's JWKS the way a legacy backend would fetch it: from the admin listener."""
+    import urllib.request
+    url = f"http://127.0.0.1:{g.admin_port}/.well-known/jwks.json"
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        assert resp.status == 200, f"{url} -> {resp.status}"
+        assert resp.headers.get("content-type", "").startswith("application/json")
+        jwks = json.loads(resp.read())
+    assert isinstance(jwks.get("keys"), list) and jwks["keys"], f"{url}: no keys: {jwks}"
+    assert backend.find("/.well-known/jwks.json") is None
+    return jwks
 
 
 def key_for(jwks: dict, kid: str):
