@@ -372,6 +372,17 @@ async fn probes_metrics_and_request_ids() {
     assert_eq!(gw.get("/elsewhere", Some(&good)).await.status(), 404);
     assert_eq!(up.count(), 2);
 
+    // Requests are counted in pingora's logging phase, which may run just after the client has
+    // its answer: wait until the last one (the 404) is in before reading the rest.
+    let settled = eventually(Duration::from_secs(5), || async {
+        sample(
+            &gw.metrics().await,
+            r#"extoken_requests_total{outcome="no_route",route="unmatched"}"#,
+        )
+        .is_some()
+    })
+    .await;
+    assert!(settled, "the 404 was never counted");
     let m = gw.metrics().await;
     let v = |s: &str| sample(&m, s).unwrap_or_else(|| panic!("no {s} in\n{m}"));
     assert_eq!(
