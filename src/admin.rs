@@ -104,3 +104,49 @@ impl ServeHttp for Admin {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    use super::*;
+    use crate::config::Config;
+    use crate::verify::KeyStore;
+
+    fn gateway() -> Gateway {
+        crate::server::install_crypto_provider();
+        let c = Config::parse(
+            "descope: {project_id: P2x, jwks_url: 'http://127.0.0.1:1/k', jwks_refresh: 1m}\n\
+             keys_max_age: 10m\nconnectors: {ext: {type: claim}}\n\
+             routes: [{upstream: 'http://127.0.0.1:1', connector: ext}]\n",
+            &|_| None,
+        )
+        .unwrap();
+        let keys = Arc::new(KeyStore::new(&c.descope, Gateway::http_client().unwrap()));
+        Gateway::build(c, keys).unwrap()
+    }
+
+    #[test]
+    fn readiness_follows_key_age() {
+        let gw = gateway();
+        let err = readiness(&gw).unwrap_err();
+        assert!(err.contains("not loaded"), "{err}");
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let last = &gw.verifier.keys.stats.last_success;
+        last.store(now - 60, Ordering::Relaxed);
+        assert_eq!(readiness(&gw), Ok(()));
+        last.store(now - 3600, Ordering::Relaxed);
+        let err = readiness(&gw).unwrap_err();
+        assert!(
+            err.contains("3600s old") && err.contains("keys_max_age 10m"),
+            "{err}"
+        );
+        last.store(now, Ordering::Relaxed);
+        assert_eq!(readiness(&gw), Ok(()), "ready again when keys return");
+    }
+}
