@@ -179,6 +179,21 @@ async fn rig(mode: Mode, connector_extra: &str, cache: &str) -> Rig {
     }
 }
 
+/// `n` concurrent GETs with one session token; their statuses.
+async fn burst(gw: &Gateway, token: &str, n: usize) -> Vec<u16> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let req = gw.client.get(gw.url("/burst")).bearer_auth(token);
+            tokio::spawn(async move { req.send().await.map(|r| r.status().as_u16()).unwrap_or(0) })
+        })
+        .collect();
+    let mut statuses = Vec::with_capacity(n);
+    for t in tasks {
+        statuses.push(t.await.unwrap_or(0));
+    }
+    statuses
+}
+
 fn session(user: &str, extra: &[(&str, Value)]) -> Value {
     let mut c = with(session_claims(PROJECT, None), "sub", user.into());
     for (k, v) in extra {
@@ -252,20 +267,7 @@ async fn http_connector_sends_documented_identity_and_forwards_its_token() {
 async fn five_hundred_concurrent_first_requests_make_one_call() {
     let r = rig(Mode::Slow(Duration::from_millis(400)), "", "").await;
     let token = r.key.sign(&session("U2crowd", &[]));
-    let mut tasks = Vec::new();
-    for _ in 0..500 {
-        let (c, url, t) = (r.gw.client.clone(), r.gw.url("/x"), token.clone());
-        tasks.push(tokio::spawn(async move {
-            c.get(url)
-                .bearer_auth(t)
-                .send()
-                .await
-                .map(|r| r.status().as_u16())
-        }));
-    }
-    for t in tasks {
-        assert_eq!(t.await.unwrap().unwrap(), 200);
-    }
+    assert_eq!(burst(&r.gw, &token, 500).await, vec![200; 500]);
     assert_eq!(
         r.endpoint.calls(),
         1,
@@ -924,22 +926,7 @@ async fn connector_and_cache_metrics() {
     let admin_line = format!("admin_listen: \"127.0.0.1:{admin}\"\n");
     let r = rig(Mode::Slow(Duration::from_millis(400)), "", &admin_line).await;
     let token = r.key.sign(&session("U2metrics", &[]));
-    let mut tasks = Vec::new();
-    for _ in 0..20 {
-        let (c, url, t) = (r.gw.client.clone(), r.gw.url("/m"), token.clone());
-        tasks.push(tokio::spawn(async move {
-            c.get(url)
-                .bearer_auth(t)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }));
-    }
-    for t in tasks {
-        assert_eq!(t.await.unwrap(), 200);
-    }
+    assert_eq!(burst(&r.gw, &token, 20).await, vec![200; 20]);
     assert_eq!(r.gw.get_bearer("/m", &token).await.status, 200);
     r.endpoint.set_mode(Mode::Status(400));
     let other = r.key.sign(&session("U2metricsFail", &[]));

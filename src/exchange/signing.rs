@@ -146,6 +146,22 @@ impl Signer {
         Ok(s)
     }
 
+    /// Signs `claims` as connector `connector`'s token, good for `lifetime`.
+    pub fn mint(
+        &self,
+        connector: &str,
+        claims: &Map<String, Value>,
+        lifetime: std::time::Duration,
+    ) -> Result<super::Minted, super::ExchangeError> {
+        let fail = |m: String| super::ExchangeError::unavailable(connector, m);
+        let token = self.sign(claims).map_err(fail)?;
+        Ok(super::Minted {
+            token: super::ExternalToken::new(token)
+                .ok_or_else(|| fail("signed token is not ASCII".into()))?,
+            lifetime,
+        })
+    }
+
     /// Signs claims with header `{alg, typ: JWT, kid?}`.
     pub fn sign(&self, claims: &Map<String, Value>) -> Result<String, String> {
         let mut header = Header::new(self.alg);

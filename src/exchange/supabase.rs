@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 
 use super::identity::{mapped, merge, user_id};
 use super::signing::Signer;
-use super::{unix_now, ExchangeError, ExternalToken, Mint, Minted, RequestInfo};
+use super::{unix_now, ExchangeError, Mint, Minted, RequestInfo};
 use crate::config::{ClaimMap, ConfigError, SubMode, SupabaseConfig};
 use crate::verify::Session;
 
@@ -96,15 +96,6 @@ impl Mint for Supabase {
         if let Some(m) = inputs["mapped"].as_object() {
             merge(&mut c, m.clone());
         }
-        let token = self
-            .signer
-            .sign(&c)
-            .map_err(|e| ExchangeError::unavailable(&self.name, e))?;
-        Ok(Minted {
-            token: ExternalToken::new(token).ok_or_else(|| {
-                ExchangeError::unavailable(&self.name, "signed token is not ASCII")
-            })?,
-            lifetime: self.expires_in,
-        })
+        self.signer.mint(&self.name, &c, self.expires_in)
     }
 }
