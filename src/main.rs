@@ -107,15 +107,6 @@ fn main() {
     }
 }
 
-fn init_logs() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("EXTOKEN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
 /// `--config`, else ./gateway.yaml, else the embedded default (a reload reads the same).
 fn config_source(path: Option<&Path>) -> ConfigSource {
     match path {
@@ -205,9 +196,9 @@ fn mint(a: MintArgs) -> Result<()> {
 }
 
 fn demo(key_path: &Path) -> Result<()> {
-    init_logs();
     let cfg =
         Config::parse(EMBEDDED_DEFAULT, &|k| std::env::var(k).ok()).context("embedded config")?;
+    extoken::telemetry::init(&cfg.log)?;
     let key = DevKey::load_or_create(key_path)?;
     let jwks_addr = match cfg.descope.key_source() {
         KeySource::Url(u) => {
