@@ -2,298 +2,63 @@
 //! SIGHUP reload (broken and valid files), SIGTERM drain with a slow request in flight, and a
 //! grep of everything the gateway logged for the secrets the test sent.
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+mod common;
 
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use common::*;
+use jsonwebtoken::Algorithm;
 
-use extoken::mint::{DevKey, MintOptions};
-
-const BIN: &str = env!("CARGO_BIN_EXE_extoken");
 const PROJECT: &str = "P2OpsTestProject";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A fresh RS256 signing key.
+fn new_key(kid: &str) -> TestKey {
+    TestKey::rsa(kid, Algorithm::RS256)
 }
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap()
-}
-
-async fn eventually<F, Fut>(limit: Duration, mut cond: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if cond().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
-}
-
-// ---------------------------------------------------------------------------------------------
-// Loopback servers
-
-/// What a test server saw: request path+query and the `x-request-id` it carried.
-type Seen = Arc<Mutex<Vec<(String, Option<String>)>>>;
-
-/// A hyper server on `listener`: answers `body` after `delay`, records each request.
-fn serve(listener: TcpListener, delay: Duration, body: String, seen: Seen) {
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let (body, seen) = (body.clone(), seen.clone());
-            tokio::spawn(async move {
-                let svc = service_fn(move |req: Request<Incoming>| {
-                    let (body, seen) = (body.clone(), seen.clone());
-                    async move {
-                        let rid = req
-                            .headers()
-                            .get("x-request-id")
-                            .map(|v| v.to_str().unwrap_or_default().to_string());
-                        let uri = req.uri().path_and_query().map(|p| p.to_string());
-                        seen.lock().unwrap().push((uri.unwrap_or_default(), rid));
-                        tokio::time::sleep(delay).await;
-                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-}
-
-struct Upstream {
-    addr: SocketAddr,
-    seen: Seen,
-}
-
-impl Upstream {
-    async fn start(delay: Duration) -> Upstream {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let seen = Seen::default();
-        serve(l, delay, "upstream ok".into(), seen.clone());
-        Upstream { addr, seen }
-    }
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-    fn count(&self) -> usize {
-        self.seen.lock().unwrap().len()
-    }
-    fn last(&self) -> (String, Option<String>) {
-        self.seen.lock().unwrap().last().cloned().unwrap()
-    }
+/// A session for `sub`, living `ttl_secs` (negative: already expired), whose external token is
+/// `EXTSECRET-<sub>`.
+fn session_token(key: &TestKey, sub: &str, ttl_secs: i64) -> String {
+    let ext = format!("EXTSECRET-{sub}");
+    let exp = (now() as i64 + ttl_secs).max(0);
+    let claims = with(session_claims(PROJECT, Some(&ext)), "sub", sub.into());
+    key.sign(&with(claims, "exp", exp.into()))
 }
 
 /// Serves the key's JWKS on `port` (which may have been refused until now).
-async fn serve_jwks(port: u16, key: &DevKey) {
-    let l = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
-    serve(l, Duration::ZERO, key.jwks.clone(), Seen::default());
+async fn serve_jwks(port: u16, key: &TestKey) -> JwksServer {
+    JwksServer::start_on(port, &jwks(&[key])).await
 }
 
-// ---------------------------------------------------------------------------------------------
-// Keys and tokens
-
-struct Keys {
-    _dir: tempfile::TempDir,
-    key: DevKey,
+/// The gateway with an admin listener, a pid file and the config's own log level: the common
+/// config part, then `rest` (`routes` and extra keys).
+async fn start_gateway(jwks_port: u16, rest: &str) -> Gateway {
+    let cfg = format!(
+        "descope:\n  project_id: {PROJECT}\n  jwks_url: \"http://127.0.0.1:{jwks_port}/v2/keys/{PROJECT}\"\n\
+         connectors:\n  ext:\n    type: claim\n{rest}"
+    );
+    let how = Launch {
+        admin: true,
+        pid_file: true,
+        config_log_level: true,
+        ..Launch::default()
+    };
+    Gateway::launch(&cfg, how).await
 }
 
-impl Keys {
-    fn new() -> Keys {
-        let dir = tempfile::tempdir().unwrap();
-        let key = DevKey::load_or_create(&dir.path().join("key.pem")).unwrap();
-        Keys { _dir: dir, key }
-    }
+/// The `x-request-id` the backend's latest request carried.
+fn last_request_id(up: &Backend) -> Option<String> {
+    up.last().all("x-request-id").first().map(|v| v.to_string())
+}
 
-    /// A session for `sub` whose external token is `EXTSECRET-<sub>`.
-    fn token(&self, sub: &str, ttl_secs: i64) -> String {
-        MintOptions {
-            project_id: PROJECT.into(),
-            issuer: None,
-            sub: sub.into(),
-            ttl_secs,
-            claims: vec![],
-            external_token: Some("EXTSECRET-{sub}".into()),
-            refresh: false,
-        }
-        .mint(&self.key, 1)
+/// `extoken reload --config <the gateway's config>`, run to completion.
+fn extoken_reload(gw: &Gateway) -> Output {
+    Command::new(BIN)
+        .args(["reload", "--config"])
+        .arg(gw.config_path())
+        .output()
         .unwrap()
-        .remove(0)
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The gateway process
-
-struct Gw {
-    child: Child,
-    dir: tempfile::TempDir,
-    proxy: SocketAddr,
-    admin: SocketAddr,
-    http: reqwest::Client,
-}
-
-/// The config's common part; `routes` and extra keys come from the test.
-fn base_config(proxy: SocketAddr, admin: SocketAddr, jwks_port: u16, pid: &Path) -> String {
-    format!(
-        "listen: \"{proxy}\"\nadmin_listen: \"{admin}\"\npid_file: \"{}\"\n\
-         descope:\n  project_id: {PROJECT}\n  jwks_url: \"http://127.0.0.1:{jwks_port}/v2/keys/{PROJECT}\"\n\
-         connectors:\n  ext:\n    type: claim\n",
-        pid.display()
-    )
-}
-
-impl Gw {
-    /// Starts `extoken run` with the base config plus `rest`, and waits for `/healthz`.
-    async fn start(jwks_port: u16, rest: &str) -> Gw {
-        let dir = tempfile::tempdir().unwrap();
-        let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let cfg = base_config(proxy, admin, jwks_port, &dir.path().join("extoken.pid"));
-        std::fs::write(dir.path().join("gateway.yaml"), format!("{cfg}{rest}")).unwrap();
-        let mut cmd = Command::new(BIN);
-        cmd.arg("run")
-            .arg("--config")
-            .arg(dir.path().join("gateway.yaml"))
-            .env_remove("EXTOKEN_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap());
-        for v in [
-            "HTTP_PROXY",
-            "HTTPS_PROXY",
-            "ALL_PROXY",
-            "http_proxy",
-            "https_proxy",
-        ] {
-            cmd.env_remove(v);
-        }
-        let child = cmd.spawn().unwrap();
-        let mut gw = Gw {
-            child,
-            dir,
-            proxy,
-            admin,
-            http: client(),
-        };
-        let up = eventually(Duration::from_secs(15), || async {
-            matches!(gw.admin_get("/healthz").await, Some((200, _)))
-        })
-        .await;
-        assert!(
-            up && gw.running(),
-            "the gateway did not start:\n{}",
-            gw.log()
-        );
-        gw
-    }
-
-    fn config_path(&self) -> PathBuf {
-        self.dir.path().join("gateway.yaml")
-    }
-
-    fn pid_file(&self) -> PathBuf {
-        self.dir.path().join("extoken.pid")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
-    }
-
-    fn running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    fn signal(&self, sig: i32) {
-        let pid = i32::try_from(self.child.id()).unwrap();
-        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
-    }
-
-    /// Waits (bounded) for the process to exit.
-    async fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if let Ok(Some(s)) = self.child.try_wait() {
-                return Some(s);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        None
-    }
-
-    async fn admin_get(&self, path: &str) -> Option<(u16, String)> {
-        let r = self
-            .http
-            .get(format!("http://{}{path}", self.admin))
-            .send()
-            .await
-            .ok()?;
-        Some((r.status().as_u16(), r.text().await.ok()?))
-    }
-
-    async fn wait_ready(&self) {
-        let ok = eventually(Duration::from_secs(20), || async {
-            matches!(self.admin_get("/readyz").await, Some((200, _)))
-        })
-        .await;
-        assert!(ok, "never ready:\n{}", self.log());
-    }
-
-    async fn metrics(&self) -> String {
-        self.admin_get("/metrics").await.unwrap().1
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.proxy)
-    }
-
-    async fn get(&self, path: &str, token: Option<&str>) -> reqwest::Response {
-        let mut r = self.http.get(self.url(path));
-        if let Some(t) = token {
-            r = r.bearer_auth(t);
-        }
-        r.send().await.unwrap()
-    }
-}
-
-impl Drop for Gw {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("---- extoken stderr ----\n{}", self.log());
-        }
-    }
 }
 
 fn routes(upstream: &str) -> String {
@@ -315,10 +80,10 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 
 #[tokio::test]
 async fn probes_metrics_and_request_ids() {
-    let keys = Keys::new();
-    let up = Upstream::start(Duration::ZERO).await;
+    let key = new_key("ops-key");
+    let up = Backend::start_with(Duration::ZERO, "upstream ok").await;
     let jwks_port = free_port(); // nobody listens yet
-    let gw = Gw::start(jwks_port, &routes(&up.url())).await;
+    let gw = start_gateway(jwks_port, &routes(&up.url())).await;
 
     assert_eq!(gw.admin_get("/healthz").await.unwrap().0, 200);
     let (status, body) = gw.admin_get("/readyz").await.unwrap();
@@ -330,15 +95,15 @@ async fn probes_metrics_and_request_ids() {
     assert_eq!(gw.admin_get("/.well-known/jwks.json").await.unwrap().0, 404);
     assert_eq!(gw.admin_get("/nope").await.unwrap().0, 404);
 
-    serve_jwks(jwks_port, &keys.key).await;
+    let _jwks = serve_jwks(jwks_port, &key).await;
     gw.wait_ready().await;
 
-    let good = keys.token("U2ops", 600);
-    let expired = keys.token("U2old", -600);
+    let good = session_token(&key, "U2ops", 600);
+    let expired = session_token(&key, "U2old", -600);
 
     // Forwarded, with the client's request id.
     let r = gw
-        .http
+        .client
         .get(gw.url("/api/a"))
         .bearer_auth(&good)
         .header("x-request-id", "ops-test-42")
@@ -347,11 +112,11 @@ async fn probes_metrics_and_request_ids() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-request-id"], "ops-test-42");
-    assert_eq!(up.last().1.as_deref(), Some("ops-test-42"));
+    assert_eq!(last_request_id(&up).as_deref(), Some("ops-test-42"));
 
     // An insane id is replaced by a generated one, forwarded and returned.
     let r = gw
-        .http
+        .client
         .get(gw.url("/api/b"))
         .bearer_auth(&good)
         .header("x-request-id", "x".repeat(200))
@@ -362,14 +127,14 @@ async fn probes_metrics_and_request_ids() {
     let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
     assert_eq!(rid.len(), 32, "{rid}");
     assert!(rid.bytes().all(|b| b.is_ascii_hexdigit()), "{rid}");
-    assert_eq!(up.last().1.as_deref(), Some(rid.as_str()));
+    assert_eq!(last_request_id(&up).as_deref(), Some(rid.as_str()));
 
     // Refusals carry an id too.
-    let r = gw.get("/api/c", Some(&expired)).await;
-    assert_eq!(r.status(), 401);
-    assert!(r.headers().contains_key("x-request-id"));
-    assert_eq!(gw.get("/api/d", None).await.status(), 401);
-    assert_eq!(gw.get("/elsewhere", Some(&good)).await.status(), 404);
+    let r = gw.get_bearer("/api/c", &expired).await;
+    assert_eq!(r.status, 401);
+    assert!(r.headers.contains_key("x-request-id"));
+    assert_eq!(gw.get("/api/d").await.status, 401);
+    assert_eq!(gw.get_bearer("/elsewhere", &good).await.status, 404);
     assert_eq!(up.count(), 2);
 
     // Requests are counted in pingora's logging phase, which may run just after the client has
@@ -423,21 +188,21 @@ async fn probes_metrics_and_request_ids() {
 
 #[tokio::test]
 async fn sigterm_drains_a_slow_request_and_exits_zero() {
-    let keys = Keys::new();
-    let slow = Upstream::start(Duration::from_secs(2)).await;
-    let fast = Upstream::start(Duration::ZERO).await;
+    let key = new_key("ops-key");
+    let slow = Backend::start_with(Duration::from_secs(2), "upstream ok").await;
+    let fast = Backend::start_with(Duration::ZERO, "upstream ok").await;
     let jwks_port = free_port();
-    serve_jwks(jwks_port, &keys.key).await;
+    let _jwks = serve_jwks(jwks_port, &key).await;
     let rest = format!(
         "shutdown_delay: 1s\nshutdown_grace: 10s\n{}  - name: fast\n    path_prefix: /fast\n    upstream: \"{}\"\n    connector: ext\n",
         routes(&slow.url()),
         fast.url()
     );
-    let mut gw = Gw::start(jwks_port, &rest).await;
+    let mut gw = start_gateway(jwks_port, &rest).await;
     gw.wait_ready().await;
-    let token = keys.token("U2slow", 600);
+    let token = session_token(&key, "U2slow", 600);
 
-    let (http, url, t) = (gw.http.clone(), gw.url("/api/slow"), token.clone());
+    let (http, url, t) = (gw.client.clone(), gw.url("/api/slow"), token.clone());
     let in_flight = tokio::spawn(async move { http.get(url).bearer_auth(t).send().await });
     assert!(
         eventually(Duration::from_secs(5), || async { slow.count() == 1 }).await,
@@ -452,12 +217,9 @@ async fn sigterm_drains_a_slow_request_and_exits_zero() {
     .await;
     assert!(not_ready, "readiness did not flip to 503");
     // Still served during shutdown_delay, but asked to reconnect elsewhere.
-    let r = gw.get("/fast/x", Some(&token)).await;
-    assert_eq!(r.status(), 200);
-    assert_eq!(
-        r.headers().get("connection").map(|v| v.as_bytes()),
-        Some(&b"close"[..])
-    );
+    let r = gw.get_bearer("/fast/x", &token).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("connection"), Some("close"));
 
     let r = in_flight
         .await
@@ -476,22 +238,22 @@ async fn sigterm_drains_a_slow_request_and_exits_zero() {
     );
     assert!(!gw.pid_file().exists(), "pid file left behind");
     // Closed for good.
-    assert!(tokio::net::TcpStream::connect(gw.proxy).await.is_err());
+    assert!(tokio::net::TcpStream::connect(gw.addr).await.is_err());
 }
 
 #[tokio::test]
 async fn sighup_reload_keeps_a_broken_file_out_and_applies_a_valid_one() {
-    let keys = Keys::new();
-    let up = Upstream::start(Duration::ZERO).await;
+    let key = new_key("ops-key");
+    let up = Backend::start_with(Duration::ZERO, "upstream ok").await;
     let jwks_port = free_port();
-    serve_jwks(jwks_port, &keys.key).await;
-    let mut gw = Gw::start(jwks_port, &routes(&up.url())).await;
+    let _jwks = serve_jwks(jwks_port, &key).await;
+    let mut gw = start_gateway(jwks_port, &routes(&up.url())).await;
     gw.wait_ready().await;
-    let token = keys.token("U2reload", 600);
-    assert_eq!(gw.get("/api/x", Some(&token)).await.status(), 200);
-    assert_eq!(gw.get("/new/x", Some(&token)).await.status(), 404);
+    let token = session_token(&key, "U2reload", 600);
+    assert_eq!(gw.get_bearer("/api/x", &token).await.status, 200);
+    assert_eq!(gw.get_bearer("/new/x", &token).await.status, 404);
     let pid = std::fs::read_to_string(gw.pid_file()).unwrap();
-    assert_eq!(pid.trim(), gw.child.id().to_string());
+    assert_eq!(pid.trim(), gw.pid().to_string());
 
     let original = std::fs::read_to_string(gw.config_path()).unwrap();
     let base = original.split("routes:").next().unwrap().to_string();
@@ -506,11 +268,7 @@ async fn sighup_reload_keeps_a_broken_file_out_and_applies_a_valid_one() {
     )
     .unwrap();
     // `extoken reload` checks the file first and sends nothing; a bare SIGHUP reaches the gateway.
-    let out = Command::new(BIN)
-        .args(["reload", "--config"])
-        .arg(gw.config_path())
-        .output()
-        .unwrap();
+    let out = extoken_reload(&gw);
     assert!(!out.status.success(), "{out:?}");
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("routes[0].connector"),
@@ -525,13 +283,13 @@ async fn sighup_reload_keeps_a_broken_file_out_and_applies_a_valid_one() {
     })
     .await;
     assert!(counted, "reload error not counted:\n{}", gw.log());
-    assert!(gw.running());
+    assert!(gw.is_running());
     assert!(
         gw.log().contains("routes[0].connector"),
         "the log does not say why:\n{}",
         gw.log()
     );
-    assert_eq!(gw.get("/api/x", Some(&token)).await.status(), 200);
+    assert_eq!(gw.get_bearer("/api/x", &token).await.status, 200);
     assert_eq!(gw.admin_get("/readyz").await.unwrap().0, 200);
 
     // Valid: a new route, and changed descope settings (a new key store, loaded before the swap).
@@ -545,45 +303,41 @@ async fn sighup_reload_keeps_a_broken_file_out_and_applies_a_valid_one() {
         ),
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .args(["reload", "--config"])
-        .arg(gw.config_path())
-        .output()
-        .unwrap();
+    let out = extoken_reload(&gw);
     assert!(out.status.success(), "{out:?}");
     let applied = eventually(Duration::from_secs(10), || async {
-        gw.get("/new/x", Some(&token)).await.status() == 200
+        gw.get_bearer("/new/x", &token).await.status == 200
     })
     .await;
     assert!(applied, "the new route never answered:\n{}", gw.log());
-    assert_eq!(gw.get("/api/x", Some(&token)).await.status(), 200);
+    assert_eq!(gw.get_bearer("/api/x", &token).await.status, 200);
     let m = gw.metrics().await;
     assert_eq!(
         sample(&m, r#"extoken_config_reloads_total{result="ok"}"#),
         Some(1.0)
     );
     assert_eq!(gw.admin_get("/readyz").await.unwrap().0, 200);
-    assert!(gw.running());
+    assert!(gw.is_running());
 }
 
 #[tokio::test]
 async fn logs_never_carry_tokens_cookies_or_query_strings() {
-    let keys = Keys::new();
-    let other = Keys::new(); // signs tokens the gateway must refuse
-    let up = Upstream::start(Duration::ZERO).await;
+    let key = new_key("ops-key");
+    let other = new_key("ops-other"); // signs tokens the gateway must refuse
+    let up = Backend::start_with(Duration::ZERO, "upstream ok").await;
     let jwks_port = free_port();
-    serve_jwks(jwks_port, &keys.key).await;
+    let _jwks = serve_jwks(jwks_port, &key).await;
     let dead = format!("http://127.0.0.1:{}", free_port());
     let rest = format!(
         "shutdown_delay: 0s\nlog:\n  format: json\n  level: debug\n{}  - name: down\n    path_prefix: /down\n    upstream: \"{dead}\"\n    connector: ext\n",
         routes(&up.url())
     );
-    let mut gw = Gw::start(jwks_port, &rest).await;
+    let mut gw = start_gateway(jwks_port, &rest).await;
     gw.wait_ready().await;
 
-    let good = keys.token("U2leak", 600);
-    let expired = keys.token("U2leakold", -600);
-    let forged = other.token("U2forged", 600);
+    let good = session_token(&key, "U2leak", 600);
+    let expired = session_token(&key, "U2leakold", -600);
+    let forged = session_token(&other, "U2forged", 600);
     let malformed = "eyJhbGciOiJSUzI1NiJ9.bm90LWpzb24.c2ln-MALFORMEDSECRET";
     let secrets = [
         good.as_str(),
@@ -619,7 +373,7 @@ async fn logs_never_carry_tokens_cookies_or_query_strings() {
     ];
     let mut statuses = vec![];
     for (path, bearer, cookie) in &sends {
-        let mut r = gw.http.get(gw.url(path));
+        let mut r = gw.client.get(gw.url(path));
         if let Some(b) = bearer {
             r = r.bearer_auth(b);
         }
@@ -630,7 +384,7 @@ async fn logs_never_carry_tokens_cookies_or_query_strings() {
     }
     assert_eq!(statuses, [200, 200, 401, 401, 401, 401, 502, 404]);
     assert!(
-        up.seen.lock().unwrap()[0].0.contains("QUERYSECRET"),
+        up.requests()[0].uri.contains("QUERYSECRET"),
         "query forwarded"
     );
 

@@ -3,14 +3,15 @@
 //! - [`JwksServer`]: serves a JSON Web Key Set, counts every request, can be switched to fail.
 //! - [`Backend`]: records every request it receives (method, path+query, all headers, body).
 //! - [`Gateway`]: the real `extoken` binary, spawned with `run --config <tempdir>/gateway.yaml`,
-//!   killed on drop (its log is printed when the test failed).
+//!   killed on drop (its log is printed when the test failed); optionally with an admin listener
+//!   and a pid file ([`Launch`]), and can be signalled and waited for.
 //! - [`TestKey`]: RSA / EC P-256 / Ed25519 keys generated at test time, their JWKs, and a signer
 //!   that takes any header (so tests can forge `alg`, `kid`, signatures).
 #![allow(dead_code)] // each test file uses a different part of the harness
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -298,6 +299,12 @@ pub struct Backend {
 
 impl Backend {
     pub async fn start() -> Backend {
+        Self::start_with(Duration::ZERO, "backend ok").await
+    }
+
+    /// A backend that answers `answer` after `delay` (a slow upstream); each request is recorded
+    /// as soon as it arrived, before the wait.
+    pub async fn start_with(delay: Duration, answer: &'static str) -> Backend {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let s = seen.clone();
         let handler: Handler = Arc::new(move |req: Request<Incoming>| {
@@ -330,7 +337,10 @@ impl Backend {
                     body,
                 };
                 s.lock().unwrap().push(rec);
-                let mut r = response(200, "text/plain", "backend ok");
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                let mut r = response(200, "text/plain", answer);
                 r.headers_mut().insert("x-backend", "yes".parse().unwrap());
                 Ok(r)
             })
@@ -349,6 +359,13 @@ impl Backend {
 
     pub fn requests(&self) -> Vec<Recorded> {
         self.seen.lock().unwrap().clone()
+    }
+
+    /// The latest request received; panics if none arrived.
+    pub fn last(&self) -> Recorded {
+        self.requests()
+            .pop()
+            .expect("the backend received no request")
     }
 
     /// The only request received so far; panics unless exactly one arrived.
@@ -374,26 +391,57 @@ impl Backend {
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_extoken");
 
+/// The pid file's name in the config directory ([`Launch::pid_file`]).
+const PID_FILE: &str = "extoken.pid";
+
 /// The real `extoken run` process on a loopback port; killed on drop.
 pub struct Gateway {
     child: Child,
     pub addr: SocketAddr,
+    /// The admin listener, when started with [`Launch::admin`].
+    pub admin: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
     log: PathBuf,
     pub client: reqwest::Client,
+}
+
+/// How [`Gateway::launch`] starts the gateway, beyond its config text.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Launch<'a> {
+    /// Files (name, content) written into the config directory first.
+    pub files: &'a [(&'a str, &'a str)],
+    /// An admin listener on a free port (`admin_listen:`, [`Gateway::admin`]); the start then
+    /// also waits for its `/healthz`.
+    pub admin: bool,
+    /// A `pid_file:` in the config directory ([`Gateway::pid_file`]).
+    pub pid_file: bool,
+    /// Leaves `EXTOKEN_LOG` unset, so the config's `log.level` applies (otherwise it is `info`).
+    pub config_log_level: bool,
 }
 
 impl Gateway {
     /// Starts `extoken run` with `yaml` (which must not set `listen:`; a free port is added) and
     /// waits until it accepts connections. Relative paths in the config resolve in [`Gateway::dir`].
     pub async fn start(yaml: &str) -> Gateway {
-        Self::start_with_files(yaml, &[]).await
+        Self::launch(yaml, Launch::default()).await
     }
 
     /// Like [`Gateway::start`], first writing `files` (name, content) into the config directory.
     pub async fn start_with_files(yaml: &str, files: &[(&str, &str)]) -> Gateway {
+        Self::launch(
+            yaml,
+            Launch {
+                files,
+                ..Launch::default()
+            },
+        )
+        .await
+    }
+
+    /// Like [`Gateway::start`], as `how` says.
+    pub async fn launch(yaml: &str, how: Launch<'_>) -> Gateway {
         let mut dir = tempfile::tempdir().unwrap();
-        for (name, content) in files {
+        for (name, content) in how.files {
             std::fs::write(dir.path().join(name), content).unwrap();
         }
         // A port picked with :0 may be taken by someone else before the gateway binds it: retry.
@@ -403,17 +451,30 @@ impl Gateway {
             let cfg = dir.path().join("gateway.yaml");
             // No admin listener unless the test asks for one: parallel gateways would all want
             // its default port.
-            let admin = if yaml.contains("admin_listen:") {
-                ""
-            } else {
-                "admin_listen: off\n"
-            };
-            std::fs::write(&cfg, format!("listen: \"{addr}\"\n{admin}{yaml}")).unwrap();
+            let mut admin = None;
+            let mut head = format!("listen: \"{addr}\"\n");
+            if how.admin {
+                let a: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+                head.push_str(&format!("admin_listen: \"{a}\"\n"));
+                admin = Some(a);
+            } else if !yaml.contains("admin_listen:") {
+                head.push_str("admin_listen: off\n");
+            }
+            if how.pid_file {
+                let pid = dir.path().join(PID_FILE);
+                head.push_str(&format!("pid_file: \"{}\"\n", pid.display()));
+            }
+            std::fs::write(&cfg, format!("{head}{yaml}")).unwrap();
             let log = dir.path().join("gateway.log");
-            let child = gateway_command(&cfg, &log).spawn().expect("spawn extoken");
+            let mut cmd = gateway_command(&cfg, &log);
+            if how.config_log_level {
+                cmd.env_remove("EXTOKEN_LOG");
+            }
+            let child = cmd.spawn().expect("spawn extoken");
             let mut gw = Gateway {
                 child,
                 addr,
+                admin,
                 dir,
                 log,
                 client: client(),
@@ -440,7 +501,10 @@ impl Gateway {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(format!("extoken exited with {status}:\n{}", self.log()));
             }
-            if tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+            if tokio::net::TcpStream::connect(self.addr).await.is_ok()
+                && (self.admin.is_none()
+                    || matches!(self.admin_get("/healthz").await, Some((200, _))))
+            {
                 return Ok(());
             }
             if start.elapsed() > Duration::from_secs(15) {
@@ -482,6 +546,69 @@ impl Gateway {
 
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The config file the gateway was started with (rewrite it, then reload).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("gateway.yaml")
+    }
+
+    /// Where [`Launch::pid_file`] has the gateway write its pid.
+    pub fn pid_file(&self) -> PathBuf {
+        self.dir.path().join(PID_FILE)
+    }
+
+    /// Sends a signal (`libc::SIGTERM`, `libc::SIGHUP`, ...) to the process.
+    pub fn signal(&self, sig: i32) {
+        let pid = i32::try_from(self.child.id()).unwrap();
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0, "kill({pid}, {sig})");
+    }
+
+    /// Waits (bounded) for the process to exit; `None` if it still runs after `limit`.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            if start.elapsed() > limit {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// `GET path` on the admin listener: status and body, `None` if it did not answer.
+    /// Panics unless started with [`Launch::admin`].
+    pub async fn admin_get(&self, path: &str) -> Option<(u16, String)> {
+        let admin = self.admin.expect("the gateway has no admin listener");
+        let r = self
+            .client
+            .get(format!("http://{admin}{path}"))
+            .send()
+            .await
+            .ok()?;
+        Some((r.status().as_u16(), r.text().await.ok()?))
+    }
+
+    /// Waits (bounded) until the admin `/readyz` answers 200.
+    pub async fn wait_ready(&self) {
+        let ok = eventually(Duration::from_secs(20), || async {
+            matches!(self.admin_get("/readyz").await, Some((200, _)))
+        })
+        .await;
+        assert!(ok, "never ready:\n{}", self.log());
+    }
+
+    /// The admin `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        self.admin_get("/metrics").await.expect("no /metrics").1
     }
 
     /// `GET path` with a bearer token.
