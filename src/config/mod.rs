@@ -373,6 +373,11 @@ impl Config {
         for c in self.connectors.values_mut() {
             c.resolve_paths(base);
         }
+        if let Some(p) = &self.pid_file {
+            if p.is_relative() {
+                self.pid_file = Some(base.join(p));
+            }
+        }
     }
 
     fn validate(&self) -> Result<(), ConfigError> {

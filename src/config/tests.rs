@@ -494,3 +494,21 @@ fn embedded_default_is_valid() {
     );
     assert_eq!(c.routes[0].connector.as_deref(), Some("descope-claim"));
 }
+
+#[test]
+fn relative_paths_resolve_against_the_config_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.yaml");
+    std::fs::write(
+        &path,
+        "descope: {project_id: P2x, jwks_file: keys/jwks.json}\npid_file: run/extoken.pid\n\
+         connectors: {ext: {type: claim}}\nroutes: [{upstream: 'http://127.0.0.1:1', connector: ext}]\n",
+    )
+    .unwrap();
+    let cfg = Config::load(&path).unwrap();
+    assert_eq!(
+        cfg.descope.jwks_file,
+        Some(dir.path().join("keys/jwks.json"))
+    );
+    assert_eq!(cfg.pid_file, Some(dir.path().join("run/extoken.pid")));
+}

@@ -754,16 +754,7 @@ fn b64(b: &[u8]) -> String {
 impl TestKey {
     /// A fresh RSA-2048 key whose JWK says `alg` (an RS* or PS* algorithm).
     pub fn rsa(kid: &str, alg: Algorithm) -> TestKey {
-        use aws_lc_rs::encoding::AsDer;
-        let kp = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
-        let der = kp.as_der().unwrap();
-        let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
-        let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
-        for line in b64.as_bytes().chunks(64) {
-            pem.push_str(std::str::from_utf8(line).unwrap());
-            pem.push('\n');
-        }
-        pem.push_str("-----END PRIVATE KEY-----\n");
+        let pem = extoken::mint::generate_pem().unwrap();
         let encoding = EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap();
         let mut jwk = serde_json::to_value(
             jsonwebtoken::jwk::Jwk::from_encoding_key(&encoding, alg).unwrap(),
