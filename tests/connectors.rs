@@ -38,6 +38,11 @@ enum Mode {
 /// One call to the endpoint: the JSON body and the headers it came with.
 type Call = (Value, Vec<(String, String)>);
 
+/// The usual endpoint behaviour: a token good for 10 minutes.
+const OK_10M: Mode = Mode::Ok {
+    expires_in: Some(600),
+};
+
 /// A generic-HTTP token endpoint: verifies the bearer and the HMAC of the exact body, records
 /// every body, numbers its tokens.
 struct TokenEndpoint {
@@ -204,14 +209,7 @@ fn session(user: &str, extra: &[(&str, Value)]) -> Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn http_connector_sends_documented_identity_and_forwards_its_token() {
-    let r = rig(
-        Mode::Ok {
-            expires_in: Some(600),
-        },
-        "",
-        "",
-    )
-    .await;
+    let r = rig(OK_10M, "", "").await;
     let claims = session(
         "U2alice",
         &[
@@ -284,14 +282,7 @@ async fn five_hundred_concurrent_first_requests_make_one_call() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn refreshed_session_reuses_token_changed_claims_mint_anew() {
-    let r = rig(
-        Mode::Ok {
-            expires_in: Some(600),
-        },
-        "",
-        "",
-    )
-    .await;
+    let r = rig(OK_10M, "", "").await;
     let first = r
         .key
         .sign(&session("U2bob", &[("roles", json!(["viewer"]))]));
@@ -384,10 +375,7 @@ async fn expiry_and_refresh_ahead() {
 async fn upstream_401_evicts_the_cached_token() {
     let key = TestKey::rsa("k1", Algorithm::RS256);
     let jwks = JwksServer::start(&[&key]).await;
-    let endpoint = TokenEndpoint::start(Mode::Ok {
-        expires_in: Some(600),
-    })
-    .await;
+    let endpoint = TokenEndpoint::start(OK_10M).await;
     let seen = Arc::new(Mutex::new(Vec::<String>::new()));
     let s = seen.clone();
     let handler: Handler = Arc::new(move |req: Request<Incoming>| {
@@ -509,9 +497,7 @@ async fn server_errors_are_retried_then_remembered_briefly() {
         3,
         "a failing connector is not hammered within negative_ttl"
     );
-    r.endpoint.set_mode(Mode::Ok {
-        expires_in: Some(600),
-    });
+    r.endpoint.set_mode(OK_10M);
     assert!(
         eventually(Duration::from_secs(5), || async {
             r.gw.get_bearer("/", &r.key.sign(&session("U2frank", &[])))
@@ -563,10 +549,7 @@ async fn connector_by_tenant_picks_per_session_tenant() {
     let key = TestKey::rsa("k1", Algorithm::RS256);
     let jwks = JwksServer::start(&[&key]).await;
     let backend = Backend::start().await;
-    let endpoint = TokenEndpoint::start(Mode::Ok {
-        expires_in: Some(600),
-    })
-    .await;
+    let endpoint = TokenEndpoint::start(OK_10M).await;
     let yaml = format!(
         "{}connectors:\n{extra}  legacy:\n    type: http\n    url: \"{}\"\n    auth: {{bearer: \"{ENDPOINT_BEARER}\"}}\n    hmac_secret: \"{HMAC_SECRET}\"\n\
          routes:\n  - upstream: \"{}\"\n    connector: ext\n    connector_by_tenant: {{T-legacy: legacy}}\n",
