@@ -821,6 +821,14 @@ fn check_names_broken_connector_keys() {
     let cases = [
         ("c:\n    type: supabase\n", "connectors.c.jwt_secret"),
         (
+            "c:\n    type: supabase\n    jwt_secret: s\n    signing_key: k.pem\n",
+            "connectors.c.signing_key: jwt_secret and signing_key are exclusive",
+        ),
+        (
+            "c:\n    type: firebase\n",
+            "connectors.c.service_account_file: set service_account_file or service_account_json",
+        ),
+        (
             "c:\n    type: supabase\n    signing_key: missing.json\n",
             "connectors.c.signing_key: cannot read",
         ),

@@ -254,6 +254,26 @@ fn check_url(key: String, u: &str) -> Result<(), ConfigError> {
     }
 }
 
+/// Two keys of which exactly one must be set; the error names the key to act on.
+fn exactly_one(
+    path: &str,
+    (a, a_set): (&str, bool),
+    (b, b_set): (&str, bool),
+    hint: &str,
+) -> Result<(), ConfigError> {
+    match (a_set, b_set) {
+        (false, false) => Err(ConfigError::key(
+            format!("{path}.{a}"),
+            format!("set {a} or {b}{hint}"),
+        )),
+        (true, true) => Err(ConfigError::key(
+            format!("{path}.{b}"),
+            format!("{a} and {b} are exclusive: set one"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn positive(key: String, d: Dur) -> Result<(), ConfigError> {
     if d.0.is_zero() {
         Err(ConfigError::key(key, "must be more than 0"))
@@ -281,26 +301,17 @@ impl ConnectorConfig {
                 }
             }
             ConnectorConfig::Supabase(c) => {
-                match (&c.jwt_secret, &c.signing_key) {
-                    (None, None) => {
-                        return Err(ConfigError::key(
-                            format!("{path}.jwt_secret"),
-                            "set jwt_secret (HS256) or signing_key (ES256/RS256 key file)",
-                        ))
-                    }
-                    (Some(_), Some(_)) => {
-                        return Err(ConfigError::key(
-                            format!("{path}.signing_key"),
-                            "jwt_secret and signing_key are exclusive: set one",
-                        ))
-                    }
-                    (Some(s), None) if s.is_empty() => {
-                        return Err(ConfigError::key(
-                            format!("{path}.jwt_secret"),
-                            "must not be empty",
-                        ))
-                    }
-                    _ => {}
+                exactly_one(
+                    path,
+                    ("jwt_secret", c.jwt_secret.is_some()),
+                    ("signing_key", c.signing_key.is_some()),
+                    " (HS256 secret, or an ES256/RS256 key file)",
+                )?;
+                if c.jwt_secret.as_deref() == Some("") {
+                    return Err(ConfigError::key(
+                        format!("{path}.jwt_secret"),
+                        "must not be empty",
+                    ));
                 }
                 if uuid::Uuid::parse_str(&c.uuid_namespace).is_err() {
                     return Err(ConfigError::key(
@@ -312,21 +323,12 @@ impl ConnectorConfig {
                 check_claim_map(path, &c.claims, JWT_RESERVED)?;
             }
             ConnectorConfig::Firebase(c) => {
-                match (&c.service_account_file, &c.service_account_json) {
-                    (None, None) => {
-                        return Err(ConfigError::key(
-                            format!("{path}.service_account_file"),
-                            "set service_account_file or service_account_json",
-                        ))
-                    }
-                    (Some(_), Some(_)) => {
-                        return Err(ConfigError::key(
-                            format!("{path}.service_account_json"),
-                            "service_account_file and service_account_json are exclusive: set one",
-                        ))
-                    }
-                    _ => {}
-                }
+                exactly_one(
+                    path,
+                    ("service_account_file", c.service_account_file.is_some()),
+                    ("service_account_json", c.service_account_json.is_some()),
+                    "",
+                )?;
                 if c.mode == FirebaseMode::IdToken && c.api_key.as_deref().unwrap_or("").is_empty()
                 {
                     return Err(ConfigError::key(
