@@ -164,7 +164,7 @@ mod tests {
         );
         m.append(COOKIE, HeaderValue::from_static("DS=x"));
         m.append(COOKIE, HeaderValue::from_static("theme=dark; DSR=y"));
-        let tok = ExternalToken::new("legacy.token".into()).unwrap();
+        let tok = ExternalToken::new("legacy.token").unwrap();
         let rw = Rewrite {
             header: HeaderName::from_static("x-legacy"),
             value: auth_value("", &tok).unwrap(),
@@ -180,7 +180,7 @@ mod tests {
 
     #[test]
     fn auth_value_with_scheme() {
-        let tok = ExternalToken::new("abc".into()).unwrap();
+        let tok = ExternalToken::new("abc").unwrap();
         assert_eq!(auth_value("Bearer", &tok).unwrap(), "Bearer abc");
     }
 }

@@ -284,7 +284,7 @@ mod tests {
         let c = cache(10.0, 30);
         let before = Instant::now();
         let e = c.entry(Minted {
-            token: ExternalToken::new("t".into()).unwrap(),
+            token: ExternalToken::new("t").unwrap(),
             lifetime: Duration::from_secs(3600),
         });
         let stale = e.stale_at.duration_since(before).as_secs();

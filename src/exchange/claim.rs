@@ -20,7 +20,7 @@ impl ClaimConnector {
             .ok_or_else(|| ExchangeError::MissingClaim {
                 claim: self.claim.clone(),
             })?;
-        ExternalToken::new(v.to_owned()).ok_or_else(|| ExchangeError::InvalidClaim {
+        ExternalToken::new(v).ok_or_else(|| ExchangeError::InvalidClaim {
             claim: self.claim.clone(),
         })
     }

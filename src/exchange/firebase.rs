@@ -142,7 +142,7 @@ impl Firebase {
         }
         .unwrap_or(CUSTOM_TOKEN_TTL);
         Ok(Minted {
-            token: ExternalToken::new(id_token.to_string())
+            token: ExternalToken::new(id_token)
                 .ok_or_else(|| fail("idToken is not visible ASCII".into()))?,
             lifetime: Duration::from_secs(expires_in),
         })

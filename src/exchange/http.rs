@@ -303,8 +303,8 @@ impl Mint for HttpConnector {
             .ok_or_else(|| {
                 self.fail(format!("reply has no string {:?} field", self.token_field))
             })?;
-        let token = ExternalToken::new(raw.to_string())
-            .ok_or_else(|| self.fail("reply token is not visible ASCII"))?;
+        let token =
+            ExternalToken::new(raw).ok_or_else(|| self.fail("reply token is not visible ASCII"))?;
         let lifetime = match &reply["expires_in"] {
             Value::Number(n) => n.as_u64().map(Duration::from_secs),
             Value::String(s) => s.parse().ok().map(Duration::from_secs),

@@ -38,9 +38,11 @@ pub struct ExternalToken(Arc<str>);
 
 impl ExternalToken {
     /// Accepts only visible ASCII (0x21..=0x7E): no spaces, controls, CR/LF or non-ASCII.
-    pub fn new(s: String) -> Option<ExternalToken> {
+    /// Takes `&str` or `String`: either way the bytes are copied once, into the shared `Arc`.
+    pub fn new(s: impl AsRef<str>) -> Option<ExternalToken> {
+        let s = s.as_ref();
         (!s.is_empty() && s.bytes().all(|b| (0x21..=0x7e).contains(&b)))
-            .then(|| ExternalToken(s.into()))
+            .then(|| ExternalToken(Arc::from(s)))
     }
     pub fn as_str(&self) -> &str {
         &self.0
@@ -295,11 +297,11 @@ mod tests {
 
     #[test]
     fn only_visible_ascii() {
-        assert!(ExternalToken::new("eyJ.abc-_~+/=".into()).is_some());
+        assert!(ExternalToken::new("eyJ.abc-_~+/=").is_some());
         for bad in ["", "a b", "a\r\nX-Evil: 1", "tab\t", "é", "nul\0"] {
-            assert!(ExternalToken::new(bad.into()).is_none(), "{bad:?}");
+            assert!(ExternalToken::new(bad).is_none(), "{bad:?}");
         }
-        let t = ExternalToken::new("secret".into()).unwrap();
+        let t = ExternalToken::new("secret").unwrap();
         assert!(!format!("{t:?}").contains("secret"));
     }
 }
