@@ -102,6 +102,35 @@ impl Answer {
         }
     }
 
+    /// 400: the request target, host or headers are ambiguous or malformed; never forwarded.
+    /// `description` is ours (which rule), never the client's bytes.
+    pub fn bad_request(description: &'static str, reason: &'static str) -> Answer {
+        Answer {
+            status: 400,
+            www_authenticate: None,
+            retry_after: None,
+            body: json_body("bad_request", description),
+            outcome: "bad_request",
+            reason,
+        }
+    }
+
+    /// 403: a valid session that a rule does not admit (RFC 6750 `insufficient_scope`).
+    /// `description` names the rule, never the user's claims.
+    pub fn forbidden(description: &str) -> Answer {
+        Answer {
+            status: 403,
+            www_authenticate: Some(format!(
+                r#"Bearer error="insufficient_scope", error_description="{}""#,
+                quoted_safe(description)
+            )),
+            retry_after: None,
+            body: json_body("insufficient_scope", description),
+            outcome: "forbidden",
+            reason: "forbidden",
+        }
+    }
+
     pub fn no_route() -> Answer {
         Answer {
             status: 404,
@@ -172,6 +201,18 @@ mod tests {
     fn unavailable_has_retry_after() {
         let a = Answer::from_verify(&VerifyError::KeysUnavailable);
         assert_eq!((a.status, a.retry_after), (503, Some(RETRY_AFTER_SECS)));
+    }
+
+    #[test]
+    fn forbidden_is_insufficient_scope() {
+        let a = Answer::forbidden("role \"x\" is not allowed");
+        assert_eq!((a.status, a.outcome, a.reason), (403, "forbidden", "forbidden"));
+        assert_eq!(
+            a.www_authenticate.as_deref(),
+            Some(r#"Bearer error="insufficient_scope", error_description="role 'x' is not allowed""#)
+        );
+        let body: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+        assert_eq!(body["error"], "insufficient_scope");
     }
 
     #[test]

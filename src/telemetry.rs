@@ -282,7 +282,7 @@ pub fn finish(session: &Session, e: Option<&Error>, log: &RequestLog) {
     m.request_duration_seconds
         .with_label_values(&[route])
         .observe(duration.as_secs_f64());
-    if outcome == "unauthorized" {
+    if outcome == "unauthorized" || outcome == "forbidden" {
         m.auth_failures_total
             .with_label_values(&[log.reason.unwrap_or("other")])
             .inc();
