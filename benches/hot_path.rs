@@ -340,7 +340,7 @@ fn bench_route(c: &mut Criterion, fx: &Fixture) {
         b.iter(|| {
             routes
                 .find(
-                    black_box(Some("api.example.com:8443")),
+                    black_box(Some("api.example.com")),
                     black_box("/v1/orders/42"),
                 )
                 .map(|r| r.name.len())
@@ -350,10 +350,57 @@ fn bench_route(c: &mut Criterion, fx: &Fixture) {
         b.iter(|| {
             routes
                 .find(
-                    black_box(Some("Admin.Example.com")),
+                    black_box(Some("admin.example.com")),
                     black_box("/admin/users"),
                 )
                 .map(|r| r.name.len())
+        })
+    });
+    g.finish();
+}
+
+/// What the proxy plans for an accepted request from an untrusted peer.
+fn plan<'a>(
+    rw: &'a rewrite::Rewrite,
+    strip: &'a [String],
+    host: &'a HeaderValue,
+) -> rewrite::Plan<'a> {
+    rewrite::Plan {
+        host,
+        token: Some(rw),
+        drop_authorization: true,
+        strip_cookies: strip,
+        drop_underscore_headers: true,
+        peer: rewrite::Peer {
+            addr: Some(std::net::IpAddr::from([203, 0, 113, 7])),
+            trusted: false,
+            tls: false,
+        },
+        request_id: "0123456789abcdef0123456789abcdef",
+    }
+}
+
+fn bench_target(c: &mut Criterion) {
+    let mut g = c.benchmark_group("target");
+    g.throughput(Throughput::Elements(1));
+    let slashes = extoken::target::EscapedSlashes::Reject;
+    for (name, raw) in [
+        ("canonical", &b"/v1/orders/42?expand=items"[..]),
+        (
+            "dot_segments",
+            &b"/v1/./orders/../orders/%34%32?expand=items"[..],
+        ),
+    ] {
+        g.bench_function(format!("parse/{name}"), |b| {
+            b.iter(|| {
+                extoken::target::parse(black_box(raw), slashes).map(|p| p.target.as_bytes().len())
+            })
+        });
+    }
+    g.bench_function("canonical_host", |b| {
+        b.iter(|| {
+            extoken::target::canonical_host(black_box(b"API.example.com:8443"))
+                .map(|h| h.as_str().len())
         })
     });
     g.finish();
@@ -375,8 +422,9 @@ fn bench_rewrite(c: &mut Criterion, fx: &Fixture) {
     let rw_cookie = authorize(fx, &route, &cookie);
 
     // What the benchmarks time is the real rewrite: check its result once.
+    let host = HeaderValue::from_static("api.example.com");
     let mut check = pingora_request(&cookie);
-    rewrite::apply(&mut check, &rw_cookie, &strip);
+    rewrite::apply(&mut check, &plan(&rw_cookie, &strip, &host));
     assert_eq!(
         check.headers.get(AUTHORIZATION).expect("Authorization set"),
         "Bearer legacy-U2bench000001"
@@ -395,7 +443,7 @@ fn bench_rewrite(c: &mut Criterion, fx: &Fixture) {
             b.iter_batched(
                 || headers.clone(),
                 |mut h| {
-                    rewrite::apply(&mut h, rw, &strip);
+                    rewrite::apply(&mut h, &plan(rw, &strip, &host));
                     h
                 },
                 BatchSize::SmallInput,
@@ -407,7 +455,7 @@ fn bench_rewrite(c: &mut Criterion, fx: &Fixture) {
             b.iter_batched(
                 || req.clone(),
                 |mut r| {
-                    rewrite::apply(&mut r, rw, &strip);
+                    rewrite::apply(&mut r, &plan(rw, &strip, &host));
                     r
                 },
                 BatchSize::SmallInput,
@@ -451,6 +499,7 @@ fn bench_authorize(c: &mut Criterion, fx: &Fixture) {
     // The whole accepted-request path that extoken adds, minus pingora: route lookup, authorize,
     // rewrite of the upstream request head.
     let req = pingora_request(&bearer[0]);
+    let host = HeaderValue::from_static("api.example.com");
     g.bench_function("find+authorize+apply/bearer", |b| {
         b.iter_batched(
             || req.clone(),
@@ -463,7 +512,7 @@ fn bench_authorize(c: &mut Criterion, fx: &Fixture) {
                 let rw = poll_now(&fx.rt, fx.gateway.authorize(route, &r.headers, info(route)))
                     .map_err(|a| a.status)
                     .expect("accepted");
-                rewrite::apply(&mut r, &rw, &route.strip_cookies);
+                rewrite::apply(&mut r, &plan(&rw, &route.strip_cookies, &host));
                 r
             },
             BatchSize::SmallInput,
@@ -491,6 +540,7 @@ fn hot_path(c: &mut Criterion) {
     bench_extract(c, &fx);
     bench_verify(c, &fx);
     bench_route(c, &fx);
+    bench_target(c);
     bench_rewrite(c, &fx);
     bench_authorize(c, &fx);
     bench_per_request(c, &fx);

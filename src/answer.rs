@@ -104,7 +104,7 @@ impl Answer {
 
     /// 400: the request target, host or headers are ambiguous or malformed; never forwarded.
     /// `description` is ours (which rule), never the client's bytes.
-    pub fn bad_request(description: &'static str, reason: &'static str) -> Answer {
+    pub fn bad_request(description: &str, reason: &'static str) -> Answer {
         Answer {
             status: 400,
             www_authenticate: None,
@@ -206,10 +206,15 @@ mod tests {
     #[test]
     fn forbidden_is_insufficient_scope() {
         let a = Answer::forbidden("role \"x\" is not allowed");
-        assert_eq!((a.status, a.outcome, a.reason), (403, "forbidden", "forbidden"));
+        assert_eq!(
+            (a.status, a.outcome, a.reason),
+            (403, "forbidden", "forbidden")
+        );
         assert_eq!(
             a.www_authenticate.as_deref(),
-            Some(r#"Bearer error="insufficient_scope", error_description="role 'x' is not allowed""#)
+            Some(
+                r#"Bearer error="insufficient_scope", error_description="role 'x' is not allowed""#
+            )
         );
         let body: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
         assert_eq!(body["error"], "insufficient_scope");

@@ -3,6 +3,10 @@
 //! `Authorization: Bearer <jwt>` (scheme case-insensitive) wins over the session cookie, as in every
 //! Descope SDK. An `Authorization` header with another scheme is not ours and is ignored (the cookie
 //! may still carry the session). Nothing is allocated: the token is a slice of the header.
+//!
+//! [`cookie_pairs`] is the one `Cookie` parser: the rewrite step strips with it, so what is found
+//! here and what is removed there can never disagree (a non-UTF-8 byte in another cookie once
+//! made them).
 
 use http::header::{AUTHORIZATION, COOKIE};
 use http::HeaderMap;
@@ -41,7 +45,8 @@ pub fn session_token<'a>(headers: &'a HeaderMap, session_cookie: &str) -> Option
         })
 }
 
-fn bearer(v: &[u8]) -> Option<&str> {
+/// The token of an `Authorization: Bearer <token>` value (scheme case-insensitive).
+pub fn bearer(v: &[u8]) -> Option<&str> {
     let v = std::str::from_utf8(v).ok()?.trim();
     let (scheme, rest) = v.split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("bearer") {
@@ -51,15 +56,76 @@ fn bearer(v: &[u8]) -> Option<&str> {
     (!token.is_empty()).then_some(token)
 }
 
-/// The value of cookie `name` in one `Cookie` header (`a=1; DS=...; b=2`).
+/// Whether a JWT's (unverified) payload has an `iss` for which `is_ours` holds: enough to know a
+/// Bearer is a Descope session that must not reach a backend, never enough to trust it.
+pub fn unverified_issuer_is(token: &str, is_ours: impl Fn(&str) -> bool) -> bool {
+    use base64::Engine as _;
+    #[derive(serde::Deserialize)]
+    struct Iss<'a> {
+        #[serde(borrow)]
+        iss: Option<std::borrow::Cow<'a, str>>,
+    }
+    let mut parts = token.split('.');
+    let (Some(_), Some(payload), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()
+        .and_then(|b| {
+            serde_json::from_slice::<Iss>(&b)
+                .ok()
+                .and_then(|i| i.iss.map(|s| is_ours(&s)))
+        })
+        .unwrap_or(false)
+}
+
+/// The value of cookie `name` in one `Cookie` header (`a=1; DS=...; b=2`): the first non-empty
+/// one, quotes removed; `None` unless it is ASCII.
 fn cookie<'a>(v: &'a [u8], name: &str) -> Option<&'a str> {
-    let v = std::str::from_utf8(v).ok()?;
-    v.split(';').find_map(|pair| {
-        let (k, val) = pair.split_once('=')?;
-        (k.trim() == name)
-            .then(|| val.trim().trim_matches('"'))
-            .filter(|t| !t.is_empty())
+    cookie_pairs(v).find_map(|p| {
+        if p.name != name.as_bytes() {
+            return None;
+        }
+        let val = p.value.strip_prefix(b"\"").unwrap_or(p.value);
+        let val = val.strip_suffix(b"\"").unwrap_or(val);
+        std::str::from_utf8(val).ok().filter(|t| !t.is_empty())
     })
+}
+
+/// One `name=value` of a `Cookie` header; `raw` is the whole pair, trimmed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CookiePair<'a> {
+    pub raw: &'a [u8],
+    pub name: &'a [u8],
+    pub value: &'a [u8],
+}
+
+/// The pairs of one `Cookie` header value, byte by byte (any byte but `;` may be in a value);
+/// empty pieces are skipped. A piece without `=` is a name with an empty value.
+pub fn cookie_pairs(v: &[u8]) -> impl Iterator<Item = CookiePair<'_>> {
+    v.split(|&b| b == b';').filter_map(|piece| {
+        let raw = trim(piece);
+        if raw.is_empty() {
+            return None;
+        }
+        let (name, value) = match raw.iter().position(|&b| b == b'=') {
+            Some(i) => (trim(&raw[..i]), trim(&raw[i + 1..])),
+            None => (raw, &raw[raw.len()..]),
+        };
+        Some(CookiePair { raw, name, value })
+    })
+}
+
+fn trim(b: &[u8]) -> &[u8] {
+    let start = b.iter().position(|c| !matches!(c, b' ' | b'\t'));
+    let end = b.iter().rposition(|c| !matches!(c, b' ' | b'\t'));
+    match (start, end) {
+        (Some(s), Some(e)) => &b[s..=e],
+        _ => &b[..0],
+    }
 }
 
 #[cfg(test)]
@@ -117,5 +183,20 @@ mod tests {
         assert_eq!(session_token(&h(&[("cookie", "XDS=1")]), "DS"), None);
         let m = h(&[("authorization", "Basic x"), ("cookie", "DS=c")]);
         assert_eq!(session_token(&m, "DS").map(|f| f.token), Some("c"));
+    }
+
+    #[test]
+    fn cookies_next_to_non_ascii_bytes() {
+        let mut m = HeaderMap::new();
+        m.append(
+            "cookie",
+            HeaderValue::from_bytes(b"name=caf\xc3\xa9; DS=tok; x=\xff").unwrap(),
+        );
+        assert_eq!(session_token(&m, "DS").map(|f| f.token), Some("tok"));
+        let pairs: Vec<_> = cookie_pairs(b" a=1 ;;\tb = \"2\" ; c; =d").collect();
+        let names: Vec<&[u8]> = pairs.iter().map(|p| p.name).collect();
+        assert_eq!(names, [&b"a"[..], b"b", b"c", b""]);
+        assert_eq!(pairs[1].value, b"\"2\"");
+        assert_eq!(pairs[1].raw, b"b = \"2\"");
     }
 }

@@ -12,7 +12,7 @@ use http::HeaderMap;
 use crate::answer::Answer;
 use crate::config::{AuthMode, Config, ConfigError};
 use crate::exchange::{Connectors, RequestInfo, TokenCache};
-use crate::extract::{self, Source};
+use crate::extract;
 use crate::rewrite::{self, Rewrite};
 use crate::route::{Route, RouteTable};
 use crate::verify::{AuthError, KeyStore, Verifier};
@@ -46,7 +46,7 @@ impl Gateway {
     pub fn rebuild(&self, config: Config) -> Result<(Gateway, bool), ConfigError> {
         let old = &self.config;
         let same_verifier = old.descope == config.descope
-            && old.limits == config.limits
+            && old.limits.max_token_bytes == config.limits.max_token_bytes
             && old.cache.verified_sessions == config.cache.verified_sessions;
         let verifier = if same_verifier {
             self.verifier.clone()
@@ -127,12 +127,17 @@ impl Gateway {
             )
         })?;
         Ok(Rewrite {
-            drop_bearer: found.source == Source::Bearer
-                && route.header != http::header::AUTHORIZATION,
             header: route.header.clone(),
             value,
-            evict: obtained.cache_key,
+            cache_key: obtained.cache_key,
         })
+    }
+
+    /// Whether a Bearer token presented on an `auth: none` route is a session of this Descope
+    /// project (by its unverified `iss`): it is removed before forwarding all the same.
+    pub fn is_descope_token(&self, token: &str) -> bool {
+        let project = &self.config.descope.project_id;
+        extract::unverified_issuer_is(token, |iss| crate::verify::issuer_matches(iss, project))
     }
 }
 

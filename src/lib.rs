@@ -23,5 +23,6 @@ pub mod proxy;
 pub mod rewrite;
 pub mod route;
 pub mod server;
+pub mod target;
 pub mod telemetry;
 pub mod verify;

@@ -10,12 +10,17 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
 
+use http::header::AUTHORIZATION;
+use http::HeaderValue;
+
 use crate::answer::Answer;
-use crate::config::AuthMode;
+use crate::config::{AuthMode, UnderscoreHeaders};
 use crate::exchange::RequestInfo;
+use crate::extract;
 use crate::gateway::Gateway;
 use crate::rewrite::{self, Rewrite};
 use crate::route::Route;
+use crate::target::{self, BadTarget};
 use crate::telemetry::{self, RequestLog};
 
 /// Bytes of a request head as it would go upstream: request line plus `name: value\r\n` lines.
@@ -37,6 +42,10 @@ pub struct Ctx {
     gateway: Option<Arc<Gateway>>,
     route: Option<Arc<Route>>,
     rewrite: Option<Rewrite>,
+    /// The `Host` to forward: canonical, or the upstream's (`preserve_host: false`).
+    host: Option<HeaderValue>,
+    /// The client's `Authorization` is a Bearer the backend must not see.
+    drop_authorization: bool,
     /// Request id, timings and outcome for the access line and metrics.
     log: RequestLog,
 }
@@ -63,12 +72,83 @@ pub async fn send_answer(session: &mut Session, a: &Answer, log: &mut RequestLog
     Ok(())
 }
 
-fn request_host(req: &RequestHeader) -> Option<&str> {
-    req.uri.host().or_else(|| {
-        req.headers
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-    })
+fn bad_target(e: BadTarget) -> Answer {
+    Answer::bad_request(&e.to_string(), e.reason())
+}
+
+impl Proxy {
+    /// Everything `request_filter` decides, as one plain function: `Err` is the answer to send.
+    /// The target is made canonical here and replaces the received one, so routing, the
+    /// connector, the access line and the backend all see the same request.
+    async fn admit(
+        &self,
+        gw: &Gateway,
+        session: &mut Session,
+        ctx: &mut Ctx,
+    ) -> std::result::Result<(), Answer> {
+        let limits = &gw.config.limits;
+        let req = session.req_header();
+        // pingora itself reads heads up to 1 MB, which backends commonly refuse or choke on.
+        if request_head_bytes(req) > limits.max_header_bytes {
+            return Err(Answer::headers_too_large());
+        }
+        let decided = target::decide(req, limits.escaped_slashes).map_err(bad_target)?;
+        if req.headers.get_all(AUTHORIZATION).iter().nth(1).is_some() {
+            return Err(Answer::bad_request(
+                "more than one Authorization header",
+                "duplicate_authorization",
+            ));
+        }
+        if limits.underscore_headers == UnderscoreHeaders::Reject
+            && req.headers.keys().any(|n| n.as_str().contains('_'))
+        {
+            return Err(Answer::bad_request(
+                "header names with underscores are not accepted",
+                "underscore_header",
+            ));
+        }
+        let host_name = decided.host.as_ref().map(|h| h.name());
+        let route = gw
+            .routes
+            .find(host_name, decided.target.path())
+            .cloned()
+            .ok_or_else(Answer::no_route)?;
+        ctx.log.route(&route.name);
+        ctx.host = route
+            .host_override
+            .clone()
+            .or_else(|| {
+                decided
+                    .host
+                    .as_ref()
+                    .and_then(|h| HeaderValue::from_str(h.as_str()).ok())
+            })
+            .or_else(|| route.upstream.host_header());
+        if session.req_header().raw_path() != decided.target.as_bytes() {
+            session
+                .req_header_mut()
+                .set_raw_path(decided.target.as_bytes())
+                .map_err(|_| bad_target(BadTarget::Form))?;
+        }
+        let req = session.req_header();
+        let bearer = req
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| extract::bearer(v.as_bytes()));
+        if route.auth == AuthMode::Required {
+            let info = RequestInfo {
+                route: &route.name,
+                method: req.method.as_str(),
+                path: decided.target.path(),
+            };
+            ctx.rewrite = Some(gw.authorize(&route, &req.headers, info).await?);
+            ctx.drop_authorization = bearer.is_some();
+        } else {
+            ctx.drop_authorization = bearer.is_some_and(|t| gw.is_descope_token(t));
+        }
+        ctx.route = Some(route);
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -81,32 +161,10 @@ impl ProxyHttp for Proxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let gw = self.state.load_full();
-        let req = session.req_header();
-        // pingora itself reads heads up to 1 MB, which backends commonly refuse or choke on.
-        if request_head_bytes(req) > gw.config.limits.max_header_bytes {
-            send_answer(session, &Answer::headers_too_large(), &mut ctx.log).await?;
+        if let Err(answer) = self.admit(&gw, session, ctx).await {
+            send_answer(session, &answer, &mut ctx.log).await?;
             return Ok(true);
         }
-        let Some(route) = gw.routes.find(request_host(req), req.uri.path()).cloned() else {
-            send_answer(session, &Answer::no_route(), &mut ctx.log).await?;
-            return Ok(true);
-        };
-        ctx.log.route(&route.name);
-        if route.auth == AuthMode::Required {
-            let info = RequestInfo {
-                route: &route.name,
-                method: req.method.as_str(),
-                path: req.uri.path(),
-            };
-            match gw.authorize(&route, &req.headers, info).await {
-                Ok(rw) => ctx.rewrite = Some(rw),
-                Err(answer) => {
-                    send_answer(session, &answer, &mut ctx.log).await?;
-                    return Ok(true);
-                }
-            }
-        }
-        ctx.route = Some(route);
         ctx.gateway = Some(gw);
         Ok(false)
     }
@@ -127,20 +185,32 @@ impl ProxyHttp for Proxy {
 
     async fn upstream_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        ctx.log.stamp_request(upstream_request)?;
-        // `auth: none` routes are forwarded untouched (but for the Host choice).
-        if let Some(route) = &ctx.route {
-            if let Some(rw) = &ctx.rewrite {
-                rewrite::apply(upstream_request, rw, &route.strip_cookies);
-            }
-            if let Some(host) = &route.host_override {
-                upstream_request.insert_header(http::header::HOST, host.clone())?;
-            }
-        }
+        let (Some(gw), Some(route), Some(host)) = (&ctx.gateway, &ctx.route, &ctx.host) else {
+            return Error::e_explain(ErrorType::InternalError, "no route chosen");
+        };
+        let addr = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let plan = rewrite::Plan {
+            host,
+            token: ctx.rewrite.as_ref(),
+            drop_authorization: ctx.drop_authorization,
+            strip_cookies: &route.strip_cookies,
+            drop_underscore_headers: gw.config.limits.underscore_headers == UnderscoreHeaders::Drop,
+            peer: rewrite::Peer {
+                addr,
+                trusted: addr
+                    .is_some_and(|ip| gw.config.trusted_proxies.iter().any(|c| c.contains(ip))),
+                tls: false,
+            },
+            request_id: &ctx.log.request_id,
+        };
+        rewrite::apply(upstream_request, &plan);
         Ok(())
     }
 
@@ -156,7 +226,7 @@ impl ProxyHttp for Proxy {
         if upstream_response.status == http::StatusCode::UNAUTHORIZED {
             if let (Some(gw), Some(key)) = (
                 &ctx.gateway,
-                ctx.rewrite.as_ref().and_then(|r| r.evict.as_ref()),
+                ctx.rewrite.as_ref().and_then(|r| r.cache_key.as_ref()),
             ) {
                 gw.connectors.evict(key).await;
             }

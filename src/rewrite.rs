@@ -1,14 +1,22 @@
-//! Step 4 of the request path: rewrite the request headers before it goes upstream.
+//! Step 4 of the request path: the headers the backend receives. Every change to the upstream
+//! request's headers happens here, nowhere else.
 //!
-//! The route's header gets the external token; the Descope cookies are removed from `Cookie`
-//! (others kept, the header dropped when nothing is left); a Descope session that came as
-//! `Authorization: Bearer` is removed when the external token goes to another header. The legacy
-//! backend never sees a Descope credential.
+//! * `Host` is the canonical host (or the upstream's own with `preserve_host: false`).
+//! * The route's header gets the external token (`auth: required`).
+//! * No Descope credential passes: the session and refresh cookies are removed on every route
+//!   (with the same parser extraction uses), every `Authorization: Bearer` on `auth: required`
+//!   routes, and a Bearer Descope session on `auth: none` routes.
+//! * Header names with `_` are dropped (CGI/WSGI backends read `X_Token` as `X-Token`).
+//! * `X-Forwarded-*`, `X-Real-IP` and `Forwarded` say what extoken saw, unless the peer is a
+//!   trusted proxy (then the peer is appended to the chain).
 
-use http::header::{AUTHORIZATION, COOKIE};
+use std::net::IpAddr;
+
+use http::header::{AUTHORIZATION, COOKIE, HOST};
 use http::{HeaderName, HeaderValue};
 
 use crate::exchange::ExternalToken;
+use crate::extract::cookie_pairs;
 
 /// The header value for an external token: `scheme + " " + token`, or the bare token when the
 /// scheme is empty. `None` if it would not be a valid header value (never the case for a checked
@@ -25,52 +33,152 @@ pub fn auth_value(scheme: &str, token: &ExternalToken) -> Option<HeaderValue> {
     HeaderValue::from_maybe_shared(bytes::Bytes::from(s)).ok()
 }
 
-/// Removes cookies named in `strip` from a `Cookie` header value. `None` means "drop the header";
-/// `Some(unchanged)` is returned as-is when nothing matched, to avoid reallocating.
+/// Removes cookies named in `strip` from a `Cookie` header value, byte-wise. `None` means "drop
+/// the header"; `Some(unchanged)` is returned as-is when nothing matched, to avoid reallocating.
 pub fn strip_cookies(value: &HeaderValue, strip: &[String]) -> Option<HeaderValue> {
-    let Ok(s) = value.to_str() else {
-        // Not ASCII: cannot contain our (token-named) cookies in a form we can parse; keep it.
-        return Some(value.clone());
-    };
-    let is_stripped = |pair: &str| {
-        let name = pair.split_once('=').map(|(k, _)| k).unwrap_or(pair).trim();
-        strip.iter().any(|c| c == name)
-    };
-    if !s.split(';').any(is_stripped) {
+    let v = value.as_bytes();
+    let stripped = |name: &[u8]| strip.iter().any(|c| c.as_bytes() == name);
+    if !cookie_pairs(v).any(|p| stripped(p.name)) {
         return Some(value.clone());
     }
-    let kept: Vec<&str> = s
-        .split(';')
-        .map(str::trim)
-        .filter(|p| !p.is_empty() && !is_stripped(p))
-        .collect();
-    if kept.is_empty() {
-        None
-    } else {
-        HeaderValue::from_str(&kept.join("; ")).ok()
+    let mut kept = Vec::with_capacity(v.len());
+    for p in cookie_pairs(v).filter(|p| !stripped(p.name)) {
+        if !kept.is_empty() {
+            kept.extend_from_slice(b"; ");
+        }
+        kept.extend_from_slice(p.raw);
     }
+    // The pairs are slices of a valid value, so the join is valid too.
+    (!kept.is_empty())
+        .then(|| HeaderValue::from_bytes(&kept).ok())
+        .flatten()
 }
 
-/// What to do to a request's headers; computed by the gateway, applied by the proxy.
+/// The external token a request carries upstream; computed by the gateway.
 #[derive(Debug, Clone)]
 pub struct Rewrite {
     pub header: HeaderName,
     pub value: HeaderValue,
-    /// The session arrived as `Authorization: Bearer` and `header` is another header.
-    pub drop_bearer: bool,
     /// The cache entry the token came from, to evict if the upstream answers 401.
-    pub evict: Option<crate::exchange::CacheKey>,
+    pub cache_key: Option<crate::exchange::CacheKey>,
 }
 
-/// Applies a rewrite to a header set. Generic over the setter so it serves pingora's
+/// Who sent the request, as extoken saw it.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub addr: Option<IpAddr>,
+    /// The peer is in `trusted_proxies`: its forwarding headers are kept and extended.
+    pub trusted: bool,
+    pub tls: bool,
+}
+
+/// Everything decided about one upstream request.
+#[derive(Debug)]
+pub struct Plan<'a> {
+    pub host: &'a HeaderValue,
+    pub token: Option<&'a Rewrite>,
+    /// Remove `Authorization` (it is a Bearer the backend must not see).
+    pub drop_authorization: bool,
+    pub strip_cookies: &'a [String],
+    pub drop_underscore_headers: bool,
+    pub peer: Peer,
+    pub request_id: &'a str,
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Applies a plan to a header set. Generic over the setter so it serves pingora's
 /// `RequestHeader` and plain `http::HeaderMap` (tests, benches) alike.
-pub fn apply<H: Headers>(req: &mut H, rw: &Rewrite, strip: &[String]) {
-    if rw.drop_bearer {
+pub fn apply<H: Headers>(req: &mut H, plan: &Plan<'_>) {
+    if plan.drop_underscore_headers {
+        req.remove_where(&|n: &HeaderName| n.as_str().contains('_'));
+    }
+    req.set(HOST, plan.host.clone());
+    if plan.drop_authorization {
         req.remove(&AUTHORIZATION);
     }
-    req.set(rw.header.clone(), rw.value.clone());
-    if !strip.is_empty() {
-        strip_cookie_headers(req, strip);
+    if let Some(rw) = plan.token {
+        req.set(rw.header.clone(), rw.value.clone());
+    }
+    if !plan.strip_cookies.is_empty() {
+        strip_cookie_headers(req, plan.strip_cookies);
+    }
+    forwarding(req, plan);
+    if let Ok(id) = HeaderValue::from_str(plan.request_id) {
+        if !plan.request_id.is_empty() {
+            req.set(X_REQUEST_ID, id);
+        }
+    }
+}
+
+/// `X-Forwarded-For`, `-Proto`, `-Host`, `X-Real-IP`, `Forwarded` (nginx `real_ip` and Envoy
+/// `xff_num_trusted_hops` are the models): from an untrusted peer, replaced by what extoken saw;
+/// from a trusted proxy, kept, with the peer appended to `X-Forwarded-For` and `Forwarded`.
+fn forwarding<H: Headers>(req: &mut H, plan: &Plan<'_>) {
+    let peer = plan.peer;
+    let ip = peer.addr.map(|a| match a {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(a, IpAddr::V4),
+        v4 => v4,
+    });
+    let node = ip.map(|ip| match ip {
+        IpAddr::V4(_) => ip.to_string(),
+        IpAddr::V6(_) => format!("\"[{ip}]\""),
+    });
+    let proto = if peer.tls { "https" } else { "http" };
+    if peer.trusted {
+        if let Some(ip) = ip {
+            append_list(req, X_FORWARDED_FOR, &ip.to_string());
+        }
+        if let Some(n) = &node {
+            if !req.get_all(&FORWARDED).is_empty() {
+                append_list(req, FORWARDED, &format!("for={n}"));
+            }
+        }
+        if req.get_all(&X_FORWARDED_PROTO).is_empty() {
+            req.set(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+        }
+        if req.get_all(&X_FORWARDED_HOST).is_empty() {
+            req.set(X_FORWARDED_HOST, plan.host.clone());
+        }
+        return;
+    }
+    for h in [&X_FORWARDED_FOR, &X_REAL_IP, &FORWARDED] {
+        req.remove(h);
+    }
+    if let Some(ip) = ip {
+        let s = ip.to_string();
+        if let Ok(v) = HeaderValue::from_str(&s) {
+            req.set(X_FORWARDED_FOR, v.clone());
+            req.set(X_REAL_IP, v);
+        }
+    }
+    req.set(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    req.set(X_FORWARDED_HOST, plan.host.clone());
+    let host = String::from_utf8_lossy(plan.host.as_bytes());
+    let forwarded = match &node {
+        Some(n) => format!("for={n};host=\"{host}\";proto={proto}"),
+        None => format!("host=\"{host}\";proto={proto}"),
+    };
+    if let Ok(v) = HeaderValue::from_str(&forwarded) {
+        req.set(FORWARDED, v);
+    }
+}
+
+/// Appends `item` to a comma-separated list header (all its lines joined into one).
+fn append_list<H: Headers>(req: &mut H, name: HeaderName, item: &str) {
+    let mut joined: Vec<u8> = Vec::new();
+    for v in req.get_all(&name) {
+        joined.extend_from_slice(v.as_bytes());
+        joined.extend_from_slice(b", ");
+    }
+    joined.extend_from_slice(item.as_bytes());
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        req.set(name, v);
     }
 }
 
@@ -98,6 +206,8 @@ pub trait Headers {
     fn set(&mut self, name: HeaderName, value: HeaderValue);
     fn append(&mut self, name: HeaderName, value: HeaderValue);
     fn remove(&mut self, name: &HeaderName);
+    /// Removes every header whose name satisfies `pred`.
+    fn remove_where(&mut self, pred: &dyn Fn(&HeaderName) -> bool);
 }
 
 impl Headers for http::HeaderMap {
@@ -116,6 +226,12 @@ impl Headers for http::HeaderMap {
     fn remove(&mut self, name: &HeaderName) {
         http::HeaderMap::remove(self, name);
     }
+    fn remove_where(&mut self, pred: &dyn Fn(&HeaderName) -> bool) {
+        let doomed: Vec<HeaderName> = self.keys().filter(|n| pred(n)).cloned().collect();
+        for n in doomed {
+            http::HeaderMap::remove(self, &n);
+        }
+    }
 }
 
 impl Headers for pingora::http::RequestHeader {
@@ -132,55 +248,13 @@ impl Headers for pingora::http::RequestHeader {
     fn remove(&mut self, name: &HeaderName) {
         self.remove_header(name);
     }
+    fn remove_where(&mut self, pred: &dyn Fn(&HeaderName) -> bool) {
+        let doomed: Vec<HeaderName> = self.headers.keys().filter(|n| pred(n)).cloned().collect();
+        for n in doomed {
+            self.remove_header(&n);
+        }
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use http::HeaderMap;
-
-    fn strip() -> Vec<String> {
-        vec!["DS".into(), "DSR".into()]
-    }
-
-    #[test]
-    fn strips_only_descope_cookies() {
-        let v = HeaderValue::from_static("a=1; DS=x; b=2;DSR=y");
-        assert_eq!(strip_cookies(&v, &strip()).unwrap(), "a=1; b=2");
-        assert_eq!(
-            strip_cookies(&HeaderValue::from_static("DS=x; DSR=y"), &strip()),
-            None
-        );
-        let keep = HeaderValue::from_static("DSX=1; xDS=2");
-        assert_eq!(strip_cookies(&keep, &strip()).unwrap(), keep);
-    }
-
-    #[test]
-    fn apply_sets_header_and_cleans_cookies() {
-        let mut m = HeaderMap::new();
-        m.insert(
-            AUTHORIZATION,
-            HeaderValue::from_static("Bearer descope-jwt"),
-        );
-        m.append(COOKIE, HeaderValue::from_static("DS=x"));
-        m.append(COOKIE, HeaderValue::from_static("theme=dark; DSR=y"));
-        let tok = ExternalToken::new("legacy.token").unwrap();
-        let rw = Rewrite {
-            header: HeaderName::from_static("x-legacy"),
-            value: auth_value("", &tok).unwrap(),
-            drop_bearer: true,
-            evict: None,
-        };
-        apply(&mut m, &rw, &strip());
-        assert_eq!(m.get("x-legacy").unwrap(), "legacy.token");
-        assert!(m.get(AUTHORIZATION).is_none());
-        let cookies: Vec<_> = m.get_all(COOKIE).iter().collect();
-        assert_eq!(cookies, vec!["theme=dark"]);
-    }
-
-    #[test]
-    fn auth_value_with_scheme() {
-        let tok = ExternalToken::new("abc").unwrap();
-        assert_eq!(auth_value("Bearer", &tok).unwrap(), "Bearer abc");
-    }
-}
+mod tests;

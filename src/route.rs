@@ -111,7 +111,7 @@ impl Route {
     fn matches(&self, host: Option<&str>, path: &str) -> bool {
         if let Some(want) = &self.host {
             match host {
-                Some(h) if h.eq_ignore_ascii_case(want) => {}
+                Some(h) if h == want => {}
                 _ => return false,
             }
         }
@@ -120,11 +120,12 @@ impl Route {
 }
 
 /// `/api` matches `/api`, `/api/` and `/api/x`, not `/apix`; a prefix ending in `/` matches
-/// anything under it.
-fn prefix_matches(prefix: &str, path: &str) -> bool {
+/// anything under it. Both sides are canonical (see [`crate::target`]), and matching is
+/// case-sensitive, as RFC 3986 paths are.
+pub(crate) fn prefix_matches(prefix: &str, path: &str) -> bool {
     match path.strip_prefix(prefix) {
         None => false,
-        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with(['/', '?']),
+        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
     }
 }
 
@@ -171,7 +172,11 @@ impl RouteTable {
         Ok(Route {
             name: r.name.clone().unwrap_or_else(|| format!("route{i}")),
             prefix: r.path_prefix.clone(),
-            host: r.host.as_ref().map(|h| h.to_ascii_lowercase()),
+            host: r.host.as_ref().map(|h| {
+                crate::target::canonical_host(h.as_bytes())
+                    .map(|c| c.name().to_string())
+                    .unwrap_or_else(|_| h.to_ascii_lowercase())
+            }),
             auth: r.auth,
             connector: r.connector.clone(),
             connector_by_tenant: r.connector_by_tenant.clone(),
@@ -188,24 +193,14 @@ impl RouteTable {
         })
     }
 
-    /// The route for a request. `host` is the Host header (or :authority), port and all.
+    /// The route for a request: `host` is the canonical host name (no port), `path` the
+    /// canonical path (no query), both from [`crate::target`].
     pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
-        let host = host.map(strip_port);
         self.routes.iter().find(|r| r.matches(host, path))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Route>> {
         self.routes.iter()
-    }
-}
-
-fn strip_port(h: &str) -> &str {
-    if h.starts_with('[') {
-        return h.split_once(']').map(|(a, _)| &a[1..]).unwrap_or(h);
-    }
-    match h.rsplit_once(':') {
-        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-        _ => h,
     }
 }
 
@@ -251,12 +246,11 @@ mod tests {
         let name = |h: Option<&str>, p: &str| t.find(h, p).map(|r| r.name.clone());
         assert_eq!(name(None, "/api/x").as_deref(), Some("api"));
         assert_eq!(
-            name(Some("api.example.com:8080"), "/api/x").as_deref(),
+            name(Some("api.example.com"), "/api/x").as_deref(),
             Some("api-host")
         );
         assert_eq!(name(Some("other.com"), "/api").as_deref(), Some("api"));
         assert_eq!(name(None, "/apix").as_deref(), Some("root"));
-        assert_eq!(name(None, "/api?q=1").as_deref(), Some("api"));
         assert_eq!(name(None, "/api/v2/users").as_deref(), Some("v2"));
     }
 
@@ -272,12 +266,5 @@ mod tests {
         assert_eq!(h("https://abc.supabase.co"), "abc.supabase.co");
         assert_eq!(h("http://127.0.0.1:3000"), "127.0.0.1:3000");
         assert_eq!(h("http://[::1]:8080"), "[::1]:8080");
-    }
-
-    #[test]
-    fn port_stripping() {
-        assert_eq!(strip_port("a.com:80"), "a.com");
-        assert_eq!(strip_port("a.com"), "a.com");
-        assert_eq!(strip_port("[::1]:80"), "::1");
     }
 }

@@ -16,7 +16,7 @@ fn token(key: &TestKey, ext: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn auth_none_routes_are_forwarded_untouched() {
+async fn auth_none_routes_forward_everything_but_descope_credentials() {
     let backend = Backend::start().await;
     // No keys can be loaded at all: `auth: none` must not care.
     let dead_jwks = format!("http://127.0.0.1:{}/keys", free_port());
@@ -42,17 +42,22 @@ async fn auth_none_routes_are_forwarded_untouched() {
     let seen = backend.only();
     assert_eq!(seen.method, "PUT");
     assert_eq!(seen.uri, "/public/files/a.txt?version=3&x");
+    // Not a Descope session: the public backend's own business.
     assert_eq!(seen.header("authorization"), Some("Bearer not-even-a-jwt"));
-    assert_eq!(
-        seen.header("cookie"),
-        Some("DS=session-cookie; DSR=refresh-cookie; other=1")
-    );
+    // The session and refresh cookies never reach any backend, `auth: none` included.
+    assert_eq!(seen.header("cookie"), Some("other=1"));
     assert_eq!(seen.header("x-trace"), Some("abc"));
     assert_eq!(seen.body, b"file content");
     backend.take();
 
-    // The `auth: required` route of the same gateway still guards: no keys, 503.
+    // A Descope session as Bearer (even one that could not be verified) is removed too.
     let key = TestKey::rsa("k", Algorithm::RS256);
+    let r = gw.get_bearer("/public/x", &token(&key, "x")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(backend.only().header("authorization"), None);
+    backend.take();
+
+    // The `auth: required` route of the same gateway still guards: no keys, 503.
     let r = gw.get_bearer("/private", &token(&key, "x")).await;
     assert_eq!(
         (r.status, r.header("retry-after")),

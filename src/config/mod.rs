@@ -8,6 +8,7 @@
 mod connectors;
 mod duration;
 mod expand;
+mod net;
 mod ops;
 
 use std::collections::BTreeMap;
@@ -18,7 +19,10 @@ use serde::Deserialize;
 
 pub use connectors::*;
 pub use duration::{parse_duration, Dur};
+pub use net::Cidr;
 pub use ops::{LogConfig, LogFormat, LOG_LEVELS};
+
+pub use crate::target::EscapedSlashes;
 
 /// The config the demo and `extoken run` fall back to: the repo's own `gateway.yaml`.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../gateway.yaml");
@@ -63,6 +67,10 @@ pub struct Config {
     pub cache: CacheConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Peers whose `X-Forwarded-*`/`Forwarded` headers are believed (appended to); from any other
+    /// peer they are replaced by what extoken saw.
+    #[serde(default)]
+    pub trusted_proxies: Vec<Cidr>,
     /// Admin listener (`/healthz`, `/readyz`, `/metrics`, JWKS); `off` disables it.
     #[serde(default = "ops::d_admin_listen")]
     pub admin_listen: String,
@@ -314,6 +322,24 @@ pub struct LimitsConfig {
     /// Largest request head (request line + headers) forwarded; larger ones get a 431.
     #[serde(default = "d_max_header")]
     pub max_header_bytes: usize,
+    /// `%2F`/`%5C` in a path: refused (`reject`), or kept encoded as ordinary characters (`keep`).
+    #[serde(default)]
+    pub escaped_slashes: EscapedSlashes,
+    /// Header names with `_` (which CGI/WSGI backends read as `-`): `drop`, `reject` (400), `allow`.
+    #[serde(default)]
+    pub underscore_headers: UnderscoreHeaders,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum UnderscoreHeaders {
+    /// Removed before forwarding (nginx's `underscores_in_headers off`).
+    #[default]
+    Drop,
+    /// The request is refused with `400`.
+    Reject,
+    /// Forwarded as received.
+    Allow,
 }
 
 fn d_max_token() -> usize {
@@ -328,6 +354,8 @@ impl Default for LimitsConfig {
         LimitsConfig {
             max_token_bytes: d_max_token(),
             max_header_bytes: d_max_header(),
+            escaped_slashes: EscapedSlashes::default(),
+            underscore_headers: UnderscoreHeaders::default(),
         }
     }
 }
@@ -436,6 +464,40 @@ impl Config {
                     format!("{path}.path_prefix"),
                     format!("{:?} must start with /", r.path_prefix),
                 ));
+            }
+            // Requests are matched in canonical form, so a prefix must be canonical to match.
+            match crate::target::canonical_path(
+                r.path_prefix.as_bytes(),
+                self.limits.escaped_slashes,
+            ) {
+                Ok(c) if c == r.path_prefix.as_bytes() => {}
+                Ok(c) => {
+                    return Err(ConfigError::key(
+                        format!("{path}.path_prefix"),
+                        format!(
+                            "{:?} is not in canonical form; write {:?}",
+                            r.path_prefix,
+                            String::from_utf8_lossy(&c)
+                        ),
+                    ))
+                }
+                Err(e) => {
+                    return Err(ConfigError::key(
+                        format!("{path}.path_prefix"),
+                        e.to_string(),
+                    ))
+                }
+            }
+            if let Some(h) = &r.host {
+                match crate::target::canonical_host(h.as_bytes()) {
+                    Ok(c) if !c.has_port() => {}
+                    _ => {
+                        return Err(ConfigError::key(
+                            format!("{path}.host"),
+                            format!("{h:?} is not a host name (no port, no scheme)"),
+                        ))
+                    }
+                }
             }
             crate::route::parse_upstream(&r.upstream)
                 .map_err(|m| ConfigError::key(format!("{path}.upstream"), m))?;

@@ -1,0 +1,197 @@
+use http::HeaderMap;
+use proptest::prelude::*;
+
+use super::*;
+
+fn strip() -> Vec<String> {
+    vec!["DS".into(), "DSR".into()]
+}
+
+fn host() -> HeaderValue {
+    HeaderValue::from_static("app.example.com")
+}
+
+fn plan<'a>(host: &'a HeaderValue, token: Option<&'a Rewrite>, strip: &'a [String]) -> Plan<'a> {
+    Plan {
+        host,
+        token,
+        drop_authorization: false,
+        strip_cookies: strip,
+        drop_underscore_headers: true,
+        peer: Peer {
+            addr: Some("203.0.113.7".parse().unwrap()),
+            trusted: false,
+            tls: false,
+        },
+        request_id: "rid-1",
+    }
+}
+
+fn all(m: &HeaderMap, name: &str) -> Vec<String> {
+    m.get_all(name)
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect()
+}
+
+#[test]
+fn strips_only_descope_cookies() {
+    let v = HeaderValue::from_static("a=1; DS=x; b=2;DSR=y");
+    assert_eq!(strip_cookies(&v, &strip()).unwrap(), "a=1; b=2");
+    assert_eq!(
+        strip_cookies(&HeaderValue::from_static("DS=x; DSR=y"), &strip()),
+        None
+    );
+    let keep = HeaderValue::from_static("DSX=1; xDS=2");
+    assert_eq!(strip_cookies(&keep, &strip()).unwrap(), keep);
+}
+
+#[test]
+fn strips_next_to_non_ascii_bytes() {
+    let v = HeaderValue::from_bytes(b"name=caf\xc3\xa9; DS=tok; DSR=r; x=\xff").unwrap();
+    let kept = strip_cookies(&v, &strip()).unwrap();
+    assert_eq!(kept.as_bytes(), b"name=caf\xc3\xa9; x=\xff");
+}
+
+#[test]
+fn apply_sets_header_and_cleans_cookies() {
+    let mut m = HeaderMap::new();
+    m.insert(
+        AUTHORIZATION,
+        HeaderValue::from_static("Bearer descope-jwt"),
+    );
+    m.append(COOKIE, HeaderValue::from_static("DS=x"));
+    m.append(COOKIE, HeaderValue::from_static("theme=dark; DSR=y"));
+    let tok = ExternalToken::new("legacy.token").unwrap();
+    let rw = Rewrite {
+        header: HeaderName::from_static("x-legacy"),
+        value: auth_value("", &tok).unwrap(),
+        cache_key: None,
+    };
+    let (h, s) = (host(), strip());
+    let mut p = plan(&h, Some(&rw), &s);
+    p.drop_authorization = true;
+    apply(&mut m, &p);
+    assert_eq!(m.get("x-legacy").unwrap(), "legacy.token");
+    assert!(m.get(AUTHORIZATION).is_none());
+    assert_eq!(all(&m, "cookie"), vec!["theme=dark"]);
+    assert_eq!(m.get(HOST).unwrap(), "app.example.com");
+    assert_eq!(m.get("x-request-id").unwrap(), "rid-1");
+}
+
+#[test]
+fn underscore_twins_are_dropped() {
+    let mut m = HeaderMap::new();
+    m.insert("x_external_token", HeaderValue::from_static("forged"));
+    m.insert("x-other", HeaderValue::from_static("kept"));
+    let (h, s) = (host(), strip());
+    let mut p = plan(&h, None, &s);
+    apply(&mut m, &p);
+    assert!(m.get("x_external_token").is_none());
+    assert_eq!(m.get("x-other").unwrap(), "kept");
+
+    m.insert("x_external_token", HeaderValue::from_static("forged"));
+    p.drop_underscore_headers = false;
+    apply(&mut m, &p);
+    assert_eq!(m.get("x_external_token").unwrap(), "forged", "allow");
+}
+
+#[test]
+fn forwarding_headers_from_an_untrusted_peer_are_replaced() {
+    let mut m = HeaderMap::new();
+    m.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+    m.insert("x-real-ip", HeaderValue::from_static("10.0.0.1"));
+    m.insert(
+        "x-forwarded-host",
+        HeaderValue::from_static("admin.example.com"),
+    );
+    m.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+    m.insert("forwarded", HeaderValue::from_static("for=10.0.0.1"));
+    let (h, s) = (host(), strip());
+    apply(&mut m, &plan(&h, None, &s));
+    assert_eq!(all(&m, "x-forwarded-for"), ["203.0.113.7"]);
+    assert_eq!(all(&m, "x-real-ip"), ["203.0.113.7"]);
+    assert_eq!(all(&m, "x-forwarded-host"), ["app.example.com"]);
+    assert_eq!(all(&m, "x-forwarded-proto"), ["http"]);
+    assert_eq!(
+        all(&m, "forwarded"),
+        [r#"for=203.0.113.7;host="app.example.com";proto=http"#]
+    );
+}
+
+#[test]
+fn a_trusted_proxy_is_appended_to_the_chain() {
+    let mut m = HeaderMap::new();
+    m.append("x-forwarded-for", HeaderValue::from_static("198.51.100.1"));
+    m.append("x-forwarded-for", HeaderValue::from_static("10.0.0.2"));
+    m.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+    m.insert("forwarded", HeaderValue::from_static("for=198.51.100.1"));
+    let (h, s) = (host(), strip());
+    let mut p = plan(&h, None, &s);
+    p.peer = Peer {
+        addr: Some("::ffff:10.0.0.3".parse().unwrap()),
+        trusted: true,
+        tls: false,
+    };
+    apply(&mut m, &p);
+    assert_eq!(
+        all(&m, "x-forwarded-for"),
+        ["198.51.100.1, 10.0.0.2, 10.0.0.3"]
+    );
+    assert_eq!(all(&m, "x-forwarded-proto"), ["https"], "kept");
+    assert_eq!(all(&m, "x-forwarded-host"), ["app.example.com"], "added");
+    assert_eq!(all(&m, "forwarded"), ["for=198.51.100.1, for=10.0.0.3"]);
+}
+
+#[test]
+fn ipv6_peers_are_quoted_in_forwarded() {
+    let mut m = HeaderMap::new();
+    let (h, s) = (host(), strip());
+    let mut p = plan(&h, None, &s);
+    p.peer.addr = Some("2001:db8::1".parse().unwrap());
+    apply(&mut m, &p);
+    assert_eq!(all(&m, "x-forwarded-for"), ["2001:db8::1"]);
+    assert_eq!(
+        all(&m, "forwarded"),
+        [r#"for="[2001:db8::1]";host="app.example.com";proto=http"#]
+    );
+}
+
+#[test]
+fn auth_value_with_scheme() {
+    let tok = ExternalToken::new("abc").unwrap();
+    assert_eq!(auth_value("Bearer", &tok).unwrap(), "Bearer abc");
+}
+
+proptest! {
+    /// Whatever bytes a `Cookie` header holds, no stripped cookie survives, every other pair is
+    /// kept byte for byte, and extraction finds the session exactly when stripping removes one.
+    #[test]
+    fn cookie_stripping_is_total(
+        pairs in prop::collection::vec(
+            (prop::sample::select(vec!["DS", "DSR", "a", "ds", "DSX", " DS", "DS ", ""]),
+             prop::collection::vec(prop_oneof![Just(b'x'), Just(b'='), Just(b' '), Just(b'"'), Just(0xc3u8), Just(0xffu8), Just(b',')], 0..6)),
+            0..6),
+        sep in prop::sample::select(vec!["; ", ";", " ; ", ";;"]),
+    ) {
+        let mut raw = Vec::new();
+        for (i, (name, value)) in pairs.iter().enumerate() {
+            if i > 0 { raw.extend_from_slice(sep.as_bytes()); }
+            raw.extend_from_slice(name.as_bytes());
+            raw.push(b'=');
+            raw.extend_from_slice(value);
+        }
+        let Ok(v) = HeaderValue::from_bytes(&raw) else { return Ok(()) };
+        let out = strip_cookies(&v, &strip());
+        let out_bytes = out.as_ref().map(|v| v.as_bytes().to_vec()).unwrap_or_default();
+        for p in crate::extract::cookie_pairs(&out_bytes) {
+            prop_assert!(p.name != b"DS" && p.name != b"DSR");
+        }
+        let before: Vec<_> = crate::extract::cookie_pairs(&raw)
+            .filter(|p| p.name != b"DS" && p.name != b"DSR")
+            .map(|p| p.raw.to_vec())
+            .collect();
+        let after: Vec<_> = crate::extract::cookie_pairs(&out_bytes).map(|p| p.raw.to_vec()).collect();
+        prop_assert_eq!(before, after);
+    }
+}
