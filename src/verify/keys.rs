@@ -7,6 +7,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 
@@ -40,6 +42,9 @@ pub struct Key {
     pub kid: Arc<str>,
     pub allowed: Allowed,
     pub decoding: DecodingKey,
+    /// RFC 7638 SHA-256 thumbprint of the public key: what a verified session is bound to, so a
+    /// key replaced under the same `kid` does not keep serving sessions verified with the old one.
+    pub thumbprint: [u8; 32],
 }
 
 impl std::fmt::Debug for Key {
@@ -47,6 +52,7 @@ impl std::fmt::Debug for Key {
         f.debug_struct("Key")
             .field("kid", &self.kid)
             .field("allowed", &self.allowed)
+            .field("thumbprint", &URL_SAFE_NO_PAD.encode(self.thumbprint))
             .finish()
     }
 }
@@ -94,7 +100,7 @@ pub fn parse_jwks(body: &[u8], warn: &mut dyn FnMut(String)) -> Result<KeySet, K
             .and_then(|k| k.as_str())
             .unwrap_or("")
             .to_string();
-        match key_from_jwk(raw) {
+        match key_from_jwk(&raw) {
             Ok(k) => {
                 if keys.contains_key(&k.kid) {
                     warn(format!(
@@ -116,8 +122,9 @@ pub fn parse_jwks(body: &[u8], warn: &mut dyn FnMut(String)) -> Result<KeySet, K
     })
 }
 
-fn key_from_jwk(raw: serde_json::Value) -> Result<Key, String> {
-    let jwk: Jwk = serde_json::from_value(raw).map_err(|e| format!("unreadable JWK: {e}"))?;
+fn key_from_jwk(raw: &serde_json::Value) -> Result<Key, String> {
+    let jwk = <Jwk as serde::Deserialize>::deserialize(raw)
+        .map_err(|e| format!("unreadable JWK: {e}"))?;
     let kid = jwk
         .common
         .key_id
@@ -131,11 +138,48 @@ fn key_from_jwk(raw: serde_json::Value) -> Result<Key, String> {
     }
     let allowed = allowed_for(&jwk)?;
     let decoding = DecodingKey::from_jwk(&jwk).map_err(|e| format!("bad key material: {e}"))?;
+    let thumbprint = thumbprint(raw)?;
     Ok(Key {
         kid: kid.into(),
         allowed,
         decoding,
+        thumbprint,
     })
+}
+
+/// The RFC 7638 thumbprint (SHA-256) of a public JWK: the hash of the JSON object of its required
+/// members only (RSA `e, kty, n`; EC `crv, kty, x, y`; OKP `crv, kty, x`), in lexicographic order,
+/// without whitespace, the values as the JWK states them.
+pub fn thumbprint(raw: &serde_json::Value) -> Result<[u8; 32], String> {
+    let kty = raw
+        .get("kty")
+        .and_then(serde_json::Value::as_str)
+        .ok_or("no kty")?;
+    let members: &[&str] = match kty {
+        "RSA" => &["e", "kty", "n"],
+        "EC" => &["crv", "kty", "x", "y"],
+        "OKP" => &["crv", "kty", "x"],
+        "oct" => return Err("symmetric (HMAC) keys are never accepted".into()),
+        _ => return Err("unsupported key type".into()),
+    };
+    let mut canonical = String::from("{");
+    for (i, m) in members.iter().enumerate() {
+        let v = raw
+            .get(*m)
+            .and_then(serde_json::Value::as_str)
+            .ok_or_else(|| format!("no {m:?} member"))?;
+        if i > 0 {
+            canonical.push(',');
+        }
+        // serde_json writes a &str as a JSON string with only the escapes JSON requires.
+        let quoted = serde_json::to_string(v).map_err(|e| e.to_string())?;
+        canonical.push_str(&format!("\"{m}\":{quoted}"));
+    }
+    canonical.push('}');
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    Ok(out)
 }
 
 fn allowed_for(jwk: &Jwk) -> Result<Allowed, String> {
@@ -258,6 +302,37 @@ mod tests {
             parse_jwks(b"<html>", &mut w),
             Err(KeySetError::NotJson(_))
         ));
+    }
+
+    /// RFC 7638 §3.1: the example RSA key and its SHA-256 thumbprint.
+    #[test]
+    fn rfc7638_thumbprint() {
+        let rfc = r#"{"kty":"RSA","n":"0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw","e":"AQAB","alg":"RS256","kid":"2011-04-29"}"#;
+        let (set, w) = parse(rfc);
+        assert!(w.is_empty(), "{w:?}");
+        let set = set.unwrap();
+        let k = set.get("2011-04-29").unwrap();
+        assert_eq!(
+            URL_SAFE_NO_PAD.encode(k.thumbprint),
+            "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+        );
+        // Only the required members count: kid, alg, use and member order do not change it.
+        let v: serde_json::Value = serde_json::from_str(rfc).unwrap();
+        let mut other = serde_json::json!({"e": v["e"], "n": v["n"], "kty": "RSA", "kid": "x"});
+        assert_eq!(thumbprint(&other).unwrap(), k.thumbprint);
+        other["e"] = "AQAC".into();
+        assert_ne!(thumbprint(&other).unwrap(), k.thumbprint);
+    }
+
+    #[test]
+    fn thumbprints_of_ec_and_okp_keys_use_their_members() {
+        let ec = serde_json::json!({"kty":"EC","crv":"P-256","x":"AA","y":"AQ","kid":"e"});
+        let mut ec2 = ec.clone();
+        ec2["y"] = "Ag".into();
+        assert_ne!(thumbprint(&ec).unwrap(), thumbprint(&ec2).unwrap());
+        let okp = serde_json::json!({"kty":"OKP","crv":"Ed25519","x":"AA"});
+        assert!(thumbprint(&okp).is_ok());
+        assert!(thumbprint(&serde_json::json!({"kty":"EC","crv":"P-256","x":"AA"})).is_err());
     }
 
     #[test]

@@ -8,7 +8,13 @@
 //!
 //! A verified token is remembered until it expires (keyed by the token itself), so a session's
 //! signature is checked once, not on every request. A cache hit still re-checks the expiry and
-//! that its key is still published, so a key withdrawn from the JWKS stops its tokens.
+//! that the very key material that verified it is still published under its `kid` (its RFC 7638
+//! thumbprint), so a key withdrawn from the JWKS, or replaced under the same `kid`, stops its
+//! tokens.
+//!
+//! Time claims (`exp`, `nbf`, `iat`) are whole seconds from 0 to the end of year 9999; anything
+//! else (negative, beyond, not a number) is a malformed token. All arithmetic on them saturates,
+//! so no token can make the gateway panic on an overflow.
 
 mod keys;
 mod keystore;
@@ -20,7 +26,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use serde_json::{Map, Value};
 
-pub use keys::{header_alg, parse_jwks, Allowed, Key, KeySet, KeySetError};
+pub use keys::{header_alg, parse_jwks, thumbprint, Allowed, Key, KeySet, KeySetError};
 pub use keystore::{FetchError, KeyStore};
 
 use crate::config::DescopeConfig;
@@ -88,6 +94,8 @@ pub struct Session {
     pub claims: Map<String, Value>,
     pub exp: u64,
     kid: Arc<str>,
+    /// The RFC 7638 thumbprint of the key that verified it.
+    thumbprint: [u8; 32],
 }
 
 impl Session {
@@ -158,7 +166,10 @@ impl Verifier {
         }
         let mut keyset = self.keys.current();
         if let Some(s) = self.verified.get(token) {
-            if s.exp + self.leeway > now() && keyset.get(&s.kid).is_some() {
+            let same_key = keyset
+                .get(&s.kid)
+                .is_some_and(|k| k.thumbprint == s.thumbprint);
+            if s.exp.saturating_add(self.leeway) > now() && same_key {
                 return Ok(s);
             }
             self.verified.invalidate(token);
@@ -200,7 +211,7 @@ impl Verifier {
             return Err(AuthError::BadAlgorithm.into());
         }
 
-        let session = {
+        let mut session = {
             let token: Arc<str> = token.into();
             let key = key.clone();
             let (input_len, c_start) = (signing_input.len(), h64.len() + 1);
@@ -216,11 +227,11 @@ impl Verifier {
                     .map_err(|_| AuthError::Malformed("bad claims encoding"))?;
                 let claims: Map<String, Value> = serde_json::from_slice(&cbytes)
                     .map_err(|_| AuthError::Malformed("bad claims"))?;
-                let exp = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
                 Ok(Session {
                     claims,
-                    exp,
+                    exp: 0, // set from the checked claim below
                     kid: key.kid.clone(),
+                    thumbprint: key.thumbprint,
                 })
             };
             let _ = sig;
@@ -229,37 +240,29 @@ impl Verifier {
                 Err(_) => return Err(AuthError::BadSignature.into()),
             }
         };
-        self.check_claims(&session.claims)?;
+        session.exp = self.check_claims(&session.claims, now())?;
         let session = Arc::new(session);
         self.verified.insert(token.into(), session.clone());
         Ok(session)
     }
 
-    fn check_claims(&self, c: &Map<String, Value>) -> Result<(), AuthError> {
-        let now = now();
-        let num = |k: &str| -> Result<Option<u64>, AuthError> {
-            match c.get(k) {
-                None => Ok(None),
-                Some(v) => v
-                    .as_u64()
-                    .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
-                    .map(Some)
-                    .ok_or(AuthError::Malformed("time claim is not a number")),
-            }
-        };
-        if let Some(nbf) = num("nbf")? {
-            if nbf > now + self.leeway {
-                return Err(AuthError::NotYetValid);
-            }
+    /// Checks the claims of a token whose signature is valid, at time `now` (Unix seconds).
+    /// Returns its `exp`. Pure: no clock, no I/O.
+    fn check_claims(&self, c: &Map<String, Value>, now: u64) -> Result<u64, AuthError> {
+        // Every time claim is read (and refused when out of range) before any is compared.
+        let nbf = c.get("nbf").map(time_claim).transpose()?;
+        let exp = c.get("exp").map(time_claim).transpose()?;
+        let iat = c.get("iat").map(time_claim).transpose()?;
+        let horizon = now.saturating_add(self.leeway);
+        if nbf.is_some_and(|nbf| nbf > horizon) {
+            return Err(AuthError::NotYetValid);
         }
-        let exp = num("exp")?.ok_or(AuthError::MissingExp)?;
-        if exp + self.leeway <= now {
+        let exp = exp.ok_or(AuthError::MissingExp)?;
+        if exp.saturating_add(self.leeway) <= now {
             return Err(AuthError::Expired);
         }
-        if let Some(iat) = num("iat")? {
-            if iat > now + self.leeway {
-                return Err(AuthError::NotYetValid);
-            }
+        if iat.is_some_and(|iat| iat > horizon) {
+            return Err(AuthError::NotYetValid);
         }
         match c.get("iss").and_then(Value::as_str) {
             Some(iss) if issuer_matches(iss, &self.project_id) => {}
@@ -281,7 +284,7 @@ impl Verifier {
         if !ok {
             return Err(AuthError::WrongAudience);
         }
-        Ok(())
+        Ok(exp)
     }
 
     /// Verified sessions currently remembered (for metrics).
@@ -312,6 +315,35 @@ pub fn issuer_matches(iss: &str, project_id: &str) -> bool {
     (n >= 1 && segs[n - 1] == project_id) || (n >= 2 && segs[n - 2] == project_id)
 }
 
+/// The latest time claim accepted: 9999-12-31T23:59:59Z.
+pub const MAX_TIME_CLAIM: u64 = 253_402_300_799;
+
+/// A NumericDate claim as whole seconds: integers 0..=[`MAX_TIME_CLAIM`], or a non-negative float
+/// in that range (floored). Negative, larger, or not a number: malformed.
+fn time_claim(v: &Value) -> Result<u64, AuthError> {
+    const OUT_OF_RANGE: AuthError = AuthError::Malformed("time claim out of range");
+    let Value::Number(n) = v else {
+        return Err(AuthError::Malformed("time claim is not a number"));
+    };
+    if let Some(u) = n.as_u64() {
+        return if u <= MAX_TIME_CLAIM {
+            Ok(u)
+        } else {
+            Err(OUT_OF_RANGE)
+        };
+    }
+    if n.is_i64() {
+        return Err(OUT_OF_RANGE); // a negative integer
+    }
+    match n.as_f64() {
+        // The range check on the float comes first, so the cast below cannot saturate or wrap.
+        Some(f) if f.is_finite() && (0.0..=MAX_TIME_CLAIM as f64).contains(&f) => {
+            Ok(f.floor() as u64)
+        }
+        _ => Err(OUT_OF_RANGE),
+    }
+}
+
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -322,6 +354,138 @@ fn now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    const NOW: u64 = 1_700_000_000;
+
+    fn verifier(leeway: u64) -> Verifier {
+        let cfg = crate::config::Config::parse(
+            "descope: {project_id: P2t, jwks_url: 'http://127.0.0.1:1/k'}\n\
+             connectors: {ext: {type: claim}}\n\
+             routes: [{upstream: 'http://127.0.0.1:3000', connector: ext}]\n",
+            &|_| None,
+        )
+        .unwrap();
+        let keys = Arc::new(KeyStore::new(&cfg.descope, reqwest::Client::new()));
+        let mut v = Verifier::new(&cfg.descope, keys, 4096, 10);
+        v.leeway = leeway;
+        v
+    }
+
+    fn claims(times: &[(&str, Value)]) -> Map<String, Value> {
+        let mut c = Map::new();
+        c.insert("iss".into(), "P2t".into());
+        c.insert("exp".into(), (NOW + 60).into());
+        for (k, v) in times {
+            c.insert(k.to_string(), v.clone());
+        }
+        c
+    }
+
+    const OUT_OF_RANGE: AuthError = AuthError::Malformed("time claim out of range");
+
+    #[test]
+    fn time_claims_in_and_out_of_range() {
+        let v = verifier(5);
+        let check = |k: &str, val: Value| v.check_claims(&claims(&[(k, val)]), NOW);
+        for k in ["exp", "nbf", "iat"] {
+            for bad in [
+                json!(-1),
+                json!(i64::MIN),
+                json!(u64::MAX),
+                json!(MAX_TIME_CLAIM + 1),
+                json!(1e300),
+                json!(-0.5),
+                json!(f64::MAX),
+            ] {
+                assert_eq!(check(k, bad.clone()), Err(OUT_OF_RANGE), "{k}: {bad}");
+            }
+            assert_eq!(
+                check(k, json!("soon")),
+                Err(AuthError::Malformed("time claim is not a number"))
+            );
+        }
+        // Floats within range are floored.
+        assert_eq!(check("exp", json!((NOW + 60) as f64 + 0.9)), Ok(NOW + 60));
+        assert_eq!(check("nbf", json!(NOW as f64 + 5.99)), Ok(NOW + 60));
+        assert_eq!(
+            check("nbf", json!(NOW as f64 + 6.0)),
+            Err(AuthError::NotYetValid)
+        );
+        // The last second of year 9999 is a valid exp; the leeway cannot overflow with it.
+        let far = verifier(u64::MAX);
+        let c = claims(&[
+            ("exp", json!(MAX_TIME_CLAIM)),
+            ("nbf", json!(MAX_TIME_CLAIM)),
+        ]);
+        assert_eq!(far.check_claims(&c, MAX_TIME_CLAIM), Ok(MAX_TIME_CLAIM));
+        assert_eq!(far.check_claims(&c, u64::MAX), Err(AuthError::Expired));
+        // Expiry with the leeway, at the edges.
+        let c = claims(&[("exp", json!(NOW - 5))]);
+        assert_eq!(v.check_claims(&c, NOW), Err(AuthError::Expired));
+        let c = claims(&[("exp", json!(NOW - 4))]);
+        assert_eq!(v.check_claims(&c, NOW), Ok(NOW - 4));
+        // An out-of-range claim is malformed even when another claim would fail first.
+        let c = claims(&[("exp", json!(0)), ("iat", json!(-1))]);
+        assert_eq!(v.check_claims(&c, NOW), Err(OUT_OF_RANGE));
+    }
+
+    /// Any JSON number: integers of every width, floats of every magnitude.
+    fn number() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            (0..=MAX_TIME_CLAIM + 10).prop_map(Value::from),
+            any::<f64>().prop_map(Value::from), // NaN and infinities become null
+            (-1e20f64..1e20).prop_map(Value::from),
+            (0.0..=(MAX_TIME_CLAIM as f64) * 1.01).prop_map(Value::from),
+        ]
+    }
+
+    fn in_range(v: &Value) -> bool {
+        match v {
+            Value::Number(n) => match (n.as_u64(), n.as_f64()) {
+                (Some(u), _) => u <= MAX_TIME_CLAIM,
+                (None, Some(f)) => !n.is_i64() && (0.0..=MAX_TIME_CLAIM as f64).contains(&f),
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn check_claims_never_panics(
+            exp in proptest::option::of(number()),
+            nbf in proptest::option::of(number()),
+            iat in proptest::option::of(number()),
+            leeway in any::<u64>(),
+            now in prop_oneof![Just(NOW), any::<u64>()],
+        ) {
+            let v = verifier(leeway);
+            let mut c = claims(&[]);
+            c.remove("exp");
+            for (k, val) in [("exp", &exp), ("nbf", &nbf), ("iat", &iat)] {
+                if let Some(val) = val {
+                    c.insert(k.into(), val.clone());
+                }
+            }
+            let r = v.check_claims(&c, now);
+            let present: Vec<&Value> = [&exp, &nbf, &iat].into_iter().flatten().collect();
+            if present.iter().any(|v| !in_range(v)) {
+                prop_assert!(
+                    matches!(r, Err(AuthError::Malformed(_))),
+                    "{c:?} gave {r:?}"
+                );
+            } else if let Ok(e) = r {
+                prop_assert!(e <= MAX_TIME_CLAIM);
+                prop_assert!(exp.is_some());
+            }
+        }
+    }
 
     #[test]
     fn issuer_rule() {
