@@ -3,7 +3,7 @@
 # components a user has: PyJWT, PostgreSQL with Supabase-style roles and RLS, firebase-admin and the
 # Firebase Auth emulator. See tests/interop/README.md.
 #
-# Idempotent: installs only what is missing (PostgreSQL from Debian packages, a Python venv in
+# Idempotent: installs only what is missing (PostgreSQL and nginx-light from Debian packages, a Python venv in
 # tests/interop/.venv, firebase-tools in tests/interop/node_modules), builds the gateway (debug),
 # starts a throwaway PostgreSQL cluster and the Auth emulator on loopback ports, runs pytest, and
 # stops what it started on exit. Exit code = pytest's.
@@ -13,6 +13,8 @@
 #   INTEROP_SKIP_BUILD=1    don't run cargo build (use the existing target/debug/extoken)
 #   INTEROP_KEEP_TMP=1      keep the temp dir (logs of postgres, the emulator, the gateways)
 #   PYTEST_ARGS="..."       extra pytest arguments (e.g. "-k supabase -x")
+#   INTEROP_NGINX_BIN=path  nginx for the differential test (default: nginx on PATH or /usr/sbin,
+#                           else apt-get install nginx-light)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -62,6 +64,26 @@ if [ -z "$PG_BIN" ]; then
   [ -n "$PG_BIN" ] || die "PostgreSQL installed but initdb/pg_ctl not found"
 fi
 log "PostgreSQL: $PG_BIN ($("$PG_BIN/postgres" --version))"
+
+# ---------------------------------------------------------------- nginx (differential test)
+# test_nginx_differential.py starts its own nginx from this binary; it is required (a missing nginx
+# fails the run, it never skips the test).
+find_nginx() {
+  local c
+  for c in "$(command -v nginx 2>/dev/null || true)" /usr/sbin/nginx; do
+    if [ -n "$c" ] && [ -x "$c" ]; then echo "$c"; return 0; fi
+  done
+  return 1
+}
+NGINX_BIN="${INTEROP_NGINX_BIN:-$(find_nginx || true)}"
+if [ -z "$NGINX_BIN" ]; then
+  apt_install nginx-light
+  NGINX_BIN="$(find_nginx || true)"
+  [ -n "$NGINX_BIN" ] || die "nginx-light installed but no nginx binary found"
+fi
+NGINX_VERSION="$("$NGINX_BIN" -v 2>&1)" || die "$NGINX_BIN does not run: $NGINX_VERSION"
+export INTEROP_NGINX_BIN="$NGINX_BIN"
+log "nginx: $NGINX_BIN ($NGINX_VERSION)"
 
 # ---------------------------------------------------------------- Python venv
 PY="${PYTHON:-}"
