@@ -387,8 +387,9 @@ def origin_paths() -> dict[str, bool]:
         "/public/%%32e%%32e/api/x": True, "/public/%2e%2/api": True,
         # climbing above /
         "/..": True, "/../": True, "/a/../..": True, "/%2e%2e": True, "/api/../../x": True,
-        # a fragment is not part of an origin-form target
-        "/public/x#/../../api/x": True,
+        # a fragment is not part of a request target: pingora drops it before extoken routes, so
+        # the backend gets /public/x (never the /api/x the fragment spells)
+        "/public/x#/../../api/x": False,
     })
     return p
 
@@ -485,7 +486,7 @@ def canonical_path(path: str) -> str:
 
 def canonical_request(case: Case) -> tuple[str, str | None]:
     """(target, Host) the backend should receive for an accepted case (Host None: not checked)."""
-    target, host = case.target, case.host
+    target, host = case.target.split("#")[0], case.host
     m = re.match(r"(?i)https?://([^/?]*)(.*)", target)
     if m:
         host, target = m[1], m[2] or "/"
