@@ -73,6 +73,7 @@ impl Answer {
                 &format!("connector {connector} is unavailable"),
                 "connector_unavailable",
             ),
+            ExchangeError::Forbidden { .. } => Self::forbidden(&e.to_string()),
         }
     }
 

@@ -72,6 +72,10 @@ pub struct SupabaseConfig {
     pub kid: Option<String>,
     #[serde(default = "d_authenticated")]
     pub role: String,
+    /// The roles a token may carry: the static `role`, and any role a `claims:` mapping takes
+    /// from the session (a session naming another role is refused, 403).
+    #[serde(default = "d_allowed_roles")]
+    pub allowed_roles: Vec<String>,
     #[serde(default = "d_authenticated")]
     pub audience: String,
     #[serde(default = "d_hour")]
@@ -87,6 +91,9 @@ pub struct SupabaseConfig {
 
 fn d_authenticated() -> String {
     "authenticated".into()
+}
+fn d_allowed_roles() -> Vec<String> {
+    vec!["authenticated".into(), "anon".into()]
 }
 fn d_hour() -> Dur {
     Dur::secs(3600)
@@ -313,6 +320,12 @@ impl ConnectorConfig {
                         "must not be empty",
                     ));
                 }
+                if !c.allowed_roles.contains(&c.role) {
+                    return Err(ConfigError::key(
+                        format!("{path}.role"),
+                        format!("{:?} is not in allowed_roles {:?}", c.role, c.allowed_roles),
+                    ));
+                }
                 if uuid::Uuid::parse_str(&c.uuid_namespace).is_err() {
                     return Err(ConfigError::key(
                         format!("{path}.uuid_namespace"),
@@ -390,6 +403,28 @@ impl ConnectorConfig {
             }
         }
         Ok(())
+    }
+
+    /// The settings as text for the connector cache's fingerprint, without the file paths: what a
+    /// connector mints with is the files' contents (hashed separately, as loaded), not where they
+    /// lie. Holds secrets: only ever hashed, never logged.
+    pub fn settings_without_paths(&self) -> String {
+        let mut c = self.clone();
+        match &mut c {
+            ConnectorConfig::Supabase(s) => {
+                if let Some(p) = &mut s.signing_key {
+                    *p = PathBuf::new();
+                }
+            }
+            ConnectorConfig::Firebase(f) => {
+                if let Some(p) = &mut f.service_account_file {
+                    *p = PathBuf::new();
+                }
+            }
+            ConnectorConfig::Jwt(j) => j.key_file = PathBuf::new(),
+            ConnectorConfig::Claim(_) | ConnectorConfig::Http(_) => {}
+        }
+        format!("{c:?}")
     }
 
     /// Key files are relative to the config file's directory.

@@ -512,3 +512,35 @@ fn relative_paths_resolve_against_the_config_directory() {
     );
     assert_eq!(cfg.pid_file, Some(dir.path().join("run/extoken.pid")));
 }
+
+/// MINIMAL with connector `sb` of type supabase: `jwt_secret` plus `extra` (flow-mapping entries).
+fn supabase(extra: &str) -> String {
+    MINIMAL.replace(
+        "ext: {type: claim}",
+        &format!("ext: {{type: claim}}\n  sb: {{type: supabase, jwt_secret: s{extra}}}"),
+    )
+}
+
+#[test]
+fn supabase_allowed_roles_default_and_static_role_check() {
+    let c = parse(&supabase("")).unwrap();
+    match &c.connectors["sb"] {
+        ConnectorConfig::Supabase(s) => {
+            assert_eq!(s.role, "authenticated");
+            assert_eq!(s.allowed_roles, ["authenticated", "anon"]);
+        }
+        other => panic!("not supabase: {other:?}"),
+    }
+    assert!(parse(&supabase(", role: anon")).is_ok());
+    assert!(parse(&supabase(", role: staff, allowed_roles: [staff]")).is_ok());
+    for bad in [
+        ", role: service_role",
+        ", role: supabase_admin",
+        ", allowed_roles: [anon]",
+        ", allowed_roles: []",
+    ] {
+        let (path, msg) = key_err(&supabase(bad));
+        assert_eq!(path, "connectors.sb.role", "{bad}");
+        assert!(msg.contains("allowed_roles"), "{bad}: {msg}");
+    }
+}

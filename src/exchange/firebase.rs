@@ -40,13 +40,15 @@ pub struct Firebase {
 }
 
 impl Firebase {
+    /// The connector, and the bytes of its `service_account_file` if it has one (for the cache
+    /// fingerprint; a `service_account_json` is in the settings already).
     pub fn build(
         name: &str,
         path: &str,
         c: &FirebaseConfig,
         client: reqwest::Client,
-    ) -> Result<Firebase, ConfigError> {
-        let (key, text) = match (&c.service_account_file, &c.service_account_json) {
+    ) -> Result<(Firebase, Vec<u8>), ConfigError> {
+        let (key, text, from_file) = match (&c.service_account_file, &c.service_account_json) {
             (Some(f), _) => (
                 format!("{path}.service_account_file"),
                 std::fs::read_to_string(f).map_err(|e| {
@@ -55,8 +57,9 @@ impl Firebase {
                         format!("cannot read {}: {e}", f.display()),
                     )
                 })?,
+                true,
             ),
-            (None, Some(j)) => (format!("{path}.service_account_json"), j.clone()),
+            (None, Some(j)) => (format!("{path}.service_account_json"), j.clone(), false),
             (None, None) => {
                 return Err(ConfigError::key(
                     format!("{path}.service_account_file"),
@@ -70,7 +73,7 @@ impl Firebase {
             .map_err(|m| ConfigError::key(key, format!("private_key: {m}")))?;
         let base = c.identity_toolkit_url.trim_end_matches('/');
         let api_key = c.api_key.clone().unwrap_or_default();
-        Ok(Firebase {
+        let connector = Firebase {
             name: name.to_string(),
             signer,
             client_email: sa.client_email,
@@ -80,7 +83,15 @@ impl Firebase {
             claims: c.claims.clone(),
             client,
             timeout: c.timeout.0,
-        })
+        };
+        Ok((
+            connector,
+            if from_file {
+                text.into_bytes()
+            } else {
+                Vec::new()
+            },
+        ))
     }
 
     /// The custom token for `uid` with developer `claims` (omitted when empty, as firebase-admin does).

@@ -23,30 +23,32 @@ pub struct JwtConnector {
 }
 
 impl JwtConnector {
+    /// The connector, and the bytes of its key file (for the cache fingerprint).
     pub fn build(
         name: &str,
         path: &str,
         c: &JwtConnectorConfig,
-    ) -> Result<JwtConnector, ConfigError> {
+    ) -> Result<(JwtConnector, Vec<u8>), ConfigError> {
         let alg = match c.algorithm {
             JwtAlgorithm::RS256 => Algorithm::RS256,
             JwtAlgorithm::ES256 => Algorithm::ES256,
             JwtAlgorithm::EdDSA => Algorithm::EdDSA,
         };
-        let signer = Signer::from_file(&c.key_file, c.kid.clone(), &[alg])
+        let (signer, loaded) = Signer::from_file(&c.key_file, c.kid.clone(), &[alg])
             .map_err(|m| ConfigError::key(format!("{path}.key_file"), m))?;
         let audience = c.audience.as_ref().map(|a| match a.to_vec().as_slice() {
             [one] => Value::String(one.clone()),
             many => json!(many),
         });
-        Ok(JwtConnector {
+        let connector = JwtConnector {
             name: name.to_string(),
             signer,
             issuer: c.issuer.clone(),
             audience,
             expires_in: c.expires_in.0,
             claims: c.claims.clone(),
-        })
+        };
+        Ok((connector, loaded))
     }
 }
 

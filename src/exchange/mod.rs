@@ -70,6 +70,10 @@ pub enum ExchangeError {
     /// The session's claim exists but cannot be used (not a header-safe token, too long, ...).
     #[error("session's {claim} claim is not usable")]
     InvalidClaim { claim: String },
+    /// The connector refuses this session (a 403): what the session asks for breaks a rule of the
+    /// connector's config. `rule` names what was refused (e.g. `role`), never the session's value.
+    #[error("{rule} is not allowed by connector {connector}")]
+    Forbidden { connector: String, rule: String },
     /// The connector could not produce a token now (a 503: retry later). `reason` is for logs.
     #[error("connector {connector} is unavailable: {reason}")]
     Unavailable { connector: String, reason: String },
@@ -157,22 +161,35 @@ impl Mint for Instrumented {
 struct Named {
     name: Arc<str>,
     kind: Kind,
-    /// SHA-256 of the connector's settings (secrets included, so only ever hashed).
+    /// The connector's [`fingerprint`]: part of every cache key, so a token minted under other
+    /// settings or another key is never served.
     settings: [u8; 32],
 }
 
 impl Named {
-    fn new(name: &str, kind: Kind, cfg: &ConnectorConfig) -> Named {
-        let mut settings = [0u8; 32];
-        let d =
-            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, format!("{cfg:?}").as_bytes());
-        settings.copy_from_slice(d.as_ref());
+    fn new(name: &str, kind: Kind, cfg: &ConnectorConfig, loaded: &[u8]) -> Named {
         Named {
             name: name.into(),
             kind,
-            settings,
+            settings: fingerprint(cfg, loaded),
         }
     }
+}
+
+/// SHA-256 of what a connector mints with: its settings (secrets included, so only ever hashed)
+/// without file paths, and the bytes of the files it loaded (key files, service accounts), as the
+/// builder read them. A key file replaced in place changes it; the same key at another path does
+/// not.
+fn fingerprint(cfg: &ConnectorConfig, loaded: &[u8]) -> [u8; 32] {
+    let settings = cfg.settings_without_paths();
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for part in [settings.as_bytes(), loaded] {
+        ctx.update(&(part.len() as u64).to_be_bytes());
+        ctx.update(part);
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
 }
 
 /// The token a request gets, and the cache key to forget it by if the upstream refuses it.
@@ -202,20 +219,24 @@ impl Connectors {
         let mut public = vec![];
         for (name, c) in &cfg.connectors {
             let path = format!("connectors.{name}");
-            let minting: Arc<dyn Mint> = match c {
+            fn minting<T: Mint + 'static>((m, loaded): (T, Vec<u8>)) -> (Arc<dyn Mint>, Vec<u8>) {
+                (Arc::new(m), loaded)
+            }
+            let (minting, loaded) = match c {
                 ConnectorConfig::Claim(claim) => {
                     let kind = Kind::Claim(ClaimConnector::new(claim.claim.clone()));
-                    by_name.insert(name.clone(), Named::new(name, kind, c));
+                    by_name.insert(name.clone(), Named::new(name, kind, c, &[]));
                     continue;
                 }
-                ConnectorConfig::Supabase(c) => Arc::new(Supabase::build(name, &path, c)?),
+                ConnectorConfig::Supabase(c) => minting(Supabase::build(name, &path, c)?),
                 ConnectorConfig::Firebase(c) => {
-                    Arc::new(Firebase::build(name, &path, c, client.clone())?)
+                    minting(Firebase::build(name, &path, c, client.clone())?)
                 }
-                ConnectorConfig::Http(c) => {
-                    Arc::new(HttpConnector::build(name, &path, c, client.clone())?)
-                }
-                ConnectorConfig::Jwt(c) => Arc::new(JwtConnector::build(name, &path, c)?),
+                ConnectorConfig::Http(c) => minting((
+                    HttpConnector::build(name, &path, c, client.clone())?,
+                    Vec::new(),
+                )),
+                ConnectorConfig::Jwt(c) => minting(JwtConnector::build(name, &path, c)?),
             };
             let kind = Kind::Minting(Arc::new(Instrumented {
                 name: name.clone(),
@@ -224,7 +245,7 @@ impl Connectors {
             if let Kind::Minting(m) = &kind {
                 public.extend(m.public_jwk());
             }
-            let named = Named::new(name, kind, c);
+            let named = Named::new(name, kind, c, &loaded);
             by_name.insert(name.clone(), named);
         }
         let jwks = (!public.is_empty()).then(|| {
@@ -303,5 +324,53 @@ mod tests {
         }
         let t = ExternalToken::new("secret").unwrap();
         assert!(!format!("{t:?}").contains("secret"));
+    }
+
+    /// The cache fingerprint of connector `c`, a `jwt` connector whose key is the file `key`.
+    fn jwt_fingerprint(key: &std::path::Path) -> [u8; 32] {
+        let yaml = format!(
+            "descope: {{project_id: P2t, jwks_url: 'http://127.0.0.1:1/k'}}\n\
+             connectors:\n  c: {{type: jwt, key_file: '{}', kid: k, issuer: 'https://gw'}}\n\
+             routes: [{{upstream: 'http://127.0.0.1:3000', connector: c}}]\n",
+            key.display()
+        );
+        let cfg = Config::parse(&yaml, &|_| None).unwrap();
+        let built = Connectors::build(&cfg, &reqwest::Client::new(), None).unwrap();
+        built.by_name["c"].settings
+    }
+
+    #[test]
+    fn fingerprint_covers_key_contents_not_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let (k1, k2) = (
+            crate::mint::generate_pem().unwrap(),
+            crate::mint::generate_pem().unwrap(),
+        );
+        let (a, b, c) = (
+            dir.path().join("a.pem"),
+            dir.path().join("b.pem"),
+            dir.path().join("c.pem"),
+        );
+        std::fs::write(&a, &k1).unwrap();
+        std::fs::write(&b, &k1).unwrap();
+        std::fs::write(&c, &k2).unwrap();
+        let fa = jwt_fingerprint(&a);
+        assert_eq!(fa, jwt_fingerprint(&b), "same key at another path");
+        assert_ne!(fa, jwt_fingerprint(&c), "another key");
+        // Replaced in place: same path, same settings, other contents.
+        std::fs::write(&a, &k2).unwrap();
+        assert_ne!(fa, jwt_fingerprint(&a));
+        assert_eq!(jwt_fingerprint(&a), jwt_fingerprint(&c));
+    }
+
+    #[test]
+    fn fingerprint_covers_settings_and_loaded_bytes_unambiguously() {
+        let cfg: ConnectorConfig =
+            serde_yaml::from_str("{type: supabase, jwt_secret: s1}").unwrap();
+        let other: ConnectorConfig =
+            serde_yaml::from_str("{type: supabase, jwt_secret: s2}").unwrap();
+        assert_ne!(fingerprint(&cfg, b""), fingerprint(&other, b""));
+        assert_ne!(fingerprint(&cfg, b""), fingerprint(&cfg, b"x"));
+        assert_eq!(fingerprint(&cfg, b"x"), fingerprint(&cfg, b"x"));
     }
 }

@@ -37,21 +37,33 @@ impl Signer {
 
     /// A private key file: PEM (PKCS#8, PKCS#1 or SEC1) or a private JWK (EC P-256). `want`
     /// lists the algorithms acceptable for this connector, in order of preference.
+    /// Also returns the exact bytes the key was made from (read once), for the connector's cache
+    /// fingerprint: a key file replaced in place then changes the fingerprint on reload.
     pub fn from_file(
         path: &Path,
         kid: Option<String>,
         want: &[Algorithm],
-    ) -> Result<Signer, String> {
+    ) -> Result<(Signer, Vec<u8>), String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let signer = Self::from_text(&text, path, kid, want)?;
+        Ok((signer, text.into_bytes()))
+    }
+
+    fn from_text(
+        text: &str,
+        path: &Path,
+        kid: Option<String>,
+        want: &[Algorithm],
+    ) -> Result<Signer, String> {
         if text.trim_start().starts_with('{') {
-            return Self::from_private_jwk(&text, kid, want);
+            return Self::from_private_jwk(text, kid, want);
         }
         for &alg in want {
             let key = match alg {
                 Algorithm::RS256 => EncodingKey::from_rsa_pem(text.as_bytes()),
                 Algorithm::ES256 => {
-                    EncodingKey::from_ec_pem(text.as_bytes()).or_else(|e| sec1_p256(&text).ok_or(e))
+                    EncodingKey::from_ec_pem(text.as_bytes()).or_else(|e| sec1_p256(text).ok_or(e))
                 }
                 Algorithm::EdDSA => EncodingKey::from_ed_pem(text.as_bytes()),
                 _ => continue,

@@ -20,6 +20,7 @@ pub struct Supabase {
     name: String,
     signer: Signer,
     role: String,
+    allowed_roles: Vec<String>,
     audience: String,
     expires_in: Duration,
     issuer: Option<String>,
@@ -29,9 +30,15 @@ pub struct Supabase {
 }
 
 impl Supabase {
-    pub fn build(name: &str, path: &str, c: &SupabaseConfig) -> Result<Supabase, ConfigError> {
-        let signer = match (&c.jwt_secret, &c.signing_key) {
-            (Some(secret), _) => Signer::hs256(secret),
+    /// The connector, and the bytes of its `signing_key` file if it has one (for the cache
+    /// fingerprint; a `jwt_secret` is in the settings already).
+    pub fn build(
+        name: &str,
+        path: &str,
+        c: &SupabaseConfig,
+    ) -> Result<(Supabase, Vec<u8>), ConfigError> {
+        let (signer, loaded) = match (&c.jwt_secret, &c.signing_key) {
+            (Some(secret), _) => (Signer::hs256(secret), Vec::new()),
             (None, Some(file)) => {
                 Signer::from_file(file, c.kid.clone(), &[Algorithm::ES256, Algorithm::RS256])
                     .map_err(|m| ConfigError::key(format!("{path}.signing_key"), m))?
@@ -40,17 +47,19 @@ impl Supabase {
         };
         let namespace = uuid::Uuid::parse_str(&c.uuid_namespace)
             .map_err(|_| ConfigError::key(format!("{path}.uuid_namespace"), "not a UUID"))?;
-        Ok(Supabase {
+        let connector = Supabase {
             name: name.to_string(),
             signer,
             role: c.role.clone(),
+            allowed_roles: c.allowed_roles.clone(),
             audience: c.audience.clone(),
             expires_in: c.expires_in.0,
             issuer: c.issuer.clone(),
             sub_mode: c.sub_mode,
             namespace,
             claims: c.claims.clone(),
-        })
+        };
+        Ok((connector, loaded))
     }
 
     /// The `sub` for a Descope user id.
@@ -64,12 +73,28 @@ impl Supabase {
 
 #[async_trait::async_trait]
 impl Mint for Supabase {
+    /// Refuses (403) a session whose mapped `role` is not one of `allowed_roles`: a session must
+    /// not be able to name `service_role` or `supabase_admin` and get an admin token. Refused
+    /// here, before the cache: nothing is minted or remembered for it.
     fn inputs(&self, s: &Session, _req: RequestInfo<'_>) -> Result<Value, ExchangeError> {
+        let uid = user_id(s)?;
+        let mapped = mapped(&s.claims, &self.claims);
+        if let Some(role) = mapped.get("role") {
+            let allowed = role
+                .as_str()
+                .is_some_and(|r| self.allowed_roles.iter().any(|a| a == r));
+            if !allowed {
+                return Err(ExchangeError::Forbidden {
+                    connector: self.name.clone(),
+                    rule: "role".into(),
+                });
+            }
+        }
         Ok(json!({
-            "uid": user_id(s)?,
+            "uid": uid,
             "email": s.claims.get("email"),
             "phone": s.claims.get("phone"),
-            "mapped": mapped(&s.claims, &self.claims),
+            "mapped": mapped,
         }))
     }
 
@@ -97,5 +122,64 @@ impl Mint for Supabase {
             merge(&mut c, m.clone());
         }
         self.signer.mint(&self.name, &c, self.expires_in)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connector(extra: &str) -> Supabase {
+        let cfg: SupabaseConfig = serde_yaml::from_str(&format!(
+            "{{jwt_secret: s, claims: {{role: app_role}}{extra}}}"
+        ))
+        .unwrap();
+        Supabase::build("sb", "connectors.sb", &cfg).unwrap().0
+    }
+
+    fn inputs(c: &Supabase, app_role: Option<Value>) -> Result<Value, ExchangeError> {
+        let mut claims = Map::new();
+        claims.insert("sub".into(), "U2x".into());
+        if let Some(r) = app_role {
+            claims.insert("app_role".into(), r);
+        }
+        let s = Session::for_test(claims);
+        let req = RequestInfo {
+            route: "r",
+            method: "GET",
+            path: "/",
+        };
+        c.inputs(&s, req)
+    }
+
+    #[test]
+    fn mapped_role_must_be_allowed() {
+        let c = connector("");
+        let forbidden = ExchangeError::Forbidden {
+            connector: "sb".into(),
+            rule: "role".into(),
+        };
+        let refused = Err(forbidden.clone());
+        for bad in [
+            json!("service_role"),
+            json!("supabase_admin"),
+            json!(["authenticated"]),
+            json!({"x": "authenticated"}),
+            json!(null),
+            json!("Authenticated"),
+        ] {
+            assert_eq!(inputs(&c, Some(bad.clone())), refused, "{bad}");
+        }
+        for good in ["authenticated", "anon"] {
+            let i = inputs(&c, Some(json!(good))).unwrap();
+            assert_eq!(i["mapped"]["role"], good);
+        }
+        // No such claim in the session: the static role applies.
+        assert!(inputs(&c, None).unwrap()["mapped"].get("role").is_none());
+        // A configured list replaces the default.
+        let c = connector(", role: staff, allowed_roles: [staff, auditor]");
+        assert!(inputs(&c, Some(json!("auditor"))).is_ok());
+        assert_eq!(inputs(&c, Some(json!("authenticated"))), refused);
+        assert_eq!(forbidden.to_string(), "role is not allowed by connector sb");
     }
 }
