@@ -61,7 +61,7 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Fixture {
-        extoken::server::install_crypto_provider();
+        extoken::gateway::install_crypto_provider();
         let pool: usize = std::env::var("HOT_PATH_POOL")
             .ok()
             .and_then(|v| v.parse().ok())

@@ -17,24 +17,26 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use pingora::services::listening::Service;
 
+use crate::drain::Drain;
 use crate::gateway::Gateway;
 use crate::metrics::metrics;
 
 pub struct Admin {
     state: Arc<ArcSwap<Gateway>>,
+    drain: Drain,
 }
 
 /// The admin service on `addr` (one thread: it serves probes and scrapes).
-pub fn service(addr: &str, state: Arc<ArcSwap<Gateway>>) -> Service<Admin> {
-    let mut svc = Service::new("admin".to_string(), Admin { state });
+pub fn service(addr: &str, state: Arc<ArcSwap<Gateway>>, drain: Drain) -> Service<Admin> {
+    let mut svc = Service::new("admin".to_string(), Admin { state, drain });
     svc.threads = Some(1);
     svc.add_tcp(addr);
     svc
 }
 
 /// `Ok(())` when ready, else why not (one line).
-pub fn readiness(gw: &Gateway) -> Result<(), String> {
-    if crate::lifecycle::shutting_down() {
+pub fn readiness(gw: &Gateway, drain: &Drain) -> Result<(), String> {
+    if drain.draining() {
         return Err("shutting down".into());
     }
     let keys = &gw.verifier.keys;
@@ -87,7 +89,7 @@ impl ServeHttp for Admin {
         }
         match req.uri.path() {
             "/healthz" => text(200, "ok\n", "text/plain; charset=utf-8"),
-            "/readyz" => match readiness(&self.state.load()) {
+            "/readyz" => match readiness(&self.state.load(), &self.drain) {
                 Ok(()) => text(200, "ready\n", "text/plain; charset=utf-8"),
                 Err(why) => text(
                     503,
@@ -116,7 +118,7 @@ mod tests {
     use crate::verify::KeyStore;
 
     fn gateway() -> Gateway {
-        crate::server::install_crypto_provider();
+        crate::gateway::install_crypto_provider();
         let c = Config::parse(
             "descope: {project_id: P2x, jwks_url: 'http://127.0.0.1:1/k', jwks_refresh: 1m}\n\
              keys_max_age: 10m\nconnectors: {ext: {type: claim}}\n\
@@ -131,7 +133,7 @@ mod tests {
     #[test]
     fn readiness_follows_key_age() {
         let gw = gateway();
-        let err = readiness(&gw).unwrap_err();
+        let err = readiness(&gw, &Drain::default()).unwrap_err();
         assert!(err.contains("not loaded"), "{err}");
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -139,14 +141,18 @@ mod tests {
             .as_secs();
         let last = &gw.verifier.keys.stats.last_success;
         last.store(now - 60, Ordering::Relaxed);
-        assert_eq!(readiness(&gw), Ok(()));
+        assert_eq!(readiness(&gw, &Drain::default()), Ok(()));
         last.store(now - 3600, Ordering::Relaxed);
-        let err = readiness(&gw).unwrap_err();
+        let err = readiness(&gw, &Drain::default()).unwrap_err();
         assert!(
             err.contains("3600s old") && err.contains("keys_max_age 10m"),
             "{err}"
         );
         last.store(now, Ordering::Relaxed);
-        assert_eq!(readiness(&gw), Ok(()), "ready again when keys return");
+        assert_eq!(
+            readiness(&gw, &Drain::default()),
+            Ok(()),
+            "ready again when keys return"
+        );
     }
 }

@@ -132,6 +132,27 @@ impl Answer {
         }
     }
 
+    /// What pingora could not do (handed to `fail_to_proxy`): `status` is pingora's choice (502
+    /// for an upstream failure, 4xx for a bad request, 500 otherwise); `outcome` the metric word.
+    pub fn proxy_failure(status: u16, outcome: &'static str) -> Answer {
+        let (error, description) = match status {
+            502 | 504 => ("bad_gateway", "the upstream could not be reached or failed"),
+            400..=499 => ("bad_request", "the request could not be processed"),
+            _ => (
+                "internal_error",
+                "the gateway failed to process the request",
+            ),
+        };
+        Answer {
+            status,
+            www_authenticate: None,
+            retry_after: None,
+            body: json_body(error, description),
+            outcome,
+            reason: error,
+        }
+    }
+
     pub fn no_route() -> Answer {
         Answer {
             status: 404,

@@ -84,6 +84,7 @@ impl Gateway {
     }
 
     /// The HTTP client for JWKS and connectors: one pool for the process.
+    /// (Call [`install_crypto_provider`] first.)
     pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
         reqwest::Client::builder()
             .user_agent(concat!("extoken/", env!("CARGO_PKG_VERSION")))
@@ -141,6 +142,11 @@ impl Gateway {
     }
 }
 
+/// rustls is linked with two crypto providers (pingora's and ours); name the process default once.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,7 +160,7 @@ mod tests {
     }
 
     fn gateway() -> Gateway {
-        crate::server::install_crypto_provider();
+        install_crypto_provider();
         let c = cfg("");
         let keys = Arc::new(KeyStore::new(&c.descope, Gateway::http_client().unwrap()));
         Gateway::build(c, keys).unwrap()

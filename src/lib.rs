@@ -13,6 +13,7 @@ pub mod admin;
 pub mod answer;
 pub mod config;
 pub mod demo;
+pub mod drain;
 pub mod exchange;
 pub mod extract;
 pub mod gateway;

@@ -12,62 +12,22 @@
 //!   `shutdown_grace` after the signal. SIGINT exits at once.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use pingora::server::{RunArgs, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
-use pingora::services::background::{background_service, BackgroundService};
+use pingora::server::{ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
+use pingora::services::background::BackgroundService;
 use tokio::signal::unix::{signal, SignalKind};
 
+use tokio::sync::Notify;
+
 use crate::config::{Config, ConfigError, EMBEDDED_DEFAULT};
+use crate::drain::Drain;
 use crate::gateway::Gateway;
 use crate::metrics::metrics;
-use crate::server::Built;
-
-static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
-static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
-
-/// Counts a request as in flight for as long as it lives (one per proxied request).
-pub struct InFlight(());
-
-impl InFlight {
-    pub fn new() -> InFlight {
-        IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
-        InFlight(())
-    }
-}
-
-impl Default for InFlight {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// Requests being processed now.
-pub fn in_flight() -> usize {
-    IN_FLIGHT.load(Ordering::SeqCst)
-}
-
-/// True from the moment SIGTERM arrived.
-pub fn shutting_down() -> bool {
-    SHUTTING_DOWN.load(Ordering::SeqCst)
-}
-
-/// While draining, answers say `Connection: close` so keep-alive clients reconnect elsewhere.
-pub fn close_if_draining(session: &mut pingora::proxy::Session) {
-    if shutting_down() {
-        session.set_keepalive(None);
-    }
-}
+use crate::telemetry::LogLevel;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LifecycleError {
@@ -96,14 +56,39 @@ pub struct Signals {
     delay: Duration,
     grace: Duration,
     pid_file: Option<PathBuf>,
+    drain: Drain,
 }
 
 impl Signals {
-    pub fn new(cfg: &Config) -> Signals {
+    pub fn new(cfg: &Config, drain: Drain) -> Signals {
         Signals {
             delay: cfg.shutdown_delay.0,
             grace: cfg.shutdown_grace.0,
             pid_file: cfg.pid_file.clone(),
+            drain,
+        }
+    }
+
+    /// pingora sleeps its whole grace period; a watcher thread exits the process as soon as
+    /// nothing is in flight (or lets pingora finish at the deadline).
+    fn exit_when_drained(&self, deadline: Instant) {
+        let (drain, pid_file) = (self.drain.clone(), self.pid_file.clone());
+        let spawned = std::thread::Builder::new()
+            .name("extoken-drain".into())
+            .spawn(move || {
+                // Let the listeners see the shutdown broadcast first.
+                std::thread::sleep(Duration::from_millis(200));
+                while Instant::now() < deadline {
+                    if drain.in_flight() == 0 {
+                        tracing::info!(target: "extoken::lifecycle", "no request in flight: exiting");
+                        remove_pid_file(pid_file.as_deref());
+                        std::process::exit(0);
+                    }
+                    std::thread::sleep(Duration::from_millis(25));
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(target: "extoken::lifecycle", "cannot watch the drain: {e}");
         }
     }
 }
@@ -142,10 +127,10 @@ impl ShutdownSignalWatch for Signals {
             }
         }
         let signalled = Instant::now();
-        SHUTTING_DOWN.store(true, Ordering::SeqCst);
+        self.drain.begin();
         tracing::info!(
             target: "extoken::lifecycle",
-            in_flight = in_flight(),
+            in_flight = self.drain.in_flight(),
             "shutting down: not ready; still accepting for {:?}, exiting within {:?}",
             self.delay,
             self.grace
@@ -159,47 +144,27 @@ impl ShutdownSignalWatch for Signals {
         }
         tracing::info!(
             target: "extoken::lifecycle",
-            in_flight = in_flight(),
+            in_flight = self.drain.in_flight(),
             "closing the listeners; waiting for requests in flight"
         );
-        let deadline = signalled + self.grace;
-        let pid_file = self.pid_file.clone();
-        // pingora sleeps its whole grace period; leave as soon as nothing is in flight.
-        let spawned = std::thread::Builder::new()
-            .name("extoken-drain".into())
-            .spawn(move || {
-                // Let the listeners see the shutdown broadcast first.
-                std::thread::sleep(Duration::from_millis(200));
-                while Instant::now() < deadline {
-                    if in_flight() == 0 {
-                        tracing::info!(target: "extoken::lifecycle", "no request in flight: exiting");
-                        remove_pid_file(pid_file.as_deref());
-                        std::process::exit(0);
-                    }
-                    std::thread::sleep(Duration::from_millis(25));
-                }
-            });
-        if let Err(e) = spawned {
-            tracing::warn!(target: "extoken::lifecycle", "cannot watch the drain: {e}");
-        }
+        self.exit_when_drained(signalled + self.grace);
         ShutdownSignal::GracefulTerminate
     }
 }
 
-/// Notified when a reload replaced the key store (the refresher then follows the new one).
-fn keys_swapped() -> &'static tokio::sync::Notify {
-    static N: OnceLock<tokio::sync::Notify> = OnceLock::new();
-    N.get_or_init(tokio::sync::Notify::new)
-}
-
-/// Keeps the current gateway's Descope keys fresh, following reloads that replace the key store.
+/// Keeps the current gateway's Descope keys fresh, following reloads that replace the key store
+/// (the reloader notifies `keys_swapped`).
 pub struct KeyRefresher {
     state: Arc<ArcSwap<Gateway>>,
+    keys_swapped: Arc<Notify>,
 }
 
 impl KeyRefresher {
-    pub fn new(state: Arc<ArcSwap<Gateway>>) -> KeyRefresher {
-        KeyRefresher { state }
+    pub fn new(state: Arc<ArcSwap<Gateway>>, keys_swapped: Arc<Notify>) -> KeyRefresher {
+        KeyRefresher {
+            state,
+            keys_swapped,
+        }
     }
 }
 
@@ -213,7 +178,7 @@ impl BackgroundService for KeyRefresher {
             tokio::select! {
                 _ = keys.run(rx) => return,
                 _ = shutdown.changed() => return,
-                _ = keys_swapped().notified() => continue,
+                _ = self.keys_swapped.notified() => continue,
             }
         }
     }
@@ -238,8 +203,11 @@ impl ConfigSource {
 
 /// Re-reads the config on SIGHUP.
 pub struct Reloader {
-    state: Arc<ArcSwap<Gateway>>,
-    source: ConfigSource,
+    pub state: Arc<ArcSwap<Gateway>>,
+    pub source: ConfigSource,
+    pub keys_swapped: Arc<Notify>,
+    /// The log filter to apply `log.level` to (none when the process has no subscriber of ours).
+    pub log: Option<LogLevel>,
 }
 
 #[async_trait]
@@ -251,7 +219,7 @@ impl BackgroundService for Reloader {
         loop {
             tokio::select! {
                 _ = hup.recv() => {
-                    let _ = reload(&self.state, &self.source).await;
+                    let _ = self.reload().await;
                 }
                 _ = shutdown.changed() => return,
             }
@@ -259,59 +227,65 @@ impl BackgroundService for Reloader {
     }
 }
 
-/// One reload: `Ok(())` when the new config is in force; else the running one stays.
-pub async fn reload(state: &ArcSwap<Gateway>, source: &ConfigSource) -> Result<(), ConfigError> {
-    let result = try_reload(state, source).await;
-    let m = &metrics().config_reloads_total;
-    match &result {
-        Ok(()) => m.with_label_values(&["ok"]).inc(),
-        Err(e) => {
-            m.with_label_values(&["error"]).inc();
-            tracing::error!(target: "extoken::lifecycle", "config reload failed, keeping the running config: {e}");
+impl Reloader {
+    /// One reload: `Ok(())` when the new config is in force; else the running one stays.
+    pub async fn reload(&self) -> Result<(), ConfigError> {
+        let result = self.try_reload().await;
+        let m = &metrics().config_reloads_total;
+        match &result {
+            Ok(()) => m.with_label_values(&["ok"]).inc(),
+            Err(e) => {
+                m.with_label_values(&["error"]).inc();
+                tracing::error!(target: "extoken::lifecycle", "config reload failed, keeping the running config: {e}");
+            }
         }
+        result
     }
-    result
+
+    async fn try_reload(&self) -> Result<(), ConfigError> {
+        let cfg = self.source.load()?;
+        let old = self.state.load_full();
+        let restart = old.config.restart_only_changes(&cfg);
+        let (gw, keys_kept) = old.rebuild(cfg)?;
+        if !keys_kept {
+            load_new_keys(&gw).await?;
+        }
+        if let Some(log) = &self.log {
+            if let Err(e) = log.set(&gw.config.log.level) {
+                tracing::warn!(target: "extoken::lifecycle", "log.level not applied: {e}");
+            }
+        }
+        let routes = gw.config.routes.len();
+        self.state.store(Arc::new(gw));
+        if !keys_kept {
+            self.keys_swapped.notify_one();
+        }
+        if !restart.is_empty() {
+            tracing::warn!(target: "extoken::lifecycle", "changed settings that apply only after a restart: {}", restart.join(", "));
+        }
+        tracing::info!(target: "extoken::lifecycle", routes, keys_kept, "config reloaded");
+        Ok(())
+    }
 }
 
-async fn try_reload(state: &ArcSwap<Gateway>, source: &ConfigSource) -> Result<(), ConfigError> {
-    let cfg = source.load()?;
-    let old = state.load_full();
-    let restart = old.config.restart_only_changes(&cfg);
-    let (gw, keys_kept) = old.rebuild(cfg)?;
-    if !keys_kept {
-        let keys = &gw.verifier.keys;
-        let limit = Duration::from_secs(10);
-        match tokio::time::timeout(limit, keys.load()).await {
-            Ok(Ok(n)) => {
-                tracing::info!(target: "extoken::lifecycle", keys = n, "loaded the keys of the new descope settings")
-            }
-            Ok(Err(e)) => {
-                return Err(ConfigError::key(
-                    "descope",
-                    format!("the keys of the new settings could not be loaded: {e}"),
-                ))
-            }
-            Err(_) => {
-                return Err(ConfigError::key(
-                    "descope",
-                    format!("the keys of the new settings did not load within {limit:?}"),
-                ))
-            }
+/// Changed `descope:` settings: their keys are loaded before the swap, so no request meets an
+/// empty key store.
+async fn load_new_keys(gw: &Gateway) -> Result<(), ConfigError> {
+    let limit = Duration::from_secs(10);
+    match tokio::time::timeout(limit, gw.verifier.keys.load()).await {
+        Ok(Ok(n)) => {
+            tracing::info!(target: "extoken::lifecycle", keys = n, "loaded the keys of the new descope settings");
+            Ok(())
         }
+        Ok(Err(e)) => Err(ConfigError::key(
+            "descope",
+            format!("the keys of the new settings could not be loaded: {e}"),
+        )),
+        Err(_) => Err(ConfigError::key(
+            "descope",
+            format!("the keys of the new settings did not load within {limit:?}"),
+        )),
     }
-    if let Err(e) = crate::telemetry::set_level(&gw.config.log.level) {
-        tracing::warn!(target: "extoken::lifecycle", "log.level not applied: {e}");
-    }
-    let routes = gw.config.routes.len();
-    state.store(Arc::new(gw));
-    if !keys_kept {
-        keys_swapped().notify_one();
-    }
-    if !restart.is_empty() {
-        tracing::warn!(target: "extoken::lifecycle", "changed settings that apply only after a restart: {}", restart.join(", "));
-    }
-    tracing::info!(target: "extoken::lifecycle", routes, keys_kept, "config reloaded");
-    Ok(())
 }
 
 /// Writes this process's id to `path`.
@@ -348,30 +322,4 @@ pub fn signal_reload(pid_file: &Path) -> Result<i32, LifecycleError> {
         return Err(LifecycleError::Signal(pid, std::io::Error::last_os_error()));
     }
     Ok(pid)
-}
-
-impl Built {
-    /// Runs the server until it is shut down: SIGHUP reloads from `source`, SIGTERM drains.
-    /// Writes (and at the end removes) the configured pid file.
-    pub fn run(mut self, source: ConfigSource) -> Result<(), LifecycleError> {
-        // SIGHUP's default action ends the process: ignore it until the reloader listens.
-        // SAFETY: installs the SIG_IGN disposition; no handler code runs.
-        unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
-        let cfg = self.state.load().config.clone();
-        self.server.add_service(background_service(
-            "config reload",
-            Reloader {
-                state: self.state.clone(),
-                source,
-            },
-        ));
-        if let Some(p) = &cfg.pid_file {
-            write_pid_file(p)?;
-        }
-        self.server.run(RunArgs {
-            shutdown_signal: Box::new(Signals::new(&cfg)),
-        });
-        remove_pid_file(cfg.pid_file.as_deref());
-        Ok(())
-    }
 }

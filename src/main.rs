@@ -126,13 +126,13 @@ fn load_config(source: &ConfigSource) -> Result<Config> {
 fn run(args: RunArgs) -> Result<()> {
     let source = config_source(args.config.as_deref());
     let cfg = load_config(&source)?;
-    extoken::telemetry::init(&cfg.log)?;
+    let log = extoken::telemetry::init(&cfg.log)?;
     if let ConfigSource::Embedded = source {
         tracing::info!("no gateway.yaml here: using the embedded default");
     }
     tracing::info!(listen = %cfg.listen, admin = cfg.admin_addr().unwrap_or("off"), project = %cfg.descope.project_id, routes = cfg.routes.len(), version = env!("CARGO_PKG_VERSION"), "starting extoken");
     let built = extoken::server::build(cfg)?;
-    built.run(source)?;
+    built.run(source, Some(log))?;
     Ok(())
 }
 
@@ -151,7 +151,7 @@ fn reload(config: Option<&Path>, pid_file: Option<PathBuf>) -> Result<()> {
 fn check(path: &Path) -> Result<()> {
     let cfg = Config::load(path)?;
     // Builds the connectors too: key files, service accounts and secrets are read and test-signed.
-    extoken::server::install_crypto_provider();
+    extoken::gateway::install_crypto_provider();
     let client = extoken::gateway::Gateway::http_client()?;
     extoken::exchange::Connectors::build(&cfg, &client, None)?;
     print!("{}", cfg.summary());
@@ -198,7 +198,7 @@ fn mint(a: MintArgs) -> Result<()> {
 fn demo(key_path: &Path) -> Result<()> {
     let cfg =
         Config::parse(EMBEDDED_DEFAULT, &|k| std::env::var(k).ok()).context("embedded config")?;
-    extoken::telemetry::init(&cfg.log)?;
+    let log = extoken::telemetry::init(&cfg.log)?;
     let key = DevKey::load_or_create(key_path)?;
     let jwks_addr = match cfg.descope.key_source() {
         KeySource::Url(u) => {
@@ -245,6 +245,6 @@ fn demo(key_path: &Path) -> Result<()> {
     ));
     tracing::info!(jwks = %jwks_addr, upstream = %echo_addr, "demo: dev key {} (kid {})", key_path.display(), key.kid);
     extoken::demo::announce_when_ready(listen, good, bad);
-    built.run(ConfigSource::Embedded)?;
+    built.run(ConfigSource::Embedded, Some(log))?;
     Ok(())
 }

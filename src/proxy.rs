@@ -1,6 +1,8 @@
-//! Step 5: pingora's `ProxyHttp` phases, kept thin. Each phase calls one plain function:
-//! route lookup and [`Gateway::authorize`] in `request_filter`, the peer in `upstream_peer`,
-//! [`rewrite::apply`] in `upstream_request_filter`. Nothing here parses config or keys.
+//! Step 5: pingora's `ProxyHttp` phases, kept thin. Each phase calls one plain function: the
+//! canonical target ([`target::decide`]), route lookup and [`Gateway::authorize`] in
+//! `request_filter`, the peer in `upstream_peer`, [`rewrite::apply`] in
+//! `upstream_request_filter`. Every answer extoken writes itself goes through [`send_answer`].
+//! Nothing here parses config or keys.
 
 use std::sync::Arc;
 
@@ -8,13 +10,14 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
-use pingora::proxy::{ProxyHttp, Session};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 
 use http::header::AUTHORIZATION;
 use http::HeaderValue;
 
 use crate::answer::Answer;
 use crate::config::{AuthMode, UnderscoreHeaders};
+use crate::drain::{Drain, InFlight};
 use crate::exchange::RequestInfo;
 use crate::extract;
 use crate::gateway::Gateway;
@@ -33,12 +36,21 @@ pub fn request_head_bytes(req: &RequestHeader) -> usize {
 }
 
 pub struct Proxy {
-    pub state: Arc<ArcSwap<Gateway>>,
+    state: Arc<ArcSwap<Gateway>>,
+    drain: Drain,
+}
+
+impl Proxy {
+    pub fn new(state: Arc<ArcSwap<Gateway>>, drain: Drain) -> Proxy {
+        Proxy { state, drain }
+    }
 }
 
 /// Per-request state carried between phases.
 #[derive(Default)]
 pub struct Ctx {
+    /// Counts the request as in flight (a graceful shutdown waits for it) until the ctx drops.
+    _in_flight: Option<InFlight>,
     gateway: Option<Arc<Gateway>>,
     route: Option<Arc<Route>>,
     rewrite: Option<Rewrite>,
@@ -50,10 +62,17 @@ pub struct Ctx {
     log: RequestLog,
 }
 
-/// Writes an [`Answer`] to the client (and notes its outcome for the access line).
-pub async fn send_answer(session: &mut Session, a: &Answer, log: &mut RequestLog) -> Result<()> {
-    log.answered(a.outcome, a.reason);
-    crate::lifecycle::close_if_draining(session);
+/// Writes an [`Answer`] to the client: the one place extoken writes a response of its own.
+/// `close` ends the connection after it (`Connection: close`), as after any proxy failure.
+async fn send_answer(
+    session: &mut Session,
+    a: &Answer,
+    log: &RequestLog,
+    close: bool,
+) -> Result<()> {
+    if close {
+        session.set_keepalive(None);
+    }
     let mut h = ResponseHeader::build(a.status, Some(7))?;
     log.stamp_response(&mut h)?;
     h.insert_header("content-type", "application/json")?;
@@ -70,6 +89,22 @@ pub async fn send_answer(session: &mut Session, a: &Answer, log: &mut RequestLog
         .write_response_body(Some(a.body.clone()), true)
         .await?;
     Ok(())
+}
+
+/// pingora's status for a failure: 502 for the upstream's, 400 for a bad request, 0 when the
+/// client is gone (nothing to write), 500 for our own.
+fn failure_status(e: &Error) -> u16 {
+    match e.etype() {
+        ErrorType::HTTPStatus(code) => *code,
+        _ => match e.esource() {
+            ErrorSource::Upstream => 502,
+            ErrorSource::Downstream => match e.etype() {
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                _ => 400,
+            },
+            ErrorSource::Internal | ErrorSource::Unset => 500,
+        },
+    }
 }
 
 fn bad_target(e: BadTarget) -> Answer {
@@ -156,13 +191,17 @@ impl ProxyHttp for Proxy {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx::default()
+        Ctx {
+            _in_flight: Some(self.drain.enter()),
+            ..Ctx::default()
+        }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let gw = self.state.load_full();
         if let Err(answer) = self.admit(&gw, session, ctx).await {
-            send_answer(session, &answer, &mut ctx.log).await?;
+            ctx.log.answered(answer.outcome, answer.reason);
+            send_answer(session, &answer, &ctx.log, self.drain.draining()).await?;
             return Ok(true);
         }
         ctx.gateway = Some(gw);
@@ -240,17 +279,26 @@ impl ProxyHttp for Proxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        crate::lifecycle::close_if_draining(session);
+        self.drain.close_if_draining(session);
         ctx.log.stamp_response(upstream_response)
     }
 
-    async fn fail_to_proxy(
-        &self,
-        session: &mut Session,
-        e: &Error,
-        ctx: &mut Ctx,
-    ) -> pingora::proxy::FailToProxy {
-        telemetry::fail_to_proxy(session, e, &mut ctx.log).await
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let status = failure_status(e);
+        let outcome = *ctx.log.outcome.get_or_insert(match e.esource() {
+            ErrorSource::Downstream => "client_error",
+            _ => "upstream_error",
+        });
+        if status > 0 && session.response_written().is_none() {
+            let answer = Answer::proxy_failure(status, outcome);
+            if let Err(we) = send_answer(session, &answer, &ctx.log, true).await {
+                tracing::debug!(target: "extoken::proxy", request_id = %ctx.log.request_id, error = we.etype().as_str(), "cannot send the error response");
+            }
+        }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
     }
 
     /// One access line per request, and the request metrics.

@@ -1,6 +1,8 @@
 //! Assembles the pingora server: the proxy service on `listen`, the admin listener on
-//! `admin_listen`, and the background task that keeps the Descope keys fresh. `extoken run` and
-//! `extoken demo` both start from here; [`crate::lifecycle`] runs it (reload, shutdown).
+//! `admin_listen`, and the background task that keeps the Descope keys fresh, then runs it with
+//! the reloader and the signal watcher of [`crate::lifecycle`]. `extoken run` and `extoken demo`
+//! both start from here. The handles those pieces share (the live gateway, the [`Drain`], the
+//! keys-swapped notification) are made here and passed in.
 
 use std::sync::Arc;
 
@@ -9,9 +11,15 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::background::background_service;
 
+use pingora::server::RunArgs;
+use tokio::sync::Notify;
+
 use crate::config::{Config, ConfigError};
+use crate::drain::Drain;
 use crate::gateway::Gateway;
+use crate::lifecycle::{self, ConfigSource, LifecycleError, Reloader, Signals};
 use crate::proxy::Proxy;
+use crate::telemetry::LogLevel;
 use crate::verify::KeyStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -22,19 +30,16 @@ pub enum StartError {
     Client(#[from] reqwest::Error),
 }
 
-/// A server ready to `run_forever`, with a handle on the live gateway (for reloads and tests).
+/// A server ready to run, with a handle on the live gateway (for reloads and tests).
 pub struct Built {
     pub server: Server,
     pub state: Arc<ArcSwap<Gateway>>,
-}
-
-/// rustls is linked with two crypto providers (pingora's and ours); name the process default once.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    drain: Drain,
+    keys_swapped: Arc<Notify>,
 }
 
 pub fn build(cfg: Config) -> Result<Built, StartError> {
-    install_crypto_provider();
+    crate::gateway::install_crypto_provider();
     let client = Gateway::http_client()?;
     let keys = Arc::new(KeyStore::new(&cfg.descope, client));
     let listen = cfg.listen.clone();
@@ -46,7 +51,7 @@ pub fn build(cfg: Config) -> Result<Built, StartError> {
         cfg.threads
     };
     let admin = cfg.admin_addr().map(str::to_string);
-    let (grace_period, shutdown_timeout) = crate::lifecycle::pingora_grace(&cfg);
+    let (grace_period, shutdown_timeout) = lifecycle::pingora_grace(&cfg);
     let gateway = Gateway::build(cfg, keys)?;
     let state = Arc::new(ArcSwap::from_pointee(gateway));
 
@@ -61,20 +66,57 @@ pub fn build(cfg: Config) -> Result<Built, StartError> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
+    let drain = Drain::default();
+    let keys_swapped = Arc::new(Notify::new());
     let mut proxy = pingora::proxy::http_proxy_service(
         &server.configuration,
-        Proxy {
-            state: state.clone(),
-        },
+        Proxy::new(state.clone(), drain.clone()),
     );
     proxy.add_tcp(&listen);
     server.add_service(proxy);
     if let Some(addr) = admin {
-        server.add_service(crate::admin::service(&addr, state.clone()));
+        server.add_service(crate::admin::service(&addr, state.clone(), drain.clone()));
     }
     server.add_service(background_service(
         "descope keys",
-        crate::lifecycle::KeyRefresher::new(state.clone()),
+        lifecycle::KeyRefresher::new(state.clone(), keys_swapped.clone()),
     ));
-    Ok(Built { server, state })
+    Ok(Built {
+        server,
+        state,
+        drain,
+        keys_swapped,
+    })
+}
+
+impl Built {
+    /// Runs the server until it is shut down: SIGHUP reloads from `source` (applying `log.level`
+    /// to `log`), SIGTERM drains. Writes (and at the end removes) the configured pid file.
+    pub fn run(
+        mut self,
+        source: ConfigSource,
+        log: Option<LogLevel>,
+    ) -> Result<(), LifecycleError> {
+        // SIGHUP's default action ends the process: ignore it until the reloader listens.
+        // SAFETY: installs the SIG_IGN disposition; no handler code runs.
+        unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
+        let cfg = self.state.load().config.clone();
+        self.server.add_service(background_service(
+            "config reload",
+            Reloader {
+                state: self.state.clone(),
+                source,
+                keys_swapped: self.keys_swapped.clone(),
+                log,
+            },
+        ));
+        if let Some(p) = &cfg.pid_file {
+            lifecycle::write_pid_file(p)?;
+        }
+        self.server.run(RunArgs {
+            shutdown_signal: Box::new(Signals::new(&cfg, self.drain.clone())),
+        });
+        lifecycle::remove_pid_file(cfg.pid_file.as_deref());
+        Ok(())
+    }
 }

@@ -7,18 +7,16 @@
 //! so the proxy suppresses them and logs the error kind here instead; the targets of our
 //! dependencies are capped at `info` (their `debug`/`trace` lines can print request heads).
 
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
-use pingora::proxy::{FailToProxy, Session};
+use pingora::proxy::Session;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
 
 use crate::config::{LogConfig, LogFormat};
-use crate::lifecycle::InFlight;
 use crate::metrics::{metrics, status_class};
 
 pub const REQUEST_ID: &str = "x-request-id";
@@ -31,7 +29,17 @@ pub enum TelemetryError {
     AlreadyInstalled,
 }
 
-static RELOAD: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
+/// The installed subscriber's filter, for a reload to apply a new `log.level` to.
+#[derive(Clone)]
+pub struct LogLevel(reload::Handle<EnvFilter, Registry>);
+
+impl LogLevel {
+    pub fn set(&self, level: &str) -> Result<(), TelemetryError> {
+        self.0
+            .reload(filter_for(level)?)
+            .map_err(|e| TelemetryError::Filter(e.to_string()))
+    }
+}
 
 /// The filter for a level: ours at `level`, everybody else's at most `info` (pingora, hyper and
 /// reqwest print request heads at `debug`/`trace`). `EXTOKEN_LOG` replaces the level; when it is a
@@ -55,7 +63,7 @@ fn filter_for(level: &str) -> Result<EnvFilter, TelemetryError> {
 }
 
 /// Installs the process's subscriber (stderr). Call once, before the server starts.
-pub fn init(cfg: &LogConfig) -> Result<(), TelemetryError> {
+pub fn init(cfg: &LogConfig) -> Result<LogLevel, TelemetryError> {
     let (filter, handle) = reload::Layer::new(filter_for(&cfg.level)?);
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let fmt = match cfg.format {
@@ -72,18 +80,7 @@ pub fn init(cfg: &LogConfig) -> Result<(), TelemetryError> {
         .with(fmt)
         .try_init()
         .map_err(|_| TelemetryError::AlreadyInstalled)?;
-    let _ = RELOAD.set(handle);
-    Ok(())
-}
-
-/// Applies a reloaded `log.level` (no-op when [`init`] was not used).
-pub fn set_level(level: &str) -> Result<(), TelemetryError> {
-    if let Some(h) = RELOAD.get() {
-        let f = filter_for(level)?;
-        h.reload(f)
-            .map_err(|e| TelemetryError::Filter(e.to_string()))?;
-    }
-    Ok(())
+    Ok(LogLevel(handle))
 }
 
 /// A sane incoming request id: 1..=128 visible ASCII characters.
@@ -127,7 +124,6 @@ pub fn new_request_id() -> String {
 }
 
 /// What one request did, collected across the proxy phases for the access line and metrics.
-/// Holding one counts the request as in flight (graceful shutdown waits for them).
 pub struct RequestLog {
     pub start: Instant,
     pub request_id: String,
@@ -137,7 +133,6 @@ pub struct RequestLog {
     upstream_start: Option<Instant>,
     upstream_status: Option<u16>,
     upstream_time: Option<Duration>,
-    _in_flight: InFlight,
 }
 
 impl Default for RequestLog {
@@ -151,7 +146,6 @@ impl Default for RequestLog {
             upstream_start: None,
             upstream_status: None,
             upstream_time: None,
-            _in_flight: InFlight::new(),
         }
     }
 }
@@ -204,59 +198,6 @@ impl RequestLog {
 
 fn route_label(log: &RequestLog) -> &str {
     log.route.as_deref().unwrap_or("unmatched")
-}
-
-/// `fail_to_proxy`: pingora's status choice (502 for upstream failures, 0 when the client is
-/// gone), a small JSON body, and the request id.
-pub async fn fail_to_proxy(session: &mut Session, e: &Error, log: &mut RequestLog) -> FailToProxy {
-    let code = match e.etype() {
-        ErrorType::HTTPStatus(code) => *code,
-        _ => match e.esource() {
-            ErrorSource::Upstream => 502,
-            ErrorSource::Downstream => match e.etype() {
-                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
-                _ => 400,
-            },
-            ErrorSource::Internal | ErrorSource::Unset => 500,
-        },
-    };
-    if log.outcome.is_none() {
-        log.outcome = Some(match e.esource() {
-            ErrorSource::Downstream => "client_error",
-            _ => "upstream_error",
-        });
-    }
-    if code > 0 && session.response_written().is_none() {
-        let (error, description) = match code {
-            502 | 504 => ("bad_gateway", "the upstream could not be reached or failed"),
-            400..=499 => ("bad_request", "the request could not be processed"),
-            _ => (
-                "internal_error",
-                "the gateway failed to process the request",
-            ),
-        };
-        let body =
-            serde_json::json!({ "error": error, "error_description": description }).to_string();
-        let written = async {
-            let mut h = ResponseHeader::build(code, Some(4))?;
-            h.insert_header("content-type", "application/json")?;
-            h.insert_header("content-length", body.len().to_string())?;
-            h.insert_header("cache-control", "no-store")?;
-            log.stamp_response(&mut h)?;
-            // Says `Connection: close`: the connection is not reused after a failure.
-            session
-                .as_mut()
-                .write_error_response(h, bytes::Bytes::from(body))
-                .await
-        };
-        if let Err(we) = written.await {
-            tracing::debug!(target: "extoken::proxy", request_id = %log.request_id, error = we.etype().as_str(), "cannot send the error response");
-        }
-    }
-    FailToProxy {
-        error_code: code,
-        can_reuse_downstream: false,
-    }
 }
 
 /// The `logging` phase: one access line, and the request metrics.
