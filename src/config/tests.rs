@@ -544,3 +544,76 @@ fn supabase_allowed_roles_default_and_static_role_check() {
         assert!(msg.contains("allowed_roles"), "{bad}: {msg}");
     }
 }
+
+/// One route with `extra` keys, for the request-edge settings.
+fn route_with(extra: &str) -> String {
+    format!(
+        "descope:\n  project_id: P2test\nconnectors:\n  ext: {{type: claim}}\nroutes:\n  - {{upstream: 'http://127.0.0.1:3000', connector: ext, {extra}}}\n"
+    )
+}
+
+#[test]
+fn request_edge_defaults() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.limits.escaped_slashes, EscapedSlashes::Reject);
+    assert_eq!(c.limits.underscore_headers, UnderscoreHeaders::Drop);
+    assert!(c.trusted_proxies.is_empty());
+    let c = parse(&format!(
+        "{MINIMAL}limits: {{escaped_slashes: keep, underscore_headers: allow}}\ntrusted_proxies: [10.0.0.0/8, '::1']\n"
+    ))
+    .unwrap();
+    assert_eq!(c.limits.escaped_slashes, EscapedSlashes::Keep);
+    assert_eq!(c.limits.underscore_headers, UnderscoreHeaders::Allow);
+    assert_eq!(c.trusted_proxies.len(), 2);
+    assert!(c.trusted_proxies[0].contains("10.2.3.4".parse().unwrap()));
+}
+
+#[test]
+fn request_edge_errors_name_their_key() {
+    let (path, msg) = key_err(&format!("{MINIMAL}trusted_proxies: [10.0.0.0/40]\n"));
+    assert_eq!(path, "trusted_proxies[0]");
+    assert!(msg.contains("CIDR"), "{msg}");
+    let (path, _) = key_err(&format!("{MINIMAL}limits: {{underscore_headers: maybe}}\n"));
+    assert_eq!(path, "limits.underscore_headers");
+    let (path, _) = key_err(&format!("{MINIMAL}limits: {{escaped_slashes: decode}}\n"));
+    assert_eq!(path, "limits.escaped_slashes");
+}
+
+#[test]
+fn path_prefixes_must_be_canonical() {
+    for (prefix, hint) in [
+        ("/api/../admin", "\"/admin\""),
+        ("//api", "\"/api\""),
+        ("/%61pi", "\"/api\""),
+        ("/api/./v1", "\"/api/v1\""),
+    ] {
+        let (path, msg) = key_err(&route_with(&format!("path_prefix: '{prefix}'")));
+        assert_eq!(path, "routes[0].path_prefix");
+        assert!(
+            msg.contains("canonical") && msg.contains(hint),
+            "{prefix}: {msg}"
+        );
+    }
+    let (_, msg) = key_err(&route_with("path_prefix: '/a%2Fb'"));
+    assert!(msg.contains("encoded slash"), "{msg}");
+    for ok in ["/", "/api", "/api/", "/a%3Bb", "/caf%C3%A9"] {
+        assert!(
+            parse(&route_with(&format!("path_prefix: '{ok}'"))).is_ok(),
+            "{ok}"
+        );
+    }
+}
+
+#[test]
+fn route_hosts_are_names_without_ports() {
+    for bad in [
+        "admin.example.com:8080",
+        "http://admin.example.com",
+        "a..b",
+        "*.example.com",
+    ] {
+        let (path, _) = key_err(&route_with(&format!("host: '{bad}'")));
+        assert_eq!(path, "routes[0].host", "{bad}");
+    }
+    assert!(parse(&route_with("host: Admin.Example.com.")).is_ok());
+}
