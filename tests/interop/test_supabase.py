@@ -89,7 +89,8 @@ def test_hs256_options_issuer_role_audience_expiry_namespace(gateway, backend, d
     g = gateway({"sb": {
         "type": "supabase", "jwt_secret": SECRET,
         "issuer": "https://abcdefghijklmnop.supabase.co/auth/v1",
-        "role": "service_reader", "audience": "my-aud", "expires_in": "15m",
+        "role": "service_reader", "allowed_roles": ["service_reader"],
+        "audience": "my-aud", "expires_in": "15m",
         "uuid_namespace": str(ns),
     }})
     tok = g.forward(descope.mint(USER), backend).token
@@ -250,3 +251,15 @@ def test_refreshed_session_reuses_token_changed_claims_do_not(gateway, backend, 
     assert verify_hs256(t3)["app_metadata"] == {"roles": ["admin"]}
     h, p = unverified(t3)
     assert h["alg"] == "HS256" and p["descope_user_id"] == USER
+
+
+def test_a_mapped_role_outside_allowed_roles_is_403_and_never_minted(gateway, backend, descope):
+    """`claims: {role: app_role}` must not let a session mint PostgREST's superuser roles."""
+    g = gateway({"sb": {"type": "supabase", "jwt_secret": SECRET, "claims": {"role": "app_role"}}})
+    for role in ["service_role", "supabase_admin"]:
+        fwd = g.forward(descope.mint(USER, app_role=role), backend)
+        assert fwd.status == 403, fwd.body
+        assert fwd.record is None, "a forbidden request reached the backend"
+        assert fwd.resp_headers["www-authenticate"].startswith('Bearer error="insufficient_scope"')
+    ok = verify_hs256(g.forward(descope.mint(USER, app_role="anon"), backend).token)
+    assert ok["role"] == "anon"
