@@ -169,6 +169,19 @@ async fn supabase_mapped_role_must_be_allowed() {
         !m.contains("extoken_connector_calls_total{connector=\"c\""),
         "nothing was minted:\n{m}"
     );
+    // Six refusals, counted as forbidden requests and forbidden auth failures (the count lands
+    // in the logging phase, just after the answer: poll for it).
+    let counted = eventually(Duration::from_secs(5), || async {
+        let m = r.gw.metrics().await;
+        let six = |prefix: &str, label: &str| {
+            m.lines()
+                .any(|l| l.starts_with(prefix) && l.contains(label) && l.ends_with(" 6"))
+        };
+        six("extoken_requests_total", r#"outcome="forbidden""#)
+            && six("extoken_auth_failures_total", r#"reason="forbidden""#)
+    })
+    .await;
+    assert!(counted, "{}", r.gw.metrics().await);
 
     // An allowed role, and no role claim at all (the static role): both minted, as that role.
     let mut v = Validation::new(Algorithm::HS256);

@@ -168,13 +168,16 @@ async fn paths_are_routed_and_forwarded_in_canonical_form() {
     );
     assert_eq!(status, 200);
     assert_eq!(e.api.only().uri, "/api/x?y=1");
-    // Every refusal above is counted as a bad request.
-    let m = e.gw.metrics().await;
-    let bad = m
-        .lines()
-        .find(|l| l.starts_with("extoken_requests_total") && l.contains(r#"outcome="bad_request""#))
-        .unwrap_or_else(|| panic!("no bad_request count in {m}"));
-    assert!(bad.ends_with(" 12"), "{bad}");
+    // Every refusal above is counted as a bad request (in the logging phase: poll for it).
+    let counted = eventually(Duration::from_secs(5), || async {
+        e.gw.metrics().await.lines().any(|l| {
+            l.starts_with("extoken_requests_total")
+                && l.contains(r#"outcome="bad_request""#)
+                && l.ends_with(" 12")
+        })
+    })
+    .await;
+    assert!(counted, "{}", e.gw.metrics().await);
 }
 
 #[tokio::test(flavor = "multi_thread")]
