@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod answer;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod drain;

@@ -2,7 +2,7 @@
 //! `externalToken`, where Descope puts the token its connector made at the end of the flow).
 
 use super::{ExchangeError, ExternalToken};
-use crate::verify::Session;
+use crate::verify::VerifiedSession;
 
 pub struct ClaimConnector {
     claim: String,
@@ -13,7 +13,7 @@ impl ClaimConnector {
         ClaimConnector { claim }
     }
 
-    pub fn extract(&self, session: &Session) -> Result<ExternalToken, ExchangeError> {
+    pub fn extract(&self, session: &VerifiedSession) -> Result<ExternalToken, ExchangeError> {
         let v = session
             .str_claim(&self.claim)
             .filter(|s| !s.is_empty())

@@ -13,7 +13,7 @@ use super::identity::{mapped, user_id};
 use super::signing::Signer;
 use super::{unix_now, ExchangeError, ExternalToken, Mint, Minted, RequestInfo};
 use crate::config::{ClaimMap, ConfigError, FirebaseConfig, FirebaseMode};
-use crate::verify::Session;
+use crate::verify::VerifiedSession;
 
 pub const FIREBASE_AUDIENCE: &str =
     "https://identitytoolkit.googleapis.com/google.identity.identitytoolkit.v1.IdentityToolkit";
@@ -162,7 +162,7 @@ impl Firebase {
 
 #[async_trait::async_trait]
 impl Mint for Firebase {
-    fn inputs(&self, s: &Session, _req: RequestInfo<'_>) -> Result<Value, ExchangeError> {
+    fn inputs(&self, s: &VerifiedSession, _req: RequestInfo<'_>) -> Result<Value, ExchangeError> {
         let uid = user_id(s)?;
         if uid.chars().count() > 128 {
             return Err(ExchangeError::InvalidClaim {

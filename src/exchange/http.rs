@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use super::identity::user_id;
 use super::{unix_now, ExchangeError, ExternalToken, Mint, Minted, RequestInfo};
 use crate::config::{ConfigError, HttpAuth, HttpConnectorConfig};
-use crate::verify::Session;
+use crate::verify::VerifiedSession;
 
 /// Claims that are Descope's own, not "custom claims" of the flow or template.
 const STANDARD_CLAIMS: &[&str] = &[
@@ -248,7 +248,7 @@ fn jwt_lifetime(token: &str) -> Option<Duration> {
 
 #[async_trait::async_trait]
 impl Mint for HttpConnector {
-    fn inputs(&self, s: &Session, req: RequestInfo<'_>) -> Result<Value, ExchangeError> {
+    fn inputs(&self, s: &VerifiedSession, req: RequestInfo<'_>) -> Result<Value, ExchangeError> {
         let c = &s.claims;
         let custom: serde_json::Map<String, Value> = c
             .iter()

@@ -5,10 +5,10 @@ use serde_json::{Map, Value};
 
 use super::ExchangeError;
 use crate::config::ClaimMap;
-use crate::verify::Session;
+use crate::verify::VerifiedSession;
 
 /// The Descope user id (`dsub`, else `sub`); a session without one cannot be mapped to a user.
-pub fn user_id(session: &Session) -> Result<&str, ExchangeError> {
+pub fn user_id(session: &VerifiedSession) -> Result<&str, ExchangeError> {
     session
         .user_id()
         .filter(|s| !s.is_empty())

@@ -11,7 +11,7 @@ use super::identity::{mapped, merge, user_id};
 use super::signing::Signer;
 use super::{unix_now, ExchangeError, Mint, Minted, RequestInfo};
 use crate::config::{ClaimMap, ConfigError, JwtAlgorithm, JwtConnectorConfig};
-use crate::verify::Session;
+use crate::verify::VerifiedSession;
 
 pub struct JwtConnector {
     name: String,
@@ -54,7 +54,7 @@ impl JwtConnector {
 
 #[async_trait::async_trait]
 impl Mint for JwtConnector {
-    fn inputs(&self, s: &Session, _req: RequestInfo<'_>) -> Result<Value, ExchangeError> {
+    fn inputs(&self, s: &VerifiedSession, _req: RequestInfo<'_>) -> Result<Value, ExchangeError> {
         Ok(json!({ "uid": user_id(s)?, "mapped": mapped(&s.claims, &self.claims) }))
     }
 

@@ -30,7 +30,7 @@ pub use signing::Signer;
 pub use supabase::Supabase;
 
 use crate::config::{Config, ConfigError, ConnectorConfig};
-use crate::verify::Session;
+use crate::verify::VerifiedSession;
 
 /// A token for the legacy backend. Never printed: `Debug` shows its length only.
 #[derive(Clone, PartialEq, Eq)]
@@ -102,7 +102,7 @@ pub struct RequestInfo<'a> {
 pub trait Mint: Send + Sync {
     fn inputs(
         &self,
-        session: &Session,
+        session: &VerifiedSession,
         req: RequestInfo<'_>,
     ) -> Result<serde_json::Value, ExchangeError>;
     /// The part of the inputs that keys the cache (all of it unless a connector says otherwise).
@@ -132,7 +132,7 @@ struct Instrumented {
 impl Mint for Instrumented {
     fn inputs(
         &self,
-        s: &Session,
+        s: &VerifiedSession,
         req: RequestInfo<'_>,
     ) -> Result<serde_json::Value, ExchangeError> {
         self.inner.inputs(s, req)
@@ -262,7 +262,7 @@ impl Connectors {
     pub async fn obtain(
         &self,
         name: &str,
-        session: &Session,
+        session: &VerifiedSession,
         req: RequestInfo<'_>,
     ) -> Result<Obtained, ExchangeError> {
         let c = self

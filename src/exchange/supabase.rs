@@ -14,7 +14,7 @@ use super::identity::{mapped, merge, user_id};
 use super::signing::Signer;
 use super::{unix_now, ExchangeError, Mint, Minted, RequestInfo};
 use crate::config::{ClaimMap, ConfigError, SubMode, SupabaseConfig};
-use crate::verify::Session;
+use crate::verify::VerifiedSession;
 
 pub struct Supabase {
     name: String,
@@ -76,7 +76,7 @@ impl Mint for Supabase {
     /// Refuses (403) a session whose mapped `role` is not one of `allowed_roles`: a session must
     /// not be able to name `service_role` or `supabase_admin` and get an admin token. Refused
     /// here, before the cache: nothing is minted or remembered for it.
-    fn inputs(&self, s: &Session, _req: RequestInfo<'_>) -> Result<Value, ExchangeError> {
+    fn inputs(&self, s: &VerifiedSession, _req: RequestInfo<'_>) -> Result<Value, ExchangeError> {
         let uid = user_id(s)?;
         let mapped = mapped(&s.claims, &self.claims);
         if let Some(role) = mapped.get("role") {
@@ -143,7 +143,7 @@ mod tests {
         if let Some(r) = app_role {
             claims.insert("app_role".into(), r);
         }
-        let s = Session::for_test(claims);
+        let s = VerifiedSession::for_test(claims);
         let req = RequestInfo {
             route: "r",
             method: "GET",

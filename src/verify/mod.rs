@@ -90,7 +90,7 @@ pub enum VerifyError {
 
 /// A verified Descope session: its claims, read-only and shared.
 #[derive(Debug)]
-pub struct Session {
+pub struct VerifiedSession {
     pub claims: Map<String, Value>,
     pub exp: u64,
     kid: Arc<str>,
@@ -98,11 +98,11 @@ pub struct Session {
     thumbprint: [u8; 32],
 }
 
-impl Session {
+impl VerifiedSession {
     /// A session with these claims, as if verified (unit tests of the connectors).
     #[cfg(test)]
-    pub(crate) fn for_test(claims: Map<String, Value>) -> Session {
-        Session {
+    pub(crate) fn for_test(claims: Map<String, Value>) -> VerifiedSession {
+        VerifiedSession {
             claims,
             exp: u64::MAX,
             kid: "test".into(),
@@ -134,15 +134,15 @@ pub struct Verifier {
     leeway: u64,
     max_token_bytes: usize,
     pub keys: Arc<KeyStore>,
-    verified: moka::sync::Cache<Arc<str>, Arc<Session>>,
+    verified: moka::sync::Cache<Arc<str>, Arc<VerifiedSession>>,
 }
 
 struct UntilExp;
-impl moka::Expiry<Arc<str>, Arc<Session>> for UntilExp {
+impl moka::Expiry<Arc<str>, Arc<VerifiedSession>> for UntilExp {
     fn expire_after_create(
         &self,
         _: &Arc<str>,
-        s: &Arc<Session>,
+        s: &Arc<VerifiedSession>,
         _: std::time::Instant,
     ) -> Option<Duration> {
         Some(Duration::from_secs(s.exp.saturating_sub(now())))
@@ -171,7 +171,7 @@ impl Verifier {
 
     /// Verifies a session token. Cheap for a token seen before; otherwise the signature check runs
     /// on the blocking pool so a slow curve (ES384 is ~10x RS256) never stalls other requests.
-    pub async fn verify(&self, token: &str) -> Result<Arc<Session>, VerifyError> {
+    pub async fn verify(&self, token: &str) -> Result<Arc<VerifiedSession>, VerifyError> {
         if token.len() > self.max_token_bytes {
             return Err(AuthError::TooLong.into());
         }
@@ -226,7 +226,7 @@ impl Verifier {
             let token: Arc<str> = token.into();
             let key = key.clone();
             let (input_len, c_start) = (signing_input.len(), h64.len() + 1);
-            let verify = move || -> Result<Session, AuthError> {
+            let verify = move || -> Result<VerifiedSession, AuthError> {
                 let input = &token[..input_len];
                 let sig = &token[input_len + 1..];
                 match jsonwebtoken::crypto::verify(sig, input.as_bytes(), &key.decoding, alg) {
@@ -238,7 +238,7 @@ impl Verifier {
                     .map_err(|_| AuthError::Malformed("bad claims encoding"))?;
                 let claims: Map<String, Value> = serde_json::from_slice(&cbytes)
                     .map_err(|_| AuthError::Malformed("bad claims"))?;
-                Ok(Session {
+                Ok(VerifiedSession {
                     claims,
                     exp: 0, // set from the checked claim below
                     kid: key.kid.clone(),
