@@ -68,10 +68,7 @@ impl Gateway {
         verifier: Arc<Verifier>,
         cache: Option<TokenCache>,
     ) -> Result<Gateway, ConfigError> {
-        let routes = RouteTable::build(&config).map_err(|m| match m.split_once(": ") {
-            Some((p, msg)) => ConfigError::key(p, msg),
-            None => ConfigError::Syntax(m),
-        })?;
+        let routes = RouteTable::build(&config)?;
         let client = Self::http_client()
             .map_err(|e| ConfigError::Syntax(format!("cannot create the HTTP client: {e}")))?;
         let connectors = Connectors::build(&config, &client, cache)?;

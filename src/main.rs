@@ -1,7 +1,6 @@
 //! The `extoken` binary: command-line parsing and process setup only. Everything it runs lives in
 //! the library; errors become `anyhow` here, at the edge.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -130,7 +129,7 @@ fn run(args: RunArgs) -> Result<()> {
     if let ConfigSource::Embedded = source {
         tracing::info!("no gateway.yaml here: using the embedded default");
     }
-    tracing::info!(listen = %cfg.listen, admin = cfg.admin_addr().unwrap_or("off"), project = %cfg.descope.project_id, routes = cfg.routes.len(), version = env!("CARGO_PKG_VERSION"), "starting extoken");
+    tracing::info!(listen = %cfg.listen, admin = cfg.admin_listen.map_or("off".to_string(), |a| a.to_string()), project = %cfg.descope.project_id, routes = cfg.routes.len(), version = env!("CARGO_PKG_VERSION"), "starting extoken");
     let built = extoken::server::build(cfg)?;
     built.run(source, Some(log))?;
     Ok(())
@@ -211,11 +210,11 @@ fn demo(key_path: &Path) -> Result<()> {
     let upstream = cfg
         .routes
         .first()
-        .map(|r| r.upstream.clone())
+        .map(|r| r.upstream.to_string())
         .unwrap_or_default();
     let echo_addr =
         extoken::demo::url_authority(&upstream).context("the demo upstream must be http://")?;
-    let listen: SocketAddr = cfg.listen.parse().context("listen")?;
+    let listen = cfg.listen;
     let opts = |ttl_secs, ext: &str| MintOptions {
         project_id: cfg.descope.project_id.clone(),
         issuer: None,

@@ -9,66 +9,7 @@ use std::sync::Arc;
 
 use pingora::upstreams::peer::HttpPeer;
 
-use crate::config::{AuthMode, Config, RouteConfig};
-
-/// A parsed `upstream:` value.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Upstream {
-    pub tls: bool,
-    pub host: String,
-    pub port: u16,
-}
-
-/// Parses `http://host[:port]` / `https://host[:port]` (a trailing `/` is allowed, a path is not:
-/// extoken forwards the request path unchanged).
-impl Upstream {
-    /// `host[:port]` as a `Host` header (the port only when it is not the scheme's default).
-    pub fn host_header(&self) -> Option<http::HeaderValue> {
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
-        let default_port = if self.tls { 443 } else { 80 };
-        let v = if self.port == default_port {
-            host
-        } else {
-            format!("{host}:{}", self.port)
-        };
-        http::HeaderValue::from_str(&v).ok()
-    }
-}
-
-pub fn parse_upstream(s: &str) -> Result<Upstream, String> {
-    let (tls, rest) = if let Some(r) = s.strip_prefix("http://") {
-        (false, r)
-    } else if let Some(r) = s.strip_prefix("https://") {
-        (true, r)
-    } else {
-        return Err(format!("{s:?} must start with http:// or https://"));
-    };
-    let authority = rest.strip_suffix('/').unwrap_or(rest);
-    if authority.is_empty() || authority.contains(['/', '?', '#', '@']) {
-        return Err(format!(
-            "{s:?} must be scheme://host[:port] with no path, query or credentials"
-        ));
-    }
-    let uri: http::uri::Authority = authority
-        .parse()
-        .map_err(|_| format!("{s:?} has an invalid host"))?;
-    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-    let host = uri
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    Ok(Upstream { tls, host, port })
-}
-
-pub fn check_listen(s: &str) -> Result<SocketAddr, String> {
-    s.parse::<SocketAddr>()
-        .map_err(|_| format!("{s:?} is not an address like 0.0.0.0:8080"))
-}
+use crate::config::{AuthMode, Config, ConfigError, RouteConfig, Upstream};
 
 /// One route, ready to serve.
 #[derive(Debug)]
@@ -135,7 +76,9 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    pub fn build(cfg: &Config) -> Result<RouteTable, String> {
+    /// The routes of a validated config, sorted for lookup. Resolves each upstream host once
+    /// (an unresolvable one is an error naming its `routes[i].upstream`).
+    pub fn build(cfg: &Config) -> Result<RouteTable, ConfigError> {
         let default_strip = vec![
             cfg.descope.session_cookie.clone(),
             cfg.descope.refresh_cookie.clone(),
@@ -156,22 +99,18 @@ impl RouteTable {
         })
     }
 
-    fn route(i: usize, r: &RouteConfig, default_strip: &[String]) -> Result<Route, String> {
-        let upstream =
-            parse_upstream(&r.upstream).map_err(|m| format!("routes[{i}].upstream: {m}"))?;
+    fn route(i: usize, r: &RouteConfig, default_strip: &[String]) -> Result<Route, ConfigError> {
+        let upstream = r.upstream.clone();
+        let key = || format!("routes[{i}].upstream");
         let peer_addr = (upstream.host.as_str(), upstream.port)
             .to_socket_addrs()
-            .map_err(|e| {
-                format!(
-                    "routes[{i}].upstream: cannot resolve {}: {e}",
-                    upstream.host
-                )
-            })?
+            .map_err(|e| ConfigError::key(key(), format!("cannot resolve {}: {e}", upstream.host)))?
             .next()
-            .ok_or_else(|| format!("routes[{i}].upstream: {} has no address", upstream.host))?;
+            .ok_or_else(|| ConfigError::key(key(), format!("{} has no address", upstream.host)))?;
         Ok(Route {
             name: r.name.clone().unwrap_or_else(|| format!("route{i}")),
             prefix: r.path_prefix.clone(),
+            // Validated as canonical by the config; matched against canonical request hosts.
             host: r.host.as_ref().map(|h| {
                 crate::target::canonical_host(h.as_bytes())
                     .map(|c| c.name().to_string())
@@ -181,8 +120,7 @@ impl RouteTable {
             connector: r.connector.clone(),
             connector_by_tenant: r.connector_by_tenant.clone(),
             host_override: (!r.preserve_host).then(|| upstream.host_header()).flatten(),
-            header: http::HeaderName::from_bytes(r.header.as_bytes())
-                .map_err(|_| format!("routes[{i}].header: invalid header name"))?,
+            header: r.header.clone(),
             scheme: r.scheme.clone(),
             strip_cookies: r
                 .strip_cookies
@@ -198,10 +136,6 @@ impl RouteTable {
     pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
         self.routes.iter().find(|r| r.matches(host, path))
     }
-
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<Route>> {
-        self.routes.iter()
-    }
 }
 
 #[cfg(test)]
@@ -214,25 +148,6 @@ mod tests {
         );
         let cfg = Config::parse(&text, &|_| None).unwrap();
         RouteTable::build(&cfg).unwrap()
-    }
-
-    #[test]
-    fn upstream_parsing() {
-        assert_eq!(
-            parse_upstream("http://127.0.0.1:3000").unwrap(),
-            Upstream {
-                tls: false,
-                host: "127.0.0.1".into(),
-                port: 3000
-            }
-        );
-        let u = parse_upstream("https://api.example.com/").unwrap();
-        assert!(u.tls);
-        assert_eq!(u.port, 443);
-        assert!(parse_upstream("ftp://x").is_err());
-        assert!(parse_upstream("http://x/base").is_err());
-        assert!(parse_upstream("http://").is_err());
-        assert!(parse_upstream("http://u:p@x").is_err());
     }
 
     #[test]
@@ -258,13 +173,5 @@ mod tests {
     fn no_route() {
         let t = table("  - {path_prefix: /only, upstream: 'http://127.0.0.1:1', connector: ext}\n");
         assert!(t.find(None, "/other").is_none());
-    }
-
-    #[test]
-    fn host_header_omits_default_ports() {
-        let h = |u: &str| parse_upstream(u).unwrap().host_header().unwrap();
-        assert_eq!(h("https://abc.supabase.co"), "abc.supabase.co");
-        assert_eq!(h("http://127.0.0.1:3000"), "127.0.0.1:3000");
-        assert_eq!(h("http://[::1]:8080"), "[::1]:8080");
     }
 }

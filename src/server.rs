@@ -42,7 +42,7 @@ pub fn build(cfg: Config) -> Result<Built, StartError> {
     crate::gateway::install_crypto_provider();
     let client = Gateway::http_client()?;
     let keys = Arc::new(KeyStore::new(&cfg.descope, client));
-    let listen = cfg.listen.clone();
+    let listen = cfg.listen.to_string();
     let threads = if cfg.threads == 0 {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -50,7 +50,7 @@ pub fn build(cfg: Config) -> Result<Built, StartError> {
     } else {
         cfg.threads
     };
-    let admin = cfg.admin_addr().map(str::to_string);
+    let admin = cfg.admin_listen.map(|a| a.to_string());
     let (grace_period, shutdown_timeout) = lifecycle::pingora_grace(&cfg);
     let gateway = Gateway::build(cfg, keys)?;
     let state = Arc::new(ArcSwap::from_pointee(gateway));

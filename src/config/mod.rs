@@ -19,7 +19,7 @@ use serde::Deserialize;
 
 pub use connectors::*;
 pub use duration::{parse_duration, Dur};
-pub use net::Cidr;
+pub use net::{parse_listen, Cidr, Upstream};
 pub use ops::{LogConfig, LogFormat, LOG_LEVELS};
 
 pub use crate::target::EscapedSlashes;
@@ -53,8 +53,8 @@ impl ConfigError {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    #[serde(default = "default_listen")]
-    pub listen: String,
+    #[serde(default = "default_listen", deserialize_with = "net::de_listen")]
+    pub listen: std::net::SocketAddr,
     /// Worker threads of the proxy service; 0 means one per CPU.
     #[serde(default)]
     pub threads: usize,
@@ -72,8 +72,11 @@ pub struct Config {
     #[serde(default)]
     pub trusted_proxies: Vec<Cidr>,
     /// Admin listener (`/healthz`, `/readyz`, `/metrics`, JWKS); `off` disables it.
-    #[serde(default = "ops::d_admin_listen")]
-    pub admin_listen: String,
+    #[serde(
+        default = "ops::d_admin_listen",
+        deserialize_with = "net::de_admin_listen"
+    )]
+    pub admin_listen: Option<std::net::SocketAddr>,
     #[serde(default)]
     pub log: LogConfig,
     /// SIGTERM to exit, at most (Kubernetes gives 30 s by default).
@@ -89,8 +92,8 @@ pub struct Config {
     pub pid_file: Option<PathBuf>,
 }
 
-fn default_listen() -> String {
-    "0.0.0.0:8080".into()
+fn default_listen() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([0, 0, 0, 0], 8080))
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -204,12 +207,12 @@ pub struct RouteConfig {
     #[serde(default = "d_prefix")]
     pub path_prefix: String,
     pub host: Option<String>,
-    pub upstream: String,
+    pub upstream: Upstream,
     #[serde(default)]
     pub auth: AuthMode,
     pub connector: Option<String>,
-    #[serde(default = "d_header")]
-    pub header: String,
+    #[serde(default = "d_header", deserialize_with = "net::de_header_name")]
+    pub header: http::HeaderName,
     #[serde(default = "d_scheme")]
     pub scheme: String,
     /// Defaults to the session and refresh cookie names of `descope:`.
@@ -229,8 +232,8 @@ fn d_true() -> bool {
 fn d_prefix() -> String {
     "/".into()
 }
-fn d_header() -> String {
-    "Authorization".into()
+fn d_header() -> http::HeaderName {
+    http::header::AUTHORIZATION
 }
 fn d_scheme() -> String {
     "Bearer".into()
@@ -450,7 +453,6 @@ impl Config {
                 ));
             }
         }
-        crate::route::check_listen(&self.listen).map_err(|m| ConfigError::key("listen", m))?;
         if self.routes.is_empty() {
             return Err(ConfigError::key("routes", "at least one route is needed"));
         }
@@ -498,14 +500,6 @@ impl Config {
                         ))
                     }
                 }
-            }
-            crate::route::parse_upstream(&r.upstream)
-                .map_err(|m| ConfigError::key(format!("{path}.upstream"), m))?;
-            if http::HeaderName::from_bytes(r.header.as_bytes()).is_err() {
-                return Err(ConfigError::key(
-                    format!("{path}.header"),
-                    format!("{:?} is not a header name", r.header),
-                ));
             }
             if !r.scheme.is_empty() && !is_token(&r.scheme) {
                 return Err(ConfigError::key(

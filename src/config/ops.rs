@@ -7,11 +7,8 @@ use serde::Deserialize;
 
 use super::{ConfigError, Dur};
 
-/// `admin_listen` values that turn the admin listener off.
-pub const ADMIN_OFF: [&str; 2] = ["", "off"];
-
-pub(super) fn d_admin_listen() -> String {
-    "127.0.0.1:9090".into()
+pub(super) fn d_admin_listen() -> Option<std::net::SocketAddr> {
+    Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9090)))
 }
 pub(super) fn d_shutdown_grace() -> Dur {
     Dur::secs(25)
@@ -58,17 +55,9 @@ pub enum LogFormat {
 pub const LOG_LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
 
 impl super::Config {
-    /// The admin listener's address, unless it is turned off.
-    pub fn admin_addr(&self) -> Option<&str> {
-        let a = self.admin_listen.trim();
-        (!ADMIN_OFF.contains(&a)).then_some(a)
-    }
-
     pub(super) fn validate_ops(&self) -> Result<(), ConfigError> {
-        if let Some(a) = self.admin_addr() {
-            let addr =
-                crate::route::check_listen(a).map_err(|m| ConfigError::key("admin_listen", m))?;
-            if self.listen.parse().ok() == Some(addr) {
+        if let Some(addr) = self.admin_listen {
+            if self.listen == addr {
                 return Err(ConfigError::key(
                     "admin_listen",
                     "must differ from listen (or be off)",
@@ -158,7 +147,7 @@ mod tests {
     #[test]
     fn defaults() {
         let c = parse("").unwrap();
-        assert_eq!(c.admin_addr(), Some("127.0.0.1:9090"));
+        assert_eq!(c.admin_listen, Some("127.0.0.1:9090".parse().unwrap()));
         assert_eq!(c.log.format, super::LogFormat::Text);
         assert_eq!(c.log.level, "info");
         assert_eq!(c.shutdown_grace.to_string(), "25s");
@@ -172,7 +161,7 @@ mod tests {
         let c =
             parse("admin_listen: off\nlog: {format: json, level: debug}\npid_file: /run/x.pid\n")
                 .unwrap();
-        assert_eq!(c.admin_addr(), None);
+        assert_eq!(c.admin_listen, None);
         assert_eq!(c.log.format, super::LogFormat::Json);
         for (extra, key) in [
             ("admin_listen: nope", "admin_listen:"),
