@@ -111,6 +111,7 @@ impl Fixture {
         let keys = Arc::new(KeyStore::new(
             &config.descope,
             Gateway::http_client().expect("http client"),
+            extoken::clock::system(),
         ));
         let n = rt.block_on(keys.load()).expect("load the JWKS file");
         assert_eq!(n, 2, "both bench keys usable");
@@ -132,6 +133,7 @@ impl Fixture {
             self.gateway.verifier.keys.clone(),
             self.config.limits.max_token_bytes,
             self.config.cache.verified_sessions,
+            extoken::clock::system(),
         )
     }
 

@@ -126,7 +126,8 @@ mod tests {
             &|_| None,
         )
         .unwrap();
-        let keys = Arc::new(KeyStore::new(&c.descope, Gateway::http_client().unwrap()));
+        let client = Gateway::http_client().unwrap();
+        let keys = Arc::new(KeyStore::new(&c.descope, client, crate::clock::system()));
         Gateway::build(c, keys).unwrap()
     }
 

@@ -33,6 +33,7 @@ impl Gateway {
             keys,
             config.limits.max_token_bytes,
             config.cache.verified_sessions,
+            crate::clock::system(),
         ));
         Self::assemble(config, verifier, None)
     }
@@ -51,12 +52,14 @@ impl Gateway {
         let verifier = if same_verifier {
             self.verifier.clone()
         } else {
-            let keys = Arc::new(KeyStore::new(&config.descope, self.verifier.keys.client()));
+            let client = self.verifier.keys.client();
+            let keys = KeyStore::new(&config.descope, client, crate::clock::system());
             Arc::new(Verifier::new(
                 &config.descope,
-                keys,
+                Arc::new(keys),
                 config.limits.max_token_bytes,
                 config.cache.verified_sessions,
+                crate::clock::system(),
             ))
         };
         let cache = (old.cache == config.cache).then(|| self.connectors.cache().clone());
@@ -159,7 +162,8 @@ mod tests {
     fn gateway() -> Gateway {
         install_crypto_provider();
         let c = cfg("");
-        let keys = Arc::new(KeyStore::new(&c.descope, Gateway::http_client().unwrap()));
+        let client = Gateway::http_client().unwrap();
+        let keys = Arc::new(KeyStore::new(&c.descope, client, crate::clock::system()));
         Gateway::build(c, keys).unwrap()
     }
 

@@ -173,10 +173,9 @@ impl BackgroundService for KeyRefresher {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         loop {
             let keys = self.state.load().verifier.keys.clone();
-            // `run` stops when its future is dropped; this sender only has to outlive it.
-            let (_tx, rx) = tokio::sync::watch::channel(false);
+            // `run` never ends; it stops when this select drops it.
             tokio::select! {
-                _ = keys.run(rx) => return,
+                _ = keys.run() => return,
                 _ = shutdown.changed() => return,
                 _ = self.keys_swapped.notified() => continue,
             }

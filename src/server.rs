@@ -41,7 +41,7 @@ pub struct Built {
 pub fn build(cfg: Config) -> Result<Built, StartError> {
     crate::gateway::install_crypto_provider();
     let client = Gateway::http_client()?;
-    let keys = Arc::new(KeyStore::new(&cfg.descope, client));
+    let keys = Arc::new(KeyStore::new(&cfg.descope, client, crate::clock::system()));
     let listen = cfg.listen.to_string();
     let threads = if cfg.threads == 0 {
         std::thread::available_parallelism()

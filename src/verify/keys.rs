@@ -14,7 +14,7 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 
 /// The algorithms a key may verify.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Allowed {
+pub(crate) enum Allowed {
     /// The key's `alg`, or the only one its curve fits.
     Exactly(Algorithm),
     /// An RSA key that names no `alg`: any RS*/PS* algorithm.
@@ -22,7 +22,7 @@ pub enum Allowed {
 }
 
 impl Allowed {
-    pub fn permits(self, alg: Algorithm) -> bool {
+    pub(crate) fn permits(self, alg: Algorithm) -> bool {
         match self {
             Allowed::Exactly(a) => a == alg,
             Allowed::AnyRsa => matches!(
@@ -39,12 +39,12 @@ impl Allowed {
 }
 
 pub struct Key {
-    pub kid: Arc<str>,
-    pub allowed: Allowed,
+    pub(crate) kid: Arc<str>,
+    pub(crate) allowed: Allowed,
     pub decoding: DecodingKey,
     /// RFC 7638 SHA-256 thumbprint of the public key: what a verified session is bound to, so a
     /// key replaced under the same `kid` does not keep serving sessions verified with the old one.
-    pub thumbprint: [u8; 32],
+    pub(crate) thumbprint: [u8; 32],
 }
 
 impl std::fmt::Debug for Key {
@@ -60,19 +60,19 @@ impl std::fmt::Debug for Key {
 /// One generation of keys. Swapped whole; readers hold an `Arc` to the one they started with.
 #[derive(Debug, Default)]
 pub struct KeySet {
-    pub keys: HashMap<Arc<str>, Arc<Key>>,
+    pub(crate) keys: HashMap<Arc<str>, Arc<Key>>,
     /// Bumped on every successful load; waiters use it to see that someone else refetched.
-    pub generation: u64,
+    pub(crate) generation: u64,
 }
 
 impl KeySet {
     pub fn get(&self, kid: &str) -> Option<&Arc<Key>> {
         self.keys.get(kid)
     }
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.keys.len()
     }
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }
 }
@@ -87,7 +87,7 @@ pub enum KeySetError {
 
 /// Parses a JWKS document (`{"keys":[...]}`) into usable keys. `warn` receives one line per
 /// skipped key (no key material in it).
-pub fn parse_jwks(body: &[u8], warn: &mut dyn FnMut(String)) -> Result<KeySet, KeySetError> {
+pub(crate) fn parse_jwks(body: &[u8], warn: &mut dyn FnMut(String)) -> Result<KeySet, KeySetError> {
     #[derive(serde::Deserialize)]
     struct Doc {
         keys: Vec<serde_json::Value>,
@@ -150,7 +150,7 @@ fn key_from_jwk(raw: &serde_json::Value) -> Result<Key, String> {
 /// The RFC 7638 thumbprint (SHA-256) of a public JWK: the hash of the JSON object of its required
 /// members only (RSA `e, kty, n`; EC `crv, kty, x, y`; OKP `crv, kty, x`), in lexicographic order,
 /// without whitespace, the values as the JWK states them.
-pub fn thumbprint(raw: &serde_json::Value) -> Result<[u8; 32], String> {
+fn thumbprint(raw: &serde_json::Value) -> Result<[u8; 32], String> {
     let kty = raw
         .get("kty")
         .and_then(serde_json::Value::as_str)
@@ -231,7 +231,7 @@ fn signing_alg(a: KeyAlgorithm) -> Option<Algorithm> {
 }
 
 /// A header `alg` string as an accepted algorithm (`none`, HS*, unknown → `None`).
-pub fn header_alg(s: &str) -> Option<Algorithm> {
+pub(crate) fn header_alg(s: &str) -> Option<Algorithm> {
     Some(match s {
         "RS256" => Algorithm::RS256,
         "RS384" => Algorithm::RS384,

@@ -8,11 +8,12 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
 use super::keys::{parse_jwks, KeySet, KeySetError};
+use crate::clock::SharedClock;
 use crate::config::{DescopeConfig, KeySource};
 
 #[derive(Debug, thiserror::Error)]
@@ -27,13 +28,11 @@ pub enum FetchError {
     Parse(#[from] KeySetError),
 }
 
-/// Fetch outcomes, for metrics and readiness.
+/// The last good load, for readiness (`keys_max_age`) and `jwks_last_success_timestamp_seconds`.
 #[derive(Debug, Default)]
-pub struct FetchStats {
-    pub ok: AtomicU64,
-    pub failed: AtomicU64,
+pub(crate) struct FetchStats {
     /// Unix seconds of the last successful load; 0 = never.
-    pub last_success: AtomicU64,
+    pub(crate) last_success: AtomicU64,
 }
 
 pub struct KeyStore {
@@ -41,16 +40,17 @@ pub struct KeyStore {
     client: reqwest::Client,
     timeout: Duration,
     min_refetch: Duration,
-    pub refresh: Duration,
+    refresh: Duration,
     current: ArcSwap<KeySet>,
     generation: AtomicU64,
     /// Single flight for unknown-kid refetches; holds when the last one started.
     refetch: tokio::sync::Mutex<Option<Instant>>,
-    pub stats: FetchStats,
+    pub(crate) stats: FetchStats,
+    clock: SharedClock,
 }
 
 impl KeyStore {
-    pub fn new(cfg: &DescopeConfig, client: reqwest::Client) -> KeyStore {
+    pub fn new(cfg: &DescopeConfig, client: reqwest::Client, clock: SharedClock) -> KeyStore {
         KeyStore {
             source: cfg.key_source(),
             client,
@@ -61,6 +61,7 @@ impl KeyStore {
             generation: AtomicU64::new(0),
             refetch: tokio::sync::Mutex::new(None),
             stats: FetchStats::default(),
+            clock,
         }
     }
 
@@ -70,18 +71,14 @@ impl KeyStore {
     }
 
     /// The HTTP client (shared with a key store built on reload).
-    pub fn client(&self) -> reqwest::Client {
+    pub(crate) fn client(&self) -> reqwest::Client {
         self.client.clone()
     }
 
-    pub fn source(&self) -> &KeySource {
-        &self.source
-    }
-
-    /// Seconds since the keys were last loaded successfully, if ever.
-    pub fn age(&self) -> Option<Duration> {
+    /// Time since the keys were last loaded successfully (by the clock), if ever.
+    pub(crate) fn age(&self) -> Option<Duration> {
         let t = self.stats.last_success.load(Ordering::Relaxed);
-        (t != 0).then(|| Duration::from_secs(unix_now().saturating_sub(t)))
+        (t != 0).then(|| Duration::from_secs(self.clock.unix().saturating_sub(t)))
     }
 
     /// Fetches the set and swaps it in. On failure the previous set stays.
@@ -92,20 +89,19 @@ impl KeyStore {
             .jwks_fetches_total
             .with_label_values(&[outcome])
             .inc();
-        match &result {
-            Ok(_) => {
-                self.stats.ok.fetch_add(1, Ordering::Relaxed);
-                self.stats.last_success.store(unix_now(), Ordering::Relaxed);
-            }
-            Err(_) => {
-                self.stats.failed.fetch_add(1, Ordering::Relaxed);
-            }
+        if result.is_ok() {
+            let now = self.clock.unix();
+            self.stats.last_success.store(now, Ordering::Relaxed);
         }
-        let mut set = result?;
+        Ok(self.install(result?))
+    }
+
+    /// Swaps `set` in as the next generation; returns how many keys it has.
+    pub(super) fn install(&self, mut set: KeySet) -> usize {
         let n = set.len();
         set.generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         self.current.store(Arc::new(set));
-        Ok(n)
+        n
     }
 
     async fn fetch(&self) -> Result<KeySet, FetchError> {
@@ -138,18 +134,19 @@ impl KeyStore {
 
     /// Called when a token names a `kid` that `seen` does not have. Returns the key set to retry
     /// with: a newer one if anybody (this call or another) loaded one, else `seen` unchanged.
-    pub async fn refetch_for_unknown_kid(&self, seen: &Arc<KeySet>) -> Arc<KeySet> {
+    pub(crate) async fn refetch_for_unknown_kid(&self, seen: &Arc<KeySet>) -> Arc<KeySet> {
         let mut last = self.refetch.lock().await;
         let now = self.current();
         if now.generation != seen.generation {
             return now; // someone loaded keys while we waited: no second fetch
         }
+        let started = self.clock.now();
         if let Some(t) = *last {
-            if t.elapsed() < self.min_refetch {
+            if started.saturating_duration_since(t) < self.min_refetch {
                 return now;
             }
         }
-        *last = Some(Instant::now());
+        *last = Some(started);
         match self.load().await {
             Ok(n) => {
                 tracing::info!(target: "extoken::jwks", keys = n, "refetched keys for an unknown kid")
@@ -160,8 +157,9 @@ impl KeyStore {
     }
 
     /// The background loop: retries with backoff (1 s doubling to 30 s) while a load fails, and
-    /// reloads every `jwks_refresh` once one succeeded. Ends when `stop` fires.
-    pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    /// reloads every `jwks_refresh` once one succeeded. Never ends: it stops when its future is
+    /// dropped.
+    pub(crate) async fn run(self: Arc<Self>) {
         let mut backoff = Duration::from_secs(1);
         loop {
             let wait = match self.load().await {
@@ -178,17 +176,7 @@ impl KeyStore {
                     w
                 }
             };
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = stop.changed() => return,
-            }
+            tokio::time::sleep(wait).await;
         }
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
