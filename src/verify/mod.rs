@@ -20,6 +20,8 @@ mod claims;
 mod jws;
 mod keys;
 mod keystore;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::time::Duration;
