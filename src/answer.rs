@@ -21,10 +21,10 @@ pub struct Answer {
 }
 
 /// Seconds a client is told to wait when a dependency is down.
-pub const RETRY_AFTER_SECS: u32 = 5;
+pub(crate) const RETRY_AFTER_SECS: u32 = 5;
 
 impl Answer {
-    pub fn unauthorized(e: &AuthError) -> Answer {
+    pub(crate) fn unauthorized(e: &AuthError) -> Answer {
         match e {
             AuthError::Missing => Answer {
                 status: 401,
@@ -52,7 +52,7 @@ impl Answer {
         }
     }
 
-    pub fn from_verify(e: &VerifyError) -> Answer {
+    pub(crate) fn from_verify(e: &VerifyError) -> Answer {
         match e {
             VerifyError::Invalid(a) => Self::unauthorized(a),
             VerifyError::KeysUnavailable => {
@@ -61,7 +61,7 @@ impl Answer {
         }
     }
 
-    pub fn from_exchange(e: &ExchangeError) -> Answer {
+    pub(crate) fn from_exchange(e: &ExchangeError) -> Answer {
         match e {
             ExchangeError::MissingClaim { .. } => {
                 Self::invalid_token(&e.to_string(), "missing_external_token")
@@ -77,7 +77,7 @@ impl Answer {
         }
     }
 
-    pub fn unavailable(description: &str, reason: &'static str) -> Answer {
+    pub(crate) fn unavailable(description: &str, reason: &'static str) -> Answer {
         Answer {
             status: 503,
             www_authenticate: None,
@@ -89,7 +89,7 @@ impl Answer {
     }
 
     /// 431: the request head is larger than the gateway accepts (never forwarded).
-    pub fn headers_too_large() -> Answer {
+    pub(crate) fn headers_too_large() -> Answer {
         Answer {
             status: 431,
             www_authenticate: None,
@@ -105,7 +105,7 @@ impl Answer {
 
     /// 400: the request target, host or headers are ambiguous or malformed; never forwarded.
     /// `description` is ours (which rule), never the client's bytes.
-    pub fn bad_request(description: &str, reason: &'static str) -> Answer {
+    pub(crate) fn bad_request(description: &str, reason: &'static str) -> Answer {
         Answer {
             status: 400,
             www_authenticate: None,
@@ -118,7 +118,7 @@ impl Answer {
 
     /// 403: a valid session that a rule does not admit (RFC 6750 `insufficient_scope`).
     /// `description` names the rule, never the user's claims.
-    pub fn forbidden(description: &str) -> Answer {
+    pub(crate) fn forbidden(description: &str) -> Answer {
         Answer {
             status: 403,
             www_authenticate: Some(format!(
@@ -134,7 +134,7 @@ impl Answer {
 
     /// What pingora could not do (handed to `fail_to_proxy`): `status` is pingora's choice (502
     /// for an upstream failure, 4xx for a bad request, 500 otherwise); `outcome` the metric word.
-    pub fn proxy_failure(status: u16, outcome: &'static str) -> Answer {
+    pub(crate) fn proxy_failure(status: u16, outcome: &'static str) -> Answer {
         let (error, description) = match status {
             502 | 504 => ("bad_gateway", "the upstream could not be reached or failed"),
             400..=499 => ("bad_request", "the request could not be processed"),
@@ -153,7 +153,7 @@ impl Answer {
         }
     }
 
-    pub fn no_route() -> Answer {
+    pub(crate) fn no_route() -> Answer {
         Answer {
             status: 404,
             www_authenticate: None,

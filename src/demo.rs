@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -15,6 +16,76 @@ use http::Response;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use pingora::services::listening::Service;
+
+use crate::config::{Config, ConfigError, KeySource, EMBEDDED_DEFAULT};
+use crate::lifecycle::{ConfigSource, LifecycleError};
+use crate::mint::{DevKey, MintError, MintOptions};
+use crate::server::StartError;
+use crate::telemetry::TelemetryError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("embedded config: {0}")]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Log(#[from] TelemetryError),
+    #[error(transparent)]
+    Key(#[from] MintError),
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error(transparent)]
+    Run(#[from] LifecycleError),
+    #[error("the demo serves its keys over HTTP: set DESCOPE_JWKS_URL to an http:// URL")]
+    KeysNotHttp,
+    #[error("the demo upstream must be http://")]
+    UpstreamNotHttp,
+}
+
+/// Runs the demo until Ctrl-C: dev key at `key_path` (created if absent), its JWKS and an echo
+/// upstream as pingora services beside the gateway, on the embedded config's addresses.
+pub fn run(key_path: &Path) -> Result<(), DemoError> {
+    let cfg = Config::parse(EMBEDDED_DEFAULT, &|k| std::env::var(k).ok())?;
+    let log = crate::telemetry::init(&cfg.log)?;
+    let key = DevKey::load_or_create(key_path)?;
+    let jwks_addr = match cfg.descope.key_source() {
+        KeySource::Url(u) => url_authority(&u).ok_or(DemoError::KeysNotHttp)?,
+        KeySource::File(_) => return Err(DemoError::KeysNotHttp),
+    };
+    let upstream = cfg.routes.first().map(|r| r.upstream.to_string());
+    let echo_addr = upstream
+        .as_deref()
+        .and_then(url_authority)
+        .ok_or(DemoError::UpstreamNotHttp)?;
+    let listen = cfg.listen;
+    let session = |ttl_secs| {
+        MintOptions {
+            project_id: cfg.descope.project_id.clone(),
+            issuer: None,
+            sub: "U2demoUser".into(),
+            ttl_secs,
+            claims: vec![],
+            external_token: Some("legacy-token-for-{sub}".into()),
+            refresh: false,
+        }
+        .mint(&key, 1)
+        .map(|mut v| v.remove(0))
+    };
+    let (good, bad) = (session(3600)?, session(-600)?);
+
+    let mut built = crate::server::build(cfg)?;
+    built.server.add_service(http_app(
+        "demo jwks",
+        &jwks_addr,
+        StaticJson(key.jwks.clone().into_bytes()),
+    ));
+    built
+        .server
+        .add_service(http_app("demo echo upstream", &echo_addr, Echo));
+    tracing::info!(jwks = %jwks_addr, upstream = %echo_addr, "demo: dev key {} (kid {})", key_path.display(), key.kid);
+    announce_when_ready(listen, good, bad);
+    built.run(ConfigSource::Embedded, Some(log))?;
+    Ok(())
+}
 
 /// Serves fixed JSON on every path (the JWKS).
 pub struct StaticJson(pub Vec<u8>);
@@ -82,7 +153,7 @@ pub fn url_authority(url: &str) -> Option<String> {
 }
 
 /// Sends one GET with a bearer token to `addr` and returns the status code.
-pub fn probe(addr: SocketAddr, token: &str) -> Option<u16> {
+pub(crate) fn probe(addr: SocketAddr, token: &str) -> Option<u16> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     write!(s, "GET / HTTP/1.1\r\nHost: demo\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n").ok()?;

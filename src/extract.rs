@@ -58,7 +58,7 @@ pub fn bearer(v: &[u8]) -> Option<&str> {
 
 /// Whether a JWT's (unverified) payload has an `iss` for which `is_ours` holds: enough to know a
 /// Bearer is a Descope session that must not reach a backend, never enough to trust it.
-pub fn unverified_issuer_is(token: &str, is_ours: impl Fn(&str) -> bool) -> bool {
+pub(crate) fn unverified_issuer_is(token: &str, is_ours: impl Fn(&str) -> bool) -> bool {
     use base64::Engine as _;
     #[derive(serde::Deserialize)]
     struct Iss<'a> {
@@ -97,15 +97,15 @@ fn cookie<'a>(v: &'a [u8], name: &str) -> Option<&'a str> {
 
 /// One `name=value` of a `Cookie` header; `raw` is the whole pair, trimmed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CookiePair<'a> {
-    pub raw: &'a [u8],
-    pub name: &'a [u8],
-    pub value: &'a [u8],
+pub(crate) struct CookiePair<'a> {
+    pub(crate) raw: &'a [u8],
+    pub(crate) name: &'a [u8],
+    pub(crate) value: &'a [u8],
 }
 
 /// The pairs of one `Cookie` header value, byte by byte (any byte but `;` may be in a value);
 /// empty pieces are skipped. A piece without `=` is a name with an empty value.
-pub fn cookie_pairs(v: &[u8]) -> impl Iterator<Item = CookiePair<'_>> {
+pub(crate) fn cookie_pairs(v: &[u8]) -> impl Iterator<Item = CookiePair<'_>> {
     v.split(|&b| b == b';').filter_map(|piece| {
         let raw = trim(piece);
         if raw.is_empty() {

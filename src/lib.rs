@@ -9,17 +9,17 @@
 //! [`telemetry`] and [`lifecycle`] are the operations side (probes, metrics, logs, reload, shutdown). [`mint`] and [`demo`]
 //! serve the developer commands.
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod answer;
 pub mod clock;
 pub mod config;
 pub mod demo;
-pub mod drain;
+pub(crate) mod drain;
 pub mod exchange;
 pub mod extract;
 pub mod gateway;
 pub mod lifecycle;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod mint;
 pub mod proxy;
 pub mod rewrite;
@@ -28,3 +28,6 @@ pub mod server;
 pub mod target;
 pub mod telemetry;
 pub mod verify;
+
+#[cfg(test)]
+mod architecture;

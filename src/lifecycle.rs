@@ -46,13 +46,13 @@ pub enum LifecycleError {
 /// pingora's share of the shutdown: after `shutdown_delay` the listeners close and pingora waits
 /// `grace_period_seconds` before stopping its runtimes (which cancels what is still running) within
 /// `graceful_shutdown_timeout_seconds`. Both fit in `shutdown_grace`; we exit earlier when idle.
-pub fn pingora_grace(cfg: &Config) -> (u64, u64) {
+pub(crate) fn pingora_grace(cfg: &Config) -> (u64, u64) {
     let rest = cfg.shutdown_grace.0.saturating_sub(cfg.shutdown_delay.0);
     (rest.as_secs().saturating_sub(1), 1)
 }
 
 /// Waits for SIGTERM/SIGQUIT (graceful) or SIGINT (fast) for pingora's main loop.
-pub struct Signals {
+pub(crate) struct Signals {
     delay: Duration,
     grace: Duration,
     pid_file: Option<PathBuf>,
@@ -60,7 +60,7 @@ pub struct Signals {
 }
 
 impl Signals {
-    pub fn new(cfg: &Config, drain: Drain) -> Signals {
+    pub(crate) fn new(cfg: &Config, drain: Drain) -> Signals {
         Signals {
             delay: cfg.shutdown_delay.0,
             grace: cfg.shutdown_grace.0,
@@ -154,13 +154,13 @@ impl ShutdownSignalWatch for Signals {
 
 /// Keeps the current gateway's Descope keys fresh, following reloads that replace the key store
 /// (the reloader notifies `keys_swapped`).
-pub struct KeyRefresher {
+pub(crate) struct KeyRefresher {
     state: Arc<ArcSwap<Gateway>>,
     keys_swapped: Arc<Notify>,
 }
 
 impl KeyRefresher {
-    pub fn new(state: Arc<ArcSwap<Gateway>>, keys_swapped: Arc<Notify>) -> KeyRefresher {
+    pub(crate) fn new(state: Arc<ArcSwap<Gateway>>, keys_swapped: Arc<Notify>) -> KeyRefresher {
         KeyRefresher {
             state,
             keys_swapped,
@@ -201,12 +201,12 @@ impl ConfigSource {
 }
 
 /// Re-reads the config on SIGHUP.
-pub struct Reloader {
-    pub state: Arc<ArcSwap<Gateway>>,
-    pub source: ConfigSource,
-    pub keys_swapped: Arc<Notify>,
+pub(crate) struct Reloader {
+    pub(crate) state: Arc<ArcSwap<Gateway>>,
+    pub(crate) source: ConfigSource,
+    pub(crate) keys_swapped: Arc<Notify>,
     /// The log filter to apply `log.level` to (none when the process has no subscriber of ours).
-    pub log: Option<LogLevel>,
+    pub(crate) log: Option<LogLevel>,
 }
 
 #[async_trait]
@@ -228,7 +228,7 @@ impl BackgroundService for Reloader {
 
 impl Reloader {
     /// One reload: `Ok(())` when the new config is in force; else the running one stays.
-    pub async fn reload(&self) -> Result<(), ConfigError> {
+    pub(crate) async fn reload(&self) -> Result<(), ConfigError> {
         let result = self.try_reload().await;
         let m = &metrics().config_reloads_total;
         match &result {
@@ -288,12 +288,12 @@ async fn load_new_keys(gw: &Gateway) -> Result<(), ConfigError> {
 }
 
 /// Writes this process's id to `path`.
-pub fn write_pid_file(path: &Path) -> Result<(), LifecycleError> {
+pub(crate) fn write_pid_file(path: &Path) -> Result<(), LifecycleError> {
     std::fs::write(path, format!("{}\n", std::process::id()))
         .map_err(|e| LifecycleError::PidFile(path.to_owned(), e))
 }
 
-pub fn remove_pid_file(path: Option<&Path>) {
+pub(crate) fn remove_pid_file(path: Option<&Path>) {
     if let Some(p) = path {
         // Only our own: another instance may have taken the file over.
         let ours = std::fs::read_to_string(p)

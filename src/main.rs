@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use extoken::config::{parse_duration, Config, KeySource, EMBEDDED_DEFAULT};
+use extoken::config::{parse_duration, Config};
 use extoken::lifecycle::ConfigSource;
 use extoken::mint::{parse_claim, DevKey, MintOptions};
 
@@ -116,7 +116,11 @@ fn config_source(path: Option<&Path>) -> ConfigSource {
 }
 
 fn load_config(source: &ConfigSource) -> Result<Config> {
-    source.load().with_context(|| match source {
+    // The connector blocks are checked too (no key files read): what the gateway would refuse.
+    let cfg = source
+        .load()
+        .and_then(|cfg| extoken::exchange::validate(&cfg).map(|()| cfg));
+    cfg.with_context(|| match source {
         ConfigSource::File(p) => format!("config {}", p.display()),
         ConfigSource::Embedded => "embedded config".into(),
     })
@@ -152,7 +156,7 @@ fn check(path: &Path) -> Result<()> {
     // Builds the connectors too: key files, service accounts and secrets are read and test-signed.
     extoken::gateway::install_crypto_provider();
     let client = extoken::gateway::Gateway::http_client()?;
-    extoken::exchange::Connectors::build(&cfg, &client, None)?;
+    extoken::exchange::Connectors::build(&cfg, &client, extoken::clock::system())?;
     print!("{}", cfg.summary());
     println!("ok: {} is valid", path.display());
     Ok(())
@@ -195,55 +199,5 @@ fn mint(a: MintArgs) -> Result<()> {
 }
 
 fn demo(key_path: &Path) -> Result<()> {
-    let cfg =
-        Config::parse(EMBEDDED_DEFAULT, &|k| std::env::var(k).ok()).context("embedded config")?;
-    let log = extoken::telemetry::init(&cfg.log)?;
-    let key = DevKey::load_or_create(key_path)?;
-    let jwks_addr = match cfg.descope.key_source() {
-        KeySource::Url(u) => {
-            extoken::demo::url_authority(&u).context("the demo serves its JWKS over http://")?
-        }
-        KeySource::File(_) => {
-            bail!("the demo serves its keys over HTTP: set DESCOPE_JWKS_URL to an http:// URL")
-        }
-    };
-    let upstream = cfg
-        .routes
-        .first()
-        .map(|r| r.upstream.to_string())
-        .unwrap_or_default();
-    let echo_addr =
-        extoken::demo::url_authority(&upstream).context("the demo upstream must be http://")?;
-    let listen = cfg.listen;
-    let opts = |ttl_secs, ext: &str| MintOptions {
-        project_id: cfg.descope.project_id.clone(),
-        issuer: None,
-        sub: "U2demoUser".into(),
-        ttl_secs,
-        claims: vec![],
-        external_token: Some(ext.into()),
-        refresh: false,
-    };
-    let good = opts(3600, "legacy-token-for-{sub}")
-        .mint(&key, 1)?
-        .remove(0);
-    let bad = opts(-600, "legacy-token-for-{sub}")
-        .mint(&key, 1)?
-        .remove(0);
-
-    let mut built = extoken::server::build(cfg)?;
-    built.server.add_service(extoken::demo::http_app(
-        "demo jwks",
-        &jwks_addr,
-        extoken::demo::StaticJson(key.jwks.into_bytes()),
-    ));
-    built.server.add_service(extoken::demo::http_app(
-        "demo echo upstream",
-        &echo_addr,
-        extoken::demo::Echo,
-    ));
-    tracing::info!(jwks = %jwks_addr, upstream = %echo_addr, "demo: dev key {} (kid {})", key_path.display(), key.kid);
-    extoken::demo::announce_when_ready(listen, good, bad);
-    built.run(ConfigSource::Embedded, Some(log))?;
-    Ok(())
+    Ok(extoken::demo::run(key_path)?)
 }

@@ -16,14 +16,14 @@ use http::header::AUTHORIZATION;
 use http::HeaderValue;
 
 use crate::answer::Answer;
-use crate::config::{AuthMode, UnderscoreHeaders};
+use crate::config::{AuthMode, LimitsConfig, UnderscoreHeaders};
 use crate::drain::{Drain, InFlight};
 use crate::exchange::RequestInfo;
 use crate::extract;
 use crate::gateway::Gateway;
 use crate::rewrite::{self, Rewrite};
 use crate::route::Route;
-use crate::target::{self, BadTarget};
+use crate::target::{self, BadTarget, Decided};
 use crate::telemetry::{self, RequestLog};
 
 /// Bytes of a request head as it would go upstream: request line plus `name: value\r\n` lines.
@@ -35,20 +35,20 @@ pub fn request_head_bytes(req: &RequestHeader) -> usize {
         .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
 }
 
-pub struct Proxy {
+pub(crate) struct Proxy {
     state: Arc<ArcSwap<Gateway>>,
     drain: Drain,
 }
 
 impl Proxy {
-    pub fn new(state: Arc<ArcSwap<Gateway>>, drain: Drain) -> Proxy {
+    pub(crate) fn new(state: Arc<ArcSwap<Gateway>>, drain: Drain) -> Proxy {
         Proxy { state, drain }
     }
 }
 
 /// Per-request state carried between phases.
 #[derive(Default)]
-pub struct Ctx {
+pub(crate) struct Ctx {
     /// Counts the request as in flight (a graceful shutdown waits for it) until the ctx drops.
     _in_flight: Option<InFlight>,
     gateway: Option<Arc<Gateway>>,
@@ -111,6 +111,42 @@ fn bad_target(e: BadTarget) -> Answer {
     Answer::bad_request(&e.to_string(), e.reason())
 }
 
+/// What is refused before routing: oversized heads, an ambiguous target or host, two
+/// `Authorization` headers, underscore header names when `reject`. `Ok` is the canonical target
+/// and host.
+fn screen(req: &RequestHeader, limits: &LimitsConfig) -> std::result::Result<Decided, Answer> {
+    // pingora itself reads heads up to 1 MB, which backends commonly refuse or choke on.
+    if request_head_bytes(req) > limits.max_header_bytes {
+        return Err(Answer::headers_too_large());
+    }
+    let decided = target::decide(req, limits.escaped_slashes).map_err(bad_target)?;
+    if req.headers.get_all(AUTHORIZATION).iter().nth(1).is_some() {
+        return Err(Answer::bad_request(
+            "more than one Authorization header",
+            "duplicate_authorization",
+        ));
+    }
+    if limits.underscore_headers == UnderscoreHeaders::Reject
+        && req.headers.keys().any(|n| n.as_str().contains('_'))
+    {
+        return Err(Answer::bad_request(
+            "header names with underscores are not accepted",
+            "underscore_header",
+        ));
+    }
+    Ok(decided)
+}
+
+/// The `Host` to forward: the upstream's (`preserve_host: false`), else the canonical one, else
+/// (HTTP/1.0 without a host) the upstream's.
+fn forwarded_host(route: &Route, host: Option<&target::Host>) -> Option<HeaderValue> {
+    route
+        .host_override
+        .clone()
+        .or_else(|| host.and_then(|h| HeaderValue::from_str(h.as_str()).ok()))
+        .or_else(|| route.upstream.host_header())
+}
+
 impl Proxy {
     /// Everything `request_filter` decides, as one plain function: `Err` is the answer to send.
     /// The target is made canonical here and replaces the received one, so routing, the
@@ -121,27 +157,7 @@ impl Proxy {
         session: &mut Session,
         ctx: &mut Ctx,
     ) -> std::result::Result<(), Answer> {
-        let limits = &gw.config.limits;
-        let req = session.req_header();
-        // pingora itself reads heads up to 1 MB, which backends commonly refuse or choke on.
-        if request_head_bytes(req) > limits.max_header_bytes {
-            return Err(Answer::headers_too_large());
-        }
-        let decided = target::decide(req, limits.escaped_slashes).map_err(bad_target)?;
-        if req.headers.get_all(AUTHORIZATION).iter().nth(1).is_some() {
-            return Err(Answer::bad_request(
-                "more than one Authorization header",
-                "duplicate_authorization",
-            ));
-        }
-        if limits.underscore_headers == UnderscoreHeaders::Reject
-            && req.headers.keys().any(|n| n.as_str().contains('_'))
-        {
-            return Err(Answer::bad_request(
-                "header names with underscores are not accepted",
-                "underscore_header",
-            ));
-        }
+        let decided = screen(session.req_header(), &gw.config.limits)?;
         let host_name = decided.host.as_ref().map(|h| h.name());
         let route = gw
             .routes
@@ -149,16 +165,7 @@ impl Proxy {
             .cloned()
             .ok_or_else(Answer::no_route)?;
         ctx.log.route(&route.name);
-        ctx.host = route
-            .host_override
-            .clone()
-            .or_else(|| {
-                decided
-                    .host
-                    .as_ref()
-                    .and_then(|h| HeaderValue::from_str(h.as_str()).ok())
-            })
-            .or_else(|| route.upstream.host_header());
+        ctx.host = forwarded_host(&route, decided.host.as_ref());
         if session.req_header().raw_path() != decided.target.as_bytes() {
             session
                 .req_header_mut()
@@ -303,7 +310,7 @@ impl ProxyHttp for Proxy {
 
     /// One access line per request, and the request metrics.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
-        telemetry::finish(session, e, &ctx.log);
+        telemetry::log_request(session, e, &ctx.log);
     }
 
     /// pingora's error lines print error contexts we do not vouch for; the access line carries the

@@ -35,7 +35,7 @@ pub fn auth_value(scheme: &str, token: &ExternalToken) -> Option<HeaderValue> {
 
 /// Removes cookies named in `strip` from a `Cookie` header value, byte-wise. `None` means "drop
 /// the header"; `Some(unchanged)` is returned as-is when nothing matched, to avoid reallocating.
-pub fn strip_cookies(value: &HeaderValue, strip: &[String]) -> Option<HeaderValue> {
+pub(crate) fn strip_cookies(value: &HeaderValue, strip: &[String]) -> Option<HeaderValue> {
     let v = value.as_bytes();
     let stripped = |name: &[u8]| strip.iter().any(|c| c.as_bytes() == name);
     if !cookie_pairs(v).any(|p| stripped(p.name)) {

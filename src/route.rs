@@ -33,7 +33,7 @@ pub struct Route {
 
 impl Route {
     /// A fresh peer for one request (pingora takes ownership of it).
-    pub fn peer(&self) -> Box<HttpPeer> {
+    pub(crate) fn peer(&self) -> Box<HttpPeer> {
         let sni = if self.upstream.tls {
             self.upstream.host.clone()
         } else {
@@ -43,7 +43,7 @@ impl Route {
     }
 
     /// The connector for a session in tenant `dct` (if any).
-    pub fn connector_for(&self, dct: Option<&str>) -> Option<&str> {
+    pub(crate) fn connector_for(&self, dct: Option<&str>) -> Option<&str> {
         dct.and_then(|t| self.connector_by_tenant.get(t))
             .or(self.connector.as_ref())
             .map(String::as_str)

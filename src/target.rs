@@ -51,7 +51,7 @@ pub enum BadTarget {
 
 impl BadTarget {
     /// The metric/log reason.
-    pub fn reason(self) -> &'static str {
+    pub(crate) fn reason(self) -> &'static str {
         match self {
             BadTarget::Form => "bad_target",
             BadTarget::EscapedSlash => "escaped_slash",
@@ -270,23 +270,23 @@ impl Host {
     pub fn as_str(&self) -> &str {
         &self.value
     }
-    pub fn has_port(&self) -> bool {
+    pub(crate) fn has_port(&self) -> bool {
         self.value.len() != self.name_len
     }
 }
 
 /// The target and host of a request, decided once.
 #[derive(Debug)]
-pub struct Decided {
+pub(crate) struct Decided {
     pub target: Target,
     /// `None` only for an HTTP/1.0 origin-form request without `Host`.
-    pub host: Option<Host>,
+    pub(crate) host: Option<Host>,
 }
 
 /// The canonical target and host of a request. The host is the absolute-form authority if there
 /// is one (pingora has already refused a `Host` that differs from it), else the one `Host`
 /// header; an HTTP/1.1 request without exactly one `Host` is refused (RFC 9112 §3.2).
-pub fn decide(
+pub(crate) fn decide(
     req: &pingora::http::RequestHeader,
     slashes: EscapedSlashes,
 ) -> Result<Decided, BadTarget> {

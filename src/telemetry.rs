@@ -19,7 +19,7 @@ use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
 use crate::config::{LogConfig, LogFormat};
 use crate::metrics::{metrics, status_class};
 
-pub const REQUEST_ID: &str = "x-request-id";
+pub(crate) const REQUEST_ID: &str = "x-request-id";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
@@ -84,7 +84,7 @@ pub fn init(cfg: &LogConfig) -> Result<LogLevel, TelemetryError> {
 }
 
 /// A sane incoming request id: 1..=128 visible ASCII characters.
-pub fn sane_request_id(v: &[u8]) -> bool {
+pub(crate) fn sane_request_id(v: &[u8]) -> bool {
     !v.is_empty() && v.len() <= 128 && v.iter().all(|b| (0x21..=0x7e).contains(b))
 }
 
@@ -124,12 +124,12 @@ pub fn new_request_id() -> String {
 }
 
 /// What one request did, collected across the proxy phases for the access line and metrics.
-pub struct RequestLog {
-    pub start: Instant,
-    pub request_id: String,
-    pub route: Option<String>,
-    pub outcome: Option<&'static str>,
-    pub reason: Option<&'static str>,
+pub(crate) struct RequestLog {
+    pub(crate) start: Instant,
+    pub(crate) request_id: String,
+    pub(crate) route: Option<String>,
+    pub(crate) outcome: Option<&'static str>,
+    pub(crate) reason: Option<&'static str>,
     upstream_start: Option<Instant>,
     upstream_status: Option<u16>,
     upstream_time: Option<Duration>,
@@ -152,7 +152,7 @@ impl Default for RequestLog {
 
 impl RequestLog {
     /// Takes the client's `X-Request-Id` if sane, else makes one.
-    pub fn begin(&mut self, req: &RequestHeader) {
+    pub(crate) fn begin(&mut self, req: &RequestHeader) {
         self.request_id = match req.headers.get(REQUEST_ID) {
             Some(v) if sane_request_id(v.as_bytes()) => {
                 String::from_utf8_lossy(v.as_bytes()).into_owned()
@@ -161,34 +161,27 @@ impl RequestLog {
         };
     }
 
-    pub fn route(&mut self, name: &str) {
+    pub(crate) fn route(&mut self, name: &str) {
         self.route = Some(name.to_string());
     }
 
     /// An answer extoken gave itself (a refusal).
-    pub fn answered(&mut self, outcome: &'static str, reason: &'static str) {
+    pub(crate) fn answered(&mut self, outcome: &'static str, reason: &'static str) {
         self.outcome = Some(outcome);
         self.reason = Some(reason);
     }
 
-    pub fn upstream_started(&mut self) {
+    pub(crate) fn upstream_started(&mut self) {
         self.upstream_start.get_or_insert_with(Instant::now);
     }
 
-    pub fn upstream_answered(&mut self, status: u16) {
+    pub(crate) fn upstream_answered(&mut self, status: u16) {
         self.upstream_status = Some(status);
         self.upstream_time = self.upstream_start.map(|t| t.elapsed());
     }
 
-    /// Sets `X-Request-Id` on a request or response head.
-    pub fn stamp_request(&self, h: &mut RequestHeader) -> Result<()> {
-        if !self.request_id.is_empty() {
-            h.insert_header(REQUEST_ID, self.request_id.as_str())?;
-        }
-        Ok(())
-    }
-
-    pub fn stamp_response(&self, h: &mut ResponseHeader) -> Result<()> {
+    /// Sets `X-Request-Id` on a response head.
+    pub(crate) fn stamp_response(&self, h: &mut ResponseHeader) -> Result<()> {
         if !self.request_id.is_empty() {
             h.insert_header(REQUEST_ID, self.request_id.as_str())?;
         }
@@ -200,8 +193,8 @@ fn route_label(log: &RequestLog) -> &str {
     log.route.as_deref().unwrap_or("unmatched")
 }
 
-/// The `logging` phase: one access line, and the request metrics.
-pub fn finish(session: &Session, e: Option<&Error>, log: &RequestLog) {
+/// The `logging` phase: one access line, and the request metrics, for a finished request.
+pub(crate) fn log_request(session: &Session, e: Option<&Error>, log: &RequestLog) {
     let req = session.req_header();
     let status = session
         .response_written()
@@ -253,7 +246,7 @@ pub fn finish(session: &Session, e: Option<&Error>, log: &RequestLog) {
 }
 
 /// Replaces pingora's retry warning (its error context is not ours to vouch for).
-pub fn retry_warning(e: &Error, request_id: &str) {
+pub(crate) fn retry_warning(e: &Error, request_id: &str) {
     tracing::warn!(target: "extoken::proxy", request_id, error = e.etype().as_str(), source = e.esource().as_str(), "upstream attempt failed; retrying");
 }
 
