@@ -11,7 +11,7 @@ const PROJECT: &str = "P2authTestProject000000000";
 
 /// One gateway in front of one backend, keys served by a JWKS endpoint.
 struct Setup {
-    gw: Gateway,
+    gw: GatewayProcess,
     backend: Backend,
     _jwks: JwksServer,
     key: TestKey,
@@ -28,7 +28,7 @@ async fn setup_with(keys: Vec<TestKey>, extra_descope: &[&str], routes: &str) ->
         "{}{CONNECTORS}routes:\n{routes}",
         descope_block(PROJECT, &jwks.url(), extra_descope)
     );
-    let gw = Gateway::start(&yaml).await;
+    let gw = GatewayProcess::start(&yaml).await;
     let mut keys = keys.into_iter();
     let key = keys.next().unwrap();
     gw.wait_keys("/", &key.probe_token()).await;

@@ -320,7 +320,7 @@ async fn minted_tokens_validate_against_their_own_jwks() {
         jwks_path.display(),
         backend.url()
     );
-    let gw = Gateway::start(&yaml).await;
+    let gw = GatewayProcess::start(&yaml).await;
     let ok = eventually(std::time::Duration::from_secs(10), || async {
         gw.get_bearer("/", &tokens[0]).await.status != 503
     })

@@ -20,7 +20,7 @@ struct Rig {
     key: TestKey,
     _jwks: JwksServer,
     backend: Backend,
-    gw: Gateway,
+    gw: GatewayProcess,
 }
 
 async fn rig(connectors: &str, files: &[(&str, &str)]) -> Rig {
@@ -37,7 +37,7 @@ async fn rig(connectors: &str, files: &[(&str, &str)]) -> Rig {
         admin: true,
         ..Launch::default()
     };
-    let gw = Gateway::launch(&yaml, how).await;
+    let gw = GatewayProcess::launch(&yaml, how).await;
     gw.wait_keys("/", &key.probe_token()).await;
     Rig {
         key,
@@ -69,7 +69,7 @@ fn signed_by(token: &str, pem: &str) -> bool {
 }
 
 /// The `n` of every key the admin listener publishes.
-async fn published_moduli(gw: &Gateway) -> Vec<String> {
+async fn published_moduli(gw: &GatewayProcess) -> Vec<String> {
     let (status, body) = gw.admin_get("/.well-known/jwks.json").await.unwrap();
     assert_eq!(status, 200, "{body}");
     let set: Value = serde_json::from_str(&body).unwrap();

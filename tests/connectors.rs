@@ -158,7 +158,7 @@ struct Rig {
     _jwks: JwksServer,
     backend: Backend,
     endpoint: TokenEndpoint,
-    gw: Gateway,
+    gw: GatewayProcess,
 }
 
 async fn rig(mode: Mode, connector_extra: &str, cache: &str) -> Rig {
@@ -173,7 +173,7 @@ async fn rig(mode: Mode, connector_extra: &str, cache: &str) -> Rig {
         url = endpoint.url(),
         up = backend.url(),
     );
-    let gw = Gateway::start(&yaml).await;
+    let gw = GatewayProcess::start(&yaml).await;
     gw.wait_keys("/", &key.probe_token()).await;
     Rig {
         key,
@@ -185,7 +185,7 @@ async fn rig(mode: Mode, connector_extra: &str, cache: &str) -> Rig {
 }
 
 /// `n` concurrent GETs with one session token; their statuses.
-async fn burst(gw: &Gateway, token: &str, n: usize) -> Vec<u16> {
+async fn burst(gw: &GatewayProcess, token: &str, n: usize) -> Vec<u16> {
     let tasks: Vec<_> = (0..n)
         .map(|_| {
             let req = gw.client.get(gw.url("/burst")).bearer_auth(token);
@@ -403,7 +403,7 @@ async fn upstream_401_evicts_the_cached_token() {
         endpoint.url(),
         legacy.addr
     );
-    let gw = Gateway::start(&yaml).await;
+    let gw = GatewayProcess::start(&yaml).await;
     gw.wait_keys("/", &key.probe_token()).await;
     let t = key.sign(&session("U2dave", &[]));
     assert_eq!(
@@ -535,7 +535,7 @@ async fn slow_and_unreachable_connectors_time_out_to_503() {
         free_port(),
         backend.url()
     );
-    let gw = Gateway::start(&yaml).await;
+    let gw = GatewayProcess::start(&yaml).await;
     gw.wait_keys("/", &key.probe_token()).await;
     let reply = gw.get_bearer("/", &key.sign(&session("U2hank", &[]))).await;
     assert_eq!(reply.status, 503);
@@ -557,7 +557,7 @@ async fn connector_by_tenant_picks_per_session_tenant() {
         endpoint.url(),
         backend.url()
     );
-    let gw = Gateway::start(&yaml).await;
+    let gw = GatewayProcess::start(&yaml).await;
     gw.wait_keys("/", &key.probe_token()).await;
     let legacy_tenant = key.sign(&with(
         session("U2ivy", &[("dct", json!("T-legacy"))]),
@@ -641,7 +641,7 @@ async fn oauth2_client_credentials_token_is_fetched_once_and_used() {
         backend.url(),
         a = srv.addr
     );
-    let gw = Gateway::start(&yaml).await;
+    let gw = GatewayProcess::start(&yaml).await;
     gw.wait_keys("/", &key.probe_token()).await;
     for user in ["U2jay", "U2kim"] {
         let reply = gw.get_bearer("/", &key.sign(&session(user, &[]))).await;
@@ -666,7 +666,7 @@ async fn one_forwarded_token(
     connectors: &str,
     files: &[(&str, &str)],
     claims: Value,
-) -> (String, Gateway) {
+) -> (String, GatewayProcess) {
     let key = TestKey::rsa("k1", Algorithm::RS256);
     let jwks = JwksServer::start(&[&key]).await;
     let backend = Backend::start().await;
@@ -675,7 +675,7 @@ async fn one_forwarded_token(
         descope_block(PROJECT, &jwks.url(), &[]),
         backend.url()
     );
-    let gw = Gateway::start_with_files(&yaml, files).await;
+    let gw = GatewayProcess::start_with_files(&yaml, files).await;
     gw.wait_keys("/", &key.probe_token()).await;
     let reply = gw.get_bearer("/", &key.sign(&claims)).await;
     assert_eq!(reply.status, 200, "{}\n{}", reply.body, gw.log());
@@ -887,7 +887,7 @@ async fn preserve_host_false_sends_the_upstreams_host() {
         descope_block(PROJECT, &jwks.url(), &[]),
         u = backend.url()
     );
-    let gw = Gateway::start(&yaml).await;
+    let gw = GatewayProcess::start(&yaml).await;
     gw.wait_keys("/kept", &key.probe_token()).await;
     let t = key.sign(&with(session("U2host", &[]), "externalToken", "x".into()));
     for path in ["/kept", "/hosted"] {

@@ -116,7 +116,7 @@ async fn check_group(g: &Group) {
     let jwks_body = read_fixture(&format!("descope/jwks/{}", g.jwks));
     let (gw, _jwks_server) = if g.from_file {
         let yaml = config(g.project, "jwks_file: keys.jwks.json", &backend.url());
-        let gw = Gateway::start_with_files(&yaml, &[("keys.jwks.json", &jwks_body)]).await;
+        let gw = GatewayProcess::start_with_files(&yaml, &[("keys.jwks.json", &jwks_body)]).await;
         (gw, None)
     } else {
         let server = JwksServer::start_raw(&jwks_body).await;
@@ -125,7 +125,7 @@ async fn check_group(g: &Group) {
             &format!("jwks_url: \"{}\"", server.url()),
             &backend.url(),
         );
-        (Gateway::start(&yaml).await, Some(server))
+        (GatewayProcess::start(&yaml).await, Some(server))
     };
     // A probe with the set's kid and alg: 503 until the keys are in, then a bad-signature 401.
     let jwk: serde_json::Value = serde_json::from_str(&jwks_body).unwrap();

@@ -35,7 +35,7 @@ fn get(target: &str, host: &str) -> String {
 }
 
 struct Edge {
-    gw: Gateway,
+    gw: GatewayProcess,
     public: Backend,
     api: Backend,
     root: Backend,
@@ -67,7 +67,7 @@ async fn edge(extra: &str) -> Edge {
         root.url(),
         admin.url(),
     );
-    let gw = Gateway::launch(
+    let gw = GatewayProcess::launch(
         &yaml,
         Launch {
             admin: true,
@@ -251,7 +251,7 @@ async fn no_descope_credential_reaches_a_backend() {
         open.url(),
         api.url(),
     );
-    let gw = Gateway::start(&yaml).await;
+    let gw = GatewayProcess::start(&yaml).await;
     let session = key.sign(&session_claims(PROJECT, Some("ext-token")));
     let other = key.sign(&with(
         session_claims(PROJECT, Some("other")),
@@ -341,7 +341,7 @@ async fn underscore_headers_can_be_refused() {
         descope_block(PROJECT, "http://127.0.0.1:1/k", &[]),
         backend.url(),
     );
-    let gw = Gateway::start(&yaml).await;
+    let gw = GatewayProcess::start(&yaml).await;
     let r = gw
         .send(gw.client.get(gw.url("/x")).header("X_Token", "v"))
         .await;
@@ -372,7 +372,7 @@ async fn forwarding_headers_say_what_extoken_saw() {
             descope_block(PROJECT, "http://127.0.0.1:1/k", &[]),
             backend.url(),
         );
-        let gw = Gateway::start(&yaml).await;
+        let gw = GatewayProcess::start(&yaml).await;
         let mut req = gw.client.get(gw.url("/x"));
         for (k, v) in spoofed {
             req = req.header(k, v);

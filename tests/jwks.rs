@@ -50,7 +50,7 @@ async fn no_keys_means_503_until_the_endpoint_comes_up() {
     // Nothing listens on this port yet: every fetch is refused.
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}/v2/keys/{PROJECT}");
-    let gw = Gateway::start(&config(&url, &backend.url(), &[])).await;
+    let gw = GatewayProcess::start(&config(&url, &backend.url(), &[])).await;
 
     let good = token(&key, "late");
     assert_unavailable(&gw.get_bearer("/a", &good).await);
@@ -83,7 +83,7 @@ async fn failing_or_garbage_endpoint_means_503_then_recovers() {
     let key = TestKey::es256("ec1");
     let jwks = JwksServer::start(&[&key]).await;
     jwks.set_mode(JwksMode::Status(500));
-    let gw = Gateway::start(&config(&jwks.url(), &backend.url(), &[])).await;
+    let gw = GatewayProcess::start(&config(&jwks.url(), &backend.url(), &[])).await;
     let good = token(&key, "ok");
     wait_hits(&jwks, 1).await;
     assert_unavailable(&gw.get_bearer("/", &good).await);
@@ -114,7 +114,7 @@ async fn rotated_keys_are_picked_up_and_withdrawn_ones_stop_working() {
     let b = TestKey::es256("key-b");
     let c = TestKey::ed25519("key-c");
     let jwks = JwksServer::start(&[&a]).await;
-    let gw = Gateway::start(&config(
+    let gw = GatewayProcess::start(&config(
         &jwks.url(),
         &backend.url(),
         &["jwks_min_refetch: 200ms"],
@@ -188,7 +188,7 @@ async fn unknown_kid_flood_costs_at_most_one_fetch() {
     let a = TestKey::rsa("real-key", Algorithm::RS256);
     let jwks = JwksServer::start(&[&a]).await;
     // Default cooldown (30 s) and refresh (5 m): nothing else fetches during the test.
-    let gw = Gateway::start(&config(&jwks.url(), &backend.url(), &[])).await;
+    let gw = GatewayProcess::start(&config(&jwks.url(), &backend.url(), &[])).await;
     gw.wait_keys("/", &a.probe_token()).await;
     let initial = jwks.hits();
     assert_eq!(initial, 1, "one fetch at start");
@@ -244,7 +244,8 @@ async fn unknown_kid_refetch_is_single_flight_and_blocks_nobody_else() {
     let a = TestKey::rsa("key-a", Algorithm::RS256);
     let b = TestKey::es256("key-b");
     let jwks = JwksServer::start(&[&a]).await;
-    let gw = Gateway::start(&config(&jwks.url(), &backend.url(), &["jwks_timeout: 30s"])).await;
+    let gw =
+        GatewayProcess::start(&config(&jwks.url(), &backend.url(), &["jwks_timeout: 30s"])).await;
     gw.wait_keys("/", &a.probe_token()).await;
     assert_eq!(jwks.hits(), 1);
 
@@ -294,7 +295,7 @@ async fn endpoint_down_after_start_keeps_the_last_good_keys() {
     let backend = Backend::start().await;
     let a = TestKey::rsa("key-a", Algorithm::PS256);
     let jwks = JwksServer::start(&[&a]).await;
-    let gw = Gateway::start(&config(
+    let gw = GatewayProcess::start(&config(
         &jwks.url(),
         &backend.url(),
         &[
@@ -379,7 +380,7 @@ async fn unusable_keys_in_the_set_are_skipped() {
     let hmac_jwk = json!({"kty": "oct", "kid": "hmac", "alg": "HS256", "k": base64_url(secret)});
     let body = json!({"keys": [hmac_jwk, enc_jwk, good.jwk.clone()]}).to_string();
     let jwks = JwksServer::start_raw(&body).await;
-    let gw = Gateway::start(&config(&jwks.url(), &backend.url(), &[])).await;
+    let gw = GatewayProcess::start(&config(&jwks.url(), &backend.url(), &[])).await;
     gw.wait_keys("/", &good.probe_token()).await;
 
     // The classic confusion: an HS256 token "signed" with a published oct key.
@@ -424,7 +425,7 @@ async fn jwks_file_source() {
         backend.url()
     );
     // The file is missing at start: 503, like an unreachable endpoint.
-    let gw = Gateway::start(&yaml).await;
+    let gw = GatewayProcess::start(&yaml).await;
     let t = token(&key, "from-file");
     assert_unavailable(&gw.get_bearer("/", &t).await);
     // It appears (relative to the config file): loaded on the next retry.

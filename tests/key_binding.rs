@@ -14,13 +14,13 @@ const PROJECT: &str = "P2KeyBindingProject";
 
 /// A gateway whose keys come from `jwks` (refreshed every second), one claim-connector route to
 /// `backend`.
-async fn gateway(jwks: &JwksServer, backend: &Backend) -> Gateway {
+async fn gateway(jwks: &JwksServer, backend: &Backend) -> GatewayProcess {
     let yaml = format!(
         "{}{CONNECTORS}routes:\n  - name: api\n    path_prefix: /\n    upstream: \"{}\"\n    connector: ext\n",
         descope_block(PROJECT, &jwks.url(), &["jwks_refresh: 1s"]),
         backend.url()
     );
-    Gateway::start(&yaml).await
+    GatewayProcess::start(&yaml).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -33,7 +33,7 @@ async fn serve_jwks(port: u16, key: &TestKey) -> JwksServer {
 
 /// The gateway with an admin listener, a pid file and the config's own log level: the common
 /// config part, then `rest` (`routes` and extra keys).
-async fn start_gateway(jwks_port: u16, rest: &str) -> Gateway {
+async fn start_gateway(jwks_port: u16, rest: &str) -> GatewayProcess {
     let cfg = format!(
         "descope:\n  project_id: {PROJECT}\n  jwks_url: \"http://127.0.0.1:{jwks_port}/v2/keys/{PROJECT}\"\n\
          connectors:\n  ext:\n    type: claim\n{rest}"
@@ -44,7 +44,7 @@ async fn start_gateway(jwks_port: u16, rest: &str) -> Gateway {
         config_log_level: true,
         ..Launch::default()
     };
-    Gateway::launch(&cfg, how).await
+    GatewayProcess::launch(&cfg, how).await
 }
 
 /// The `x-request-id` the backend's latest request carried.
@@ -53,7 +53,7 @@ fn last_request_id(up: &Backend) -> Option<String> {
 }
 
 /// `extoken reload --config <the gateway's config>`, run to completion.
-fn extoken_reload(gw: &Gateway) -> Output {
+fn extoken_reload(gw: &GatewayProcess) -> Output {
     Command::new(BIN)
         .args(["reload", "--config"])
         .arg(gw.config_path())

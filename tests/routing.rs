@@ -27,7 +27,7 @@ async fn auth_none_routes_forward_everything_but_descope_credentials() {
         descope_block(PROJECT, &dead_jwks, &[]),
         up = backend.url()
     );
-    let gw = Gateway::start(&yaml).await;
+    let gw = GatewayProcess::start(&yaml).await;
     let r = gw
         .send(
             gw.client
@@ -88,7 +88,7 @@ async fn routes_by_longest_prefix_and_host_else_404() {
         b2.url(),
         b3.url()
     );
-    let gw = Gateway::start(&yaml).await;
+    let gw = GatewayProcess::start(&yaml).await;
     gw.wait_keys("/api", &key.probe_token()).await;
 
     assert_eq!(
@@ -154,7 +154,7 @@ async fn unreachable_upstream_is_502_and_the_gateway_carries_on() {
         descope_block(PROJECT, &jwks.url(), &[]),
         backend.url()
     );
-    let mut gw = Gateway::start(&yaml).await;
+    let mut gw = GatewayProcess::start(&yaml).await;
     gw.wait_keys("/", &key.probe_token()).await;
     let t = token(&key, "ext");
 
@@ -213,7 +213,7 @@ async fn oversized_headers_are_refused_and_the_gateway_keeps_serving() {
         descope_block(PROJECT, &jwks.url(), &[]),
         up = backend.url()
     );
-    let mut gw = Gateway::start(&yaml).await;
+    let mut gw = GatewayProcess::start(&yaml).await;
     gw.wait_keys("/", &key.probe_token()).await;
     let t = token(&key, "ext");
 

@@ -1,0 +1,125 @@
+//! Loopback plumbing shared by every other part of the harness: free ports, the clock, polling
+//! with a bound ([`eventually`]), and a tiny hyper 1 server ([`HttpServer`]) that the JWKS
+//! endpoint, the recording backend and the connector endpoints are built on.
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// A port nobody listens on right now (bound to :0 and released).
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Polls `cond` every 25 ms until it is true or `limit` passed; returns whether it became true.
+pub async fn eventually<F, Fut>(limit: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if cond().await {
+            return true;
+        }
+        if start.elapsed() > limit {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// What an [`HttpServer`] does with each request; an `Err` drops the connection unanswered.
+pub type Handler = Arc<
+    dyn Fn(
+            Request<Incoming>,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<Response<Full<Bytes>>, String>> + Send>,
+        > + Send
+        + Sync,
+>;
+
+/// An HTTP/1 server on a loopback listener; stops accepting when dropped.
+pub struct HttpServer {
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl HttpServer {
+    /// `refuse` is asked for every accepted connection: `true` closes it without an answer.
+    pub fn start(
+        listener: TcpListener,
+        handler: Handler,
+        refuse: Arc<dyn Fn() -> bool + Send + Sync>,
+    ) -> HttpServer {
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                if refuse() {
+                    drop(stream);
+                    continue;
+                }
+                let handler = handler.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let h = handler.clone();
+                        async move { h(req).await }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        HttpServer { addr, task }
+    }
+
+    /// A server that answers every connection with `handler`.
+    pub async fn serve(handler: Handler) -> HttpServer {
+        Self::start(bind(0).await, handler, Arc::new(|| false))
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A loopback listener on `port` (0: any free one).
+pub async fn bind(port: u16) -> TcpListener {
+    TcpListener::bind(("127.0.0.1", port)).await.unwrap()
+}
+
+/// A whole answer with one content type.
+pub fn response(status: u16, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Full::new(body.into()))
+        .unwrap()
+}
