@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 
 use base64::Engine as _;
 use common::*;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 fn extoken(args: &[&str]) -> Output {
     let mut cmd = Command::new(BIN);
@@ -20,24 +20,29 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-const VALID: &str = "
-listen: 127.0.0.1:18080
-descope:
-  project_id: P2checkProject
-  jwks_url: http://127.0.0.1:18081/v2/keys/P2checkProject
-  jwks_refresh: 1m
-connectors:
-  ext: {type: claim}
-routes:
-  - name: api
-    path_prefix: /api
-    upstream: http://127.0.0.1:18082
-    connector: ext
-  - name: public
-    path_prefix: /public
-    upstream: http://127.0.0.1:18083
-    auth: none
-";
+/// A valid file for `project` (`check` reads it as is: `listen:` included), with a summary worth
+/// checking: routes[0] is `api` (auth required), routes[1] is `public` (auth none).
+fn valid_for(project: &str) -> ConfigBuilder {
+    let jwks_url = format!("http://127.0.0.1:18081/v2/keys/{project}");
+    ConfigBuilder::new(project, &jwks_url)
+        .descope("jwks_refresh", "1m")
+        .connector("ext", json!({"type": "claim"}))
+        .set("listen", "127.0.0.1:18080")
+        .route(
+            RouteSpec::new("/api", "http://127.0.0.1:18082")
+                .name("api")
+                .connector("ext"),
+        )
+        .route(
+            RouteSpec::new("/public", "http://127.0.0.1:18083")
+                .name("public")
+                .auth_none(),
+        )
+}
+
+fn valid() -> ConfigBuilder {
+    valid_for("P2checkProject")
+}
 
 fn write(dir: &Path, name: &str, content: &str) -> String {
     let p = dir.join(name);
@@ -48,7 +53,7 @@ fn write(dir: &Path, name: &str, content: &str) -> String {
 #[test]
 fn check_accepts_a_valid_file_and_prints_a_summary() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write(dir.path(), "ok.yaml", VALID);
+    let path = write(dir.path(), "ok.yaml", &valid().to_yaml());
     let out = extoken(&["check", "--config", &path]);
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
@@ -70,7 +75,7 @@ fn check_accepts_a_valid_file_and_prints_a_summary() {
     let path = write(
         dir.path(),
         "env.yaml",
-        &VALID.replace("P2checkProject", "${EXTOKEN_TEST_PROJECT}"),
+        &valid_for("${EXTOKEN_TEST_PROJECT}").to_yaml(),
     );
     let out = Command::new(BIN)
         .args(["check", "--config", &path])
@@ -84,66 +89,65 @@ fn check_accepts_a_valid_file_and_prints_a_summary() {
 #[test]
 fn check_errors_name_the_key() {
     let dir = tempfile::tempdir().unwrap();
+    let fb_connector = || valid().edit_route(1, |r| r.unset("auth").connector("fb"));
     let cases: Vec<(&str, String, &str)> = vec![
         (
             "unknown connector",
-            VALID.replace("auth: none", "connector: fb"),
+            fb_connector().to_yaml(),
             r#"routes[1].connector: no connector named "fb""#,
         ),
         (
             "unknown key",
-            VALID.replace("jwks_refresh: 1m", "jwks_refresh: 1m\n  jwks_ur: x"),
+            valid().descope("jwks_ur", "x").to_yaml(),
             "descope.jwks_ur: unknown field `jwks_ur`",
         ),
         (
             "unknown key in a route",
-            VALID.replace("auth: none", "auth: none\n    upstrem: x"),
+            valid().edit_route(1, |r| r.set("upstrem", "x")).to_yaml(),
             "routes[1].upstrem: unknown field `upstrem`",
         ),
         (
             "bad duration",
-            VALID.replace("jwks_refresh: 1m", "jwks_refresh: 1 minute"),
+            valid().descope("jwks_refresh", "1 minute").to_yaml(),
             "descope.jwks_refresh: invalid duration",
         ),
         (
             "zero duration",
-            VALID.replace("jwks_refresh: 1m", "jwks_refresh: 0s"),
+            valid().descope("jwks_refresh", "0s").to_yaml(),
             "descope.jwks_refresh: must be more than 0",
         ),
         (
             "missing project_id",
-            VALID.replace("  project_id: P2checkProject\n", ""),
+            valid().unset_descope("project_id").to_yaml(),
             "missing field `project_id`",
         ),
         (
             "jwks_file with jwks_url",
-            VALID.replace(
-                "jwks_refresh: 1m",
-                "jwks_refresh: 1m\n  jwks_file: keys.json",
-            ),
+            valid().descope("jwks_file", "keys.json").to_yaml(),
             "descope.jwks_file: jwks_file and jwks_url are exclusive",
         ),
         (
             "unset variable",
-            VALID.replace(
-                "upstream: http://127.0.0.1:18083",
-                "upstream: ${EXTOKEN_TEST_UNSET_VAR}",
-            ),
+            valid()
+                .edit_route(1, |r| r.set("upstream", "${EXTOKEN_TEST_UNSET_VAR}"))
+                .to_yaml(),
             "routes[1].upstream: environment variable EXTOKEN_TEST_UNSET_VAR is not set",
         ),
         (
             "auth required without connector",
-            VALID.replace("    connector: ext\n", ""),
+            valid().edit_route(0, |r| r.unset("connector")).to_yaml(),
             "routes[0].connector: required when auth is required",
         ),
         (
             "bad upstream",
-            VALID.replace("http://127.0.0.1:18082", "127.0.0.1:18082"),
+            valid()
+                .edit_route(0, |r| r.set("upstream", "127.0.0.1:18082"))
+                .to_yaml(),
             "routes[0].upstream:",
         ),
         (
             "bad listen",
-            VALID.replace("127.0.0.1:18080", "port 80"),
+            valid().set("listen", "port 80").to_yaml(),
             "listen:",
         ),
         (
@@ -164,11 +168,7 @@ fn check_errors_name_the_key() {
         assert!(!text(&out.stdout).contains("is valid"), "{what}");
     }
     // `run` refuses the same file the same way, before listening.
-    let path = write(
-        dir.path(),
-        "bad.yaml",
-        &VALID.replace("auth: none", "connector: fb"),
-    );
+    let path = write(dir.path(), "bad.yaml", &fb_connector().to_yaml());
     let out = extoken(&["run", "--config", &path]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains(r#"routes[1].connector: no connector named "fb""#));
@@ -315,12 +315,10 @@ async fn minted_tokens_validate_against_their_own_jwks() {
 
     // The gateway loads the mint's own JWKS file.
     let backend = Backend::start().await;
-    let yaml = format!(
-        "descope:\n  project_id: {PROJECT}\n  jwks_file: \"{}\"\n{CONNECTORS}routes:\n  - {{upstream: '{}', connector: ext}}\n",
-        jwks_path.display(),
-        backend.url()
-    );
-    let gw = GatewayProcess::start(&yaml).await;
+    let config = ConfigBuilder::from_jwks_file(PROJECT, jwks_path.to_str().unwrap())
+        .ext_connector()
+        .route(RouteSpec::any_path(&backend.url()).connector("ext"));
+    let gw = GatewayProcess::start(&config.to_yaml()).await;
     let ok = eventually(std::time::Duration::from_secs(10), || async {
         gw.get_bearer("/", &tokens[0]).await.status != 503
     })

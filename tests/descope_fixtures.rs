@@ -101,30 +101,30 @@ const GROUPS: &[Group] = &[
     },
 ];
 
-fn config(project: &str, keys_line: &str, upstream: &str) -> String {
-    format!(
-        "descope:\n  project_id: \"{project}\"\n  {keys_line}\n\
-         connectors:\n  ext: {{type: claim, claim: externalToken}}\n  subject: {{type: claim, claim: sub}}\n\
-         routes:\n\
-         \x20 - {{name: ext, path_prefix: /, upstream: '{upstream}', connector: ext}}\n\
-         \x20 - {{name: sub, path_prefix: /sub, upstream: '{upstream}', connector: subject}}\n"
-    )
+/// `base` (the `descope:` block) with the `ext` route on `/` and the `subject` route on `/sub`.
+fn config(base: ConfigBuilder, upstream: &str) -> String {
+    base.ext_connector()
+        .connector("subject", claim_connector("sub"))
+        .route(RouteSpec::new("/", upstream).name("ext").connector("ext"))
+        .route(
+            RouteSpec::new("/sub", upstream)
+                .name("sub")
+                .connector("subject"),
+        )
+        .to_yaml()
 }
 
 async fn check_group(g: &Group) {
     let backend = Backend::start().await;
     let jwks_body = read_fixture(&format!("descope/jwks/{}", g.jwks));
     let (gw, _jwks_server) = if g.from_file {
-        let yaml = config(g.project, "jwks_file: keys.jwks.json", &backend.url());
+        let base = ConfigBuilder::from_jwks_file(g.project, "keys.jwks.json");
+        let yaml = config(base, &backend.url());
         let gw = GatewayProcess::start_with_files(&yaml, &[("keys.jwks.json", &jwks_body)]).await;
         (gw, None)
     } else {
         let server = JwksServer::start_raw(&jwks_body).await;
-        let yaml = config(
-            g.project,
-            &format!("jwks_url: \"{}\"", server.url()),
-            &backend.url(),
-        );
+        let yaml = config(ConfigBuilder::new(g.project, &server.url()), &backend.url());
         (GatewayProcess::start(&yaml).await, Some(server))
     };
     // A probe with the set's kid and alg: 503 until the keys are in, then a bad-signature 401.
@@ -244,9 +244,4 @@ fn every_readme_row_is_covered() {
         );
         assert!(fixture(&format!("descope/{r}")).exists(), "{r} missing");
     }
-}
-
-fn base64_url(b: &[u8]) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
 }

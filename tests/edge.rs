@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use jsonwebtoken::Algorithm;
+use serde_json::json;
 
 const PROJECT: &str = "P2edgeTestProject000000000";
 
@@ -46,7 +47,7 @@ struct Edge {
 
 /// `/public` (none), `/api` (required), `admin.example.com` (required) and a catch-all `/` (none),
 /// each with its own backend so the test knows which route was taken.
-async fn edge(extra: &str) -> Edge {
+async fn edge() -> Edge {
     let key = TestKey::rsa("k", Algorithm::RS256);
     let jwks = JwksServer::start(&[&key]).await;
     let (public, api, root, admin) = (
@@ -55,20 +56,27 @@ async fn edge(extra: &str) -> Edge {
         Backend::start().await,
         Backend::start().await,
     );
-    let yaml = format!(
-        "{}{CONNECTORS}{extra}routes:\n\
-         \x20 - {{name: public, path_prefix: /public, upstream: '{}', auth: none}}\n\
-         \x20 - {{name: api, path_prefix: /api, upstream: '{}', connector: ext}}\n\
-         \x20 - {{name: root, path_prefix: /, upstream: '{}', auth: none}}\n\
-         \x20 - {{name: admin, path_prefix: /, host: admin.example.com, upstream: '{}', connector: ext}}\n",
-        descope_block(PROJECT, &jwks.url(), &[]),
-        public.url(),
-        api.url(),
-        root.url(),
-        admin.url(),
-    );
+    let config = ConfigBuilder::new(PROJECT, &jwks.url())
+        .ext_connector()
+        .route(
+            RouteSpec::new("/public", &public.url())
+                .name("public")
+                .auth_none(),
+        )
+        .route(
+            RouteSpec::new("/api", &api.url())
+                .name("api")
+                .connector("ext"),
+        )
+        .route(RouteSpec::new("/", &root.url()).name("root").auth_none())
+        .route(
+            RouteSpec::new("/", &admin.url())
+                .name("admin")
+                .host("admin.example.com")
+                .connector("ext"),
+        );
     let gw = GatewayProcess::launch(
-        &yaml,
+        &config.to_yaml(),
         Launch {
             admin: true,
             ..Launch::default()
@@ -97,7 +105,7 @@ impl Edge {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn paths_are_routed_and_forwarded_in_canonical_form() {
-    let e = edge("").await;
+    let e = edge().await;
     let host = "app.example.com";
     // Without credentials: whatever encodes `/api`, the answer is the `/api` route's 401.
     for target in [
@@ -182,7 +190,7 @@ async fn paths_are_routed_and_forwarded_in_canonical_form() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn hosts_are_canonical_and_absolute_form_uses_the_authority() {
-    let e = edge("").await;
+    let e = edge().await;
     // All of these name the admin vhost: its route (401 without a session), never the open one.
     for req in [
         get("/x", "admin.example.com."),
@@ -243,15 +251,21 @@ async fn no_descope_credential_reaches_a_backend() {
     let key = TestKey::rsa("k", Algorithm::RS256);
     let jwks = JwksServer::start(&[&key]).await;
     let (open, api) = (Backend::start().await, Backend::start().await);
-    let yaml = format!(
-        "{}{CONNECTORS}routes:\n\
-         \x20 - {{name: open, path_prefix: /open, upstream: '{}', auth: none}}\n\
-         \x20 - {{name: api, path_prefix: /api, upstream: '{}', connector: ext, header: X-External-Token, scheme: ''}}\n",
-        descope_block(PROJECT, &jwks.url(), &[]),
-        open.url(),
-        api.url(),
-    );
-    let gw = GatewayProcess::start(&yaml).await;
+    let config = ConfigBuilder::new(PROJECT, &jwks.url())
+        .ext_connector()
+        .route(
+            RouteSpec::new("/open", &open.url())
+                .name("open")
+                .auth_none(),
+        )
+        .route(
+            RouteSpec::new("/api", &api.url())
+                .name("api")
+                .connector("ext")
+                .set("header", "X-External-Token")
+                .set("scheme", ""),
+        );
+    let gw = GatewayProcess::start(&config.to_yaml()).await;
     let session = key.sign(&session_claims(PROJECT, Some("ext-token")));
     let other = key.sign(&with(
         session_claims(PROJECT, Some("other")),
@@ -335,13 +349,11 @@ async fn no_descope_credential_reaches_a_backend() {
 #[tokio::test(flavor = "multi_thread")]
 async fn underscore_headers_can_be_refused() {
     let backend = Backend::start().await;
-    let yaml = format!(
-        "{}{CONNECTORS}limits: {{underscore_headers: reject}}\nroutes:\n\
-         \x20 - {{path_prefix: /, upstream: '{}', auth: none}}\n",
-        descope_block(PROJECT, "http://127.0.0.1:1/k", &[]),
-        backend.url(),
-    );
-    let gw = GatewayProcess::start(&yaml).await;
+    let config = ConfigBuilder::new(PROJECT, "http://127.0.0.1:1/k")
+        .ext_connector()
+        .set("limits", json!({"underscore_headers": "reject"}))
+        .route(RouteSpec::new("/", &backend.url()).auth_none());
+    let gw = GatewayProcess::start(&config.to_yaml()).await;
     let r = gw
         .send(gw.client.get(gw.url("/x")).header("X_Token", "v"))
         .await;
@@ -361,18 +373,12 @@ async fn forwarding_headers_say_what_extoken_saw() {
     ];
     for trusted in [false, true] {
         let backend = Backend::start().await;
-        let extra = if trusted {
-            "trusted_proxies: ['127.0.0.0/8']\n"
-        } else {
-            "trusted_proxies: ['10.0.0.0/8']\n"
-        };
-        let yaml = format!(
-            "{}{CONNECTORS}{extra}routes:\n\
-             \x20 - {{path_prefix: /, upstream: '{}', auth: none}}\n",
-            descope_block(PROJECT, "http://127.0.0.1:1/k", &[]),
-            backend.url(),
-        );
-        let gw = GatewayProcess::start(&yaml).await;
+        let proxies = if trusted { "127.0.0.0/8" } else { "10.0.0.0/8" };
+        let config = ConfigBuilder::new(PROJECT, "http://127.0.0.1:1/k")
+            .ext_connector()
+            .set("trusted_proxies", json!([proxies]))
+            .route(RouteSpec::new("/", &backend.url()).auth_none());
+        let gw = GatewayProcess::start(&config.to_yaml()).await;
         let mut req = gw.client.get(gw.url("/x"));
         for (k, v) in spoofed {
             req = req.header(k, v);

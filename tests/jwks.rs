@@ -16,11 +16,13 @@ fn token(key: &TestKey, ext: &str) -> String {
     key.sign(&session_claims(PROJECT, Some(ext)))
 }
 
-fn config(jwks_url: &str, upstream: &str, extra: &[&str]) -> String {
-    format!(
-        "{}{CONNECTORS}routes:\n  - {{name: api, path_prefix: /, upstream: '{upstream}', connector: ext}}\n",
-        descope_block(PROJECT, jwks_url, extra)
-    )
+/// The usual config ([`ConfigBuilder::simple`]) with these `descope:` settings.
+fn config(jwks_url: &str, upstream: &str, descope: &[(&str, &str)]) -> String {
+    let mut config = ConfigBuilder::simple(PROJECT, jwks_url, upstream);
+    for (key, value) in descope {
+        config = config.descope(key, *value);
+    }
+    config.to_yaml()
 }
 
 /// Asserts the 503 a request gets while the gateway has no keys.
@@ -117,7 +119,7 @@ async fn rotated_keys_are_picked_up_and_withdrawn_ones_stop_working() {
     let gw = GatewayProcess::start(&config(
         &jwks.url(),
         &backend.url(),
-        &["jwks_min_refetch: 200ms"],
+        &[("jwks_min_refetch", "200ms")],
     ))
     .await;
     gw.wait_keys("/", &a.probe_token()).await;
@@ -170,11 +172,7 @@ async fn rotated_keys_are_picked_up_and_withdrawn_ones_stop_working() {
     );
     assert_eq!(gw.get_bearer("/", &tb).await.status, 200);
 
-    let auths: Vec<String> = backend
-        .requests()
-        .iter()
-        .map(|r| r.header("authorization").unwrap().to_string())
-        .collect();
+    let auths = backend.authorizations();
     assert!(
         auths.contains(&"Bearer from-b".to_string())
             && auths.contains(&"Bearer from-c".to_string())
@@ -244,8 +242,12 @@ async fn unknown_kid_refetch_is_single_flight_and_blocks_nobody_else() {
     let a = TestKey::rsa("key-a", Algorithm::RS256);
     let b = TestKey::es256("key-b");
     let jwks = JwksServer::start(&[&a]).await;
-    let gw =
-        GatewayProcess::start(&config(&jwks.url(), &backend.url(), &["jwks_timeout: 30s"])).await;
+    let gw = GatewayProcess::start(&config(
+        &jwks.url(),
+        &backend.url(),
+        &[("jwks_timeout", "30s")],
+    ))
+    .await;
     gw.wait_keys("/", &a.probe_token()).await;
     assert_eq!(jwks.hits(), 1);
 
@@ -299,9 +301,9 @@ async fn endpoint_down_after_start_keeps_the_last_good_keys() {
         &jwks.url(),
         &backend.url(),
         &[
-            "jwks_refresh: 200ms",
-            "jwks_min_refetch: 100ms",
-            "jwks_timeout: 1s",
+            ("jwks_refresh", "200ms"),
+            ("jwks_min_refetch", "100ms"),
+            ("jwks_timeout", "1s"),
         ],
     ))
     .await;
@@ -420,10 +422,10 @@ async fn unusable_keys_in_the_set_are_skipped() {
 async fn jwks_file_source() {
     let backend = Backend::start().await;
     let key = TestKey::ed25519("file-key");
-    let yaml = format!(
-        "descope:\n  project_id: {PROJECT}\n  jwks_file: keys/set.json\n{CONNECTORS}routes:\n  - {{upstream: '{}', connector: ext}}\n",
-        backend.url()
-    );
+    let yaml = ConfigBuilder::from_jwks_file(PROJECT, "keys/set.json")
+        .ext_connector()
+        .route(RouteSpec::any_path(&backend.url()).connector("ext"))
+        .to_yaml();
     // The file is missing at start: 503, like an unreachable endpoint.
     let gw = GatewayProcess::start(&yaml).await;
     let t = token(&key, "from-file");
@@ -440,9 +442,4 @@ async fn jwks_file_source() {
         backend.only().header("authorization"),
         Some("Bearer from-file")
     );
-}
-
-fn base64_url(b: &[u8]) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
 }

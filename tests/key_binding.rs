@@ -15,12 +15,9 @@ const PROJECT: &str = "P2KeyBindingProject";
 /// A gateway whose keys come from `jwks` (refreshed every second), one claim-connector route to
 /// `backend`.
 async fn gateway(jwks: &JwksServer, backend: &Backend) -> GatewayProcess {
-    let yaml = format!(
-        "{}{CONNECTORS}routes:\n  - name: api\n    path_prefix: /\n    upstream: \"{}\"\n    connector: ext\n",
-        descope_block(PROJECT, &jwks.url(), &["jwks_refresh: 1s"]),
-        backend.url()
-    );
-    GatewayProcess::start(&yaml).await
+    let config =
+        ConfigBuilder::simple(PROJECT, &jwks.url(), &backend.url()).descope("jwks_refresh", "1s");
+    GatewayProcess::start(&config.to_yaml()).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

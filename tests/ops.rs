@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use jsonwebtoken::Algorithm;
+use serde_json::json;
 
 const PROJECT: &str = "P2OpsTestProject";
 
@@ -31,20 +32,28 @@ async fn serve_jwks(port: u16, key: &TestKey) -> JwksServer {
     JwksServer::start_on(port, &jwks(&[key])).await
 }
 
-/// The gateway with an admin listener, a pid file and the config's own log level: the common
-/// config part, then `rest` (`routes` and extra keys).
-async fn start_gateway(jwks_port: u16, rest: &str) -> GatewayProcess {
-    let cfg = format!(
-        "descope:\n  project_id: {PROJECT}\n  jwks_url: \"http://127.0.0.1:{jwks_port}/v2/keys/{PROJECT}\"\n\
-         connectors:\n  ext:\n    type: claim\n{rest}"
-    );
+/// The common config part: keys from `jwks_port`, the connector `ext`.
+fn base(jwks_port: u16) -> ConfigBuilder {
+    let url = format!("http://127.0.0.1:{jwks_port}/v2/keys/{PROJECT}");
+    ConfigBuilder::new(PROJECT, &url).connector("ext", json!({"type": "claim"}))
+}
+
+/// The route `api` on `/api`.
+fn api_route(upstream: &str) -> RouteSpec {
+    RouteSpec::new("/api", upstream)
+        .name("api")
+        .connector("ext")
+}
+
+/// The gateway with an admin listener, a pid file and the config's own log level.
+async fn start_gateway(config: &ConfigBuilder) -> GatewayProcess {
     let how = Launch {
         admin: true,
         pid_file: true,
         config_log_level: true,
         ..Launch::default()
     };
-    GatewayProcess::launch(&cfg, how).await
+    GatewayProcess::launch(&config.to_yaml(), how).await
 }
 
 /// The `x-request-id` the backend's latest request carried.
@@ -59,10 +68,6 @@ fn extoken_reload(gw: &GatewayProcess) -> Output {
         .arg(gw.config_path())
         .output()
         .unwrap()
-}
-
-fn routes(upstream: &str) -> String {
-    format!("routes:\n  - name: api\n    path_prefix: /api\n    upstream: \"{upstream}\"\n    connector: ext\n")
 }
 
 /// The value of one sample line (`name{labels}` exactly as the text format prints it).
@@ -83,7 +88,7 @@ async fn probes_metrics_and_request_ids() {
     let key = new_key("ops-key");
     let up = Backend::start_with(Duration::ZERO, "upstream ok").await;
     let jwks_port = free_port(); // nobody listens yet
-    let gw = start_gateway(jwks_port, &routes(&up.url())).await;
+    let gw = start_gateway(&base(jwks_port).route(api_route(&up.url()))).await;
 
     assert_eq!(gw.admin_get("/healthz").await.unwrap().0, 200);
     let (status, body) = gw.admin_get("/readyz").await.unwrap();
@@ -193,12 +198,16 @@ async fn sigterm_drains_a_slow_request_and_exits_zero() {
     let fast = Backend::start_with(Duration::ZERO, "upstream ok").await;
     let jwks_port = free_port();
     let _jwks = serve_jwks(jwks_port, &key).await;
-    let rest = format!(
-        "shutdown_delay: 1s\nshutdown_grace: 10s\n{}  - name: fast\n    path_prefix: /fast\n    upstream: \"{}\"\n    connector: ext\n",
-        routes(&slow.url()),
-        fast.url()
-    );
-    let mut gw = start_gateway(jwks_port, &rest).await;
+    let config = base(jwks_port)
+        .set("shutdown_delay", "1s")
+        .set("shutdown_grace", "10s")
+        .route(api_route(&slow.url()))
+        .route(
+            RouteSpec::new("/fast", &fast.url())
+                .name("fast")
+                .connector("ext"),
+        );
+    let mut gw = start_gateway(&config).await;
     gw.wait_ready().await;
     let token = session_token(&key, "U2slow", 600);
 
@@ -247,7 +256,7 @@ async fn sighup_reload_keeps_a_broken_file_out_and_applies_a_valid_one() {
     let up = Backend::start_with(Duration::ZERO, "upstream ok").await;
     let jwks_port = free_port();
     let _jwks = serve_jwks(jwks_port, &key).await;
-    let mut gw = start_gateway(jwks_port, &routes(&up.url())).await;
+    let mut gw = start_gateway(&base(jwks_port).route(api_route(&up.url()))).await;
     gw.wait_ready().await;
     let token = session_token(&key, "U2reload", 600);
     assert_eq!(gw.get_bearer("/api/x", &token).await.status, 200);
@@ -255,18 +264,9 @@ async fn sighup_reload_keeps_a_broken_file_out_and_applies_a_valid_one() {
     let pid = std::fs::read_to_string(gw.pid_file()).unwrap();
     assert_eq!(pid.trim(), gw.pid().to_string());
 
-    let original = std::fs::read_to_string(gw.config_path()).unwrap();
-    let base = original.split("routes:").next().unwrap().to_string();
-
     // Broken: a route naming a connector that does not exist. `extoken reload` sends the SIGHUP.
-    std::fs::write(
-        gw.config_path(),
-        format!(
-            "{base}routes:\n  - path_prefix: /api\n    upstream: \"{}\"\n    connector: nope\n",
-            up.url()
-        ),
-    )
-    .unwrap();
+    let broken = base(jwks_port).route(RouteSpec::new("/api", &up.url()).connector("nope"));
+    gw.write_config(&broken.to_yaml());
     // `extoken reload` checks the file first and sends nothing; a bare SIGHUP reaches the gateway.
     let out = extoken_reload(&gw);
     assert!(!out.status.success(), "{out:?}");
@@ -293,16 +293,15 @@ async fn sighup_reload_keeps_a_broken_file_out_and_applies_a_valid_one() {
     assert_eq!(gw.admin_get("/readyz").await.unwrap().0, 200);
 
     // Valid: a new route, and changed descope settings (a new key store, loaded before the swap).
-    std::fs::write(
-        gw.config_path(),
-        format!(
-            "{}{}  - name: new\n    path_prefix: /new\n    upstream: \"{}\"\n    connector: ext\n",
-            base.replace("descope:\n", "descope:\n  leeway: 7s\n"),
-            routes(&up.url()),
-            up.url()
-        ),
-    )
-    .unwrap();
+    let valid = base(jwks_port)
+        .descope("leeway", "7s")
+        .route(api_route(&up.url()))
+        .route(
+            RouteSpec::new("/new", &up.url())
+                .name("new")
+                .connector("ext"),
+        );
+    gw.write_config(&valid.to_yaml());
     let out = extoken_reload(&gw);
     assert!(out.status.success(), "{out:?}");
     let applied = eventually(Duration::from_secs(10), || async {
@@ -328,11 +327,12 @@ async fn logs_never_carry_tokens_cookies_or_query_strings() {
     let jwks_port = free_port();
     let _jwks = serve_jwks(jwks_port, &key).await;
     let dead = format!("http://127.0.0.1:{}", free_port());
-    let rest = format!(
-        "shutdown_delay: 0s\nlog:\n  format: json\n  level: debug\n{}  - name: down\n    path_prefix: /down\n    upstream: \"{dead}\"\n    connector: ext\n",
-        routes(&up.url())
-    );
-    let mut gw = start_gateway(jwks_port, &rest).await;
+    let config = base(jwks_port)
+        .set("shutdown_delay", "0s")
+        .set("log", json!({"format": "json", "level": "debug"}))
+        .route(api_route(&up.url()))
+        .route(RouteSpec::new("/down", &dead).name("down").connector("ext"));
+    let mut gw = start_gateway(&config).await;
     gw.wait_ready().await;
 
     let good = session_token(&key, "U2leak", 600);

@@ -20,14 +20,12 @@ async fn auth_none_routes_forward_everything_but_descope_credentials() {
     let backend = Backend::start().await;
     // No keys can be loaded at all: `auth: none` must not care.
     let dead_jwks = format!("http://127.0.0.1:{}/keys", free_port());
-    let yaml = format!(
-        "{}{CONNECTORS}routes:\n\
-         \x20 - {{name: public, path_prefix: /public, upstream: '{up}', auth: none}}\n\
-         \x20 - {{name: api, path_prefix: /, upstream: '{up}', connector: ext}}\n",
-        descope_block(PROJECT, &dead_jwks, &[]),
-        up = backend.url()
-    );
-    let gw = GatewayProcess::start(&yaml).await;
+    let up = backend.url();
+    let config = ConfigBuilder::new(PROJECT, &dead_jwks)
+        .ext_connector()
+        .route(RouteSpec::new("/public", &up).name("public").auth_none())
+        .route(RouteSpec::new("/", &up).name("api").connector("ext"));
+    let gw = GatewayProcess::start(&config.to_yaml()).await;
     let r = gw
         .send(
             gw.client
@@ -78,17 +76,21 @@ async fn routes_by_longest_prefix_and_host_else_404() {
     );
     let key = TestKey::rsa("k", Algorithm::RS256);
     let jwks = JwksServer::start(&[&key]).await;
-    let yaml = format!(
-        "{}{CONNECTORS}routes:\n\
-         \x20 - {{name: api, path_prefix: /api, upstream: '{}', connector: ext}}\n\
-         \x20 - {{name: v2, path_prefix: /api/v2, upstream: '{}', auth: none}}\n\
-         \x20 - {{name: admin, path_prefix: /, host: admin.example.com, upstream: '{}', auth: none}}\n",
-        descope_block(PROJECT, &jwks.url(), &[]),
-        b1.url(),
-        b2.url(),
-        b3.url()
-    );
-    let gw = GatewayProcess::start(&yaml).await;
+    let config = ConfigBuilder::new(PROJECT, &jwks.url())
+        .ext_connector()
+        .route(
+            RouteSpec::new("/api", &b1.url())
+                .name("api")
+                .connector("ext"),
+        )
+        .route(RouteSpec::new("/api/v2", &b2.url()).name("v2").auth_none())
+        .route(
+            RouteSpec::new("/", &b3.url())
+                .name("admin")
+                .host("admin.example.com")
+                .auth_none(),
+        );
+    let gw = GatewayProcess::start(&config.to_yaml()).await;
     gw.wait_keys("/api", &key.probe_token()).await;
 
     assert_eq!(
@@ -146,15 +148,24 @@ async fn unreachable_upstream_is_502_and_the_gateway_carries_on() {
     let key = TestKey::es256("k");
     let jwks = JwksServer::start(&[&key]).await;
     let closed = format!("http://127.0.0.1:{}", free_port());
-    let yaml = format!(
-        "{}{CONNECTORS}routes:\n\
-         \x20 - {{name: down, path_prefix: /down, upstream: '{closed}', connector: ext}}\n\
-         \x20 - {{name: down-open, path_prefix: /open-down, upstream: '{closed}', auth: none}}\n\
-         \x20 - {{name: up, path_prefix: /, upstream: '{}', connector: ext}}\n",
-        descope_block(PROJECT, &jwks.url(), &[]),
-        backend.url()
-    );
-    let mut gw = GatewayProcess::start(&yaml).await;
+    let config = ConfigBuilder::new(PROJECT, &jwks.url())
+        .ext_connector()
+        .route(
+            RouteSpec::new("/down", &closed)
+                .name("down")
+                .connector("ext"),
+        )
+        .route(
+            RouteSpec::new("/open-down", &closed)
+                .name("down-open")
+                .auth_none(),
+        )
+        .route(
+            RouteSpec::new("/", &backend.url())
+                .name("up")
+                .connector("ext"),
+        );
+    let mut gw = GatewayProcess::start(&config.to_yaml()).await;
     gw.wait_keys("/", &key.probe_token()).await;
     let t = token(&key, "ext");
 
@@ -206,14 +217,12 @@ async fn oversized_headers_are_refused_and_the_gateway_keeps_serving() {
     let backend = Backend::start().await;
     let key = TestKey::rsa("k", Algorithm::RS256);
     let jwks = JwksServer::start(&[&key]).await;
-    let yaml = format!(
-        "{}{CONNECTORS}routes:\n\
-         \x20 - {{name: open, path_prefix: /open, upstream: '{up}', auth: none}}\n\
-         \x20 - {{name: api, path_prefix: /, upstream: '{up}', connector: ext}}\n",
-        descope_block(PROJECT, &jwks.url(), &[]),
-        up = backend.url()
-    );
-    let mut gw = GatewayProcess::start(&yaml).await;
+    let up = backend.url();
+    let config = ConfigBuilder::new(PROJECT, &jwks.url())
+        .ext_connector()
+        .route(RouteSpec::new("/open", &up).name("open").auth_none())
+        .route(RouteSpec::new("/", &up).name("api").connector("ext"));
+    let mut gw = GatewayProcess::start(&config.to_yaml()).await;
     gw.wait_keys("/", &key.probe_token()).await;
     let t = token(&key, "ext");
 

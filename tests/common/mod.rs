@@ -6,12 +6,14 @@
 //! - [`backend`]: the recording upstream ([`Backend`], [`Recorded`]).
 //! - [`process`]: the real `extoken` binary ([`GatewayProcess`], [`Launch`], [`Reply`]).
 //! - [`keys`]: test keys, key sets and session claims ([`TestKey`], [`session_claims`]).
-//! - [`config`]: gateway config snippets.
+//! - [`config`]: gateway configs as data ([`ConfigBuilder`], [`RouteSpec`]).
+//! - [`setup`]: one gateway, one backend, one key set, for the session tests ([`Setup`]).
 
 // Each `tests/*.rs` is a crate of its own that compiles this whole harness and uses a part of it
-// (cli.rs starts no JWKS server, ...); what one crate leaves unused, another uses. Every module
-// below is partly unused in some crate but `net` (which everything is built on), hence
-// `dead_code` allowed per module and `unused_imports` on the re-exports, here and nowhere else.
+// (cli.rs starts no JWKS server, only the session tests use `setup`, ...); what one crate leaves
+// unused, another uses. Every module below but `net` (which everything is built on) is partly
+// unused in some crate, hence `dead_code` allowed per module and `unused_imports` on the
+// re-exports, here and nowhere else.
 #[allow(dead_code)]
 mod backend;
 #[allow(dead_code)]
@@ -23,9 +25,11 @@ mod keys;
 mod net;
 #[allow(dead_code)]
 mod process;
+#[allow(dead_code)]
+mod setup;
 
 #[allow(unused_imports)]
-pub use {backend::*, config::*, jwks::*, keys::*, net::*, process::*};
+pub use {backend::*, config::*, jwks::*, keys::*, net::*, process::*, setup::*};
 
 use std::path::{Path, PathBuf};
 
