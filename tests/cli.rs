@@ -1,5 +1,5 @@
-//! The command line: `check` (errors name their key), `mint` (its tokens validate against its own
-//! JWKS, through the real gateway), `--help` everywhere.
+//! The command line: `check` (errors name their key, broken connector keys included), `mint` (its
+//! tokens validate against its own JWKS, through the real gateway), `--help` everywhere.
 
 mod common;
 
@@ -214,6 +214,70 @@ fn every_command_has_help() {
         "--refresh",
     ] {
         assert!(text(&out.stdout).contains(flag), "mint --help lacks {flag}");
+    }
+}
+
+#[test]
+fn check_names_broken_connector_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "bad.pem",
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+    );
+    write(dir.path(), "bad-sa.json", r#"{"client_email":"x@y"}"#);
+    let cases = [
+        (json!({"type": "supabase"}), "connectors.c.jwt_secret"),
+        (
+            json!({"type": "supabase", "jwt_secret": "s", "signing_key": "k.pem"}),
+            "connectors.c.signing_key: jwt_secret and signing_key are exclusive",
+        ),
+        (
+            json!({"type": "firebase"}),
+            "connectors.c.service_account_file: set service_account_file or service_account_json",
+        ),
+        (
+            json!({"type": "supabase", "signing_key": "missing.json"}),
+            "connectors.c.signing_key: cannot read",
+        ),
+        (
+            json!({"type": "jwt", "key_file": "bad.pem", "issuer": "x"}),
+            "connectors.c.key_file",
+        ),
+        (
+            json!({"type": "firebase", "service_account_file": "bad-sa.json"}),
+            "connectors.c.service_account_file: not a service account JSON",
+        ),
+        (
+            json!({"type": "firebase", "service_account_file": "bad-sa.json", "mode": "id_token"}),
+            "connectors.c.api_key: required when mode is id_token",
+        ),
+        (
+            json!({"type": "http", "url": "ftp://x"}),
+            "connectors.c.url",
+        ),
+        (
+            json!({"type": "supabase", "jwt_secret": "s", "claims": {"sub": "dct"}}),
+            "connectors.c.claims.sub",
+        ),
+        (
+            json!({"type": "firebase", "service_account_json": "{}", "claims": {"firebase": "dct"}}),
+            "connectors.c.claims.firebase",
+        ),
+    ];
+    for (connector, want) in cases {
+        let config = ConfigBuilder::new("P", "http://127.0.0.1:1/k")
+            .connector("c", connector.clone())
+            .route(RouteSpec::any_path("http://127.0.0.1:1").connector("c"));
+        let path = write(dir.path(), "gateway.yaml", &config.to_yaml());
+        let out = extoken(&["check", "--config", &path]);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{connector}: {err}");
+        assert!(
+            err.contains(want),
+            "{connector}: expected {want:?} in {err}"
+        );
+        assert!(!err.contains("AAAA"), "no key material in errors");
     }
 }
 

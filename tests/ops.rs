@@ -1,6 +1,7 @@
-//! Operations, end to end with the real binary on loopback: admin probes, metrics, request ids,
-//! SIGHUP reload (broken and valid files), SIGTERM drain with a slow request in flight, and a
-//! grep of everything the gateway logged for the secrets the test sent.
+//! Operations, end to end with the real binary on loopback: admin probes, metrics (requests,
+//! connectors, the token cache), request ids, SIGHUP reload (broken and valid files), SIGTERM
+//! drain with a slow request in flight, and a grep of everything the gateway logged for the
+//! secrets the test sent.
 
 mod common;
 
@@ -189,6 +190,57 @@ async fn probes_metrics_and_request_ids() {
         )),
         1.0
     );
+}
+
+/// `extoken_connector_*` and `extoken_cache_*` count calls and lookups as they happen.
+#[tokio::test(flavor = "multi_thread")]
+async fn connector_and_cache_metrics() {
+    let r = rig(Mode::Slow(Duration::from_millis(400)))
+        .admin()
+        .start()
+        .await;
+    let token = r.session("U2metrics", &[]);
+    assert_eq!(burst(&r.gw, &token, 20).await, vec![200; 20]);
+    assert_eq!(r.gw.get_bearer("/m", &token).await.status, 200);
+    r.endpoint.set_mode(Mode::Status(400));
+    let other = r.session("U2metricsFail", &[]);
+    assert_eq!(r.gw.get_bearer("/m", &other).await.status, 503);
+
+    let text = r.gw.metrics().await;
+    let value = |series: &str| sample(&text, series).unwrap_or(0.0);
+    let lbl = |result: &str| {
+        format!("extoken_cache_lookups_total{{connector=\"legacy\",result=\"{result}\"}}")
+    };
+    assert_eq!(value(&lbl("miss")), 2.0, "one mint per user:\n{text}");
+    assert_eq!(
+        value(&lbl("coalesced")) + value(&lbl("hit")),
+        20.0,
+        "{text}"
+    );
+    assert!(
+        value(&lbl("coalesced")) >= 1.0,
+        "concurrent misses waited on one call:\n{text}"
+    );
+    assert_eq!(
+        value("extoken_connector_calls_total{connector=\"legacy\",result=\"ok\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("extoken_connector_calls_total{connector=\"legacy\",result=\"error\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("extoken_connector_duration_seconds_count{connector=\"legacy\"}"),
+        2.0
+    );
+    assert_eq!(
+        value("extoken_cache_entries{connector=\"legacy\"}"),
+        1.0,
+        "{text}"
+    );
+    for secret in [ENDPOINT_BEARER, HMAC_SECRET, "U2metrics"] {
+        assert!(!text.contains(secret), "{secret} in metrics");
+    }
 }
 
 #[tokio::test]

@@ -1,5 +1,5 @@
 //! Routes and the answers that are not about the token: `auth: none`, no route, upstream down,
-//! oversized headers.
+//! oversized headers, the `Host` an upstream gets.
 
 mod common;
 
@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use jsonwebtoken::Algorithm;
+use serde_json::json;
 
 const PROJECT: &str = "P2routingTestProject00000";
 
@@ -286,4 +287,46 @@ async fn oversized_headers_are_refused_and_the_gateway_keeps_serving() {
         backend.only().header("x-medium").map(str::len),
         Some(8 * 1024)
     );
+}
+
+/// Hosted backends (Supabase, a Firebase-backed API behind a CDN) route on `Host`.
+#[tokio::test(flavor = "multi_thread")]
+async fn preserve_host_false_sends_the_upstreams_host() {
+    let key = TestKey::rsa("k1", Algorithm::RS256);
+    let jwks = JwksServer::start(&[&key]).await;
+    let backend = Backend::start().await;
+    let up = backend.url();
+    let config = ConfigBuilder::new(PROJECT, &jwks.url())
+        .connector("ext", json!({"type": "claim"}))
+        .route(RouteSpec::new("/kept", &up).connector("ext"))
+        .route(
+            RouteSpec::new("/hosted", &up)
+                .connector("ext")
+                .set("preserve_host", false),
+        );
+    let gw = GatewayProcess::start(&config.to_yaml()).await;
+    gw.wait_keys("/kept", &key.probe_token()).await;
+    let t = key.sign(&with(
+        session_claims(PROJECT, Some("x")),
+        "sub",
+        "U2host".into(),
+    ));
+    for path in ["/kept", "/hosted"] {
+        let r = gw
+            .send(
+                gw.client
+                    .get(gw.url(path))
+                    .bearer_auth(&t)
+                    .header("host", "public.example"),
+            )
+            .await;
+        assert_eq!(r.status, 200);
+    }
+    let hosts: Vec<_> = backend
+        .requests()
+        .iter()
+        .map(|q| q.header("host").unwrap().to_string())
+        .collect();
+    let upstream_host = up.trim_start_matches("http://").to_string();
+    assert_eq!(hosts, ["public.example".to_string(), upstream_host]);
 }

@@ -181,15 +181,3 @@ impl RouteSpec {
         self
     }
 }
-
-// Until the connector tests build their configs with [`ConfigBuilder`] too:
-
-/// The `descope:` block for a project whose keys come from `jwks_url`, plus `extra` lines
-/// (each `key: value`, indented by this function).
-pub fn descope_block(project: &str, jwks_url: &str, extra: &[&str]) -> String {
-    let mut s = format!("descope:\n  project_id: \"{project}\"\n  jwks_url: \"{jwks_url}\"\n");
-    for e in extra {
-        s.push_str(&format!("  {e}\n"));
-    }
-    s
-}

@@ -8,16 +8,19 @@
 //! - [`keys`]: test keys, key sets and session claims ([`TestKey`], [`session_claims`]).
 //! - [`config`]: gateway configs as data ([`ConfigBuilder`], [`RouteSpec`]).
 //! - [`setup`]: one gateway, one backend, one key set, for the session tests ([`Setup`]).
+//! - [`endpoint`]: minting-connector rigs ([`Project`], [`TokenEndpoint`], [`Rig`]).
 
 // Each `tests/*.rs` is a crate of its own that compiles this whole harness and uses a part of it
-// (cli.rs starts no JWKS server, only the session tests use `setup`, ...); what one crate leaves
-// unused, another uses. Every module below but `net` (which everything is built on) is partly
-// unused in some crate, hence `dead_code` allowed per module and `unused_imports` on the
-// re-exports, here and nowhere else.
+// (cli.rs starts no JWKS server, only the connector tests use `endpoint`, only the session tests
+// `setup`, ...); what one crate leaves unused, another uses. Every module below but `net` (which
+// everything is built on) is partly unused in some crate, hence `dead_code` allowed per module and
+// `unused_imports` on the re-exports, here and nowhere else.
 #[allow(dead_code)]
 mod backend;
 #[allow(dead_code)]
 mod config;
+#[allow(dead_code)]
+mod endpoint;
 #[allow(dead_code)]
 mod jwks;
 #[allow(dead_code)]
@@ -29,7 +32,7 @@ mod process;
 mod setup;
 
 #[allow(unused_imports)]
-pub use {backend::*, config::*, jwks::*, keys::*, net::*, process::*, setup::*};
+pub use {backend::*, config::*, endpoint::*, jwks::*, keys::*, net::*, process::*, setup::*};
 
 use std::path::{Path, PathBuf};
 
