@@ -74,7 +74,8 @@ impl Gateway {
         let routes = RouteTable::build(&config)?;
         let client = Self::http_client()
             .map_err(|e| ConfigError::Syntax(format!("cannot create the HTTP client: {e}")))?;
-        let connectors = Connectors::build(&config, &client, cache)?;
+        let connectors =
+            Connectors::build_with_cache(&config, &client, crate::clock::system(), cache)?;
         Ok(Gateway {
             config: Arc::new(config),
             routes,

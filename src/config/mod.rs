@@ -60,7 +60,7 @@ pub struct Config {
     pub threads: usize,
     pub descope: DescopeConfig,
     #[serde(default)]
-    pub connectors: BTreeMap<String, ConnectorConfig>,
+    pub connectors: BTreeMap<String, RawConnector>,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
     #[serde(default)]
@@ -455,9 +455,6 @@ impl Config {
         }
         if self.routes.is_empty() {
             return Err(ConfigError::key("routes", "at least one route is needed"));
-        }
-        for (name, c) in &self.connectors {
-            c.validate(&format!("connectors.{name}"))?;
         }
         for (i, r) in self.routes.iter().enumerate() {
             let path = format!("routes[{i}]");

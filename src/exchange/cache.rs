@@ -8,25 +8,39 @@
 //! * Concurrent misses on one key make one connector call (moka's `or_try_insert_with`); the other
 //!   callers wait for it. Failures are never cached as tokens, but remembered for `negative_ttl` so
 //!   a failing connector is not hammered.
+//! * Freshness (hit, refresh-ahead, stale, negative) is decided here with the injected clock;
+//!   moka, whose clock is its own, only stores and bounds, and keeps an entry at least as long
+//!   as it can be served.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use moka::ops::compute::Op;
+
 use super::{ExchangeError, ExternalToken, Mint, Minted};
+use crate::clock::SharedClock;
 use crate::config::CacheConfig;
+
+/// Added to how long moka keeps what the clock says is still good, so moka (counting from its own
+/// insert, on its own clock) never drops an entry before it stops being served.
+const STORAGE_SLACK: Duration = Duration::from_secs(1);
 
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct CacheKey {
-    pub connector: Arc<str>,
+    pub(crate) connector: Arc<str>,
     digest: [u8; 32],
 }
 
 impl CacheKey {
     /// `settings` fingerprints the connector's configuration, so a token minted under other
     /// settings (another secret, claims mapping, lifetime) is never served after a reload.
-    pub fn new(connector: Arc<str>, settings: &[u8; 32], inputs: &serde_json::Value) -> CacheKey {
+    pub(crate) fn new(
+        connector: Arc<str>,
+        settings: &[u8; 32],
+        inputs: &serde_json::Value,
+    ) -> CacheKey {
         // serde_json's Map is ordered (BTreeMap), so equal inputs serialize to equal bytes.
         let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
         ctx.update(settings);
@@ -48,32 +62,44 @@ impl fmt::Debug for CacheKey {
     }
 }
 
+/// A cached token and its windows, by the cache's clock.
 struct Entry {
     token: ExternalToken,
+    /// From here on, a hit starts one background re-mint.
     refresh_at: Instant,
+    /// From here on, the token is not served (the last `margin` of its life).
     stale_at: Instant,
+    /// How long moka keeps the entry after inserting it.
+    keep_for: Duration,
     refreshing: AtomicBool,
 }
 
-struct UntilStale;
-impl moka::Expiry<CacheKey, Arc<Entry>> for UntilStale {
-    fn expire_after_create(&self, _: &CacheKey, e: &Arc<Entry>, now: Instant) -> Option<Duration> {
-        Some(e.stale_at.saturating_duration_since(now))
+struct KeepFor;
+impl moka::Expiry<CacheKey, Arc<Entry>> for KeepFor {
+    fn expire_after_create(&self, _: &CacheKey, e: &Arc<Entry>, _: Instant) -> Option<Duration> {
+        Some(e.keep_for)
     }
     fn expire_after_update(
         &self,
         _: &CacheKey,
         e: &Arc<Entry>,
-        now: Instant,
+        _: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
-        Some(e.stale_at.saturating_duration_since(now))
+        Some(e.keep_for)
     }
+}
+
+/// A remembered connector failure, answered until `until` (by the cache's clock).
+#[derive(Clone)]
+struct Failure {
+    error: ExchangeError,
+    until: Instant,
 }
 
 /// How a lookup was served (metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lookup {
+pub(crate) enum Lookup {
     Hit,
     RefreshAhead,
     Miss,
@@ -82,7 +108,7 @@ pub enum Lookup {
 }
 
 impl Lookup {
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Lookup::Hit => "hit",
             Lookup::RefreshAhead => "refresh_ahead",
@@ -101,33 +127,38 @@ fn entries_gauge(connector: &str) -> prometheus::IntGauge {
 }
 
 #[derive(Clone)]
-pub struct TokenCache {
+pub(crate) struct TokenCache {
     inner: Arc<Inner>,
 }
 
 struct Inner {
+    clock: SharedClock,
     tokens: moka::future::Cache<CacheKey, Arc<Entry>>,
-    failures: moka::sync::Cache<CacheKey, ExchangeError>,
+    failures: moka::sync::Cache<CacheKey, Failure>,
     margin_share: f64,
     min_margin: Duration,
+    negative_ttl: Duration,
 }
 
 impl TokenCache {
-    pub fn new(cfg: &CacheConfig) -> TokenCache {
+    pub(crate) fn new(cfg: &CacheConfig, clock: SharedClock) -> TokenCache {
+        let negative_ttl = cfg.negative_ttl.0.max(Duration::from_millis(1));
         TokenCache {
             inner: Arc::new(Inner {
+                clock,
                 tokens: moka::future::Cache::builder()
                     .max_capacity(cfg.max_entries)
-                    .expire_after(UntilStale)
+                    .expire_after(KeepFor)
                     // Every removal (expiry, size, replacement, eviction) balances one insert.
                     .eviction_listener(|k: Arc<CacheKey>, _, _| entries_gauge(&k.connector).dec())
                     .build(),
                 failures: moka::sync::Cache::builder()
                     .max_capacity(cfg.max_entries)
-                    .time_to_live(cfg.negative_ttl.0.max(Duration::from_millis(1)))
+                    .time_to_live(negative_ttl + STORAGE_SLACK)
                     .build(),
                 margin_share: cfg.margin.0 / 100.0,
                 min_margin: cfg.min_margin.0,
+                negative_ttl,
             }),
         }
     }
@@ -142,26 +173,27 @@ impl TokenCache {
     }
 
     fn entry(&self, m: Minted) -> Arc<Entry> {
-        let now = Instant::now();
+        let now = self.inner.clock.now();
         let margin = self.margin(m.lifetime);
-        let stale_at = now + m.lifetime.saturating_sub(margin);
+        let serve_for = m.lifetime.saturating_sub(margin);
         Arc::new(Entry {
             token: m.token,
-            refresh_at: stale_at.checked_sub(margin).unwrap_or(now),
-            stale_at,
+            refresh_at: now + serve_for.saturating_sub(margin),
+            stale_at: now + serve_for,
+            keep_for: serve_for + STORAGE_SLACK,
             refreshing: AtomicBool::new(false),
         })
     }
 
     /// The token for `key`, minting it with `mint(inputs)` when needed.
-    pub async fn get_or_mint(
+    pub(crate) async fn get_or_mint(
         &self,
         key: &CacheKey,
         mint: &Arc<dyn Mint>,
         inputs: &Arc<serde_json::Value>,
     ) -> (Result<ExternalToken, ExchangeError>, Lookup) {
         if let Some(e) = self.inner.tokens.get(key).await {
-            let now = Instant::now();
+            let now = self.inner.clock.now();
             if now < e.stale_at {
                 if now >= e.refresh_at && !e.refreshing.swap(true, Ordering::AcqRel) {
                     self.refresh_in_background(key.clone(), mint.clone(), inputs.clone());
@@ -169,14 +201,42 @@ impl TokenCache {
                 }
                 return (Ok(e.token.clone()), Lookup::Hit);
             }
+            self.remove_if_same(key, &e).await;
         }
-        if let Some(err) = self.inner.failures.get(key) {
-            return (Err(err), Lookup::NegativeHit);
+        if let Some(f) = self.inner.failures.get(key) {
+            if self.inner.clock.now() < f.until {
+                return (Err(f.error), Lookup::NegativeHit);
+            }
         }
-        let this = self.clone();
+        self.mint_once(key, mint, inputs).await
+    }
+
+    /// Removes `stale` (stale by the clock, still held by moka) unless another caller has
+    /// replaced it meanwhile.
+    async fn remove_if_same(&self, key: &CacheKey, stale: &Arc<Entry>) {
+        let stale = stale.clone();
+        self.inner
+            .tokens
+            .entry(key.clone())
+            .and_compute_with(|cur| {
+                std::future::ready(match cur {
+                    Some(c) if Arc::ptr_eq(c.value(), &stale) => Op::Remove,
+                    _ => Op::Nop,
+                })
+            })
+            .await;
+    }
+
+    /// A miss: one connector call for all concurrent callers of `key`; a failure is remembered.
+    async fn mint_once(
+        &self,
+        key: &CacheKey,
+        mint: &Arc<dyn Mint>,
+        inputs: &Arc<serde_json::Value>,
+    ) -> (Result<ExternalToken, ExchangeError>, Lookup) {
         let init = async {
             let m = mint.mint(inputs).await?;
-            Ok::<_, ExchangeError>(this.entry(m))
+            Ok::<_, ExchangeError>(self.entry(m))
         };
         match self
             .inner
@@ -186,10 +246,8 @@ impl TokenCache {
             .await
         {
             Ok(e) => {
-                if e.is_fresh() {
-                    entries_gauge(&key.connector).inc();
-                }
                 let how = if e.is_fresh() {
+                    entries_gauge(&key.connector).inc();
                     Lookup::Miss
                 } else {
                     Lookup::Coalesced
@@ -197,9 +255,14 @@ impl TokenCache {
                 (Ok(e.into_value().token.clone()), how)
             }
             Err(err) => {
-                let err = (*err).clone();
-                self.inner.failures.insert(key.clone(), err.clone());
-                (Err(err), Lookup::Miss)
+                let error = (*err).clone();
+                let until = self.inner.clock.now() + self.inner.negative_ttl;
+                let failure = Failure {
+                    error: error.clone(),
+                    until,
+                };
+                self.inner.failures.insert(key.clone(), failure);
+                (Err(error), Lookup::Miss)
             }
         }
     }
@@ -226,92 +289,16 @@ impl TokenCache {
     }
 
     /// Forgets a token (the upstream answered 401 to it).
-    pub async fn evict(&self, key: &CacheKey) {
+    pub(crate) async fn evict(&self, key: &CacheKey) {
         self.inner.tokens.invalidate(key).await;
     }
 
     /// Whether two handles are the same cache (a reload kept it).
-    pub fn is_same(&self, other: &TokenCache) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_same(&self, other: &TokenCache) -> bool {
         Arc::ptr_eq(&self.inner, &other.inner)
-    }
-
-    pub fn entry_count(&self) -> u64 {
-        self.inner.tokens.entry_count()
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::{CacheConfig, Dur, Percent};
-    use serde_json::json;
-
-    fn cache(margin: f64, min: u64) -> TokenCache {
-        TokenCache::new(&CacheConfig {
-            margin: Percent(margin),
-            min_margin: Dur::secs(min),
-            ..CacheConfig::default()
-        })
-    }
-
-    #[test]
-    fn margin_is_share_then_floor_then_third() {
-        let c = cache(10.0, 30);
-        assert_eq!(
-            c.margin(Duration::from_secs(3600)),
-            Duration::from_secs(360),
-            "10% of 1h"
-        );
-        assert_eq!(
-            c.margin(Duration::from_secs(600)),
-            Duration::from_secs(60),
-            "10% of 10m"
-        );
-        assert_eq!(
-            c.margin(Duration::from_secs(120)),
-            Duration::from_secs(30),
-            "at least min_margin"
-        );
-        assert_eq!(
-            c.margin(Duration::from_secs(60)),
-            Duration::from_secs(20),
-            "at most a third"
-        );
-    }
-
-    #[test]
-    fn entry_windows() {
-        let c = cache(10.0, 30);
-        let before = Instant::now();
-        let e = c.entry(Minted {
-            token: ExternalToken::new("t").unwrap(),
-            lifetime: Duration::from_secs(3600),
-        });
-        let stale = e.stale_at.duration_since(before).as_secs();
-        let refresh = e.refresh_at.duration_since(before).as_secs();
-        assert!((3239..=3240).contains(&stale), "{stale}");
-        assert!((2879..=2880).contains(&refresh), "{refresh}");
-    }
-
-    #[test]
-    fn keys_depend_on_inputs_and_settings_only() {
-        let name: Arc<str> = "c".into();
-        let (s1, s2) = ([1u8; 32], [2u8; 32]);
-        let a = CacheKey::new(name.clone(), &s1, &json!({"uid": "U1", "roles": ["a"]}));
-        let same = CacheKey::new(name.clone(), &s1, &json!({"roles": ["a"], "uid": "U1"}));
-        assert_eq!(a, same, "key order does not matter");
-        assert_ne!(
-            a,
-            CacheKey::new(name.clone(), &s1, &json!({"uid": "U1", "roles": ["b"]}))
-        );
-        assert_ne!(
-            a,
-            CacheKey::new(name.clone(), &s2, &json!({"uid": "U1", "roles": ["a"]}))
-        );
-        assert_ne!(
-            a,
-            CacheKey::new("d".into(), &s1, &json!({"uid": "U1", "roles": ["a"]}))
-        );
-        assert!(!format!("{a:?}").contains("U1"), "keys print no identity");
-    }
-}
+mod tests;

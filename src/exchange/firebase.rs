@@ -5,20 +5,103 @@
 //! The web API key rides in the exchange URL's query string, so errors are reported with
 //! `without_url()` and never with the URL.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::identity::{mapped, user_id};
+use super::connector_config::{check_url, exactly_one, Settings};
+use super::identity::{check_claim_map, mapped, user_id, ClaimMap};
 use super::signing::Signer;
-use super::{unix_now, ExchangeError, ExternalToken, Mint, Minted, RequestInfo};
-use crate::config::{ClaimMap, ConfigError, FirebaseConfig, FirebaseMode};
+use super::{ExchangeError, ExternalToken, Mint, Minted, RequestInfo};
+use crate::clock::SharedClock;
+use crate::config::{ConfigError, Dur};
 use crate::verify::VerifiedSession;
 
 pub const FIREBASE_AUDIENCE: &str =
     "https://identitytoolkit.googleapis.com/google.identity.identitytoolkit.v1.IdentityToolkit";
 /// Custom tokens live one hour at most (Firebase's limit).
 const CUSTOM_TOKEN_TTL: u64 = 3600;
+
+/// Names Firebase forbids inside a custom token's `claims`.
+const FIREBASE_RESERVED: &[&str] = &[
+    "acr",
+    "amr",
+    "at_hash",
+    "aud",
+    "auth_time",
+    "azp",
+    "cnf",
+    "c_hash",
+    "exp",
+    "firebase",
+    "iat",
+    "iss",
+    "jti",
+    "nbf",
+    "nonce",
+    "sub",
+];
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum FirebaseMode {
+    #[default]
+    CustomToken,
+    IdToken,
+}
+
+/// `type: firebase`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FirebaseConfig {
+    service_account_file: Option<PathBuf>,
+    service_account_json: Option<String>,
+    #[serde(default)]
+    mode: FirebaseMode,
+    api_key: Option<String>,
+    #[serde(default = "d_toolkit")]
+    identity_toolkit_url: String,
+    tenant_id: Option<String>,
+    #[serde(default)]
+    claims: ClaimMap,
+    #[serde(default = "d_timeout")]
+    timeout: Dur,
+}
+
+fn d_toolkit() -> String {
+    "https://identitytoolkit.googleapis.com".into()
+}
+fn d_timeout() -> Dur {
+    Dur::secs(2)
+}
+
+impl Settings for FirebaseConfig {
+    fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        exactly_one(
+            path,
+            ("service_account_file", self.service_account_file.is_some()),
+            ("service_account_json", self.service_account_json.is_some()),
+            "",
+        )?;
+        if self.mode == FirebaseMode::IdToken && self.api_key.as_deref().unwrap_or("").is_empty() {
+            return Err(ConfigError::key(
+                format!("{path}.api_key"),
+                "required when mode is id_token",
+            ));
+        }
+        check_url(
+            format!("{path}.identity_toolkit_url"),
+            &self.identity_toolkit_url,
+        )?;
+        check_claim_map(path, &self.claims, FIREBASE_RESERVED)
+    }
+
+    fn paths_mut(&mut self) -> Vec<&mut PathBuf> {
+        self.service_account_file.iter_mut().collect()
+    }
+}
 
 #[derive(serde::Deserialize)]
 struct ServiceAccount {
@@ -27,8 +110,9 @@ struct ServiceAccount {
     client_email: String,
 }
 
-pub struct Firebase {
+pub(crate) struct Firebase {
     name: String,
+    clock: SharedClock,
     signer: Signer,
     client_email: String,
     mode: FirebaseMode,
@@ -42,11 +126,12 @@ pub struct Firebase {
 impl Firebase {
     /// The connector, and the bytes of its `service_account_file` if it has one (for the cache
     /// fingerprint; a `service_account_json` is in the settings already).
-    pub fn build(
+    pub(crate) fn build(
         name: &str,
         path: &str,
         c: &FirebaseConfig,
         client: reqwest::Client,
+        clock: SharedClock,
     ) -> Result<(Firebase, Vec<u8>), ConfigError> {
         let (key, text, from_file) = match (&c.service_account_file, &c.service_account_json) {
             (Some(f), _) => (
@@ -75,6 +160,7 @@ impl Firebase {
         let api_key = c.api_key.clone().unwrap_or_default();
         let connector = Firebase {
             name: name.to_string(),
+            clock,
             signer,
             client_email: sa.client_email,
             mode: c.mode,
@@ -95,12 +181,12 @@ impl Firebase {
     }
 
     /// The custom token for `uid` with developer `claims` (omitted when empty, as firebase-admin does).
-    pub fn custom_token(
+    fn custom_token(
         &self,
         uid: &str,
         claims: &Map<String, Value>,
     ) -> Result<String, ExchangeError> {
-        let iat = unix_now();
+        let iat = self.clock.unix();
         let mut c = Map::new();
         c.insert("iss".into(), self.client_email.clone().into());
         c.insert("sub".into(), self.client_email.clone().into());

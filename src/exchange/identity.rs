@@ -1,14 +1,48 @@
 //! Reading what a connector needs out of a verified session: the user id, dotted claim paths, and
-//! `claims:` mappings. Shared by every minting connector so they agree on what "the user" is.
+//! `claims:` mappings (and their checks). Shared by every minting connector so they agree on what
+//! "the user" is.
+
+use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
 use super::ExchangeError;
-use crate::config::ClaimMap;
+use crate::config::ConfigError;
 use crate::verify::VerifiedSession;
 
+/// A `claims:` mapping: target claim (dotted path) → session claim (dotted path).
+pub(crate) type ClaimMap = BTreeMap<String, String>;
+
+/// Claims a mapping of a connector that signs JWTs may not set: the connector owns them.
+pub(crate) const JWT_RESERVED: &[&str] = &["sub", "exp", "iat", "nbf", "iss", "aud"];
+
+/// Checks a `claims:` mapping (at `{path}.claims`): well-formed paths, no `reserved` target.
+pub(crate) fn check_claim_map(
+    path: &str,
+    m: &ClaimMap,
+    reserved: &[&str],
+) -> Result<(), ConfigError> {
+    for (target, source) in m {
+        let key = format!("{path}.claims.{target}");
+        let top = target.split('.').next().unwrap_or_default();
+        if target.is_empty() || target.split('.').any(str::is_empty) {
+            return Err(ConfigError::key(key, "invalid claim path"));
+        }
+        if reserved.contains(&top) {
+            return Err(ConfigError::key(
+                key,
+                format!("{top:?} is set by the connector and cannot be mapped"),
+            ));
+        }
+        if source.is_empty() || source.split('.').any(str::is_empty) {
+            return Err(ConfigError::key(key, "invalid session claim path"));
+        }
+    }
+    Ok(())
+}
+
 /// The Descope user id (`dsub`, else `sub`); a session without one cannot be mapped to a user.
-pub fn user_id(session: &VerifiedSession) -> Result<&str, ExchangeError> {
+pub(crate) fn user_id(session: &VerifiedSession) -> Result<&str, ExchangeError> {
     session
         .user_id()
         .filter(|s| !s.is_empty())
@@ -18,7 +52,7 @@ pub fn user_id(session: &VerifiedSession) -> Result<&str, ExchangeError> {
 }
 
 /// `a.b.c` inside a claims object.
-pub fn lookup<'a>(claims: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
+pub(crate) fn lookup<'a>(claims: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
     let mut parts = path.split('.');
     let mut cur = claims.get(parts.next()?)?;
     for p in parts {
@@ -28,7 +62,7 @@ pub fn lookup<'a>(claims: &'a Map<String, Value>, path: &str) -> Option<&'a Valu
 }
 
 /// Sets `a.b.c` in `obj`, creating (or replacing non-object) intermediate objects.
-pub fn set_path(obj: &mut Map<String, Value>, path: &str, value: Value) {
+pub(crate) fn set_path(obj: &mut Map<String, Value>, path: &str, value: Value) {
     match path.split_once('.') {
         None => {
             obj.insert(path.to_string(), value);
@@ -48,7 +82,7 @@ pub fn set_path(obj: &mut Map<String, Value>, path: &str, value: Value) {
 }
 
 /// Applies a `claims:` mapping: for each target, the session's value at the source path, if any.
-pub fn mapped(claims: &Map<String, Value>, map: &ClaimMap) -> Map<String, Value> {
+pub(crate) fn mapped(claims: &Map<String, Value>, map: &ClaimMap) -> Map<String, Value> {
     let mut out = Map::new();
     for (target, source) in map {
         if let Some(v) = lookup(claims, source) {
@@ -59,7 +93,7 @@ pub fn mapped(claims: &Map<String, Value>, map: &ClaimMap) -> Map<String, Value>
 }
 
 /// Deep-merges `src` into `dst` (objects merge, anything else replaces).
-pub fn merge(dst: &mut Map<String, Value>, src: Map<String, Value>) {
+pub(crate) fn merge(dst: &mut Map<String, Value>, src: Map<String, Value>) {
     for (k, v) in src {
         match (dst.get_mut(&k), v) {
             (Some(Value::Object(d)), Value::Object(s)) => merge(d, s),

@@ -9,17 +9,17 @@ use jsonwebtoken::jwk::{Jwk, KeyAlgorithm, PublicKeyUse, ThumbprintHash};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Map, Value};
 
-pub struct Signer {
-    pub alg: Algorithm,
+pub(crate) struct Signer {
+    pub(crate) alg: Algorithm,
     key: EncodingKey,
-    pub kid: Option<String>,
+    pub(crate) kid: Option<String>,
     /// The public half, for the JWKS the gateway publishes (asymmetric keys only).
-    pub public: Option<Jwk>,
+    pub(crate) public: Option<Jwk>,
 }
 
 impl Signer {
     /// HS256 with a shared secret; no `kid` (PostgREST rejects a kid with a plain secret).
-    pub fn hs256(secret: &str) -> Signer {
+    pub(crate) fn hs256(secret: &str) -> Signer {
         Signer {
             alg: Algorithm::HS256,
             key: EncodingKey::from_secret(secret.as_bytes()),
@@ -29,7 +29,7 @@ impl Signer {
     }
 
     /// An RS256 key from PEM text (a Firebase service account's `private_key`).
-    pub fn rsa_pem(pem: &str, kid: Option<String>) -> Result<Signer, String> {
+    pub(crate) fn rsa_pem(pem: &str, kid: Option<String>) -> Result<Signer, String> {
         let key = EncodingKey::from_rsa_pem(pem.as_bytes())
             .map_err(|e| format!("not an RSA private key: {e}"))?;
         Self::finish(Algorithm::RS256, key, kid)
@@ -39,7 +39,7 @@ impl Signer {
     /// lists the algorithms acceptable for this connector, in order of preference.
     /// Also returns the exact bytes the key was made from (read once), for the connector's cache
     /// fingerprint: a key file replaced in place then changes the fingerprint on reload.
-    pub fn from_file(
+    pub(crate) fn from_file(
         path: &Path,
         kid: Option<String>,
         want: &[Algorithm],
@@ -159,7 +159,7 @@ impl Signer {
     }
 
     /// Signs `claims` as connector `connector`'s token, good for `lifetime`.
-    pub fn mint(
+    pub(crate) fn mint(
         &self,
         connector: &str,
         claims: &Map<String, Value>,
@@ -175,7 +175,7 @@ impl Signer {
     }
 
     /// Signs claims with header `{alg, typ: JWT, kid?}`.
-    pub fn sign(&self, claims: &Map<String, Value>) -> Result<String, String> {
+    pub(crate) fn sign(&self, claims: &Map<String, Value>) -> Result<String, String> {
         let mut header = Header::new(self.alg);
         header.kid = self.kid.clone();
         jsonwebtoken::encode(&header, claims, &self.key).map_err(|e| e.to_string())

@@ -5,19 +5,114 @@
 //! `sub` to `uuid` and a Descope id (`U2…`) would break every RLS policy; the original id is kept in
 //! `descope_user_id`. HS256 tokens carry no `kid`: PostgREST rejects a kid with a plain secret.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::identity::{mapped, merge, user_id};
+use super::connector_config::{exactly_one, positive, Settings};
+use super::identity::{check_claim_map, mapped, merge, user_id, ClaimMap, JWT_RESERVED};
 use super::signing::Signer;
-use super::{unix_now, ExchangeError, Mint, Minted, RequestInfo};
-use crate::config::{ClaimMap, ConfigError, SubMode, SupabaseConfig};
+use super::{ExchangeError, Mint, Minted, RequestInfo};
+use crate::clock::SharedClock;
+use crate::config::{ConfigError, Dur};
 use crate::verify::VerifiedSession;
 
-pub struct Supabase {
+/// The default `uuid_namespace`: uuid5(NAMESPACE_URL, "https://github.com/extoken/extoken#descope-user-id").
+const DEFAULT_UUID_NAMESPACE: &str = "dbd8928c-bb64-505a-830f-43f6b6e8fabd";
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum SubMode {
+    /// `sub` = UUIDv5(namespace, Descope user id): what `auth.uid()` can cast.
+    #[default]
+    Uuid,
+    /// `sub` = the Descope user id itself.
+    Descope,
+}
+
+/// `type: supabase`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SupabaseConfig {
+    jwt_secret: Option<String>,
+    signing_key: Option<PathBuf>,
+    kid: Option<String>,
+    #[serde(default = "d_authenticated")]
+    pub(crate) role: String,
+    /// The roles a token may carry: the static `role`, and any role a `claims:` mapping takes
+    /// from the session (a session naming another role is refused, 403).
+    #[serde(default = "d_allowed_roles")]
+    pub(crate) allowed_roles: Vec<String>,
+    #[serde(default = "d_authenticated")]
+    audience: String,
+    #[serde(default = "d_hour")]
+    expires_in: Dur,
+    issuer: Option<String>,
+    #[serde(default)]
+    sub_mode: SubMode,
+    #[serde(default = "d_namespace")]
+    uuid_namespace: String,
+    #[serde(default)]
+    claims: ClaimMap,
+}
+
+fn d_authenticated() -> String {
+    "authenticated".into()
+}
+fn d_allowed_roles() -> Vec<String> {
+    vec!["authenticated".into(), "anon".into()]
+}
+fn d_hour() -> Dur {
+    Dur::secs(3600)
+}
+fn d_namespace() -> String {
+    DEFAULT_UUID_NAMESPACE.into()
+}
+
+impl Settings for SupabaseConfig {
+    fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        exactly_one(
+            path,
+            ("jwt_secret", self.jwt_secret.is_some()),
+            ("signing_key", self.signing_key.is_some()),
+            " (HS256 secret, or an ES256/RS256 key file)",
+        )?;
+        if self.jwt_secret.as_deref() == Some("") {
+            return Err(ConfigError::key(
+                format!("{path}.jwt_secret"),
+                "must not be empty",
+            ));
+        }
+        if !self.allowed_roles.contains(&self.role) {
+            return Err(ConfigError::key(
+                format!("{path}.role"),
+                format!(
+                    "{:?} is not in allowed_roles {:?}",
+                    self.role, self.allowed_roles
+                ),
+            ));
+        }
+        if uuid::Uuid::parse_str(&self.uuid_namespace).is_err() {
+            return Err(ConfigError::key(
+                format!("{path}.uuid_namespace"),
+                "not a UUID",
+            ));
+        }
+        positive(format!("{path}.expires_in"), self.expires_in)?;
+        check_claim_map(path, &self.claims, JWT_RESERVED)
+    }
+
+    fn paths_mut(&mut self) -> Vec<&mut PathBuf> {
+        self.signing_key.iter_mut().collect()
+    }
+}
+
+pub(crate) struct Supabase {
     name: String,
+    clock: SharedClock,
     signer: Signer,
     role: String,
     allowed_roles: Vec<String>,
@@ -32,10 +127,11 @@ pub struct Supabase {
 impl Supabase {
     /// The connector, and the bytes of its `signing_key` file if it has one (for the cache
     /// fingerprint; a `jwt_secret` is in the settings already).
-    pub fn build(
+    pub(crate) fn build(
         name: &str,
         path: &str,
         c: &SupabaseConfig,
+        clock: SharedClock,
     ) -> Result<(Supabase, Vec<u8>), ConfigError> {
         let (signer, loaded) = match (&c.jwt_secret, &c.signing_key) {
             (Some(secret), _) => (Signer::hs256(secret), Vec::new()),
@@ -49,6 +145,7 @@ impl Supabase {
             .map_err(|_| ConfigError::key(format!("{path}.uuid_namespace"), "not a UUID"))?;
         let connector = Supabase {
             name: name.to_string(),
+            clock,
             signer,
             role: c.role.clone(),
             allowed_roles: c.allowed_roles.clone(),
@@ -63,7 +160,7 @@ impl Supabase {
     }
 
     /// The `sub` for a Descope user id.
-    pub fn subject(&self, descope_id: &str) -> String {
+    fn subject(&self, descope_id: &str) -> String {
         match self.sub_mode {
             SubMode::Uuid => uuid::Uuid::new_v5(&self.namespace, descope_id.as_bytes()).to_string(),
             SubMode::Descope => descope_id.to_string(),
@@ -100,7 +197,7 @@ impl Mint for Supabase {
 
     async fn mint(&self, inputs: &Value) -> Result<Minted, ExchangeError> {
         let uid = inputs["uid"].as_str().unwrap_or_default();
-        let now = unix_now();
+        let now = self.clock.unix();
         let mut c = Map::new();
         c.insert("sub".into(), self.subject(uid).into());
         if self.sub_mode == SubMode::Uuid {
@@ -134,7 +231,9 @@ mod tests {
             "{{jwt_secret: s, claims: {{role: app_role}}{extra}}}"
         ))
         .unwrap();
-        Supabase::build("sb", "connectors.sb", &cfg).unwrap().0
+        Supabase::build("sb", "connectors.sb", &cfg, crate::clock::system())
+            .unwrap()
+            .0
     }
 
     fn inputs(c: &Supabase, app_role: Option<Value>) -> Result<Value, ExchangeError> {

@@ -6,6 +6,8 @@
 //! cannot have been processed or was a server fault: connect errors and 5xx. Nothing from the reply
 //! or the secrets is put in an error message.
 
+mod config;
+
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -13,9 +15,13 @@ use base64::Engine as _;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{json, Value};
 
-use super::identity::user_id;
-use super::{unix_now, ExchangeError, ExternalToken, Mint, Minted, RequestInfo};
-use crate::config::{ConfigError, HttpAuth, HttpConnectorConfig};
+use config::HttpAuth;
+pub(crate) use config::HttpConnectorConfig;
+
+use super::identity::{lookup, user_id};
+use super::{ExchangeError, ExternalToken, Mint, Minted, RequestInfo};
+use crate::clock::SharedClock;
+use crate::config::ConfigError;
 use crate::verify::VerifiedSession;
 
 /// Claims that are Descope's own, not "custom claims" of the flow or template.
@@ -44,8 +50,9 @@ const STANDARD_CLAIMS: &[&str] = &[
     "loginIds",
 ];
 
-pub struct HttpConnector {
+pub(crate) struct HttpConnector {
     name: String,
+    clock: SharedClock,
     url: String,
     auth: Option<HttpAuth>,
     headers: HeaderMap,
@@ -55,15 +62,17 @@ pub struct HttpConnector {
     retries: u32,
     ttl: Option<Duration>,
     client: reqwest::Client,
+    /// The endpoint's OAuth2 access token and until when (by `clock`) it is used.
     oauth: tokio::sync::Mutex<Option<(String, Instant)>>,
 }
 
 impl HttpConnector {
-    pub fn build(
+    pub(crate) fn build(
         name: &str,
         path: &str,
         c: &HttpConnectorConfig,
         client: reqwest::Client,
+        clock: SharedClock,
     ) -> Result<HttpConnector, ConfigError> {
         let mut headers = HeaderMap::new();
         for (k, v) in &c.headers {
@@ -81,6 +90,7 @@ impl HttpConnector {
         }
         Ok(HttpConnector {
             name: name.to_string(),
+            clock,
             url: c.url.clone(),
             auth: c.auth.clone(),
             headers,
@@ -112,7 +122,7 @@ impl HttpConnector {
     ) -> Result<String, ExchangeError> {
         let mut cached = self.oauth.lock().await;
         if let Some((t, until)) = cached.as_ref() {
-            if Instant::now() < *until {
+            if self.clock.now() < *until {
                 return Ok(t.clone());
             }
         }
@@ -149,7 +159,7 @@ impl HttpConnector {
         let life = v["expires_in"].as_u64().unwrap_or(300);
         *cached = Some((
             t.clone(),
-            Instant::now() + Duration::from_secs(life.saturating_sub(30).max(1)),
+            self.clock.now() + Duration::from_secs(life.saturating_sub(30).max(1)),
         ));
         Ok(t)
     }
@@ -236,14 +246,14 @@ fn form_encode(s: &str) -> String {
         .collect()
 }
 
-/// Seconds until a JWT's `exp`, read without verifying (the token is the endpoint's, not ours to
-/// check; we only need to know how long to keep it).
-fn jwt_lifetime(token: &str) -> Option<Duration> {
+/// Seconds from `now` (Unix seconds) until a JWT's `exp`, read without verifying (the token is the
+/// endpoint's, not ours to check; we only need to know how long to keep it).
+fn jwt_lifetime(token: &str, now: u64) -> Option<Duration> {
     let mut parts = token.split('.');
     let (_, payload, _) = (parts.next()?, parts.next()?, parts.next()?);
     let v: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
     let exp = v.get("exp")?.as_u64()?;
-    Some(Duration::from_secs(exp.saturating_sub(unix_now())))
+    Some(Duration::from_secs(exp.saturating_sub(now)))
 }
 
 #[async_trait::async_trait]
@@ -298,7 +308,7 @@ impl Mint for HttpConnector {
         // `token_field` may be a dotted path (`data.access_token`) for endpoints that nest it.
         let raw = reply
             .as_object()
-            .and_then(|o| super::identity::lookup(o, &self.token_field))
+            .and_then(|o| lookup(o, &self.token_field))
             .and_then(Value::as_str)
             .ok_or_else(|| {
                 self.fail(format!("reply has no string {:?} field", self.token_field))
@@ -310,7 +320,7 @@ impl Mint for HttpConnector {
             Value::String(s) => s.parse().ok().map(Duration::from_secs),
             _ => None,
         }
-        .or_else(|| jwt_lifetime(raw))
+        .or_else(|| jwt_lifetime(raw, self.clock.unix()))
         .or(self.ttl)
         .ok_or_else(|| self.fail("reply has no expires_in and the token no exp: set ttl"))?;
         if lifetime.is_zero() {
@@ -331,10 +341,11 @@ mod tests {
 
     #[test]
     fn lifetime_from_jwt_exp() {
-        let exp = unix_now() + 120;
-        let payload = URL_SAFE_NO_PAD.encode(format!("{{\"exp\":{exp}}}"));
-        let d = jwt_lifetime(&format!("e30.{payload}.sig")).unwrap();
-        assert!((118..=120).contains(&d.as_secs()));
-        assert!(jwt_lifetime("opaque-token").is_none());
+        let now = 1_700_000_000;
+        let payload = URL_SAFE_NO_PAD.encode(format!("{{\"exp\":{}}}", now + 120));
+        let token = format!("e30.{payload}.sig");
+        assert_eq!(jwt_lifetime(&token, now), Some(Duration::from_secs(120)));
+        assert_eq!(jwt_lifetime(&token, now + 200), Some(Duration::ZERO));
+        assert!(jwt_lifetime("opaque-token", now).is_none());
     }
 }

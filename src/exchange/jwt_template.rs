@@ -2,20 +2,70 @@
 //! HTTP service. Its public keys are published (admin listener `/.well-known/jwks.json`) so the
 //! legacy backend can verify them like any other issuer's.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::identity::{mapped, merge, user_id};
+use super::connector_config::{positive, Settings};
+use super::identity::{check_claim_map, mapped, merge, user_id, ClaimMap, JWT_RESERVED};
 use super::signing::Signer;
-use super::{unix_now, ExchangeError, Mint, Minted, RequestInfo};
-use crate::config::{ClaimMap, ConfigError, JwtAlgorithm, JwtConnectorConfig};
+use super::{ExchangeError, Mint, Minted, RequestInfo};
+use crate::clock::SharedClock;
+use crate::config::{ConfigError, Dur, OneOrMany};
 use crate::verify::VerifiedSession;
 
-pub struct JwtConnector {
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+pub(crate) enum JwtAlgorithm {
+    #[default]
+    RS256,
+    ES256,
+    EdDSA,
+}
+
+/// `type: jwt`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct JwtConnectorConfig {
+    #[serde(default)]
+    algorithm: JwtAlgorithm,
+    key_file: PathBuf,
+    kid: Option<String>,
+    issuer: String,
+    audience: Option<OneOrMany>,
+    #[serde(default = "d_quarter")]
+    expires_in: Dur,
+    #[serde(default)]
+    claims: ClaimMap,
+}
+
+fn d_quarter() -> Dur {
+    Dur::secs(900)
+}
+
+impl Settings for JwtConnectorConfig {
+    fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        positive(format!("{path}.expires_in"), self.expires_in)?;
+        if self.issuer.is_empty() {
+            return Err(ConfigError::key(
+                format!("{path}.issuer"),
+                "must not be empty",
+            ));
+        }
+        check_claim_map(path, &self.claims, JWT_RESERVED)
+    }
+
+    fn paths_mut(&mut self) -> Vec<&mut PathBuf> {
+        vec![&mut self.key_file]
+    }
+}
+
+pub(crate) struct JwtConnector {
     name: String,
-    pub signer: Signer,
+    clock: SharedClock,
+    signer: Signer,
     issuer: String,
     audience: Option<Value>,
     expires_in: Duration,
@@ -24,10 +74,11 @@ pub struct JwtConnector {
 
 impl JwtConnector {
     /// The connector, and the bytes of its key file (for the cache fingerprint).
-    pub fn build(
+    pub(crate) fn build(
         name: &str,
         path: &str,
         c: &JwtConnectorConfig,
+        clock: SharedClock,
     ) -> Result<(JwtConnector, Vec<u8>), ConfigError> {
         let alg = match c.algorithm {
             JwtAlgorithm::RS256 => Algorithm::RS256,
@@ -42,6 +93,7 @@ impl JwtConnector {
         });
         let connector = JwtConnector {
             name: name.to_string(),
+            clock,
             signer,
             issuer: c.issuer.clone(),
             audience,
@@ -59,7 +111,7 @@ impl Mint for JwtConnector {
     }
 
     async fn mint(&self, inputs: &Value) -> Result<Minted, ExchangeError> {
-        let now = unix_now();
+        let now = self.clock.unix();
         let mut c = Map::new();
         c.insert("iss".into(), self.issuer.clone().into());
         c.insert("sub".into(), inputs["uid"].clone());

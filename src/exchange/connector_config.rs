@@ -1,0 +1,148 @@
+//! A `connectors.<name>` block, typed: which connector, with that connector's settings (each
+//! defined, with its checks, in the connector's own module). The config keeps the blocks raw
+//! ([`RawConnector`]); they are parsed here, once per build, with errors that name the key path
+//! exactly as the config's own errors do (`connectors.fb.service_account_file: ...`).
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::claim::ClaimConnectorConfig;
+use super::firebase::FirebaseConfig;
+use super::http_endpoint::HttpConnectorConfig;
+use super::jwt_template::JwtConnectorConfig;
+use super::supabase::SupabaseConfig;
+use crate::config::{Config, ConfigError, Dur, RawConnector};
+
+/// Checks every connector block of `cfg` without reading files or the network (what
+/// `extoken reload` checks before it signals). Building the connectors checks the same and more.
+pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
+    for (name, raw) in &cfg.connectors {
+        ConnectorConfig::parse(name, raw)?;
+    }
+    Ok(())
+}
+
+/// What every connector's settings provide.
+pub(crate) trait Settings {
+    /// Checks that need no file or network access; `path` is `connectors.<name>`.
+    fn validate(&self, path: &str) -> Result<(), ConfigError>;
+    /// The file paths in the settings (key files, service accounts): resolved against the config
+    /// file's directory, and left out of the connector's fingerprint (their contents count).
+    fn paths_mut(&mut self) -> Vec<&mut PathBuf> {
+        Vec::new()
+    }
+}
+
+/// A connector produces the external token for a verified session.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub(crate) enum ConnectorConfig {
+    /// The external token is a claim of the session JWT (Descope put it there at the end of the flow).
+    Claim(ClaimConnectorConfig),
+    /// A Supabase access token signed with the project's JWT secret or signing key.
+    Supabase(SupabaseConfig),
+    /// A Firebase custom token, or the ID token it is exchanged for.
+    Firebase(FirebaseConfig),
+    /// A token fetched from an HTTP endpoint (Descope's "Generic HTTP" connector contract).
+    Http(HttpConnectorConfig),
+    /// A JWT signed by the gateway's own key, for in-house formats.
+    Jwt(JwtConnectorConfig),
+}
+
+impl ConnectorConfig {
+    /// Connector `name`'s block, typed, its relative paths resolved, checked (no I/O).
+    pub(crate) fn parse(name: &str, raw: &RawConnector) -> Result<ConnectorConfig, ConfigError> {
+        let path = format!("connectors.{name}");
+        let mut c: ConnectorConfig = serde_path_to_error::deserialize(raw.value().clone())
+            .map_err(|e| {
+                let key = match e.path().to_string().as_str() {
+                    "." => path.clone(),
+                    inner => format!("{path}.{inner}"),
+                };
+                ConfigError::key(key, e.into_inner().to_string())
+            })?;
+        if let Some(base) = raw.dir() {
+            for p in c.settings_mut().paths_mut() {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
+            }
+        }
+        c.settings().validate(&path)?;
+        Ok(c)
+    }
+
+    fn settings(&self) -> &dyn Settings {
+        match self {
+            ConnectorConfig::Claim(c) => c,
+            ConnectorConfig::Supabase(c) => c,
+            ConnectorConfig::Firebase(c) => c,
+            ConnectorConfig::Http(c) => c,
+            ConnectorConfig::Jwt(c) => c,
+        }
+    }
+
+    fn settings_mut(&mut self) -> &mut dyn Settings {
+        match self {
+            ConnectorConfig::Claim(c) => c,
+            ConnectorConfig::Supabase(c) => c,
+            ConnectorConfig::Firebase(c) => c,
+            ConnectorConfig::Http(c) => c,
+            ConnectorConfig::Jwt(c) => c,
+        }
+    }
+
+    /// The settings as text for the connector cache's fingerprint, without the file paths: what a
+    /// connector mints with is the files' contents (hashed separately, as loaded), not where they
+    /// lie. Holds secrets: only ever hashed, never logged.
+    pub(crate) fn settings_without_paths(&self) -> String {
+        let mut c = self.clone();
+        for p in c.settings_mut().paths_mut() {
+            *p = PathBuf::new();
+        }
+        format!("{c:?}")
+    }
+}
+
+pub(super) fn check_url(key: String, u: &str) -> Result<(), ConfigError> {
+    if u.starts_with("http://") || u.starts_with("https://") {
+        Ok(())
+    } else {
+        Err(ConfigError::key(
+            key,
+            format!("{u:?} is not an http(s) URL"),
+        ))
+    }
+}
+
+/// Two keys of which exactly one must be set; the error names the key to act on.
+pub(super) fn exactly_one(
+    path: &str,
+    (a, a_set): (&str, bool),
+    (b, b_set): (&str, bool),
+    hint: &str,
+) -> Result<(), ConfigError> {
+    match (a_set, b_set) {
+        (false, false) => Err(ConfigError::key(
+            format!("{path}.{a}"),
+            format!("set {a} or {b}{hint}"),
+        )),
+        (true, true) => Err(ConfigError::key(
+            format!("{path}.{b}"),
+            format!("{a} and {b} are exclusive: set one"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+pub(super) fn positive(key: String, d: Dur) -> Result<(), ConfigError> {
+    if d.0.is_zero() {
+        Err(ConfigError::key(key, "must be more than 0"))
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

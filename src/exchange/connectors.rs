@@ -1,0 +1,293 @@
+//! The configured connectors, by name: built once per config from its typed blocks, then asked
+//! for a token per request (minting ones through the shared [`TokenCache`]).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::cache::{CacheKey, TokenCache};
+use super::claim::ClaimConnector;
+use super::connector_config::ConnectorConfig;
+use super::firebase::Firebase;
+use super::http_endpoint::HttpConnector;
+use super::jwt_template::JwtConnector;
+use super::supabase::Supabase;
+use super::{ExchangeError, ExternalToken, Mint, Minted, RequestInfo};
+use crate::clock::SharedClock;
+use crate::config::{Config, ConfigError};
+use crate::verify::VerifiedSession;
+
+/// How a connector produces tokens.
+enum ConnectorKind {
+    /// Reads it from the session: nothing to mint or cache.
+    Claim(ClaimConnector),
+    /// Mints it, through the cache.
+    Minting(Arc<dyn Mint>),
+}
+
+/// Counts and times every connector call (`extoken_connector_calls_total`,
+/// `extoken_connector_duration_seconds`), wherever the cache makes it from.
+struct Instrumented {
+    name: String,
+    inner: Arc<dyn Mint>,
+}
+
+#[async_trait::async_trait]
+impl Mint for Instrumented {
+    fn inputs(
+        &self,
+        s: &VerifiedSession,
+        req: RequestInfo<'_>,
+    ) -> Result<serde_json::Value, ExchangeError> {
+        self.inner.inputs(s, req)
+    }
+    fn cache_inputs(&self, inputs: &serde_json::Value) -> serde_json::Value {
+        self.inner.cache_inputs(inputs)
+    }
+    async fn mint(&self, inputs: &serde_json::Value) -> Result<Minted, ExchangeError> {
+        let m = crate::metrics::metrics();
+        // A measurement for the histogram, not a freshness decision: real time, not the clock.
+        let start = std::time::Instant::now();
+        let result = self.inner.mint(inputs).await;
+        m.connector_duration_seconds
+            .with_label_values(&[self.name.as_str()])
+            .observe(start.elapsed().as_secs_f64());
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        m.connector_calls_total
+            .with_label_values(&[self.name.as_str(), outcome])
+            .inc();
+        result
+    }
+    fn public_jwk(&self) -> Option<jsonwebtoken::jwk::Jwk> {
+        self.inner.public_jwk()
+    }
+}
+
+/// A configured connector: its name, what it does, and the fingerprint of its settings.
+struct Connector {
+    name: Arc<str>,
+    kind: ConnectorKind,
+    /// The connector's [`fingerprint`]: part of every cache key, so a token minted under other
+    /// settings or another key is never served.
+    settings: [u8; 32],
+}
+
+impl Connector {
+    /// Builds connector `name` from its settings, reading its key files.
+    fn build(
+        name: &str,
+        cfg: &ConnectorConfig,
+        client: &reqwest::Client,
+        clock: &SharedClock,
+    ) -> Result<Connector, ConfigError> {
+        let path = format!("connectors.{name}");
+        fn minting<T: Mint + 'static>((m, loaded): (T, Vec<u8>)) -> (Arc<dyn Mint>, Vec<u8>) {
+            (Arc::new(m), loaded)
+        }
+        let (inner, loaded) = match cfg {
+            ConnectorConfig::Claim(c) => {
+                let kind = ConnectorKind::Claim(ClaimConnector::new(c));
+                return Ok(Connector::new(name, kind, cfg, &[]));
+            }
+            ConnectorConfig::Supabase(c) => {
+                minting(Supabase::build(name, &path, c, clock.clone())?)
+            }
+            ConnectorConfig::Firebase(c) => minting(Firebase::build(
+                name,
+                &path,
+                c,
+                client.clone(),
+                clock.clone(),
+            )?),
+            ConnectorConfig::Http(c) => minting((
+                HttpConnector::build(name, &path, c, client.clone(), clock.clone())?,
+                Vec::new(),
+            )),
+            ConnectorConfig::Jwt(c) => minting(JwtConnector::build(name, &path, c, clock.clone())?),
+        };
+        let kind = ConnectorKind::Minting(Arc::new(Instrumented {
+            name: name.to_string(),
+            inner,
+        }));
+        Ok(Connector::new(name, kind, cfg, &loaded))
+    }
+
+    fn new(name: &str, kind: ConnectorKind, cfg: &ConnectorConfig, loaded: &[u8]) -> Connector {
+        Connector {
+            name: name.into(),
+            kind,
+            settings: fingerprint(cfg, loaded),
+        }
+    }
+}
+
+/// SHA-256 of what a connector mints with: its settings (secrets included, so only ever hashed)
+/// without file paths, and the bytes of the files it loaded (key files, service accounts), as the
+/// builder read them. A key file replaced in place changes it; the same key at another path does
+/// not.
+fn fingerprint(cfg: &ConnectorConfig, loaded: &[u8]) -> [u8; 32] {
+    let settings = cfg.settings_without_paths();
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for part in [settings.as_bytes(), loaded] {
+        ctx.update(&(part.len() as u64).to_be_bytes());
+        ctx.update(part);
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+/// The token a request gets, and the cache key to forget it by if the upstream refuses it.
+#[derive(Debug, Clone)]
+pub(crate) struct Obtained {
+    pub(crate) token: ExternalToken,
+    pub(crate) cache_key: Option<CacheKey>,
+}
+
+/// The configured connectors, by name, with the token cache they share.
+pub struct Connectors {
+    by_name: BTreeMap<String, Connector>,
+    cache: TokenCache,
+    jwks: Option<String>,
+}
+
+impl Connectors {
+    /// Parses and builds every connector of `cfg`, reading key files and service accounts: a bad
+    /// one is an error here (at start, on reload, and in `extoken check`), naming its key.
+    /// `clock` decides token freshness and the `iat`/`exp` of the tokens the gateway signs.
+    pub fn build(
+        cfg: &Config,
+        client: &reqwest::Client,
+        clock: SharedClock,
+    ) -> Result<Connectors, ConfigError> {
+        Self::build_with_cache(cfg, client, clock, None)
+    }
+
+    /// [`Connectors::build`], keeping `cache` if given (a reload with unchanged `cache:`
+    /// settings: the keys fingerprint each connector's settings, so a changed connector never
+    /// gets a token minted under the old ones); else a new cache on `clock`.
+    pub(crate) fn build_with_cache(
+        cfg: &Config,
+        client: &reqwest::Client,
+        clock: SharedClock,
+        cache: Option<TokenCache>,
+    ) -> Result<Connectors, ConfigError> {
+        let mut by_name = BTreeMap::new();
+        let mut public = vec![];
+        for (name, raw) in &cfg.connectors {
+            let typed = ConnectorConfig::parse(name, raw)?;
+            let c = Connector::build(name, &typed, client, &clock)?;
+            if let ConnectorKind::Minting(m) = &c.kind {
+                public.extend(m.public_jwk());
+            }
+            by_name.insert(name.clone(), c);
+        }
+        let jwks = (!public.is_empty()).then(|| {
+            serde_json::to_string(&jsonwebtoken::jwk::JwkSet { keys: public }).unwrap_or_default()
+        });
+        Ok(Connectors {
+            by_name,
+            cache: cache.unwrap_or_else(|| TokenCache::new(&cfg.cache, clock)),
+            jwks,
+        })
+    }
+
+    /// The external token from connector `name` for this session.
+    pub(crate) async fn obtain(
+        &self,
+        name: &str,
+        session: &VerifiedSession,
+        req: RequestInfo<'_>,
+    ) -> Result<Obtained, ExchangeError> {
+        let c = self
+            .by_name
+            .get(name)
+            .ok_or_else(|| ExchangeError::unavailable(name, "no such connector"))?;
+        match &c.kind {
+            ConnectorKind::Claim(cc) => Ok(Obtained {
+                token: cc.extract(session)?,
+                cache_key: None,
+            }),
+            ConnectorKind::Minting(m) => {
+                let inputs = Arc::new(m.inputs(session, req)?);
+                let key = CacheKey::new(c.name.clone(), &c.settings, &m.cache_inputs(&inputs));
+                let (result, how) = self.cache.get_or_mint(&key, m, &inputs).await;
+                crate::metrics::metrics()
+                    .cache_lookups_total
+                    .with_label_values(&[&*c.name, how.label()])
+                    .inc();
+                Ok(Obtained {
+                    token: result?,
+                    cache_key: Some(key),
+                })
+            }
+        }
+    }
+
+    /// Forgets a cached token (the upstream answered 401 to it).
+    pub(crate) async fn evict(&self, key: &CacheKey) {
+        self.cache.evict(key).await;
+    }
+
+    /// `{"keys":[...]}` of the `jwt` connectors' public keys, if any are configured.
+    pub(crate) fn jwks(&self) -> Option<&str> {
+        self.jwks.as_deref()
+    }
+
+    pub(crate) fn cache(&self) -> &TokenCache {
+        &self.cache
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The cache fingerprint of connector `c`, a `jwt` connector whose key is the file `key`.
+    fn jwt_fingerprint(key: &std::path::Path) -> [u8; 32] {
+        let yaml = format!(
+            "descope: {{project_id: P2t, jwks_url: 'http://127.0.0.1:1/k'}}\n\
+             connectors:\n  c: {{type: jwt, key_file: '{}', kid: k, issuer: 'https://gw'}}\n\
+             routes: [{{upstream: 'http://127.0.0.1:3000', connector: c}}]\n",
+            key.display()
+        );
+        let cfg = Config::parse(&yaml, &|_| None).unwrap();
+        let built =
+            Connectors::build(&cfg, &reqwest::Client::new(), crate::clock::system()).unwrap();
+        built.by_name["c"].settings
+    }
+
+    #[test]
+    fn fingerprint_covers_key_contents_not_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let (k1, k2) = (
+            crate::mint::generate_pem().unwrap(),
+            crate::mint::generate_pem().unwrap(),
+        );
+        let (a, b, c) = (
+            dir.path().join("a.pem"),
+            dir.path().join("b.pem"),
+            dir.path().join("c.pem"),
+        );
+        std::fs::write(&a, &k1).unwrap();
+        std::fs::write(&b, &k1).unwrap();
+        std::fs::write(&c, &k2).unwrap();
+        let fa = jwt_fingerprint(&a);
+        assert_eq!(fa, jwt_fingerprint(&b), "same key at another path");
+        assert_ne!(fa, jwt_fingerprint(&c), "another key");
+        // Replaced in place: same path, same settings, other contents.
+        std::fs::write(&a, &k2).unwrap();
+        assert_ne!(fa, jwt_fingerprint(&a));
+        assert_eq!(jwt_fingerprint(&a), jwt_fingerprint(&c));
+    }
+
+    #[test]
+    fn fingerprint_covers_settings_and_loaded_bytes_unambiguously() {
+        let cfg: ConnectorConfig =
+            serde_yaml::from_str("{type: supabase, jwt_secret: s1}").unwrap();
+        let other: ConnectorConfig =
+            serde_yaml::from_str("{type: supabase, jwt_secret: s2}").unwrap();
+        assert_ne!(fingerprint(&cfg, b""), fingerprint(&other, b""));
+        assert_ne!(fingerprint(&cfg, b""), fingerprint(&cfg, b"x"));
+        assert_eq!(fingerprint(&cfg, b"x"), fingerprint(&cfg, b"x"));
+    }
+}
