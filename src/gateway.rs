@@ -44,7 +44,7 @@ impl Gateway {
     /// settings, so a changed connector never gets a token minted under the old ones).
     /// `Ok((gateway, keys_kept))`; when the keys were not kept, the caller starts a refresh task
     /// for `gateway.verifier.keys`.
-    pub fn rebuild(&self, config: Config) -> Result<(Gateway, bool), ConfigError> {
+    pub(crate) fn rebuild(&self, config: Config) -> Result<(Gateway, bool), ConfigError> {
         let old = &self.config;
         let same_verifier = old.descope == config.descope
             && old.limits.max_token_bytes == config.limits.max_token_bytes
@@ -137,7 +137,7 @@ impl Gateway {
 
     /// Whether a Bearer token presented on an `auth: none` route is a session of this Descope
     /// project (by its unverified `iss`): it is removed before forwarding all the same.
-    pub fn is_descope_token(&self, token: &str) -> bool {
+    pub(crate) fn is_descope_token(&self, token: &str) -> bool {
         let project = &self.config.descope.project_id;
         extract::unverified_issuer_is(token, |iss| crate::verify::issuer_matches(iss, project))
     }
