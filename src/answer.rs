@@ -132,22 +132,31 @@ impl Answer {
         }
     }
 
-    /// What pingora could not do (handed to `fail_to_proxy`): `status` is pingora's choice (502
-    /// for an upstream failure, 4xx for a bad request, 500 otherwise); `outcome` the metric word.
-    pub(crate) fn proxy_failure(status: u16, outcome: &'static str) -> Answer {
+    /// What pingora could not do (handed to `fail_to_proxy`): `status` is 504 for an upstream
+    /// timeout, 502 for another upstream failure, 4xx for a bad request, 500 otherwise;
+    /// `outcome` the metric word. The body names the route, never the upstream's address.
+    pub(crate) fn proxy_failure(status: u16, outcome: &'static str, route: Option<&str>) -> Answer {
+        let route = route.unwrap_or("-");
         let (error, description) = match status {
-            502 | 504 => ("bad_gateway", "the upstream could not be reached or failed"),
-            400..=499 => ("bad_request", "the request could not be processed"),
+            504 => (
+                "gateway_timeout",
+                format!("the upstream of route {route} did not answer in time"),
+            ),
+            502 => (
+                "bad_gateway",
+                format!("the upstream of route {route} could not be reached or failed"),
+            ),
+            400..=499 => ("bad_request", "the request could not be processed".into()),
             _ => (
                 "internal_error",
-                "the gateway failed to process the request",
+                "the gateway failed to process the request".into(),
             ),
         };
         Answer {
             status,
             www_authenticate: None,
             retry_after: None,
-            body: json_body(error, description),
+            body: json_body(error, &description),
             outcome,
             reason: error,
         }

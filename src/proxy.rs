@@ -58,6 +58,8 @@ pub(crate) struct Ctx {
     host: Option<HeaderValue>,
     /// The client's `Authorization` is a Bearer the backend must not see.
     drop_authorization: bool,
+    /// Upstream connection attempts that failed so far.
+    failed_attempts: u32,
     /// Request id, timings and outcome for the access line and metrics.
     log: RequestLog,
 }
@@ -91,11 +93,17 @@ async fn send_answer(
     Ok(())
 }
 
-/// pingora's status for a failure: 502 for the upstream's, 400 for a bad request, 0 when the
-/// client is gone (nothing to write), 500 for our own.
+/// The status for a failure: 504 when the upstream timed out (connect, read, write), 502 for
+/// any other upstream failure, 400 for a bad request, 0 when the client is gone (nothing to
+/// write), 500 for our own.
 fn failure_status(e: &Error) -> u16 {
     match e.etype() {
         ErrorType::HTTPStatus(code) => *code,
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+            if *e.esource() == ErrorSource::Upstream =>
+        {
+            504
+        }
         _ => match e.esource() {
             ErrorSource::Upstream => 502,
             ErrorSource::Downstream => match e.etype() {
@@ -229,6 +237,49 @@ impl ProxyHttp for Proxy {
         }
     }
 
+    /// A failed connect is retried on a fresh connection, for idempotent requests, up to the
+    /// route's `retries` (nothing of the request has gone out yet).
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        ctx.failed_attempts += 1;
+        let budget = ctx.route.as_ref().map_or(0, |r| r.retries);
+        let idempotent = session.req_header().method.is_idempotent();
+        e.set_retry(idempotent && ctx.failed_attempts <= budget);
+        e
+    }
+
+    /// Once a request is on a connection it is retried only when nothing of it can have been
+    /// acted on: a pooled connection that turned out dead (the upstream closed it) for an
+    /// idempotent request without a body. pingora's default would also retry requests with
+    /// bodies.
+    fn error_while_proxy(
+        &self,
+        _peer: &HttpPeer,
+        session: &mut Session,
+        mut e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let req = session.req_header();
+        let bodyless = req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .is_none_or(|v| v == "0")
+            && req.headers.get(http::header::TRANSFER_ENCODING).is_none();
+        ctx.failed_attempts += 1;
+        let budget = ctx.route.as_ref().map_or(0, |r| r.retries);
+        let stale = client_reused && *e.esource() == ErrorSource::Upstream;
+        e.set_retry(
+            stale && bodyless && req.method.is_idempotent() && ctx.failed_attempts <= budget,
+        );
+        e
+    }
+
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
@@ -292,12 +343,14 @@ impl ProxyHttp for Proxy {
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let status = failure_status(e);
-        let outcome = *ctx.log.outcome.get_or_insert(match e.esource() {
-            ErrorSource::Downstream => "client_error",
+        let outcome = *ctx.log.outcome.get_or_insert(match (status, e.esource()) {
+            (_, ErrorSource::Downstream) => "client_error",
+            (504, _) => "upstream_timeout",
             _ => "upstream_error",
         });
         if status > 0 && session.response_written().is_none() {
-            let answer = Answer::proxy_failure(status, outcome);
+            let route = ctx.route.as_ref().map(|r| r.name.as_str());
+            let answer = Answer::proxy_failure(status, outcome, route);
             if let Err(we) = send_answer(session, &answer, &ctx.log, true).await {
                 tracing::debug!(target: "extoken::proxy", request_id = %ctx.log.request_id, error = we.etype().as_str(), "cannot send the error response");
             }

@@ -27,19 +27,17 @@ pub struct Route {
     pub scheme: String,
     pub strip_cookies: Vec<String>,
     pub upstream: Upstream,
-    /// Resolved once at load: DNS is not on the request path. Reload to re-resolve.
-    peer_addr: SocketAddr,
+    /// Extra attempts after a failed connect (idempotent requests only).
+    pub retries: u32,
+    /// The peer for every request of this route, built once with its timeouts (the address is
+    /// resolved at load: DNS is not on the request path).
+    peer: HttpPeer,
 }
 
 impl Route {
-    /// A fresh peer for one request (pingora takes ownership of it).
+    /// A peer for one request (pingora takes ownership of it): a clone of the prebuilt one.
     pub(crate) fn peer(&self) -> Box<HttpPeer> {
-        let sni = if self.upstream.tls {
-            self.upstream.host.clone()
-        } else {
-            String::new()
-        };
-        Box::new(HttpPeer::new(self.peer_addr, self.upstream.tls, sni))
+        Box::new(self.peer.clone())
     }
 
     /// The connector for a session in tenant `dct` (if any).
@@ -58,6 +56,24 @@ impl Route {
         }
         prefix_matches(&self.prefix, path)
     }
+}
+
+/// The upstream peer with the route's timeouts (pingora's `PeerOptions`).
+fn peer(upstream: &Upstream, addr: SocketAddr, r: &RouteConfig) -> HttpPeer {
+    let sni = if upstream.tls {
+        upstream.host.clone()
+    } else {
+        String::new()
+    };
+    let mut peer = HttpPeer::new(addr, upstream.tls, sni);
+    let o = &mut peer.options;
+    o.connection_timeout = Some(r.connect_timeout.0);
+    // TCP and TLS together within the same bound.
+    o.total_connection_timeout = Some(r.connect_timeout.0);
+    o.read_timeout = Some(r.read_timeout.0);
+    o.write_timeout = Some(r.write_timeout.0);
+    o.idle_timeout = Some(r.idle_timeout.0);
+    peer
 }
 
 /// `/api` matches `/api`, `/api/` and `/api/x`, not `/apix`; a prefix ending in `/` matches
@@ -126,8 +142,9 @@ impl RouteTable {
                 .strip_cookies
                 .clone()
                 .unwrap_or_else(|| default_strip.to_vec()),
+            retries: r.retries,
+            peer: peer(&upstream, peer_addr, r),
             upstream,
-            peer_addr,
         })
     }
 

@@ -224,6 +224,32 @@ pub struct RouteConfig {
     /// `https://` API behind a CDN or a hosted Supabase/Firebase endpoint requires.
     #[serde(default = "d_true")]
     pub preserve_host: bool,
+    /// TCP (and TLS) connect to the upstream, at most.
+    #[serde(default = "d_connect_timeout")]
+    pub connect_timeout: Dur,
+    /// Between two reads of the upstream's response.
+    #[serde(default = "d_io_timeout")]
+    pub read_timeout: Dur,
+    /// Between two writes of the request to the upstream.
+    #[serde(default = "d_io_timeout")]
+    pub write_timeout: Dur,
+    /// A pooled keep-alive connection to the upstream idle longer than this is closed.
+    #[serde(default = "d_io_timeout")]
+    pub idle_timeout: Dur,
+    /// Extra attempts after a failed connect (idempotent requests only; never once any of the
+    /// request went out).
+    #[serde(default = "d_retries")]
+    pub retries: u32,
+}
+
+fn d_connect_timeout() -> Dur {
+    Dur::secs(5)
+}
+fn d_io_timeout() -> Dur {
+    Dur::secs(60)
+}
+fn d_retries() -> u32 {
+    1
 }
 
 fn d_true() -> bool {
