@@ -6,10 +6,13 @@
 //! open, not our source.
 
 mod connectors;
+mod descope;
 mod duration;
 mod expand;
+mod limits;
 mod net;
 mod ops;
+mod routes;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -18,9 +21,12 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use connectors::*;
+pub use descope::*;
 pub use duration::{parse_duration, Dur};
+pub use limits::*;
 pub use net::{parse_listen, Cidr, Upstream};
 pub use ops::{LogConfig, LogFormat, LOG_LEVELS};
+pub use routes::*;
 
 pub use crate::target::EscapedSlashes;
 
@@ -90,303 +96,18 @@ pub struct Config {
     pub keys_max_age: Dur,
     /// Where `extoken run` writes its pid (for `extoken reload`).
     pub pid_file: Option<PathBuf>,
+    /// How often upstream host names are resolved again (the addresses of Kubernetes headless
+    /// services and cloud load balancers change while the gateway runs).
+    #[serde(default = "d_dns_refresh")]
+    pub dns_refresh: Dur,
+}
+
+fn d_dns_refresh() -> Dur {
+    Dur::secs(30)
 }
 
 fn default_listen() -> std::net::SocketAddr {
     std::net::SocketAddr::from(([0, 0, 0, 0], 8080))
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct DescopeConfig {
-    pub project_id: String,
-    pub base_url: Option<String>,
-    pub jwks_url: Option<String>,
-    pub jwks_file: Option<PathBuf>,
-    pub audience: Option<OneOrMany>,
-    #[serde(default = "d_leeway")]
-    pub leeway: Dur,
-    #[serde(default = "d_refresh")]
-    pub jwks_refresh: Dur,
-    #[serde(default = "d_min_refetch")]
-    pub jwks_min_refetch: Dur,
-    /// Timeout of one JWKS fetch.
-    #[serde(default = "d_jwks_timeout")]
-    pub jwks_timeout: Dur,
-    #[serde(default = "d_ds")]
-    pub session_cookie: String,
-    #[serde(default = "d_dsr")]
-    pub refresh_cookie: String,
-}
-
-fn d_leeway() -> Dur {
-    Dur::secs(5)
-}
-fn d_refresh() -> Dur {
-    Dur::secs(300)
-}
-fn d_min_refetch() -> Dur {
-    Dur::secs(30)
-}
-fn d_jwks_timeout() -> Dur {
-    Dur::secs(5)
-}
-fn d_ds() -> String {
-    "DS".into()
-}
-fn d_dsr() -> String {
-    "DSR".into()
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(untagged)]
-pub enum OneOrMany {
-    One(String),
-    Many(Vec<String>),
-}
-
-impl OneOrMany {
-    pub fn to_vec(&self) -> Vec<String> {
-        match self {
-            OneOrMany::One(s) => vec![s.clone()],
-            OneOrMany::Many(v) => v.clone(),
-        }
-    }
-}
-
-/// Where the Descope public keys come from.
-#[derive(Debug, Clone, PartialEq)]
-pub enum KeySource {
-    Url(String),
-    File(PathBuf),
-}
-
-impl DescopeConfig {
-    /// `jwks_file`, else `jwks_url`, else `{base}/v2/keys/{projectId}` with the regional host
-    /// Descope uses for project ids of 32 characters or more.
-    pub fn key_source(&self) -> KeySource {
-        if let Some(f) = &self.jwks_file {
-            return KeySource::File(f.clone());
-        }
-        if let Some(u) = &self.jwks_url {
-            return KeySource::Url(u.clone());
-        }
-        let base = match &self.base_url {
-            Some(b) => b.trim_end_matches('/').to_string(),
-            None => default_base_url(&self.project_id),
-        };
-        KeySource::Url(format!("{base}/v2/keys/{}", self.project_id))
-    }
-}
-
-/// `https://api.descope.com`, or `https://api.<region>.descope.com` for 32+ character project ids
-/// (the region is characters 1..5 of the id, as the Descope SDKs derive it).
-pub fn default_base_url(project_id: &str) -> String {
-    if project_id.len() >= 32 && project_id.is_char_boundary(1) && project_id.is_char_boundary(5) {
-        format!(
-            "https://api.{}.descope.com",
-            &project_id[1..5].to_ascii_lowercase()
-        )
-    } else {
-        "https://api.descope.com".into()
-    }
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum AuthMode {
-    #[default]
-    Required,
-    None,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RouteConfig {
-    pub name: Option<String>,
-    #[serde(default = "d_prefix")]
-    pub path_prefix: String,
-    pub host: Option<String>,
-    pub upstream: Upstream,
-    #[serde(default)]
-    pub auth: AuthMode,
-    pub connector: Option<String>,
-    #[serde(default = "d_header", deserialize_with = "net::de_header_name")]
-    pub header: http::HeaderName,
-    #[serde(default = "d_scheme")]
-    pub scheme: String,
-    /// Defaults to the session and refresh cookie names of `descope:`.
-    pub strip_cookies: Option<Vec<String>>,
-    /// Per-tenant connector, keyed by the session's `dct`; falls back to `connector`.
-    #[serde(default)]
-    pub connector_by_tenant: BTreeMap<String, String>,
-    /// Forward the client's `Host` (default); `false` sends the upstream's own host, as an
-    /// `https://` API behind a CDN or a hosted Supabase/Firebase endpoint requires.
-    #[serde(default = "d_true")]
-    pub preserve_host: bool,
-    /// TCP (and TLS) connect to the upstream, at most.
-    #[serde(default = "d_connect_timeout")]
-    pub connect_timeout: Dur,
-    /// Between two reads of the upstream's response.
-    #[serde(default = "d_io_timeout")]
-    pub read_timeout: Dur,
-    /// Between two writes of the request to the upstream.
-    #[serde(default = "d_io_timeout")]
-    pub write_timeout: Dur,
-    /// A pooled keep-alive connection to the upstream idle longer than this is closed.
-    #[serde(default = "d_io_timeout")]
-    pub idle_timeout: Dur,
-    /// Extra attempts after a failed connect (idempotent requests only; never once any of the
-    /// request went out).
-    #[serde(default = "d_retries")]
-    pub retries: u32,
-}
-
-fn d_connect_timeout() -> Dur {
-    Dur::secs(5)
-}
-fn d_io_timeout() -> Dur {
-    Dur::secs(60)
-}
-fn d_retries() -> u32 {
-    1
-}
-
-fn d_true() -> bool {
-    true
-}
-fn d_prefix() -> String {
-    "/".into()
-}
-fn d_header() -> http::HeaderName {
-    http::header::AUTHORIZATION
-}
-fn d_scheme() -> String {
-    "Bearer".into()
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct CacheConfig {
-    /// Bound of the verified-session cache (tokens already verified, kept until they expire).
-    #[serde(default = "d_verified_entries")]
-    pub verified_sessions: u64,
-    /// Bound of the external-token cache (all minting connectors together).
-    #[serde(default = "d_verified_entries")]
-    pub max_entries: u64,
-    /// Refresh-ahead window as a share of the token's lifetime (`10%`).
-    #[serde(default = "d_margin")]
-    pub margin: Percent,
-    /// ... but at least this long.
-    #[serde(default = "d_min_margin")]
-    pub min_margin: Dur,
-    /// How long a connector failure is remembered per key (no call during it).
-    #[serde(default = "d_negative_ttl")]
-    pub negative_ttl: Dur,
-}
-
-fn d_verified_entries() -> u64 {
-    100_000
-}
-fn d_margin() -> Percent {
-    Percent(10.0)
-}
-fn d_min_margin() -> Dur {
-    Dur::secs(30)
-}
-fn d_negative_ttl() -> Dur {
-    Dur::secs(1)
-}
-
-impl Default for CacheConfig {
-    fn default() -> Self {
-        CacheConfig {
-            verified_sessions: d_verified_entries(),
-            max_entries: d_verified_entries(),
-            margin: d_margin(),
-            min_margin: d_min_margin(),
-            negative_ttl: d_negative_ttl(),
-        }
-    }
-}
-
-/// A percentage written `10%` (or a bare number).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Percent(pub f64);
-
-impl<'de> Deserialize<'de> for Percent {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(f64),
-            S(String),
-        }
-        let v = match Raw::deserialize(d)? {
-            Raw::N(n) => n,
-            Raw::S(s) => s
-                .trim()
-                .trim_end_matches('%')
-                .trim()
-                .parse::<f64>()
-                .map_err(|_| {
-                    serde::de::Error::custom(format!("{s:?} is not a percentage like 10%"))
-                })?,
-        };
-        if !(0.0..=50.0).contains(&v) {
-            return Err(serde::de::Error::custom(
-                "a margin must be between 0% and 50%",
-            ));
-        }
-        Ok(Percent(v))
-    }
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct LimitsConfig {
-    /// Longest session token accepted; longer ones are refused before any parsing.
-    #[serde(default = "d_max_token")]
-    pub max_token_bytes: usize,
-    /// Largest request head (request line + headers) forwarded; larger ones get a 431.
-    #[serde(default = "d_max_header")]
-    pub max_header_bytes: usize,
-    /// `%2F`/`%5C` in a path: refused (`reject`), or kept encoded as ordinary characters (`keep`).
-    #[serde(default)]
-    pub escaped_slashes: EscapedSlashes,
-    /// Header names with `_` (which CGI/WSGI backends read as `-`): `drop`, `reject` (400), `allow`.
-    #[serde(default)]
-    pub underscore_headers: UnderscoreHeaders,
-}
-
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum UnderscoreHeaders {
-    /// Removed before forwarding (nginx's `underscores_in_headers off`).
-    #[default]
-    Drop,
-    /// The request is refused with `400`.
-    Reject,
-    /// Forwarded as received.
-    Allow,
-}
-
-fn d_max_token() -> usize {
-    16 * 1024
-}
-fn d_max_header() -> usize {
-    64 * 1024
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        LimitsConfig {
-            max_token_bytes: d_max_token(),
-            max_header_bytes: d_max_header(),
-            escaped_slashes: EscapedSlashes::default(),
-            underscore_headers: UnderscoreHeaders::default(),
-        }
-    }
 }
 
 impl Config {
@@ -439,128 +160,12 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.validate_ops()?;
-        let d = &self.descope;
-        if d.project_id.trim().is_empty() {
-            return Err(ConfigError::key("descope.project_id", "must not be empty"));
-        }
-        if d.jwks_url.is_some() && d.jwks_file.is_some() {
-            return Err(ConfigError::key(
-                "descope.jwks_file",
-                "jwks_file and jwks_url are exclusive: set one",
-            ));
-        }
-        for (key, url) in [
-            ("descope.jwks_url", &d.jwks_url),
-            ("descope.base_url", &d.base_url),
-        ] {
-            if let Some(u) = url {
-                if !(u.starts_with("http://") || u.starts_with("https://")) {
-                    return Err(ConfigError::key(
-                        key,
-                        format!("{u:?} is not an http(s) URL"),
-                    ));
-                }
-            }
-        }
-        if d.jwks_refresh.0.is_zero() {
-            return Err(ConfigError::key(
-                "descope.jwks_refresh",
-                "must be more than 0",
-            ));
-        }
-        for (key, name) in [
-            ("descope.session_cookie", &d.session_cookie),
-            ("descope.refresh_cookie", &d.refresh_cookie),
-        ] {
-            if !is_token(name) {
-                return Err(ConfigError::key(
-                    key,
-                    format!("{name:?} is not a cookie name"),
-                ));
-            }
-        }
+        self.descope.validate()?;
         if self.routes.is_empty() {
             return Err(ConfigError::key("routes", "at least one route is needed"));
         }
         for (i, r) in self.routes.iter().enumerate() {
-            let path = format!("routes[{i}]");
-            if !r.path_prefix.starts_with('/') {
-                return Err(ConfigError::key(
-                    format!("{path}.path_prefix"),
-                    format!("{:?} must start with /", r.path_prefix),
-                ));
-            }
-            // Requests are matched in canonical form, so a prefix must be canonical to match.
-            match crate::target::canonical_path(
-                r.path_prefix.as_bytes(),
-                self.limits.escaped_slashes,
-            ) {
-                Ok(c) if c == r.path_prefix.as_bytes() => {}
-                Ok(c) => {
-                    return Err(ConfigError::key(
-                        format!("{path}.path_prefix"),
-                        format!(
-                            "{:?} is not in canonical form; write {:?}",
-                            r.path_prefix,
-                            String::from_utf8_lossy(&c)
-                        ),
-                    ))
-                }
-                Err(e) => {
-                    return Err(ConfigError::key(
-                        format!("{path}.path_prefix"),
-                        e.to_string(),
-                    ))
-                }
-            }
-            if let Some(h) = &r.host {
-                match crate::target::canonical_host(h.as_bytes()) {
-                    Ok(c) if !c.has_port() => {}
-                    _ => {
-                        return Err(ConfigError::key(
-                            format!("{path}.host"),
-                            format!("{h:?} is not a host name (no port, no scheme)"),
-                        ))
-                    }
-                }
-            }
-            if !r.scheme.is_empty() && !is_token(&r.scheme) {
-                return Err(ConfigError::key(
-                    format!("{path}.scheme"),
-                    format!("{:?} is not an auth scheme", r.scheme),
-                ));
-            }
-            for (j, c) in r.strip_cookies.iter().flatten().enumerate() {
-                if !is_token(c) {
-                    return Err(ConfigError::key(
-                        format!("{path}.strip_cookies[{j}]"),
-                        format!("{c:?} is not a cookie name"),
-                    ));
-                }
-            }
-            match (r.auth, &r.connector) {
-                (AuthMode::Required, None) => {
-                    return Err(ConfigError::key(
-                        format!("{path}.connector"),
-                        "required when auth is required",
-                    ))
-                }
-                (_, Some(c)) if !self.connectors.contains_key(c) => {
-                    return Err(ConfigError::key(
-                        format!("{path}.connector"),
-                        format!("no connector named {c:?}"),
-                    ))
-                }
-                _ => {}
-            }
-            for (tenant, c) in &r.connector_by_tenant {
-                if !self.connectors.contains_key(c) {
-                    return Err(ConfigError::key(
-                        format!("{path}.connector_by_tenant.{tenant}"),
-                        format!("no connector named {c:?}"),
-                    ));
-                }
-            }
+            r.validate(&format!("routes[{i}]"), self)?;
         }
         Ok(())
     }

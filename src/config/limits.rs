@@ -1,0 +1,129 @@
+//! `cache:` and `limits:`: how much is remembered and how much a request may be.
+
+use serde::Deserialize;
+
+use super::{Dur, EscapedSlashes};
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Bound of the verified-session cache (tokens already verified, kept until they expire).
+    #[serde(default = "d_verified_entries")]
+    pub verified_sessions: u64,
+    /// Bound of the external-token cache (all minting connectors together).
+    #[serde(default = "d_verified_entries")]
+    pub max_entries: u64,
+    /// Refresh-ahead window as a share of the token's lifetime (`10%`).
+    #[serde(default = "d_margin")]
+    pub margin: Percent,
+    /// ... but at least this long.
+    #[serde(default = "d_min_margin")]
+    pub min_margin: Dur,
+    /// How long a connector failure is remembered per key (no call during it).
+    #[serde(default = "d_negative_ttl")]
+    pub negative_ttl: Dur,
+}
+
+fn d_verified_entries() -> u64 {
+    100_000
+}
+fn d_margin() -> Percent {
+    Percent(10.0)
+}
+fn d_min_margin() -> Dur {
+    Dur::secs(30)
+}
+fn d_negative_ttl() -> Dur {
+    Dur::secs(1)
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            verified_sessions: d_verified_entries(),
+            max_entries: d_verified_entries(),
+            margin: d_margin(),
+            min_margin: d_min_margin(),
+            negative_ttl: d_negative_ttl(),
+        }
+    }
+}
+
+/// A percentage written `10%` (or a bare number).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Percent(pub f64);
+
+impl<'de> Deserialize<'de> for Percent {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(f64),
+            S(String),
+        }
+        let v = match Raw::deserialize(d)? {
+            Raw::N(n) => n,
+            Raw::S(s) => s
+                .trim()
+                .trim_end_matches('%')
+                .trim()
+                .parse::<f64>()
+                .map_err(|_| {
+                    serde::de::Error::custom(format!("{s:?} is not a percentage like 10%"))
+                })?,
+        };
+        if !(0.0..=50.0).contains(&v) {
+            return Err(serde::de::Error::custom(
+                "a margin must be between 0% and 50%",
+            ));
+        }
+        Ok(Percent(v))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Longest session token accepted; longer ones are refused before any parsing.
+    #[serde(default = "d_max_token")]
+    pub max_token_bytes: usize,
+    /// Largest request head (request line + headers) forwarded; larger ones get a 431.
+    #[serde(default = "d_max_header")]
+    pub max_header_bytes: usize,
+    /// `%2F`/`%5C` in a path: refused (`reject`), or kept encoded as ordinary characters (`keep`).
+    #[serde(default)]
+    pub escaped_slashes: EscapedSlashes,
+    /// Header names with `_` (which CGI/WSGI backends read as `-`): `drop`, `reject` (400), `allow`.
+    #[serde(default)]
+    pub underscore_headers: UnderscoreHeaders,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum UnderscoreHeaders {
+    /// Removed before forwarding (nginx's `underscores_in_headers off`).
+    #[default]
+    Drop,
+    /// The request is refused with `400`.
+    Reject,
+    /// Forwarded as received.
+    Allow,
+}
+
+fn d_max_token() -> usize {
+    16 * 1024
+}
+fn d_max_header() -> usize {
+    64 * 1024
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_token_bytes: d_max_token(),
+            max_header_bytes: d_max_header(),
+            escaped_slashes: EscapedSlashes::default(),
+            underscore_headers: UnderscoreHeaders::default(),
+        }
+    }
+}

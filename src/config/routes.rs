@@ -1,0 +1,142 @@
+//! `routes[]`: which requests go where, and how each route's upstream is reached.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::{is_token, net, Config, ConfigError, Dur, Upstream};
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    #[default]
+    Required,
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub name: Option<String>,
+    #[serde(default = "d_prefix")]
+    pub path_prefix: String,
+    pub host: Option<String>,
+    pub upstream: Upstream,
+    #[serde(default)]
+    pub auth: AuthMode,
+    pub connector: Option<String>,
+    #[serde(default = "d_header", deserialize_with = "net::de_header_name")]
+    pub header: http::HeaderName,
+    #[serde(default = "d_scheme")]
+    pub scheme: String,
+    /// Defaults to the session and refresh cookie names of `descope:`.
+    pub strip_cookies: Option<Vec<String>>,
+    /// Per-tenant connector, keyed by the session's `dct`; falls back to `connector`.
+    #[serde(default)]
+    pub connector_by_tenant: BTreeMap<String, String>,
+    /// Forward the client's `Host` (default); `false` sends the upstream's own host, as an
+    /// `https://` API behind a CDN or a hosted Supabase/Firebase endpoint requires.
+    #[serde(default = "d_true")]
+    pub preserve_host: bool,
+    /// TCP (and TLS) connect to the upstream, at most.
+    #[serde(default = "d_connect_timeout")]
+    pub connect_timeout: Dur,
+    /// Between two reads of the upstream's response.
+    #[serde(default = "d_io_timeout")]
+    pub read_timeout: Dur,
+    /// Between two writes of the request to the upstream.
+    #[serde(default = "d_io_timeout")]
+    pub write_timeout: Dur,
+    /// A pooled keep-alive connection to the upstream idle longer than this is closed.
+    #[serde(default = "d_io_timeout")]
+    pub idle_timeout: Dur,
+    /// Extra attempts after a failed connect (idempotent requests only; never once any of the
+    /// request went out).
+    #[serde(default = "d_retries")]
+    pub retries: u32,
+}
+
+fn d_connect_timeout() -> Dur {
+    Dur::secs(5)
+}
+fn d_io_timeout() -> Dur {
+    Dur::secs(60)
+}
+fn d_retries() -> u32 {
+    1
+}
+
+fn d_true() -> bool {
+    true
+}
+fn d_prefix() -> String {
+    "/".into()
+}
+fn d_header() -> http::HeaderName {
+    http::header::AUTHORIZATION
+}
+fn d_scheme() -> String {
+    "Bearer".into()
+}
+
+impl RouteConfig {
+    /// `path` is `routes[i]`; `cfg` the whole config (connector names, `limits.escaped_slashes`).
+    pub(super) fn validate(&self, path: &str, cfg: &Config) -> Result<(), ConfigError> {
+        let err = |key: &str, msg: String| ConfigError::key(format!("{path}.{key}"), msg);
+        self.validate_prefix(cfg)
+            .map_err(|m| err("path_prefix", m))?;
+        if let Some(h) = &self.host {
+            match crate::target::canonical_host(h.as_bytes()) {
+                Ok(c) if !c.has_port() => {}
+                _ => {
+                    let m = format!("{h:?} is not a host name (no port, no scheme)");
+                    return Err(err("host", m));
+                }
+            }
+        }
+        if !self.scheme.is_empty() && !is_token(&self.scheme) {
+            return Err(err(
+                "scheme",
+                format!("{:?} is not an auth scheme", self.scheme),
+            ));
+        }
+        for (j, c) in self.strip_cookies.iter().flatten().enumerate() {
+            if !is_token(c) {
+                let m = format!("{c:?} is not a cookie name");
+                return Err(err(&format!("strip_cookies[{j}]"), m));
+            }
+        }
+        match (self.auth, &self.connector) {
+            (AuthMode::Required, None) => {
+                return Err(err("connector", "required when auth is required".into()))
+            }
+            (_, Some(c)) if !cfg.connectors.contains_key(c) => {
+                return Err(err("connector", format!("no connector named {c:?}")))
+            }
+            _ => {}
+        }
+        for (tenant, c) in &self.connector_by_tenant {
+            if !cfg.connectors.contains_key(c) {
+                let m = format!("no connector named {c:?}");
+                return Err(err(&format!("connector_by_tenant.{tenant}"), m));
+            }
+        }
+        Ok(())
+    }
+
+    /// Requests are matched in canonical form, so a prefix must be canonical to ever match.
+    fn validate_prefix(&self, cfg: &Config) -> Result<(), String> {
+        let p = &self.path_prefix;
+        if !p.starts_with('/') {
+            return Err(format!("{p:?} must start with /"));
+        }
+        match crate::target::canonical_path(p.as_bytes(), cfg.limits.escaped_slashes) {
+            Ok(c) if c == p.as_bytes() => Ok(()),
+            Ok(c) => Err(format!(
+                "{p:?} is not in canonical form; write {:?}",
+                String::from_utf8_lossy(&c)
+            )),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
