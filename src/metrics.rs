@@ -91,6 +91,8 @@ fn register(r: &Registry, c: Box<dyn prometheus::core::Collector>) {
 }
 
 impl Metrics {
+    /// Long on purpose: the table of every metric (name, help, labels), read top to bottom like
+    /// the README's metrics reference, one entry per metric.
     fn new() -> Metrics {
         let r = Registry::new();
         let m = Metrics {
