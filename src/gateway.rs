@@ -196,3 +196,123 @@ mod tests {
         );
     }
 }
+
+/// `authorize` in process: the whole extract → verify → exchange → rewrite plan on a real key
+/// set (a dev key's JWKS in a file), no pingora, no network.
+#[cfg(test)]
+mod authorize_tests {
+    use super::*;
+    use crate::mint::{DevKey, MintOptions};
+    use http::HeaderValue;
+
+    const PROJECT: &str = "P2authorizeTest";
+
+    struct Fixture {
+        gw: Gateway,
+        key: DevKey,
+        _dir: tempfile::TempDir,
+    }
+
+    async fn fixture(route_extra: &str) -> Fixture {
+        install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let key = DevKey::load_or_create(&dir.path().join("dev.pem")).unwrap();
+        let jwks = dir.path().join("jwks.json");
+        std::fs::write(&jwks, &key.jwks).unwrap();
+        let text = format!(
+            "descope: {{project_id: {PROJECT}, jwks_file: '{}'}}\n\
+             connectors: {{ext: {{type: claim}}}}\n\
+             routes: [{{name: api, upstream: 'http://127.0.0.1:1', connector: ext{route_extra}}}]\n",
+            jwks.display()
+        );
+        let cfg = Config::parse(&text, &|_| None).unwrap();
+        let client = Gateway::http_client().unwrap();
+        let keys = Arc::new(KeyStore::new(&cfg.descope, client, crate::clock::system()));
+        keys.load().await.unwrap();
+        Fixture {
+            gw: Gateway::build(cfg, keys).unwrap(),
+            key,
+            _dir: dir,
+        }
+    }
+
+    fn session(key: &DevKey, ttl_secs: i64, ext: Option<&str>) -> String {
+        MintOptions {
+            project_id: PROJECT.into(),
+            issuer: None,
+            sub: "U2user".into(),
+            ttl_secs,
+            claims: vec![],
+            external_token: ext.map(str::to_string),
+            refresh: false,
+        }
+        .mint(key, 1)
+        .unwrap()
+        .remove(0)
+    }
+
+    async fn authorize(f: &Fixture, headers: &[(&str, String)]) -> Result<Rewrite, Answer> {
+        let mut h = HeaderMap::new();
+        for (k, v) in headers {
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        let route = f.gw.routes.find(None, "/x").unwrap().clone();
+        let info = RequestInfo {
+            route: &route.name,
+            method: "GET",
+            path: "/x",
+        };
+        f.gw.authorize(&route, &h, info).await
+    }
+
+    #[tokio::test]
+    async fn a_valid_session_gets_the_external_token() {
+        let f = fixture("").await;
+        let bearer = format!("Bearer {}", session(&f.key, 600, Some("legacy-{sub}")));
+        let rw = authorize(&f, &[("authorization", bearer)]).await.unwrap();
+        assert_eq!(rw.header, http::header::AUTHORIZATION);
+        assert_eq!(rw.value, "Bearer legacy-U2user");
+        assert!(rw.cache_key.is_none(), "a claim connector caches nothing");
+        // The same from the session cookie.
+        let cookie = format!("theme=dark; DS={}", session(&f.key, 600, Some("c")));
+        let rw = authorize(&f, &[("cookie", cookie)]).await.unwrap();
+        assert_eq!(rw.value, "Bearer c");
+    }
+
+    #[tokio::test]
+    async fn the_route_decides_header_and_scheme() {
+        let f = fixture(", header: X-Legacy, scheme: ''").await;
+        let bearer = format!("Bearer {}", session(&f.key, 600, Some("t")));
+        let rw = authorize(&f, &[("authorization", bearer)]).await.unwrap();
+        assert_eq!(
+            (rw.header.as_str(), rw.value.to_str().unwrap()),
+            ("x-legacy", "t")
+        );
+    }
+
+    #[tokio::test]
+    async fn refusals_are_answers() {
+        let f = fixture("").await;
+        let status = |r: Result<Rewrite, Answer>| r.map(|_| 200).unwrap_or_else(|a| a.status);
+        let reason = |r: Result<Rewrite, Answer>| r.err().map(|a| a.reason);
+        assert_eq!(reason(authorize(&f, &[]).await), Some("missing"));
+        let expired = format!("Bearer {}", session(&f.key, -600, Some("t")));
+        assert_eq!(
+            reason(authorize(&f, &[("authorization", expired)]).await),
+            Some("expired")
+        );
+        let no_claim = format!("Bearer {}", session(&f.key, 600, None));
+        let r = authorize(&f, &[("authorization", no_claim)]).await;
+        assert_eq!(
+            (status(r.clone()), reason(r)),
+            (401, Some("missing_external_token"))
+        );
+        let other = DevKey::load_or_create(&f._dir.path().join("other.pem")).unwrap();
+        let forged = format!("Bearer {}", session(&other, 600, Some("t")));
+        let r = authorize(&f, &[("authorization", forged)]).await;
+        assert_eq!(status(r), 401);
+    }
+}
