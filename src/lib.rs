@@ -11,9 +11,11 @@
 
 pub(crate) mod admin;
 pub mod answer;
+pub(crate) mod bounded;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub(crate) mod dns;
 pub(crate) mod drain;
 pub mod exchange;
 pub mod extract;

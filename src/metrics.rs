@@ -43,6 +43,8 @@ pub struct Metrics {
     pub upstream_responses_total: IntCounterVec,
     /// `result`: ok, error.
     pub config_reloads_total: IntCounterVec,
+    /// `result`: ok, empty, error (lookups of upstream host names by the DNS refresher).
+    pub dns_resolutions_total: IntCounterVec,
     /// `version`; always 1.
     pub build_info: IntGaugeVec,
 }
@@ -162,6 +164,12 @@ impl Metrics {
                 "Config reloads (SIGHUP), by result.",
                 &["result"],
             ),
+            dns_resolutions_total: counter(
+                &r,
+                "dns_resolutions_total",
+                "Upstream host name lookups by the DNS refresher, by result.",
+                &["result"],
+            ),
             build_info: gauge_vec(
                 &r,
                 "build_info",
@@ -176,6 +184,9 @@ impl Metrics {
         for result in ["ok", "error"] {
             m.config_reloads_total.with_label_values(&[result]);
             m.jwks_fetches_total.with_label_values(&[result]);
+        }
+        for result in ["ok", "empty", "error"] {
+            m.dns_resolutions_total.with_label_values(&[result]);
         }
         m
     }
@@ -240,6 +251,7 @@ mod tests {
             "extoken_cache_entries",
             "extoken_upstream_responses_total",
             "extoken_config_reloads_total",
+            "extoken_dns_resolutions_total",
             "extoken_build_info",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");

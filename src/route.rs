@@ -3,10 +3,18 @@
 //! Routes are sorted once when the config loads (longest `path_prefix` first, a route with a
 //! `host` before one without at equal length, then file order), so a lookup is a short linear scan
 //! over pre-lowercased strings with no allocation.
+//!
+//! Each route's peer (timeouts, TLS, SNI) is built once. pingora's `HttpPeer` holds a single
+//! address, so a route whose upstream is a host name keeps every address the name resolved to in
+//! an [`UpstreamAddrs`] that [`crate::dns`] swaps fresh answers into; [`Route::peer`] takes them
+//! in turn (round robin). DNS is never on the request path.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
 use pingora::upstreams::peer::HttpPeer;
 
 use crate::config::{AuthMode, Config, ConfigError, RouteConfig, Upstream};
@@ -29,15 +37,26 @@ pub struct Route {
     pub upstream: Upstream,
     /// Extra attempts after a failed connect (idempotent requests only).
     pub retries: u32,
-    /// The peer for every request of this route, built once with its timeouts (the address is
-    /// resolved at load: DNS is not on the request path).
+    /// The peer for every request of this route, built once with its timeouts.
     peer: HttpPeer,
+    /// The addresses of a host-name upstream (`None` for an IP literal: never re-resolved).
+    addrs: Option<Arc<UpstreamAddrs>>,
 }
 
 impl Route {
-    /// A peer for one request (pingora takes ownership of it): a clone of the prebuilt one.
+    /// A peer for one request (pingora takes ownership of it): a clone of the prebuilt one, with
+    /// the next of the upstream's addresses. No lock and no allocation beyond the clone.
     pub(crate) fn peer(&self) -> Box<HttpPeer> {
-        Box::new(self.peer.clone())
+        let mut peer = Box::new(self.peer.clone());
+        if let Some(addrs) = &self.addrs {
+            peer._address = PeerAddr::Inet(addrs.pick());
+        }
+        peer
+    }
+
+    /// The resolved addresses of a host-name upstream, for the DNS refresher.
+    pub(crate) fn upstream_addrs(&self) -> Option<&Arc<UpstreamAddrs>> {
+        self.addrs.as_ref()
     }
 
     /// The connector for a session in tenant `dct` (if any).
@@ -76,6 +95,69 @@ fn peer(upstream: &Upstream, addr: SocketAddr, r: &RouteConfig) -> HttpPeer {
     peer
 }
 
+/// Every address an upstream host name resolves to (A and AAAA), used in turn. Never empty: a
+/// failed or empty resolution leaves the last good set in place.
+#[derive(Debug)]
+pub struct UpstreamAddrs {
+    current: ArcSwap<Vec<SocketAddr>>,
+    next: AtomicUsize,
+    /// Whether the last refresh failed (so a failure streak is logged once, and its end too).
+    failing: AtomicBool,
+}
+
+impl UpstreamAddrs {
+    /// `None` when `addrs` is empty.
+    pub(crate) fn new(addrs: Vec<SocketAddr>) -> Option<UpstreamAddrs> {
+        let addrs = normalized(addrs)?;
+        Some(UpstreamAddrs {
+            current: ArcSwap::from_pointee(addrs),
+            next: AtomicUsize::new(0),
+            failing: AtomicBool::new(false),
+        })
+    }
+
+    /// The next address, round robin.
+    pub(crate) fn pick(&self) -> SocketAddr {
+        let addrs = self.current.load();
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        // Never empty (see `new` and `replace`).
+        addrs[i % addrs.len()]
+    }
+
+    /// The addresses in use, sorted.
+    pub fn current(&self) -> Arc<Vec<SocketAddr>> {
+        self.current.load_full()
+    }
+
+    /// Puts a fresh answer in force; `false` (and nothing changes) when it is empty or the same
+    /// set. The order of an answer varies between lookups, so sets are compared sorted.
+    pub(crate) fn replace(&self, addrs: Vec<SocketAddr>) -> bool {
+        match normalized(addrs) {
+            Some(new) if *self.current.load().as_ref() != new => {
+                self.current.store(Arc::new(new));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Records a failed refresh; `true` when it starts a failure streak.
+    pub(crate) fn mark_failed(&self) -> bool {
+        !self.failing.swap(true, Ordering::Relaxed)
+    }
+
+    /// Records a good refresh; `true` when it ends a failure streak.
+    pub(crate) fn mark_ok(&self) -> bool {
+        self.failing.swap(false, Ordering::Relaxed)
+    }
+}
+
+fn normalized(mut addrs: Vec<SocketAddr>) -> Option<Vec<SocketAddr>> {
+    addrs.sort_unstable();
+    addrs.dedup();
+    (!addrs.is_empty()).then_some(addrs)
+}
+
 /// `/api` matches `/api`, `/api/` and `/api/x`, not `/apix`; a prefix ending in `/` matches
 /// anything under it. Both sides are canonical (see [`crate::target`]), and matching is
 /// case-sensitive, as RFC 3986 paths are.
@@ -92,16 +174,27 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    /// The routes of a validated config, sorted for lookup. Resolves each upstream host once
-    /// (an unresolvable one is an error naming its `routes[i].upstream`).
+    /// The routes of a validated config, sorted for lookup. Resolves each upstream host name with
+    /// the system resolver (an unresolvable one is an error naming its `routes[i].upstream`).
     pub fn build(cfg: &Config) -> Result<RouteTable, ConfigError> {
+        Self::build_with(cfg, &mut |host, port| {
+            (host, port).to_socket_addrs().map(Iterator::collect)
+        })
+    }
+
+    /// [`RouteTable::build`] with the first resolution done by `resolve` (tests answer for names
+    /// the system cannot resolve). Blocking: it runs at start and reload, never per request.
+    pub(crate) fn build_with(
+        cfg: &Config,
+        resolve: &mut dyn FnMut(&str, u16) -> std::io::Result<Vec<SocketAddr>>,
+    ) -> Result<RouteTable, ConfigError> {
         let default_strip = vec![
             cfg.descope.session_cookie.clone(),
             cfg.descope.refresh_cookie.clone(),
         ];
         let mut routes = Vec::with_capacity(cfg.routes.len());
         for (i, r) in cfg.routes.iter().enumerate() {
-            routes.push((i, Arc::new(Self::route(i, r, &default_strip)?)));
+            routes.push((i, Arc::new(Self::route(i, r, &default_strip, resolve)?)));
         }
         routes.sort_by(|(ia, a), (ib, b)| {
             b.prefix
@@ -115,14 +208,26 @@ impl RouteTable {
         })
     }
 
-    fn route(i: usize, r: &RouteConfig, default_strip: &[String]) -> Result<Route, ConfigError> {
+    fn route(
+        i: usize,
+        r: &RouteConfig,
+        default_strip: &[String],
+        resolve: &mut dyn FnMut(&str, u16) -> std::io::Result<Vec<SocketAddr>>,
+    ) -> Result<Route, ConfigError> {
         let upstream = r.upstream.clone();
         let key = || format!("routes[{i}].upstream");
-        let peer_addr = (upstream.host.as_str(), upstream.port)
-            .to_socket_addrs()
-            .map_err(|e| ConfigError::key(key(), format!("cannot resolve {}: {e}", upstream.host)))?
-            .next()
-            .ok_or_else(|| ConfigError::key(key(), format!("{} has no address", upstream.host)))?;
+        let (peer_addr, addrs) = match upstream.host.parse::<IpAddr>() {
+            Ok(ip) => (SocketAddr::new(ip, upstream.port), None),
+            Err(_) => {
+                let found = resolve(&upstream.host, upstream.port).map_err(|e| {
+                    ConfigError::key(key(), format!("cannot resolve {}: {e}", upstream.host))
+                })?;
+                let addrs = UpstreamAddrs::new(found).ok_or_else(|| {
+                    ConfigError::key(key(), format!("{} has no address", upstream.host))
+                })?;
+                (addrs.current()[0], Some(Arc::new(addrs)))
+            }
+        };
         Ok(Route {
             name: r.name.clone().unwrap_or_else(|| format!("route{i}")),
             prefix: r.path_prefix.clone(),
@@ -144,6 +249,7 @@ impl RouteTable {
                 .unwrap_or_else(|| default_strip.to_vec()),
             retries: r.retries,
             peer: peer(&upstream, peer_addr, r),
+            addrs,
             upstream,
         })
     }
@@ -152,6 +258,11 @@ impl RouteTable {
     /// canonical path (no query), both from [`crate::target`].
     pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
         self.routes.iter().find(|r| r.matches(host, path))
+    }
+
+    /// Every route, in lookup order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.routes.iter()
     }
 }
 

@@ -1,8 +1,8 @@
 //! Assembles the pingora server: the proxy service on `listen`, the admin listener on
-//! `admin_listen`, and the background task that keeps the Descope keys fresh, then runs it with
-//! the reloader and the signal watcher of [`crate::lifecycle`]. `extoken run` and `extoken demo`
-//! both start from here. The handles those pieces share (the live gateway, the [`Drain`], the
-//! keys-swapped notification) are made here and passed in.
+//! `admin_listen`, and the background tasks that keep the Descope keys and the upstream addresses
+//! fresh, then runs it with the reloader and the signal watcher of [`crate::lifecycle`].
+//! `extoken run` and `extoken demo` both start from here. The handles those pieces share (the live
+//! gateway, the [`Drain`], the keys-swapped notification) are made here and passed in.
 
 use std::sync::Arc;
 
@@ -80,6 +80,10 @@ pub fn build(cfg: Config) -> Result<Built, StartError> {
     server.add_service(background_service(
         "descope keys",
         lifecycle::KeyRefresher::new(state.clone(), keys_swapped.clone()),
+    ));
+    server.add_service(background_service(
+        "upstream dns",
+        crate::dns::DnsRefresher::new(state.clone(), Arc::new(crate::dns::SystemResolver)),
     ));
     Ok(Built {
         server,

@@ -23,6 +23,10 @@ pub struct DescopeConfig {
     /// Timeout of one JWKS fetch.
     #[serde(default = "d_jwks_timeout")]
     pub jwks_timeout: Dur,
+    /// A key-set reply (or file) larger than this is a failed fetch. It is read with this bound,
+    /// so a runaway endpoint cannot make the gateway buffer it.
+    #[serde(default = "d_jwks_max_bytes")]
+    pub jwks_max_bytes: usize,
     #[serde(default = "d_ds")]
     pub session_cookie: String,
     #[serde(default = "d_dsr")]
@@ -40,6 +44,9 @@ fn d_min_refetch() -> Dur {
 }
 fn d_jwks_timeout() -> Dur {
     Dur::secs(5)
+}
+fn d_jwks_max_bytes() -> usize {
+    1024 * 1024
 }
 fn d_ds() -> String {
     "DS".into()
@@ -129,6 +136,12 @@ impl DescopeConfig {
         if self.jwks_refresh.0.is_zero() {
             return Err(ConfigError::key(
                 "descope.jwks_refresh",
+                "must be more than 0",
+            ));
+        }
+        if self.jwks_max_bytes == 0 {
+            return Err(ConfigError::key(
+                "descope.jwks_max_bytes",
                 "must be more than 0",
             ));
         }

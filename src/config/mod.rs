@@ -161,6 +161,10 @@ impl Config {
     fn validate(&self) -> Result<(), ConfigError> {
         self.validate_ops()?;
         self.descope.validate()?;
+        // More often than each second is a steady load on the resolver for no benefit.
+        if self.dns_refresh.0 < std::time::Duration::from_secs(1) {
+            return Err(ConfigError::key("dns_refresh", "must be at least 1s"));
+        }
         if self.routes.is_empty() {
             return Err(ConfigError::key("routes", "at least one route is needed"));
         }

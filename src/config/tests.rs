@@ -563,3 +563,32 @@ fn route_hosts_are_names_without_ports() {
     }
     assert!(parse(&route_with("host: Admin.Example.com.")).is_ok());
 }
+
+#[test]
+fn dns_refresh_and_jwks_max_bytes() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.dns_refresh.0, Duration::from_secs(30));
+    assert_eq!(c.descope.jwks_max_bytes, 1024 * 1024);
+    let c = parse(&format!("{MINIMAL}dns_refresh: 5s\n").replace(
+        "project_id: P2test",
+        "project_id: P2test\n  jwks_max_bytes: 65536",
+    ))
+    .unwrap();
+    assert_eq!(c.dns_refresh.0, Duration::from_secs(5));
+    assert_eq!(c.descope.jwks_max_bytes, 65536);
+    for bad in ["0s", "500ms"] {
+        let (path, msg) = key_err(&format!("{MINIMAL}dns_refresh: {bad}\n"));
+        assert_eq!(path, "dns_refresh");
+        assert!(msg.contains("at least 1s"), "{msg}");
+    }
+    let (path, _) = key_err(&MINIMAL.replace(
+        "project_id: P2test",
+        "project_id: P2test\n  jwks_max_bytes: 0",
+    ));
+    assert_eq!(path, "descope.jwks_max_bytes");
+    let (path, _) = key_err(&MINIMAL.replace(
+        "project_id: P2test",
+        "project_id: P2test\n  jwks_max_bytes: 1MiB",
+    ));
+    assert_eq!(path, "descope.jwks_max_bytes");
+}

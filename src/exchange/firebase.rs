@@ -14,7 +14,8 @@ use serde_json::{json, Map, Value};
 use super::connector_config::{check_url, exactly_one, Settings};
 use super::identity::{check_claim_map, mapped, user_id, ClaimMap};
 use super::signing::Signer;
-use super::{ExchangeError, ExternalToken, Mint, Minted, RequestInfo};
+use super::{ExchangeError, ExternalToken, Mint, Minted, RequestInfo, MAX_REPLY_BYTES};
+use crate::bounded::read_body;
 use crate::clock::SharedClock;
 use crate::config::{ConfigError, Dur};
 use crate::verify::VerifiedSession;
@@ -220,16 +221,22 @@ impl Firebase {
             .await
             .map_err(|e| fail(format!("signInWithCustomToken: {}", e.without_url())))?;
         let status = resp.status();
-        let reply: Value = resp
-            .json()
+        // Bounded, and read before the status check: an error reply carries its message.
+        let body = read_body(resp, MAX_REPLY_BYTES)
             .await
-            .map_err(|e| fail(format!("unreadable reply: {}", e.without_url())))?;
+            .map_err(|e| fail(format!("signInWithCustomToken {e}")))?;
+        let reply = serde_json::from_slice::<Value>(&body).ok();
         if !status.is_success() {
-            let msg = reply["error"]["message"].as_str().unwrap_or("no message");
+            // Google's error JSON names the cause (INVALID_CUSTOM_TOKEN, ...); a proxy's HTML does not.
+            let msg = reply
+                .as_ref()
+                .and_then(|r| r["error"]["message"].as_str())
+                .unwrap_or("no message");
             return Err(fail(format!(
                 "signInWithCustomToken answered {status}: {msg}"
             )));
         }
+        let reply = reply.ok_or_else(|| fail("signInWithCustomToken reply is not JSON".into()))?;
         let id_token = reply["idToken"]
             .as_str()
             .ok_or_else(|| fail("reply has no idToken".into()))?;

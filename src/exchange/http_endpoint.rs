@@ -19,7 +19,8 @@ use config::HttpAuth;
 pub(crate) use config::HttpConnectorConfig;
 
 use super::identity::{lookup, user_id};
-use super::{ExchangeError, ExternalToken, Mint, Minted, RequestInfo};
+use super::{ExchangeError, ExternalToken, Mint, Minted, RequestInfo, MAX_REPLY_BYTES};
+use crate::bounded::read_body;
 use crate::clock::SharedClock;
 use crate::config::ConfigError;
 use crate::verify::VerifiedSession;
@@ -148,9 +149,10 @@ impl HttpConnector {
         if !resp.status().is_success() {
             return Err(self.fail(format!("oauth2 token endpoint answered {}", resp.status())));
         }
-        let v: Value = resp
-            .json()
+        let body = read_body(resp, MAX_REPLY_BYTES)
             .await
+            .map_err(|e| self.fail(format!("oauth2 token {e}")))?;
+        let v: Value = serde_json::from_slice(&body)
             .map_err(|_| self.fail("oauth2 token reply is not JSON"))?;
         let t = v["access_token"]
             .as_str()
@@ -301,10 +303,11 @@ impl Mint for HttpConnector {
         if !status.is_success() {
             return Err(self.fail(format!("endpoint answered {status}")));
         }
-        let reply: Value = resp
-            .json()
+        let body = read_body(resp, MAX_REPLY_BYTES)
             .await
-            .map_err(|_| self.fail("reply is not JSON"))?;
+            .map_err(|e| self.fail(e.to_string()))?;
+        let reply: Value =
+            serde_json::from_slice(&body).map_err(|_| self.fail("reply is not JSON"))?;
         // `token_field` may be a dotted path (`data.access_token`) for endpoints that nest it.
         let raw = reply
             .as_object()

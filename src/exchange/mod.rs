@@ -34,6 +34,10 @@ pub use firebase::FIREBASE_AUDIENCE;
 
 use crate::verify::VerifiedSession;
 
+/// Largest connector or OAuth token reply read (a token reply is a few KiB at most); a larger one
+/// is a connector failure, refused while it streams in, never buffered whole.
+pub(crate) const MAX_REPLY_BYTES: usize = 256 * 1024;
+
 /// A token for the legacy backend. Never printed: `Debug` shows its length only.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ExternalToken(Arc<str>);

@@ -4,8 +4,10 @@
 //! fetches or parses keys except the rare unknown-`kid` refetch, which is single-flight (one fetch
 //! shared by every waiting request) and rate-limited by `jwks_min_refetch`, so a flood of forged
 //! `kid`s costs at most one fetch per cooldown. A failed fetch never replaces the last good set.
+//! A reply (or file) larger than `jwks_max_bytes` is a failed fetch, refused while it streams in
+//! (see [`crate::bounded`]), so a runaway endpoint cannot make the gateway buffer it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,6 +15,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 
 use super::keys::{parse_jwks, KeySet, KeySetError};
+use crate::bounded::{read_body, BodyError};
 use crate::clock::SharedClock;
 use crate::config::{DescopeConfig, KeySource};
 
@@ -22,6 +25,8 @@ pub enum FetchError {
     Http(String),
     #[error("JWKS endpoint answered {0}")]
     Status(u16),
+    #[error("JWKS reply is larger than descope.jwks_max_bytes ({0} bytes)")]
+    TooLarge(usize),
     #[error("cannot read JWKS file {0}: {1}")]
     File(PathBuf, std::io::Error),
     #[error(transparent)]
@@ -39,6 +44,7 @@ pub struct KeyStore {
     source: KeySource,
     client: reqwest::Client,
     timeout: Duration,
+    max_bytes: usize,
     min_refetch: Duration,
     refresh: Duration,
     current: ArcSwap<KeySet>,
@@ -55,6 +61,7 @@ impl KeyStore {
             source: cfg.key_source(),
             client,
             timeout: cfg.jwks_timeout.0,
+            max_bytes: cfg.jwks_max_bytes,
             min_refetch: cfg.jwks_min_refetch.0,
             refresh: cfg.jwks_refresh.0,
             current: ArcSwap::from_pointee(KeySet::default()),
@@ -106,9 +113,7 @@ impl KeyStore {
 
     async fn fetch(&self) -> Result<KeySet, FetchError> {
         let body = match &self.source {
-            KeySource::File(p) => tokio::fs::read(p)
-                .await
-                .map_err(|e| FetchError::File(p.clone(), e))?,
+            KeySource::File(p) => self.read_file(p).await?,
             KeySource::Url(u) => {
                 let resp = self
                     .client
@@ -120,16 +125,35 @@ impl KeyStore {
                 if !resp.status().is_success() {
                     return Err(FetchError::Status(resp.status().as_u16()));
                 }
-                resp.bytes()
-                    .await
-                    .map_err(|e| FetchError::Http(e.without_url().to_string()))?
-                    .to_vec()
+                read_body(resp, self.max_bytes).await.map_err(|e| match e {
+                    BodyError::TooLarge { limit } => FetchError::TooLarge(limit),
+                    BodyError::Read(m) => FetchError::Http(m),
+                })?
             }
         };
         Ok(parse_jwks(
             &body,
             &mut |w| tracing::warn!(target: "extoken::jwks", "{w}"),
         )?)
+    }
+
+    /// The key file, read with the same bound as a reply (a mounted file can be wrong too).
+    async fn read_file(&self, p: &Path) -> Result<Vec<u8>, FetchError> {
+        use tokio::io::AsyncReadExt;
+        let file = tokio::fs::File::open(p)
+            .await
+            .map_err(|e| FetchError::File(p.to_owned(), e))?;
+        let mut body = Vec::new();
+        // One byte more than allowed tells "exactly the limit" from "over it".
+        let limit = self.max_bytes as u64 + 1;
+        file.take(limit)
+            .read_to_end(&mut body)
+            .await
+            .map_err(|e| FetchError::File(p.to_owned(), e))?;
+        if body.len() > self.max_bytes {
+            return Err(FetchError::TooLarge(self.max_bytes));
+        }
+        Ok(body)
     }
 
     /// Called when a token names a `kid` that `seen` does not have. Returns the key set to retry
