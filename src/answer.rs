@@ -146,6 +146,10 @@ impl Answer {
                 "bad_gateway",
                 format!("the upstream of route {route} could not be reached or failed"),
             ),
+            408 => (
+                "request_timeout",
+                "the request body stalled longer than client_body_timeout".into(),
+            ),
             400..=499 => ("bad_request", "the request could not be processed".into()),
             _ => (
                 "internal_error",
@@ -159,6 +163,18 @@ impl Answer {
             body: json_body(error, &description),
             outcome,
             reason: error,
+        }
+    }
+
+    /// 408: the client took too long to send its request (`description` says which part).
+    pub(crate) fn request_timeout(description: &str) -> Answer {
+        Answer {
+            status: 408,
+            www_authenticate: None,
+            retry_after: None,
+            body: json_body("request_timeout", description),
+            outcome: "client_error",
+            reason: "request_timeout",
         }
     }
 

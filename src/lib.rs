@@ -21,6 +21,7 @@ pub mod exchange;
 pub mod extract;
 pub mod gateway;
 pub mod lifecycle;
+pub(crate) mod listener;
 pub(crate) mod metrics;
 pub mod mint;
 pub mod proxy;

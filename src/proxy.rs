@@ -21,6 +21,7 @@ use crate::drain::{Drain, InFlight};
 use crate::exchange::RequestInfo;
 use crate::extract;
 use crate::gateway::Gateway;
+use crate::listener;
 use crate::rewrite::{self, Rewrite};
 use crate::route::Route;
 use crate::target::{self, BadTarget, Decided};
@@ -94,8 +95,8 @@ async fn send_answer(
 }
 
 /// The status for a failure: 504 when the upstream timed out (connect, read, write), 502 for
-/// any other upstream failure, 400 for a bad request, 0 when the client is gone (nothing to
-/// write), 500 for our own.
+/// any other upstream failure, 408 when the client's body stalled, 400 for a bad request, 0 when
+/// the client is gone (nothing to write), 500 for our own.
 fn failure_status(e: &Error) -> u16 {
     match e.etype() {
         ErrorType::HTTPStatus(code) => *code,
@@ -108,6 +109,8 @@ fn failure_status(e: &Error) -> u16 {
             ErrorSource::Upstream => 502,
             ErrorSource::Downstream => match e.etype() {
                 ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                // The body paused longer than `limits.client_body_timeout`.
+                ErrorType::ReadTimedout => 408,
                 _ => 400,
             },
             ErrorSource::Internal | ErrorSource::Unset => 500,
@@ -223,9 +226,11 @@ impl ProxyHttp for Proxy {
         Ok(false)
     }
 
-    /// The request id: the client's `X-Request-Id` if sane, else a new one.
+    /// The request id: the client's `X-Request-Id` if sane, else a new one. The head is read:
+    /// its deadline ends, the body and keep-alive timeouts of the request are set.
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         ctx.log.begin(session.req_header());
+        listener::head_complete(session, &self.state.load().config.limits);
         Ok(())
     }
 
@@ -363,6 +368,7 @@ impl ProxyHttp for Proxy {
 
     /// One access line per request, and the request metrics.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        listener::request_done(session);
         telemetry::log_request(session, e, &ctx.log);
     }
 

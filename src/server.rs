@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::background::background_service;
+use pingora::services::listening::Service;
 
 use pingora::server::RunArgs;
 use tokio::sync::Notify;
@@ -18,6 +19,7 @@ use crate::config::{Config, ConfigError};
 use crate::drain::Drain;
 use crate::gateway::Gateway;
 use crate::lifecycle::{self, ConfigSource, LifecycleError, Reloader, Signals};
+use crate::listener;
 use crate::proxy::Proxy;
 use crate::telemetry::LogLevel;
 use crate::verify::KeyStore;
@@ -68,10 +70,17 @@ pub fn build(cfg: Config) -> Result<Built, StartError> {
 
     let drain = Drain::default();
     let keys_swapped = Arc::new(Notify::new());
-    let mut proxy = pingora::proxy::http_proxy_service(
-        &server.configuration,
-        Proxy::new(state.clone(), drain.clone()),
+    // The proxy app behind the client limits (connection cap, request-head deadline) of
+    // `crate::listener`, which pingora does not have.
+    let app = listener::ClientLimits::new(
+        pingora::proxy::http_proxy(
+            &server.configuration,
+            Proxy::new(state.clone(), drain.clone()),
+        ),
+        state.clone(),
+        threads,
     );
+    let mut proxy = Service::new("Pingora HTTP Proxy Service".to_string(), app);
     proxy.add_tcp(&listen);
     server.add_service(proxy);
     if let Some(addr) = admin {

@@ -96,6 +96,22 @@ pub struct LimitsConfig {
     /// Header names with `_` (which CGI/WSGI backends read as `-`): `drop`, `reject` (400), `allow`.
     #[serde(default)]
     pub underscore_headers: UnderscoreHeaders,
+    /// The whole request head must arrive within this, counted from the accept (first request)
+    /// or from the first byte of a later request on a keep-alive connection; pingora's own read
+    /// timeout is per read, which a client sending a byte now and then never trips.
+    #[serde(default = "d_client_header_timeout", deserialize_with = "de_positive")]
+    pub client_header_timeout: Dur,
+    /// An idle keep-alive connection is closed after this. Whole seconds: pingora keeps it in
+    /// seconds, and 0 would mean "forever" there.
+    #[serde(default = "d_keepalive_timeout", deserialize_with = "de_whole_seconds")]
+    pub keepalive_timeout: Dur,
+    /// Longest pause between two reads of a request body.
+    #[serde(default = "d_client_body_timeout", deserialize_with = "de_positive")]
+    pub client_body_timeout: Dur,
+    /// Client connections open at once on `listen`; beyond it a new one is closed at accept.
+    /// Unset: derived from the open-file limit at start (see `crate::listener`).
+    #[serde(default, deserialize_with = "de_max_connections")]
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -116,6 +132,43 @@ fn d_max_token() -> usize {
 fn d_max_header() -> usize {
     64 * 1024
 }
+fn d_client_header_timeout() -> Dur {
+    Dur::secs(10)
+}
+fn d_keepalive_timeout() -> Dur {
+    Dur::secs(60)
+}
+fn d_client_body_timeout() -> Dur {
+    Dur::secs(60)
+}
+
+// Checked while parsing, so the error carries the key path like any type error.
+fn de_positive<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Dur, D::Error> {
+    let v = Dur::deserialize(d)?;
+    if v.0.is_zero() {
+        return Err(serde::de::Error::custom("must be more than 0"));
+    }
+    Ok(v)
+}
+
+fn de_whole_seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Dur, D::Error> {
+    let v = Dur::deserialize(d)?;
+    if v.0.subsec_nanos() != 0 || v.0.as_secs() == 0 {
+        return Err(serde::de::Error::custom(format!(
+            "{v} is not a whole number of seconds of at least 1s"
+        )));
+    }
+    Ok(v)
+}
+
+fn de_max_connections<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    match Option::<usize>::deserialize(d)? {
+        Some(0) => Err(serde::de::Error::custom(
+            "must be at least 1 (leave it out for the default)",
+        )),
+        v => Ok(v),
+    }
+}
 
 impl Default for LimitsConfig {
     fn default() -> Self {
@@ -124,6 +177,10 @@ impl Default for LimitsConfig {
             max_header_bytes: d_max_header(),
             escaped_slashes: EscapedSlashes::default(),
             underscore_headers: UnderscoreHeaders::default(),
+            client_header_timeout: d_client_header_timeout(),
+            keepalive_timeout: d_keepalive_timeout(),
+            client_body_timeout: d_client_body_timeout(),
+            max_connections: None,
         }
     }
 }

@@ -592,3 +592,68 @@ fn dns_refresh_and_jwks_max_bytes() {
     ));
     assert_eq!(path, "descope.jwks_max_bytes");
 }
+
+#[test]
+fn client_deadlines_and_connection_limit() {
+    let l = parse(MINIMAL).unwrap().limits;
+    assert_eq!(l.client_header_timeout.0, Duration::from_secs(10));
+    assert_eq!(l.keepalive_timeout.0, Duration::from_secs(60));
+    assert_eq!(l.client_body_timeout.0, Duration::from_secs(60));
+    assert_eq!(
+        l.max_connections, None,
+        "derived from the open-file limit at start"
+    );
+    let l = parse(&format!(
+        "{MINIMAL}limits: {{client_header_timeout: 1500ms, keepalive_timeout: 5s, \
+         client_body_timeout: 2m, max_connections: 20}}\n"
+    ))
+    .unwrap()
+    .limits;
+    assert_eq!(l.client_header_timeout.0, Duration::from_millis(1500));
+    assert_eq!(l.keepalive_timeout.0, Duration::from_secs(5));
+    assert_eq!(l.client_body_timeout.0, Duration::from_secs(120));
+    assert_eq!(l.max_connections, Some(20));
+    for (bad, key, says) in [
+        (
+            "keepalive_timeout: 0s",
+            "limits.keepalive_timeout",
+            "whole number",
+        ),
+        (
+            "keepalive_timeout: 1500ms",
+            "limits.keepalive_timeout",
+            "whole number",
+        ),
+        (
+            "keepalive_timeout: 500ms",
+            "limits.keepalive_timeout",
+            "at least 1s",
+        ),
+        (
+            "client_header_timeout: 0s",
+            "limits.client_header_timeout",
+            "more than 0",
+        ),
+        (
+            "client_body_timeout: 0",
+            "limits.client_body_timeout",
+            "more than 0",
+        ),
+        (
+            "client_body_timeout: soon",
+            "limits.client_body_timeout",
+            "duration",
+        ),
+        ("max_connections: 0", "limits.max_connections", "at least 1"),
+        ("max_connections: -5", "limits.max_connections", ""),
+        (
+            "max_connection: 5",
+            "limits.max_connection",
+            "unknown field",
+        ),
+    ] {
+        let (path, msg) = key_err(&format!("{MINIMAL}limits: {{{bad}}}\n"));
+        assert_eq!(path, key, "{bad}: {msg}");
+        assert!(msg.contains(says), "{bad}: {msg}");
+    }
+}
