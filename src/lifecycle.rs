@@ -57,22 +57,25 @@ pub(crate) struct Signals {
     grace: Duration,
     pid_file: Option<PathBuf>,
     drain: Drain,
+    /// Flushed before the process exits early.
+    log: Option<LogLevel>,
 }
 
 impl Signals {
-    pub(crate) fn new(cfg: &Config, drain: Drain) -> Signals {
+    pub(crate) fn new(cfg: &Config, drain: Drain, log: Option<LogLevel>) -> Signals {
         Signals {
             delay: cfg.shutdown_delay.0,
             grace: cfg.shutdown_grace.0,
             pid_file: cfg.pid_file.clone(),
             drain,
+            log,
         }
     }
 
     /// pingora sleeps its whole grace period; a watcher thread exits the process as soon as
     /// nothing is in flight (or lets pingora finish at the deadline).
     fn exit_when_drained(&self, deadline: Instant) {
-        let (drain, pid_file) = (self.drain.clone(), self.pid_file.clone());
+        let (drain, pid_file, log) = (self.drain.clone(), self.pid_file.clone(), self.log.clone());
         let spawned = std::thread::Builder::new()
             .name("extoken-drain".into())
             .spawn(move || {
@@ -82,6 +85,9 @@ impl Signals {
                     if drain.in_flight() == 0 {
                         tracing::info!(target: "extoken::lifecycle", "no request in flight: exiting");
                         remove_pid_file(pid_file.as_deref());
+                        if let Some(l) = &log {
+                            l.flush();
+                        }
                         std::process::exit(0);
                     }
                     std::thread::sleep(Duration::from_millis(25));

@@ -4,7 +4,11 @@
 //! Labels are bounded sets: route and connector names from the config, fixed outcome/reason/result
 //! words. Never a user id, token, path or anything else a client chooses.
 
+mod per_route;
+
 use std::sync::OnceLock;
+
+pub(crate) use per_route::RouteMetrics;
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,

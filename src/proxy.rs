@@ -175,7 +175,7 @@ impl Proxy {
             .find(host_name, decided.target.path())
             .cloned()
             .ok_or_else(Answer::no_route)?;
-        ctx.log.route(&route.name);
+        ctx.log.route(&route.metrics);
         ctx.host = forwarded_host(&route, decided.host.as_ref());
         if session.req_header().raw_path() != decided.target.as_bytes() {
             session
@@ -259,8 +259,12 @@ impl ProxyHttp for Proxy {
     }
 
     /// Once a request is on a connection it is retried only when nothing of it can have been
-    /// acted on: a pooled connection that turned out dead (the upstream closed it) for an
-    /// idempotent request without a body. pingora's default would also retry requests with
+    /// acted on: a pooled connection that turned out dead before any of the response came back
+    /// (the upstream closed or reset it: the errors pingora marks `ReusedOnly`), for an
+    /// idempotent request without a body, while the client has been sent nothing. A timeout or
+    /// a failure after the response began is never retried: the upstream may be working on the
+    /// request (a second copy would reach it), and the client may already hold part of an
+    /// answer (a second one cannot follow). pingora's default would also retry requests with
     /// bodies.
     fn error_while_proxy(
         &self,
@@ -278,9 +282,15 @@ impl ProxyHttp for Proxy {
             && req.headers.get(http::header::TRANSFER_ENCODING).is_none();
         ctx.failed_attempts += 1;
         let budget = ctx.route.as_ref().map_or(0, |r| r.retries);
-        let stale = client_reused && *e.esource() == ErrorSource::Upstream;
+        let dead_pooled = client_reused
+            && *e.esource() == ErrorSource::Upstream
+            && e.retry == pingora::RetryType::ReusedOnly;
         e.set_retry(
-            stale && bodyless && req.method.is_idempotent() && ctx.failed_attempts <= budget,
+            dead_pooled
+                && session.response_written().is_none()
+                && bodyless
+                && req.method.is_idempotent()
+                && ctx.failed_attempts <= budget,
         );
         e
     }

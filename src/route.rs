@@ -37,6 +37,8 @@ pub struct Route {
     pub upstream: Upstream,
     /// Extra attempts after a failed connect (idempotent requests only).
     pub retries: u32,
+    /// Its request metrics, resolved once.
+    pub(crate) metrics: Arc<crate::metrics::RouteMetrics>,
     /// The peer for every request of this route, built once with its timeouts.
     peer: HttpPeer,
     /// The addresses of a host-name upstream (`None` for an IP literal: never re-resolved).
@@ -228,8 +230,10 @@ impl RouteTable {
                 (addrs.current()[0], Some(Arc::new(addrs)))
             }
         };
+        let name = r.name.clone().unwrap_or_else(|| format!("route{i}"));
         Ok(Route {
-            name: r.name.clone().unwrap_or_else(|| format!("route{i}")),
+            metrics: crate::metrics::RouteMetrics::new(&name),
+            name,
             prefix: r.path_prefix.clone(),
             // Validated as canonical by the config; matched against canonical request hosts.
             host: r.host.as_ref().map(|h| {

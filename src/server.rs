@@ -120,16 +120,19 @@ impl Built {
                 state: self.state.clone(),
                 source,
                 keys_swapped: self.keys_swapped.clone(),
-                log,
+                log: log.clone(),
             },
         ));
         if let Some(p) = &cfg.pid_file {
             lifecycle::write_pid_file(p)?;
         }
         self.server.run(RunArgs {
-            shutdown_signal: Box::new(Signals::new(&cfg, self.drain.clone())),
+            shutdown_signal: Box::new(Signals::new(&cfg, self.drain.clone(), log.clone())),
         });
         lifecycle::remove_pid_file(cfg.pid_file.as_deref());
+        if let Some(l) = &log {
+            l.flush();
+        }
         Ok(())
     }
 }

@@ -7,7 +7,10 @@
 //! so the proxy suppresses them and logs the error kind here instead; the targets of our
 //! dependencies are capped at `info` (their `debug`/`trace` lines can print request heads).
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use tracing_appender::non_blocking::WorkerGuard;
 
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
@@ -17,7 +20,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
 
 use crate::config::{LogConfig, LogFormat};
-use crate::metrics::{metrics, status_class};
+use crate::metrics::{metrics, RouteMetrics};
 
 pub(crate) const REQUEST_ID: &str = "x-request-id";
 
@@ -29,17 +32,32 @@ pub enum TelemetryError {
     AlreadyInstalled,
 }
 
-/// The installed subscriber's filter, for a reload to apply a new `log.level` to.
+/// The installed subscriber: its filter, for a reload to apply a new `log.level` to, and its
+/// writer, to flush before the process exits.
 #[derive(Clone)]
-pub struct LogLevel(reload::Handle<EnvFilter, Registry>);
+pub struct LogLevel {
+    filter: reload::Handle<EnvFilter, Registry>,
+    writer: Arc<Mutex<Option<WorkerGuard>>>,
+}
 
 impl LogLevel {
     pub fn set(&self, level: &str) -> Result<(), TelemetryError> {
-        self.0
+        self.filter
             .reload(filter_for(level)?)
             .map_err(|e| TelemetryError::Filter(e.to_string()))
     }
+
+    /// Writes out every line logged so far and stops the writer thread (call just before the
+    /// process exits: later lines are dropped).
+    pub fn flush(&self) {
+        let guard = self.writer.lock().map(|mut g| g.take());
+        drop(guard);
+    }
 }
+
+/// Lines queued for the writer thread before new ones are dropped rather than block a proxy
+/// thread (a gateway must not stall on a slow stderr).
+const LOG_QUEUE_LINES: usize = 128 * 1024;
 
 /// The filter for a level: ours at `level`, everybody else's at most `info` (pingora, hyper and
 /// reqwest print request heads at `debug`/`trace`). `EXTOKEN_LOG` replaces the level; when it is a
@@ -62,10 +80,21 @@ fn filter_for(level: &str) -> Result<EnvFilter, TelemetryError> {
     EnvFilter::try_new(&directives).map_err(|e| TelemetryError::Filter(e.to_string()))
 }
 
-/// Installs the process's subscriber (stderr). Call once, before the server starts.
+/// Installs the process's subscriber. Call once, before the server starts.
+///
+/// Lines go to stderr through a writer thread that batches them: a proxy thread only queues its
+/// access line, and the writer makes one `write` per batch (a 64 KiB buffer flushed whenever the
+/// queue runs empty), not one per line.
 pub fn init(cfg: &LogConfig) -> Result<LogLevel, TelemetryError> {
     let (filter, handle) = reload::Layer::new(filter_for(&cfg.level)?);
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .thread_name("extoken-log")
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stderr(),
+        ));
+    let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
     let fmt = match cfg.format {
         LogFormat::Text => fmt.with_ansi(false).boxed(),
         LogFormat::Json => fmt
@@ -80,7 +109,10 @@ pub fn init(cfg: &LogConfig) -> Result<LogLevel, TelemetryError> {
         .with(fmt)
         .try_init()
         .map_err(|_| TelemetryError::AlreadyInstalled)?;
-    Ok(LogLevel(handle))
+    Ok(LogLevel {
+        filter: handle,
+        writer: Arc::new(Mutex::new(Some(guard))),
+    })
 }
 
 /// A sane incoming request id: 1..=128 visible ASCII characters.
@@ -127,7 +159,8 @@ pub fn new_request_id() -> String {
 pub(crate) struct RequestLog {
     pub(crate) start: Instant,
     pub(crate) request_id: String,
-    pub(crate) route: Option<String>,
+    /// The route's metric handles (and name), once routed.
+    pub(crate) route: Option<Arc<RouteMetrics>>,
     pub(crate) outcome: Option<&'static str>,
     pub(crate) reason: Option<&'static str>,
     upstream_start: Option<Instant>,
@@ -161,8 +194,8 @@ impl RequestLog {
         };
     }
 
-    pub(crate) fn route(&mut self, name: &str) {
-        self.route = Some(name.to_string());
+    pub(crate) fn route(&mut self, route: &Arc<RouteMetrics>) {
+        self.route = Some(route.clone());
     }
 
     /// An answer extoken gave itself (a refusal).
@@ -189,10 +222,6 @@ impl RequestLog {
     }
 }
 
-fn route_label(log: &RequestLog) -> &str {
-    log.route.as_deref().unwrap_or("unmatched")
-}
-
 /// The `logging` phase: one access line, and the request metrics, for a finished request.
 pub(crate) fn log_request(session: &Session, e: Option<&Error>, log: &RequestLog) {
     let req = session.req_header();
@@ -208,23 +237,27 @@ pub(crate) fn log_request(session: &Session, e: Option<&Error>, log: &RequestLog
         (None, _) => "upstream_error",
     });
     let error = e.map(|e| e.etype().as_str());
-    let route = route_label(log);
+    let unmatched;
+    let rm = match &log.route {
+        Some(r) => r,
+        None => {
+            unmatched = RouteMetrics::unmatched();
+            &unmatched
+        }
+    };
+    let route = rm.name();
     let duration = log.start.elapsed();
 
-    let m = metrics();
-    m.requests_total.with_label_values(&[route, outcome]).inc();
-    m.request_duration_seconds
-        .with_label_values(&[route])
-        .observe(duration.as_secs_f64());
+    rm.count(outcome);
+    rm.observe(duration.as_secs_f64());
     if outcome == "unauthorized" || outcome == "forbidden" {
-        m.auth_failures_total
+        metrics()
+            .auth_failures_total
             .with_label_values(&[log.reason.unwrap_or("other")])
             .inc();
     }
     if let Some(s) = log.upstream_status {
-        m.upstream_responses_total
-            .with_label_values(&[route, status_class(s)])
-            .inc();
+        rm.upstream(s);
     }
 
     let ms = |d: Duration| (d.as_secs_f64() * 1_000_000.0).round() / 1000.0;

@@ -300,6 +300,14 @@ async fn sigterm_drains_a_slow_request_and_exits_zero() {
     assert!(!gw.pid_file().exists(), "pid file left behind");
     // Closed for good.
     assert!(tokio::net::TcpStream::connect(gw.addr).await.is_err());
+    // The access lines are written by a batching thread: the last ones were flushed at exit.
+    let log = gw.log();
+    let lines = |route: &str| {
+        log.lines()
+            .filter(|l| l.contains("extoken::access") && l.contains(&format!("route=\"{route}\"")))
+            .count()
+    };
+    assert_eq!((lines("api"), lines("fast")), (1, 1), "{log}");
 }
 
 #[tokio::test]
