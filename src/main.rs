@@ -7,6 +7,12 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use extoken::config::{parse_duration, Config};
+
+/// mimalloc (default feature `mimalloc`): fewer cycles per request than glibc's malloc for
+/// pingora's many small per-request allocations; see docs/performance.md.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use extoken::lifecycle::ConfigSource;
 use extoken::mint::{parse_claim, DevKey, MintOptions};
 

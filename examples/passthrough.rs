@@ -1,0 +1,52 @@
+//! The engine's floor: a bare pingora pass-through, built from this repo with the same pingora
+//! version and the same build profile (allocator included) as extoken. `loadtest/run.sh` runs it
+//! beside extoken, so every table says how much of a request's cost is pingora's and how much is
+//! ours. It does what pingora's `examples` proxy does — `upstream_peer` only — and nothing else:
+//! no routing, no auth, no logging.
+//!
+//!   cargo run --release --example passthrough -- 127.0.0.1:8090 127.0.0.1:8091 [threads]
+
+use async_trait::async_trait;
+use pingora::prelude::*;
+use pingora::server::configuration::ServerConf;
+
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+struct PassThrough {
+    upstream: std::net::SocketAddr,
+}
+
+#[async_trait]
+impl ProxyHttp for PassThrough {
+    type CTX = ();
+    fn new_ctx(&self) {}
+
+    async fn upstream_peer(&self, _s: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
+        Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let (Some(listen), Some(upstream)) = (args.get(1), args.get(2)) else {
+        eprintln!("usage: passthrough LISTEN UPSTREAM [THREADS]");
+        std::process::exit(2);
+    };
+    let Ok(upstream) = upstream.parse() else {
+        eprintln!("passthrough: UPSTREAM must be ip:port");
+        std::process::exit(2);
+    };
+    let threads = args.get(3).and_then(|t| t.parse().ok()).unwrap_or(1);
+    let conf = ServerConf {
+        threads,
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let mut svc = http_proxy_service(&server.configuration, PassThrough { upstream });
+    svc.add_tcp(listen);
+    server.add_service(svc);
+    server.run_forever();
+}
