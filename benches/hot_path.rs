@@ -361,6 +361,8 @@ fn bench_route(c: &mut Criterion, fx: &Fixture) {
     g.finish();
 }
 
+static BENCH_REQUEST_ID: HeaderValue = HeaderValue::from_static("0123456789abcdef0123456789abcdef");
+
 /// What the proxy plans for an accepted request from an untrusted peer.
 fn plan<'a>(
     rw: &'a rewrite::Rewrite,
@@ -378,7 +380,7 @@ fn plan<'a>(
             trusted: false,
             tls: false,
         },
-        request_id: "0123456789abcdef0123456789abcdef",
+        request_id: Some(&BENCH_REQUEST_ID),
     }
 }
 

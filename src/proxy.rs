@@ -320,7 +320,7 @@ impl ProxyHttp for Proxy {
                     .is_some_and(|ip| gw.config.trusted_proxies.iter().any(|c| c.contains(ip))),
                 tls: false,
             },
-            request_id: &ctx.log.request_id,
+            request_id: ctx.log.request_id_value.as_ref(),
         };
         rewrite::apply(upstream_request, &plan);
         Ok(())

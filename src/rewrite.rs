@@ -82,7 +82,7 @@ pub struct Plan<'a> {
     pub strip_cookies: &'a [String],
     pub drop_underscore_headers: bool,
     pub peer: Peer,
-    pub request_id: &'a str,
+    pub request_id: Option<&'a HeaderValue>,
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -109,10 +109,8 @@ pub fn apply<H: Headers>(req: &mut H, plan: &Plan<'_>) {
         strip_cookie_headers(req, plan.strip_cookies);
     }
     forwarding(req, plan);
-    if let Ok(id) = HeaderValue::from_str(plan.request_id) {
-        if !plan.request_id.is_empty() {
-            req.set(X_REQUEST_ID, id);
-        }
+    if let Some(id) = plan.request_id {
+        req.set(X_REQUEST_ID, id.clone());
     }
 }
 
@@ -125,18 +123,13 @@ fn forwarding<H: Headers>(req: &mut H, plan: &Plan<'_>) {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(a, IpAddr::V4),
         v4 => v4,
     });
-    let node = ip.map(|ip| match ip {
-        IpAddr::V4(_) => ip.to_string(),
-        IpAddr::V6(_) => format!("\"[{ip}]\""),
-    });
+    let ip_text = ip.map(ip_text);
     let proto = if peer.tls { "https" } else { "http" };
     if peer.trusted {
-        if let Some(ip) = ip {
-            append_list(req, X_FORWARDED_FOR, &ip.to_string());
-        }
-        if let Some(n) = &node {
+        if let Some(t) = &ip_text {
+            append_list(req, X_FORWARDED_FOR, t.as_bytes());
             if !req.get_all(&FORWARDED).is_empty() {
-                append_list(req, FORWARDED, &format!("for={n}"));
+                append_list(req, FORWARDED, &forwarded_node(ip, t));
             }
         }
         if req.get_all(&X_FORWARDED_PROTO).is_empty() {
@@ -147,36 +140,83 @@ fn forwarding<H: Headers>(req: &mut H, plan: &Plan<'_>) {
         }
         return;
     }
-    for h in [&X_FORWARDED_FOR, &X_REAL_IP, &FORWARDED] {
-        req.remove(h);
-    }
-    if let Some(ip) = ip {
-        let s = ip.to_string();
-        if let Ok(v) = HeaderValue::from_str(&s) {
+    // `set` replaces whatever the client sent; only a peer without an IP needs a removal.
+    match ip_text
+        .as_deref()
+        .and_then(|t| HeaderValue::from_str(t).ok())
+    {
+        Some(v) => {
             req.set(X_FORWARDED_FOR, v.clone());
             req.set(X_REAL_IP, v);
+        }
+        None => {
+            req.remove(&X_FORWARDED_FOR);
+            req.remove(&X_REAL_IP);
         }
     }
     req.set(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     req.set(X_FORWARDED_HOST, plan.host.clone());
-    let host = String::from_utf8_lossy(plan.host.as_bytes());
-    let forwarded = match &node {
-        Some(n) => format!("for={n};host=\"{host}\";proto={proto}"),
-        None => format!("host=\"{host}\";proto={proto}"),
-    };
-    if let Ok(v) = HeaderValue::from_str(&forwarded) {
-        req.set(FORWARDED, v);
+    // RFC 7239: `for=<node>;host="<host>";proto=<proto>`, built without `format!`.
+    let mut f = Vec::with_capacity(48 + plan.host.len());
+    if let Some(t) = &ip_text {
+        f.extend_from_slice(&forwarded_node(ip, t));
+        f.push(b';');
+    }
+    f.extend_from_slice(b"host=\"");
+    f.extend_from_slice(plan.host.as_bytes());
+    f.extend_from_slice(b"\";proto=");
+    f.extend_from_slice(proto.as_bytes());
+    match HeaderValue::from_maybe_shared(bytes::Bytes::from(f)) {
+        Ok(v) => req.set(FORWARDED, v),
+        Err(_) => req.remove(&FORWARDED),
+    }
+}
+
+/// `for=1.2.3.4` or `for="[2001:db8::1]"` (RFC 7239 quotes IPv6 nodes).
+fn forwarded_node(ip: Option<IpAddr>, text: &str) -> Vec<u8> {
+    let mut n = Vec::with_capacity(text.len() + 8);
+    n.extend_from_slice(b"for=");
+    if matches!(ip, Some(IpAddr::V6(_))) {
+        n.extend_from_slice(b"\"[");
+        n.extend_from_slice(text.as_bytes());
+        n.extend_from_slice(b"]\"");
+    } else {
+        n.extend_from_slice(text.as_bytes());
+    }
+    n
+}
+
+/// An address as text; IPv4 (nearly every peer) without the formatting machinery.
+fn ip_text(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut s = String::with_capacity(15);
+            for (i, o) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    s.push('.');
+                }
+                if o >= 100 {
+                    s.push(char::from(b'0' + o / 100));
+                }
+                if o >= 10 {
+                    s.push(char::from(b'0' + o / 10 % 10));
+                }
+                s.push(char::from(b'0' + o % 10));
+            }
+            s
+        }
+        IpAddr::V6(v6) => v6.to_string(),
     }
 }
 
 /// Appends `item` to a comma-separated list header (all its lines joined into one).
-fn append_list<H: Headers>(req: &mut H, name: HeaderName, item: &str) {
+fn append_list<H: Headers>(req: &mut H, name: HeaderName, item: &[u8]) {
     let mut joined: Vec<u8> = Vec::new();
     for v in req.get_all(&name) {
         joined.extend_from_slice(v.as_bytes());
         joined.extend_from_slice(b", ");
     }
-    joined.extend_from_slice(item.as_bytes());
+    joined.extend_from_slice(item);
     if let Ok(v) = HeaderValue::from_bytes(&joined) {
         req.set(name, v);
     }

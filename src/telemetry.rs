@@ -22,7 +22,7 @@ use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
 use crate::config::{LogConfig, LogFormat};
 use crate::metrics::{metrics, RouteMetrics};
 
-pub(crate) const REQUEST_ID: &str = "x-request-id";
+pub(crate) const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
@@ -159,6 +159,8 @@ pub fn new_request_id() -> String {
 pub(crate) struct RequestLog {
     pub(crate) start: Instant,
     pub(crate) request_id: String,
+    /// The same as a header value, made once: it goes upstream and back to the client.
+    pub(crate) request_id_value: Option<http::HeaderValue>,
     /// The route's metric handles (and name), once routed.
     pub(crate) route: Option<Arc<RouteMetrics>>,
     pub(crate) outcome: Option<&'static str>,
@@ -173,6 +175,7 @@ impl Default for RequestLog {
         RequestLog {
             start: Instant::now(),
             request_id: String::new(),
+            request_id_value: None,
             route: None,
             outcome: None,
             reason: None,
@@ -192,6 +195,7 @@ impl RequestLog {
             }
             _ => new_request_id(),
         };
+        self.request_id_value = http::HeaderValue::from_str(&self.request_id).ok();
     }
 
     pub(crate) fn route(&mut self, route: &Arc<RouteMetrics>) {
@@ -215,8 +219,8 @@ impl RequestLog {
 
     /// Sets `X-Request-Id` on a response head.
     pub(crate) fn stamp_response(&self, h: &mut ResponseHeader) -> Result<()> {
-        if !self.request_id.is_empty() {
-            h.insert_header(REQUEST_ID, self.request_id.as_str())?;
+        if let Some(v) = &self.request_id_value {
+            h.insert_header(REQUEST_ID, v.clone())?;
         }
         Ok(())
     }

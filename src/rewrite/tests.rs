@@ -3,6 +3,23 @@ use proptest::prelude::*;
 
 use super::*;
 
+static RID: HeaderValue = HeaderValue::from_static("rid-1");
+
+#[test]
+fn ipv4_text_is_what_display_writes() {
+    for ip in [
+        "0.0.0.0",
+        "1.2.3.4",
+        "10.20.30.40",
+        "100.200.250.255",
+        "127.0.0.1",
+        "9.99.199.255",
+    ] {
+        let a: std::net::IpAddr = ip.parse().unwrap();
+        assert_eq!(ip_text(a), a.to_string());
+    }
+}
+
 fn strip() -> Vec<String> {
     vec!["DS".into(), "DSR".into()]
 }
@@ -23,7 +40,7 @@ fn plan<'a>(host: &'a HeaderValue, token: Option<&'a Rewrite>, strip: &'a [Strin
             trusted: false,
             tls: false,
         },
-        request_id: "rid-1",
+        request_id: Some(&RID),
     }
 }
 
