@@ -290,7 +290,7 @@ connectors:
     key_file: "$KEYS/legacy-key.pem"
     issuer: https://legacy.soak.example
     audience: legacy-api
-    expires_in: 15m
+    expires_in: 2m   # re-minted (refresh-ahead) every minute or so: a steady mint path
 routes:
   - name: api
     path_prefix: /api
