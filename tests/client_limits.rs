@@ -40,14 +40,7 @@ async fn rig_with(
     let config = routes(ConfigBuilder::new(PROJECT, &jwks.url()))
         .route(RouteSpec::new("/", &backend.url()).name("root").auth_none())
         .set("limits", limits);
-    let gw = GatewayProcess::launch(
-        &config.to_yaml(),
-        Launch {
-            admin: true,
-            ..Launch::default()
-        },
-    )
-    .await;
+    let gw = GatewayProcess::start_with_admin(&config.to_yaml()).await;
     Rig {
         gw,
         backend,

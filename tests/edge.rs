@@ -75,14 +75,7 @@ async fn edge() -> Edge {
                 .host("admin.example.com")
                 .connector("ext"),
         );
-    let gw = GatewayProcess::launch(
-        &config.to_yaml(),
-        Launch {
-            admin: true,
-            ..Launch::default()
-        },
-    )
-    .await;
+    let gw = GatewayProcess::start_with_admin(&config.to_yaml()).await;
     Edge {
         gw,
         public,

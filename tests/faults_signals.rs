@@ -24,19 +24,6 @@ fn tokens(key: &TestKey, n: usize) -> Vec<String> {
         .collect()
 }
 
-/// The value of one sample line of `/metrics`, 0 when absent.
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0.0)
-}
-
 /// Replaces `path` with `text` in one rename, so a reload never reads half a file.
 fn write_atomically(path: &std::path::Path, text: &str) {
     let tmp = path.with_extension("tmp");
@@ -137,17 +124,17 @@ async fn sighup_five_times_a_second_under_load_fails_no_request() {
     // Signals that arrive while a reload runs may be merged into one: most are applied, none fail.
     let ok_series = r#"extoken_config_reloads_total{result="ok"}"#;
     eventually(Duration::from_secs(5), || async {
-        sample(&gw.metrics().await, ok_series) >= (sent / 2) as f64
+        metric_sample(&gw.metrics().await, ok_series) >= (sent / 2) as f64
     })
     .await;
     let m = gw.metrics().await;
-    let applied = sample(&m, ok_series);
+    let applied = metric_sample(&m, ok_series);
     assert!(
         applied >= (sent / 2) as f64,
         "{applied} of {sent} reloads applied\n{m}"
     );
     assert_eq!(
-        sample(&m, r#"extoken_config_reloads_total{result="error"}"#),
+        metric_sample(&m, r#"extoken_config_reloads_total{result="error"}"#),
         0.0,
         "{}",
         gw.log()

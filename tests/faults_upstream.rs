@@ -302,19 +302,6 @@ fn assert_failure(r: &Reply, status: u16, route: &str, upstream: SocketAddr) {
     assert!(!r.body.contains("127.0.0.1"), "{r:?}");
 }
 
-/// The value of one sample line of `/metrics`, 0 when absent.
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0.0)
-}
-
 fn requests_total(route: &str, outcome: &str) -> String {
     format!("extoken_requests_total{{outcome=\"{outcome}\",route=\"{route}\"}}")
 }
@@ -324,11 +311,11 @@ fn requests_total(route: &str, outcome: &str) -> String {
 async fn assert_counted(gw: &GatewayProcess, route: &str, outcome: &str, want: f64) {
     let series = requests_total(route, outcome);
     eventually(Duration::from_secs(5), || async {
-        sample(&gw.metrics().await, &series) >= want
+        metric_sample(&gw.metrics().await, &series) >= want
     })
     .await;
     let text = gw.metrics().await;
-    assert_eq!(sample(&text, &series), want, "{series} in\n{text}");
+    assert_eq!(metric_sample(&text, &series), want, "{series} in\n{text}");
 }
 
 fn secs(s: f64) -> Duration {
@@ -359,7 +346,7 @@ async fn silent_upstream_is_504_after_read_timeout() {
     assert_eq!(up.requests(), ["GET /silent/a", "POST /silent/b"]);
     assert_counted(&gw, "silent", "upstream_timeout", 2.0).await;
     assert_eq!(
-        sample(
+        metric_sample(
             &gw.metrics().await,
             &requests_total("silent", "upstream_error")
         ),
@@ -465,7 +452,7 @@ async fn refused_connect_is_502_at_once() {
     }
     assert_counted(&gw, "closed", "upstream_error", 2.0).await;
     assert_eq!(
-        sample(
+        metric_sample(
             &gw.metrics().await,
             &requests_total("closed", "upstream_timeout")
         ),

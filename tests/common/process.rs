@@ -67,6 +67,18 @@ impl GatewayProcess {
         .await
     }
 
+    /// Like [`GatewayProcess::start`], with an admin listener (`/metrics`, probes).
+    pub async fn start_with_admin(yaml: &str) -> GatewayProcess {
+        Self::launch(
+            yaml,
+            Launch {
+                admin: true,
+                ..Launch::default()
+            },
+        )
+        .await
+    }
+
     /// Like [`GatewayProcess::start`], as `how` says.
     pub async fn launch(yaml: &str, how: Launch<'_>) -> GatewayProcess {
         let mut dir = tempfile::tempdir().unwrap();
@@ -365,4 +377,18 @@ impl Reply {
             .unwrap_or_default()
             .to_string()
     }
+}
+
+/// The value of one sample line of `/metrics` (`series` is the name with its labels), 0 when
+/// absent.
+pub fn metric_sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
 }
