@@ -8,8 +8,9 @@ use clap::{Args, Parser, Subcommand};
 
 use extoken::config::{parse_duration, Config};
 
-/// mimalloc (default feature `mimalloc`): fewer cycles per request than glibc's malloc for
-/// pingora's many small per-request allocations; see docs/performance.md.
+/// mimalloc (feature `mimalloc`, off by default): fewer cycles per request than glibc's malloc for
+/// pingora's many small per-request allocations, at the cost of peak memory; see
+/// docs/performance.md.
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
