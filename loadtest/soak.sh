@@ -14,7 +14,7 @@
 # when a criterion fails.
 #
 #   loadtest/soak.sh                       10 minutes (+3 min warm-up), release build
-#   loadtest/soak.sh --duration 60s        the CI version (20 s segments, 80 s warm-up)
+#   loadtest/soak.sh --duration 60s        the CI version (20 s segments, 2 min warm-up)
 #   EXTOKEN_BIN=target/debug/extoken loadtest/soak.sh --duration 60s
 #   loadtest/soak.sh --help                the settings
 #
@@ -33,7 +33,7 @@ CONNECTIONS=${CONNECTIONS:-32}        # wrk connections
 MINT_EVERY=${MINT_EVERY:-4}           # every n-th request goes to the minting (jwt connector) route
 HUP_EVERY=${HUP_EVERY:-30}            # seconds between SIGHUPs
 SEGMENT=${SEGMENT:-}                  # seconds per segment = per key; default 60, 20 when --duration < 5m
-WARMUP_SEGMENTS=${WARMUP_SEGMENTS:-} # unmeasured segments first: 3, or 4 of 20 s (the cache reaches its size)
+WARMUP_SEGMENTS=${WARMUP_SEGMENTS:-} # unmeasured segments first: 3, or 6 of 20 s (the cache reaches its size)
 RESTART_SEGMENT=${RESTART_SEGMENT:-10} # seconds of the segment in which the upstream restarts
 RESTART_DOWN=${RESTART_DOWN:-1}       # seconds the upstream stays down
 EXTOKEN_BIN=${EXTOKEN_BIN:-}          # use this binary instead of building target/release/extoken
@@ -63,7 +63,7 @@ if [[ -z $SEGMENT ]]; then
   if ((DURATION_S < 300)); then SEGMENT=20; else SEGMENT=60; fi
 fi
 if [[ -z $WARMUP_SEGMENTS ]]; then
-  if ((SEGMENT < 60)); then WARMUP_SEGMENTS=4; else WARMUP_SEGMENTS=3; fi
+  if ((SEGMENT < 60)); then WARMUP_SEGMENTS=6; else WARMUP_SEGMENTS=3; fi
 fi
 MEASURED=$(( (DURATION_S + SEGMENT - 1) / SEGMENT ))   # measured segments
 
