@@ -74,6 +74,13 @@ PORT_ADMIN=$((BASE_PORT + 2))
 PORT_JWKS=$((BASE_PORT + 3))
 
 RUN_DIR=$STATE_DIR/run
+# One run per STATE_DIR at a time: a second run would delete this one's keys and tokens (seen: a
+# run started 24 s after another died with "no tokens of generation 1"). The lock is taken before
+# anything in the directory is touched and held until this process exits.
+mkdir -p "$STATE_DIR"
+command -v flock >/dev/null || { echo "flock (util-linux) is needed" >&2; exit 2; }
+exec 9>"$STATE_DIR/lock"
+flock -n 9 || { echo "another soak is running with STATE_DIR=$STATE_DIR; wait for it or set another STATE_DIR" >&2; exit 2; }
 STAMP=$(date -u +%Y%m%d-%H%M%S)
 RES_DIR=$STATE_DIR/results/$STAMP
 KEYS=$RUN_DIR/keys
@@ -235,13 +242,39 @@ mint_ahead() {  # mint_ahead <segment index> <generation>: in the background
   mint_gen "$g" "$ttl" &
   MINT_PID[$g]=$!
 }
-need_gen() {  # need_gen <g>: waits for its tokens
-  local g=$1
+need_gen() {  # need_gen <g> <segment index>: waits for its tokens (mints them now if none were started)
+  local g=$1 i=${2:-0}
   if [[ -n ${MINT_PID[$g]:-} ]]; then
     wait "${MINT_PID[$g]}" || die "minting generation $g failed"
     unset "MINT_PID[$g]"
   fi
-  [[ -f $TOK/gen-$g.txt ]] || die "no tokens of generation $g"
+  if [[ ! -f $TOK/gen-$g.txt ]]; then
+    log "tokens of generation $g were not minted ahead; minting them now"
+    mint_gen "$g" $(( $(until_gen_end "$i" "$g") + 30 )) || die "minting generation $g failed"
+  fi
+  [[ -s $TOK/gen-$g.txt ]] || die "no tokens of generation $g"
+}
+# Seconds the tokens of generation $1 still have (their `exp`, all minted within seconds).
+gen_left() {
+  python3 - "$TOK/gen-$1.txt" <<'PY'
+import base64, json, sys, time
+tok = open(sys.argv[1]).readline().strip()
+body = tok.split(".")[1]
+exp = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))["exp"]
+print(int(exp - time.time()))
+PY
+}
+# fresh_gen <g> <segment index>: the tokens outlive the segments that use them. The lifetimes
+# were planned when they were minted; a loaded machine (slow minting, waits between segments)
+# can push the plan back past them, so they are re-minted (same key) rather than sent expired.
+fresh_gen() {
+  local g=$1 i=$2 want left
+  want=$(( $(until_gen_end "$i" "$g") + 10 ))
+  left=$(gen_left "$g")
+  if ((left < want)); then
+    log "tokens of generation $g have ${left}s left, ${want}s needed: minting them again"
+    mint_gen "$g" $((want + 30)) || die "minting generation $g failed"
+  fi
 }
 publish() {  # publish <g>...: the JWKS endpoint serves the keys of these generations
   local files=() g
@@ -364,7 +397,8 @@ echo "index,phase,gen,start,end,requests,rps,p50_us,p90_us,p99_us,p999_us,max_us
 event "load: start"
 for ((i = 0; i < NSEG; i++)); do
   g=${SEG_GEN[i]}; len=${SEG_LEN[i]}; phase=${SEG_PHASE[i]}
-  need_gen "$g"
+  need_gen "$g" "$i"
+  fresh_gen "$g" "$i"
   mint_ahead "$i" $((g + 2))
   # A new generation: its key was published half-way through the segment before; make sure the
   # gateway has it before any of its sessions is sent.
@@ -388,7 +422,7 @@ for ((i = 0; i < NSEG; i++)); do
   else
     sleep $((len / 2))
     if ((g + 1 < NGEN)); then
-      need_gen $((g + 1))
+      need_gen $((g + 1)) "$i"
       publish "$g" $((g + 1))   # the next key beside the current one; the one before is gone
     fi
   fi
