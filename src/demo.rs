@@ -72,7 +72,7 @@ pub fn run(key_path: &Path) -> Result<(), DemoError> {
     };
     let (good, bad) = (session(3600)?, session(-600)?);
 
-    let mut built = crate::server::build(cfg)?;
+    let mut built = crate::server::build(cfg, Some(log))?;
     built.server.add_service(http_app(
         "demo jwks",
         &jwks_addr,
@@ -83,7 +83,7 @@ pub fn run(key_path: &Path) -> Result<(), DemoError> {
         .add_service(http_app("demo echo upstream", &echo_addr, Echo));
     tracing::info!(jwks = %jwks_addr, upstream = %echo_addr, "demo: dev key {} (kid {})", key_path.display(), key.kid);
     announce_when_ready(listen, good, bad);
-    built.run(ConfigSource::Embedded, Some(log))?;
+    built.run(ConfigSource::Embedded)?;
     Ok(())
 }
 

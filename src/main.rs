@@ -141,8 +141,8 @@ fn run(args: RunArgs) -> Result<()> {
         tracing::info!("no gateway.yaml here: using the embedded default");
     }
     tracing::info!(listen = %cfg.listen, admin = cfg.admin_listen.map_or("off".to_string(), |a| a.to_string()), project = %cfg.descope.project_id, routes = cfg.routes.len(), version = env!("CARGO_PKG_VERSION"), "starting extoken");
-    let built = extoken::server::build(cfg)?;
-    built.run(source, Some(log))?;
+    let built = extoken::server::build(cfg, Some(log))?;
+    built.run(source)?;
     Ok(())
 }
 

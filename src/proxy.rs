@@ -25,7 +25,7 @@ use crate::listener;
 use crate::rewrite::{self, Rewrite};
 use crate::route::Route;
 use crate::target::{self, BadTarget, Decided};
-use crate::telemetry::{self, RequestLog};
+use crate::telemetry::{self, AccessLog, RequestLog};
 
 /// Bytes of a request head as it would go upstream: request line plus `name: value\r\n` lines.
 pub fn request_head_bytes(req: &RequestHeader) -> usize {
@@ -39,11 +39,21 @@ pub fn request_head_bytes(req: &RequestHeader) -> usize {
 pub(crate) struct Proxy {
     state: Arc<ArcSwap<Gateway>>,
     drain: Drain,
+    /// Where access lines go (`None`: no subscriber installed, no lines).
+    access: Option<AccessLog>,
 }
 
 impl Proxy {
-    pub(crate) fn new(state: Arc<ArcSwap<Gateway>>, drain: Drain) -> Proxy {
-        Proxy { state, drain }
+    pub(crate) fn new(
+        state: Arc<ArcSwap<Gateway>>,
+        drain: Drain,
+        access: Option<AccessLog>,
+    ) -> Proxy {
+        Proxy {
+            state,
+            drain,
+            access,
+        }
     }
 }
 
@@ -379,7 +389,7 @@ impl ProxyHttp for Proxy {
     /// One access line per request, and the request metrics.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         listener::request_done(session);
-        telemetry::log_request(session, e, &ctx.log);
+        telemetry::log_request(session, e, &ctx.log, self.access.as_ref());
     }
 
     /// pingora's error lines print error contexts we do not vouch for; the access line carries the

@@ -38,9 +38,12 @@ pub struct Built {
     pub state: Arc<ArcSwap<Gateway>>,
     drain: Drain,
     keys_swapped: Arc<Notify>,
+    log: Option<LogLevel>,
 }
 
-pub fn build(cfg: Config) -> Result<Built, StartError> {
+/// `log`: the installed subscriber, for access lines and `log.level` reloads (`None` in tests
+/// that install none).
+pub fn build(cfg: Config, log: Option<LogLevel>) -> Result<Built, StartError> {
     crate::gateway::install_crypto_provider();
     let client = Gateway::http_client()?;
     let keys = Arc::new(KeyStore::new(&cfg.descope, client, crate::clock::system()));
@@ -75,7 +78,11 @@ pub fn build(cfg: Config) -> Result<Built, StartError> {
     let app = listener::ClientLimits::new(
         pingora::proxy::http_proxy(
             &server.configuration,
-            Proxy::new(state.clone(), drain.clone()),
+            Proxy::new(
+                state.clone(),
+                drain.clone(),
+                log.as_ref().map(LogLevel::access),
+            ),
         ),
         state.clone(),
         threads,
@@ -99,17 +106,15 @@ pub fn build(cfg: Config) -> Result<Built, StartError> {
         state,
         drain,
         keys_swapped,
+        log,
     })
 }
 
 impl Built {
     /// Runs the server until it is shut down: SIGHUP reloads from `source` (applying `log.level`
-    /// to `log`), SIGTERM drains. Writes (and at the end removes) the configured pid file.
-    pub fn run(
-        mut self,
-        source: ConfigSource,
-        log: Option<LogLevel>,
-    ) -> Result<(), LifecycleError> {
+    /// to the subscriber), SIGTERM drains. Writes (and at the end removes) the configured pid file.
+    pub fn run(mut self, source: ConfigSource) -> Result<(), LifecycleError> {
+        let log = self.log.take();
         // SIGHUP's default action ends the process: ignore it until the reloader listens.
         // SAFETY: installs the SIG_IGN disposition; no handler code runs.
         unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };

@@ -7,20 +7,18 @@
 //! so the proxy suppresses them and logs the error kind here instead; the targets of our
 //! dependencies are capped at `info` (their `debug`/`trace` lines can print request heads).
 
+mod access;
+
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use tracing_appender::non_blocking::WorkerGuard;
 
-use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::prelude::*;
-use pingora::proxy::Session;
+pub(crate) use access::{log_request, retry_warning, AccessLog, RequestLog};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
 
 use crate::config::{LogConfig, LogFormat};
-use crate::metrics::{metrics, RouteMetrics};
 
 pub(crate) const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
@@ -38,6 +36,7 @@ pub enum TelemetryError {
 pub struct LogLevel {
     filter: reload::Handle<EnvFilter, Registry>,
     writer: Arc<Mutex<Option<WorkerGuard>>>,
+    access: AccessLog,
 }
 
 impl LogLevel {
@@ -45,6 +44,11 @@ impl LogLevel {
         self.filter
             .reload(filter_for(level)?)
             .map_err(|e| TelemetryError::Filter(e.to_string()))
+    }
+
+    /// The access line's writer (the same batching thread as every other line).
+    pub(crate) fn access(&self) -> AccessLog {
+        self.access.clone()
     }
 
     /// Writes out every line logged so far and stops the writer thread (call just before the
@@ -94,6 +98,7 @@ pub fn init(cfg: &LogConfig) -> Result<LogLevel, TelemetryError> {
             64 * 1024,
             std::io::stderr(),
         ));
+    let access = AccessLog::new(writer.clone(), cfg.format);
     let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
     let fmt = match cfg.format {
         LogFormat::Text => fmt.with_ansi(false).boxed(),
@@ -112,6 +117,7 @@ pub fn init(cfg: &LogConfig) -> Result<LogLevel, TelemetryError> {
     Ok(LogLevel {
         filter: handle,
         writer: Arc::new(Mutex::new(Some(guard))),
+        access,
     })
 }
 
@@ -153,138 +159,6 @@ pub fn new_request_id() -> String {
     let mut s = String::with_capacity(32);
     let _ = write!(s, "{prefix:016x}{z:016x}");
     s
-}
-
-/// What one request did, collected across the proxy phases for the access line and metrics.
-pub(crate) struct RequestLog {
-    pub(crate) start: Instant,
-    pub(crate) request_id: String,
-    /// The same as a header value, made once: it goes upstream and back to the client.
-    pub(crate) request_id_value: Option<http::HeaderValue>,
-    /// The route's metric handles (and name), once routed.
-    pub(crate) route: Option<Arc<RouteMetrics>>,
-    pub(crate) outcome: Option<&'static str>,
-    pub(crate) reason: Option<&'static str>,
-    upstream_start: Option<Instant>,
-    upstream_status: Option<u16>,
-    upstream_time: Option<Duration>,
-}
-
-impl Default for RequestLog {
-    fn default() -> Self {
-        RequestLog {
-            start: Instant::now(),
-            request_id: String::new(),
-            request_id_value: None,
-            route: None,
-            outcome: None,
-            reason: None,
-            upstream_start: None,
-            upstream_status: None,
-            upstream_time: None,
-        }
-    }
-}
-
-impl RequestLog {
-    /// Takes the client's `X-Request-Id` if sane, else makes one.
-    pub(crate) fn begin(&mut self, req: &RequestHeader) {
-        self.request_id = match req.headers.get(REQUEST_ID) {
-            Some(v) if sane_request_id(v.as_bytes()) => {
-                String::from_utf8_lossy(v.as_bytes()).into_owned()
-            }
-            _ => new_request_id(),
-        };
-        self.request_id_value = http::HeaderValue::from_str(&self.request_id).ok();
-    }
-
-    pub(crate) fn route(&mut self, route: &Arc<RouteMetrics>) {
-        self.route = Some(route.clone());
-    }
-
-    /// An answer extoken gave itself (a refusal).
-    pub(crate) fn answered(&mut self, outcome: &'static str, reason: &'static str) {
-        self.outcome = Some(outcome);
-        self.reason = Some(reason);
-    }
-
-    pub(crate) fn upstream_started(&mut self) {
-        self.upstream_start.get_or_insert_with(Instant::now);
-    }
-
-    pub(crate) fn upstream_answered(&mut self, status: u16) {
-        self.upstream_status = Some(status);
-        self.upstream_time = self.upstream_start.map(|t| t.elapsed());
-    }
-
-    /// Sets `X-Request-Id` on a response head.
-    pub(crate) fn stamp_response(&self, h: &mut ResponseHeader) -> Result<()> {
-        if let Some(v) = &self.request_id_value {
-            h.insert_header(REQUEST_ID, v.clone())?;
-        }
-        Ok(())
-    }
-}
-
-/// The `logging` phase: one access line, and the request metrics, for a finished request.
-pub(crate) fn log_request(session: &Session, e: Option<&Error>, log: &RequestLog) {
-    let req = session.req_header();
-    let status = session
-        .response_written()
-        .map(|r| r.status.as_u16())
-        .unwrap_or(0);
-    let outcome = log.outcome.unwrap_or(match (log.upstream_status, e) {
-        (Some(_), None) => "forwarded",
-        (Some(_), Some(e)) if *e.esource() == ErrorSource::Downstream => "client_error",
-        (Some(_), Some(_)) => "upstream_error",
-        (None, Some(e)) if *e.esource() == ErrorSource::Downstream => "client_error",
-        (None, _) => "upstream_error",
-    });
-    let error = e.map(|e| e.etype().as_str());
-    let unmatched;
-    let rm = match &log.route {
-        Some(r) => r,
-        None => {
-            unmatched = RouteMetrics::unmatched();
-            &unmatched
-        }
-    };
-    let route = rm.name();
-    let duration = log.start.elapsed();
-
-    rm.count(outcome);
-    rm.observe(duration.as_secs_f64());
-    if outcome == "unauthorized" || outcome == "forbidden" {
-        metrics()
-            .auth_failures_total
-            .with_label_values(&[log.reason.unwrap_or("other")])
-            .inc();
-    }
-    if let Some(s) = log.upstream_status {
-        rm.upstream(s);
-    }
-
-    let ms = |d: Duration| (d.as_secs_f64() * 1_000_000.0).round() / 1000.0;
-    tracing::info!(
-        target: "extoken::access",
-        request_id = %log.request_id,
-        route,
-        method = %req.method,
-        path = %req.uri.path(),
-        status,
-        outcome,
-        reason = log.reason,
-        error,
-        duration_ms = ms(duration),
-        upstream_status = log.upstream_status,
-        upstream_ms = log.upstream_time.map(ms),
-        "request"
-    );
-}
-
-/// Replaces pingora's retry warning (its error context is not ours to vouch for).
-pub(crate) fn retry_warning(e: &Error, request_id: &str) {
-    tracing::warn!(target: "extoken::proxy", request_id, error = e.etype().as_str(), source = e.esource().as_str(), "upstream attempt failed; retrying");
 }
 
 #[cfg(test)]

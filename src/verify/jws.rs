@@ -2,7 +2,6 @@
 //! the signing input and the signature kept as ranges of the one token.
 
 use std::borrow::Cow;
-use std::sync::Arc;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -28,7 +27,7 @@ struct Header<'a> {
 /// Owned, so the signature check can move it to the blocking pool.
 #[derive(Debug)]
 pub(crate) struct CompactJws {
-    token: Arc<str>,
+    token: Box<str>,
     /// Start of the claims segment (after the first `.`).
     claims_start: usize,
     /// End of the signing input (the last `.`); the signature follows it.
@@ -54,11 +53,6 @@ impl CompactJws {
             alg,
             kid,
         })
-    }
-
-    /// The whole token (the session cache's key).
-    pub(crate) fn token(&self) -> &Arc<str> {
-        &self.token
     }
 
     fn signing_input(&self) -> &str {
@@ -127,7 +121,7 @@ mod tests {
         assert_eq!(jws.signing_input(), input);
         assert_eq!(jws.signature(), sig);
         assert_eq!(jws.claims_segment(), b64(r#"{"sub":"u"}"#));
-        assert_eq!(&**jws.token(), t);
+        assert_eq!(&*jws.token, t);
     }
 
     #[test]

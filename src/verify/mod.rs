@@ -130,7 +130,18 @@ pub struct Verifier {
     max_token_bytes: usize,
     pub keys: Arc<KeyStore>,
     clock: SharedClock,
-    verified: moka::sync::Cache<Arc<str>, Arc<VerifiedSession>>,
+    /// Keyed by the token's SHA-256: 32 bytes instead of the ~700-byte token per session, and a
+    /// collision-resistant digest, so no other token can ever be served this session.
+    verified: moka::sync::Cache<SessionKey, Arc<VerifiedSession>>,
+}
+
+type SessionKey = [u8; 32];
+
+fn session_key(token: &str) -> SessionKey {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    let mut k = [0u8; 32];
+    k.copy_from_slice(d.as_ref());
+    k
 }
 
 /// moka's expiry for a verified session: until `exp` plus the leeway, by the verifier's clock at
@@ -140,10 +151,10 @@ struct UntilExp {
     leeway: u64,
 }
 
-impl moka::Expiry<Arc<str>, Arc<VerifiedSession>> for UntilExp {
+impl moka::Expiry<SessionKey, Arc<VerifiedSession>> for UntilExp {
     fn expire_after_create(
         &self,
-        _: &Arc<str>,
+        _: &SessionKey,
         s: &Arc<VerifiedSession>,
         _: std::time::Instant,
     ) -> Option<Duration> {
@@ -184,12 +195,12 @@ impl Verifier {
             return Err(AuthError::TooLong.into());
         }
         let keyset = self.keys.current();
-        if let Some(s) = self.cached(token, &keyset) {
+        let cache_key = session_key(token);
+        if let Some(s) = self.cached(&cache_key, &keyset) {
             return Ok(s);
         }
         let jws = CompactJws::parse(token)?;
         let key = self.pick_key(&jws, keyset).await?;
-        let cache_key = jws.token().clone();
         let claims = check_signature(jws, key.clone()).await?;
         let exp = self.rules.check(&claims, self.clock.unix())?;
         let session = Arc::new(VerifiedSession {
@@ -204,15 +215,15 @@ impl Verifier {
 
     /// The remembered session for `token`, while unexpired and its very key is still in `keyset`;
     /// otherwise forgets it.
-    fn cached(&self, token: &str, keyset: &KeySet) -> Option<Arc<VerifiedSession>> {
-        let s = self.verified.get(token)?;
+    fn cached(&self, key: &SessionKey, keyset: &KeySet) -> Option<Arc<VerifiedSession>> {
+        let s = self.verified.get(key)?;
         let same_key = keyset
             .get(&s.kid)
             .is_some_and(|k| k.thumbprint == s.thumbprint);
         if same_key && self.rules.unexpired(s.exp, self.clock.unix()) {
             return Some(s);
         }
-        self.verified.invalidate(token);
+        self.verified.invalidate(key);
         None
     }
 

@@ -393,7 +393,7 @@ async fn the_session_cache_expiry_is_never_before_the_logical_one() {
     let mut s = VerifiedSession::for_test(serde_json::Map::new());
     s.exp = fx.now() + 60;
     let created = std::time::Instant::now();
-    let d = moka::Expiry::expire_after_create(&expiry, &"t".into(), &Arc::new(s), created);
+    let d = moka::Expiry::expire_after_create(&expiry, &[0; 32], &Arc::new(s), created);
     assert_eq!(d, Some(Duration::from_secs(65)));
 }
 
