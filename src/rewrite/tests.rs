@@ -212,3 +212,51 @@ proptest! {
         prop_assert_eq!(before, after);
     }
 }
+
+/// pingora's own header type: the client's name case is dropped (one map instead of two), and
+/// nothing else of the request changes.
+#[test]
+fn pingora_header_loses_only_the_name_case() {
+    use pingora::http::RequestHeader;
+    let mut req = RequestHeader::build("POST", b"/api/a%20b?q=1&r=%2F", None).unwrap();
+    req.set_version(http::Version::HTTP_11);
+    req.append_header("X-Custom-Name", "v1").unwrap();
+    req.append_header("x-custom-name", "v2").unwrap();
+    req.append_header("Content-Type", "text/plain").unwrap();
+    req.append_header("Cookie", "DS=x; keep=1").unwrap();
+    assert!(req.has_case());
+    let (h, s) = (host(), strip());
+    apply(&mut req, &plan(&h, None, &s));
+    assert!(!req.has_case());
+    assert_eq!(req.method, http::Method::POST);
+    assert_eq!(req.version, http::Version::HTTP_11);
+    assert_eq!(req.raw_path(), b"/api/a%20b?q=1&r=%2F");
+    let values: Vec<_> = req.headers.get_all("x-custom-name").iter().collect();
+    assert_eq!(values, ["v1", "v2"], "repeated lines kept, in order");
+    assert_eq!(req.headers.get("cookie").unwrap(), "keep=1");
+    let mut wire = bytes::BytesMut::new();
+    req.header_to_h1_wire(&mut wire);
+    let wire = String::from_utf8(wire.to_vec()).unwrap();
+    // Other names lower-cased; pingora writes standard ones in their usual spelling.
+    assert!(
+        wire.contains("x-custom-name: v1\r\nx-custom-name: v2\r\n"),
+        "{wire}"
+    );
+    assert!(wire.contains("Content-Type: text/plain\r\n"), "{wire}");
+    assert!(wire.contains("Host: app.example.com\r\n"), "{wire}");
+}
+
+/// A target the URI cannot reproduce (absolute-form) is never traded for the lower-case names.
+#[test]
+fn pingora_header_with_a_verbatim_target_keeps_everything() {
+    use pingora::http::RequestHeader;
+    let mut req = RequestHeader::build("GET", b"http://a.example/x?y", None).unwrap();
+    req.append_header("X-Custom-Name", "v").unwrap();
+    let (h, s) = (host(), strip());
+    apply(&mut req, &plan(&h, None, &s));
+    assert!(req.has_case());
+    assert_eq!(req.raw_path(), b"http://a.example/x?y");
+    let mut wire = bytes::BytesMut::new();
+    req.header_to_h1_wire(&mut wire);
+    assert!(String::from_utf8_lossy(&wire).contains("X-Custom-Name: v\r\n"));
+}
