@@ -238,7 +238,7 @@ mint_ahead() {  # mint_ahead <segment index> <generation>: in the background
   local i=$1 g=$2
   ((g < NGEN)) || return 0
   [[ -n ${MINT_PID[$g]:-} || -f $TOK/gen-$g.txt ]] && return 0
-  local ttl=$(( $(until_gen_end "$i" "$g") + 30 ))
+  local ttl=$(( $(until_gen_end "$i" "$g") + MINT_PAD ))
   mint_gen "$g" "$ttl" &
   MINT_PID[$g]=$!
 }
@@ -250,7 +250,7 @@ need_gen() {  # need_gen <g> <segment index>: waits for its tokens (mints them n
   fi
   if [[ ! -f $TOK/gen-$g.txt ]]; then
     log "tokens of generation $g were not minted ahead; minting them now"
-    mint_gen "$g" $(( $(until_gen_end "$i" "$g") + 30 )) || die "minting generation $g failed"
+    mint_gen "$g" $(( $(until_gen_end "$i" "$g") + MINT_PAD )) || die "minting generation $g failed"
   fi
   [[ -s $TOK/gen-$g.txt ]] || die "no tokens of generation $g"
 }
@@ -273,7 +273,7 @@ fresh_gen() {
   left=$(gen_left "$g")
   if ((left < want)); then
     log "tokens of generation $g have ${left}s left, ${want}s needed: minting them again"
-    mint_gen "$g" $((want + 30)) || die "minting generation $g failed"
+    mint_gen "$g" $((want + MINT_PAD)) || die "minting generation $g failed"
   fi
 }
 publish() {  # publish <g>...: the JWKS endpoint serves the keys of these generations
@@ -290,11 +290,17 @@ PY
   event "jwks: generations $*"
 }
 
+# Extra lifetime beyond the plan: 30 s, or twice what minting a generation took here (a token
+# minted first must still be good when the last one is done and the segment has run).
+MINT_PAD=30
 log "minting $USERS sessions for key generations 0 and 1"
+mint_t0=$SECONDS
 mint_ahead 0 0; mint_ahead 0 1
 openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$KEYS/legacy-key.pem" 2>/dev/null \
   || die "cannot make the jwt connector's key"
 need_gen 0; need_gen 1
+MINT_PAD=$(( 2 * (SECONDS - mint_t0) > 30 ? 2 * (SECONDS - mint_t0) : 30 ))
+log "minting took $((SECONDS - mint_t0))s: sessions live ${MINT_PAD}s beyond their last planned use"
 
 # ---- 5. configs and processes --------------------------------------------------------------
 sed -e "s|@RUN@|$RUN_DIR|g; s|@BACKEND_PORT@|$PORT_BACKEND|g" \
@@ -364,6 +370,7 @@ record "$GW_PID" extoken
 log "extoken ($EXTOKEN_SRC) started: PID $GW_PID"
 wait_code 200 300 "http://127.0.0.1:$PORT_ADMIN/readyz" || { tail -20 "$RUN_DIR/logs/extoken.log" >&2; die "extoken never became ready"; }
 first_token() { head -1 "$TOK/gen-$1.txt"; }
+fresh_gen 0 0
 for path in /api/check /mint/check; do
   wait_code 200 100 -H "Authorization: Bearer $(first_token 0)" "http://127.0.0.1:$PORT_GW$path" \
     || die "a session of generation 0 is not accepted on $path"
