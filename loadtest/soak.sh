@@ -291,16 +291,17 @@ PY
 }
 
 # Extra lifetime beyond the plan: 30 s, or twice what minting a generation took here (a token
-# minted first must still be good when the last one is done and the segment has run).
-MINT_PAD=30
-log "minting $USERS sessions for key generations 0 and 1"
+# minted first must still be good when the last one is done and its segments have run). Generation
+# 0 is minted alone and timed; every later one gets that margin.
+log "minting $USERS sessions for key generation 0"
 mint_t0=$SECONDS
-mint_ahead 0 0; mint_ahead 0 1
-openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$KEYS/legacy-key.pem" 2>/dev/null \
-  || die "cannot make the jwt connector's key"
-need_gen 0; need_gen 1
+mint_gen 0 $(( $(until_gen_end 0 0) + 30 )) || die "minting generation 0 failed"
 MINT_PAD=$(( 2 * (SECONDS - mint_t0) > 30 ? 2 * (SECONDS - mint_t0) : 30 ))
 log "minting took $((SECONDS - mint_t0))s: sessions live ${MINT_PAD}s beyond their last planned use"
+mint_ahead 0 1
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$KEYS/legacy-key.pem" 2>/dev/null \
+  || die "cannot make the jwt connector's key"
+need_gen 1
 
 # ---- 5. configs and processes --------------------------------------------------------------
 sed -e "s|@RUN@|$RUN_DIR|g; s|@BACKEND_PORT@|$PORT_BACKEND|g" \
