@@ -71,6 +71,8 @@ impl Admin {
             .set(i64::try_from(keys.current().len()).unwrap_or(i64::MAX));
         m.jwks_last_success_timestamp_seconds
             .set(i64::try_from(keys.stats.last_success.load(Ordering::Relaxed)).unwrap_or(0));
+        m.verified_sessions
+            .set(i64::try_from(gw.verifier.cached_sessions()).unwrap_or(i64::MAX));
         m.render()
     }
 }

@@ -189,6 +189,38 @@ impl BackgroundService for KeyRefresher {
     }
 }
 
+/// Frees verified sessions that expired or lost their key, every [`crate::verify::SWEEP_EVERY`]
+/// (a scan of the whole cache, on the blocking pool), from whichever verifier is live.
+pub(crate) struct SessionSweeper {
+    state: Arc<ArcSwap<Gateway>>,
+}
+
+impl SessionSweeper {
+    pub(crate) fn new(state: Arc<ArcSwap<Gateway>>) -> SessionSweeper {
+        SessionSweeper { state }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for SessionSweeper {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut every = tokio::time::interval(crate::verify::SWEEP_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        every.tick().await;
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            let verifier = self.state.load().verifier.clone();
+            let swept = tokio::task::spawn_blocking(move || verifier.sweep()).await;
+            if let Ok(n @ 1..) = swept {
+                tracing::debug!(target: "extoken::verify", sessions = n, "expired sessions swept");
+            }
+        }
+    }
+}
+
 /// Where a reload reads the config from.
 #[derive(Debug, Clone)]
 pub enum ConfigSource {

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub jwks_keys: IntGauge,
     /// Unix time of the last successful key load, 0 = never (set at scrape time).
     pub jwks_last_success_timestamp_seconds: IntGauge,
+    /// Sessions in the verified-session cache (set at scrape time).
+    pub verified_sessions: IntGauge,
     /// `connector`, `result` (ok, error, ...).
     pub connector_calls_total: IntCounterVec,
     /// `connector`.
@@ -131,6 +133,11 @@ impl Metrics {
                 &r,
                 "jwks_last_success_timestamp_seconds",
                 "Unix time of the last successful Descope key load (0: never).",
+            ),
+            verified_sessions: gauge(
+                &r,
+                "verified_sessions",
+                "Sessions in the verified-session cache (signature checked, not expired).",
             ),
             connector_calls_total: counter(
                 &r,

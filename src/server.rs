@@ -98,6 +98,10 @@ pub fn build(cfg: Config, log: Option<LogLevel>) -> Result<Built, StartError> {
         lifecycle::KeyRefresher::new(state.clone(), keys_swapped.clone()),
     ));
     server.add_service(background_service(
+        "session sweeper",
+        lifecycle::SessionSweeper::new(state.clone()),
+    ));
+    server.add_service(background_service(
         "upstream dns",
         crate::dns::DnsRefresher::new(state.clone(), Arc::new(crate::dns::SystemResolver)),
     ));

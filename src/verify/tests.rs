@@ -384,17 +384,24 @@ async fn a_cached_session_stops_when_its_key_is_replaced_or_withdrawn() {
 }
 
 #[tokio::test]
-async fn the_session_cache_expiry_is_never_before_the_logical_one() {
+async fn the_sweep_frees_expired_sessions_and_those_of_withdrawn_keys() {
     let fx = Fixture::new("");
-    let expiry = UntilExp {
-        clock: fx.clock.clone(),
-        leeway: 5,
-    };
-    let mut s = VerifiedSession::for_test(serde_json::Map::new());
-    s.exp = fx.now() + 60;
-    let created = std::time::Instant::now();
-    let d = moka::Expiry::expire_after_create(&expiry, &[0; 32], &Arc::new(s), created);
-    assert_eq!(d, Some(Duration::from_secs(65)));
+    let short = fx.token(json!({"exp": fx.now() + 60, "sub": "U1"}));
+    let long = fx.token(json!({"exp": fx.now() + 3600, "sub": "U2"}));
+    assert_eq!(ok(fx.verify(&short).await), Ok(()));
+    assert_eq!(ok(fx.verify(&long).await), Ok(()));
+    assert_eq!(fx.verifier.sweep(), 0, "both fresh");
+    assert_eq!(fx.verifier.cached_sessions(), 2);
+    // Inside the leeway (5 s by default): still held.
+    fx.clock.advance(Duration::from_secs(62));
+    assert_eq!(fx.verifier.sweep(), 0);
+    fx.clock.advance(Duration::from_secs(10));
+    assert_eq!(fx.verifier.sweep(), 1, "the expired one");
+    assert_eq!(fx.verifier.cached_sessions(), 1);
+    // Its key withdrawn: the other goes too, without waiting for a request.
+    fx.install(&[&ec_key("k9")]);
+    assert_eq!(fx.verifier.sweep(), 1);
+    assert_eq!(fx.verifier.cached_sessions(), 0);
 }
 
 #[tokio::test]
