@@ -408,7 +408,12 @@ async fn exchange(
 async fn verify_session(setup: &StsSetup, token: &str) -> Result<String, Refusal> {
     const BAD: Refusal = (400, "invalid_grant");
     let url = setup.jwks_url.as_deref().ok_or(BAD)?;
-    let set: jsonwebtoken::jwk::JwkSet = reqwest::get(url)
+    let set: jsonwebtoken::jwk::JwkSet = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .map_err(|_| (503, "temporarily_unavailable"))?
+        .get(url)
+        .send()
         .await
         .map_err(|_| (503, "temporarily_unavailable"))?
         .json()
