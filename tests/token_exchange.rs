@@ -195,6 +195,8 @@ struct TeRig {
     sts: Sts,
     backend: Backend,
     gw: GatewayProcess,
+    /// The `gw-jwt` client's private key (PEM).
+    client_pem: String,
 }
 
 /// A token_exchange connector with the exchange parameters the STS expects.
@@ -275,6 +277,7 @@ async fn te_rig() -> TeRig {
         sts,
         backend,
         gw,
+        client_pem: pem,
     }
 }
 
@@ -293,6 +296,112 @@ impl TeRig {
         for s in secrets.iter().chain([&BASIC_SECRET, &POST_SECRET]) {
             assert!(!log.contains(s), "{s} is in the log:\n{log}");
         }
+    }
+}
+
+/// A form body for the rig's STS: the expected parameters, this subject, and `extra`.
+fn exchange_form(subject: &str, extra: &[(&str, &str)]) -> String {
+    let enc = |s: &str| {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    };
+    let scope = SCOPES.join(" ");
+    let mut pairs = vec![
+        ("grant_type", TOKEN_EXCHANGE_GRANT),
+        ("audience", AUDIENCE),
+        ("resource", RESOURCE),
+        ("scope", scope.as_str()),
+        ("subject_token", subject),
+        ("subject_token_type", JWT_TOKEN_TYPE),
+    ];
+    pairs.extend_from_slice(extra);
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={}", enc(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// The rig's STS refuses forged subjects and bad client assertions: the happy paths above are
+/// not vacuous.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_test_server_verifies_subject_jwts_and_client_assertions() {
+    let r = te_rig().await;
+    let basic = format!(
+        "Basic {}",
+        base64_std(&format!(
+            "gw-basic:{}",
+            BASIC_SECRET
+                .replace(' ', "+")
+                .replace('&', "%26")
+                .replace('=', "%3D")
+        ))
+    );
+    let error = |resp: reqwest::Response| async move {
+        let status = resp.status().as_u16();
+        let v: Value = resp.json().await.unwrap();
+        (status, v["error"].as_str().unwrap_or("").to_string())
+    };
+    let good = r.session("U2nina", 0, &[]);
+    let resp = post(&r.sts, &basic, &exchange_form(&good, &[])).await;
+    assert_eq!(resp.status(), 200, "the form and the secret are right");
+    let other_key = TestKey::rsa("k1", jsonwebtoken::Algorithm::RS256);
+    let forged =
+        other_key.sign(&json!({"iss": CONNECTOR_PROJECT, "sub": "U2nina", "exp": now() + 600}));
+    let other_project = r
+        .project
+        .key
+        .sign(&json!({"iss": "P2other", "sub": "U2nina", "exp": now() + 600}));
+    let expired = r
+        .project
+        .key
+        .sign(&json!({"iss": CONNECTOR_PROJECT, "sub": "U2nina", "exp": now() - 600}));
+    for bad in [forged, other_project, expired, "not-a-jwt".to_string()] {
+        let got = error(post(&r.sts, &basic, &exchange_form(&bad, &[])).await).await;
+        assert_eq!(got, (400, "invalid_grant".to_string()), "{bad}");
+    }
+
+    // private_key_jwt: a fresh, well-aimed assertion passes once; anything else is invalid_client.
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(r.client_pem.as_bytes()).unwrap();
+    let assertion = |aud: &str, jti: &str, exp: u64, key: &jsonwebtoken::EncodingKey| {
+        let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+        h.kid = Some("client-key-1".into());
+        let c = json!({"iss": "gw-jwt", "sub": "gw-jwt", "aud": aud, "jti": jti, "exp": exp});
+        jsonwebtoken::encode(&h, &c, key).unwrap()
+    };
+    let form = |a: &str| {
+        exchange_form(
+            &good,
+            &[
+                ("client_id", "gw-jwt"),
+                ("client_assertion_type", JWT_BEARER_ASSERTION),
+                ("client_assertion", a),
+            ],
+        )
+    };
+    let url = r.sts.url();
+    let ok = assertion(&url, "jti-1", now() + 60, &key);
+    assert_eq!(error(post(&r.sts, "", &form(&ok)).await).await.0, 200);
+    let stranger =
+        jsonwebtoken::EncodingKey::from_rsa_pem(extoken::mint::generate_pem().unwrap().as_bytes())
+            .unwrap();
+    for (what, a) in [
+        ("replayed jti", ok.clone()),
+        (
+            "wrong aud",
+            assertion("https://elsewhere/token", "jti-2", now() + 60, &key),
+        ),
+        ("expired", assertion(&url, "jti-3", now() - 120, &key)),
+        ("other key", assertion(&url, "jti-4", now() + 60, &stranger)),
+    ] {
+        let got = error(post(&r.sts, "", &form(&a)).await).await;
+        assert_eq!(got, (401, "invalid_client".to_string()), "{what}");
     }
 }
 

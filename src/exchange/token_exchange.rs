@@ -62,9 +62,10 @@ enum Auth {
     Basic(String),
     /// `client_id=..&client_secret=..`, form-encoded.
     Post(String),
+    /// Boxed: a signer is large, and there is one `Auth` per connector.
     Jwt {
         client_id: String,
-        signer: Signer,
+        signer: Box<Signer>,
     },
 }
 
@@ -130,7 +131,7 @@ impl TokenExchange {
                 loaded = bytes;
                 Auth::Jwt {
                     client_id: client_id.clone(),
-                    signer,
+                    signer: Box::new(signer),
                 }
             }
         };
