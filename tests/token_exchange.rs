@@ -1,5 +1,5 @@
 //! The `token_exchange` connector (RFC 8693) end to end: a strict token exchange server on
-//! loopback ([`Sts`], checked first against the RFC's own example), the real gateway, a recording
+//! loopback ([`Sts`], itself tested in `tests/sts_rfc8693.rs`), the real gateway, a recording
 //! backend. Covers each client authentication, what is sent (the session as subject token,
 //! audience, resource, scope), the cache (a refreshed session with the same claims reuses the
 //! token, changed roles do not), `invalid_grant` as a 401, server errors, timeouts and oversized
@@ -20,171 +20,6 @@ const BASIC_SECRET: &str = "b4sic secret&=";
 const POST_SECRET: &str = "p0st-secret";
 
 // ---------------------------------------------------------------------------------------------
-// The test server against RFC 8693 Appendix A.1
-
-/// The RFC's display form, unwrapped: a line break and the next line's indentation go.
-fn unwrap_rfc(text: &str) -> String {
-    let mut out = String::new();
-    for (i, line) in text.lines().enumerate() {
-        out.push_str(if i == 0 { line } else { line.trim_start() });
-    }
-    out
-}
-
-/// (head lines, body) of a fixture message.
-fn message(rel: &str) -> (Vec<String>, String) {
-    let text = std::fs::read_to_string(fixture(rel)).unwrap();
-    let (head, body) = text.split_once("\n\n").unwrap();
-    (head.lines().map(str::to_string).collect(), unwrap_rfc(body))
-}
-
-/// A server set up as the RFC's authorization server: client `rs08`, its secret, the resource,
-/// and the subject token it issued earlier.
-async fn rfc_server() -> Sts {
-    let sts = Sts::start(StsSetup {
-        clients: HashMap::from([(
-            "rs08".to_string(),
-            ClientCred::Basic("long-secure-random-secret".into()),
-        )]),
-        resource: vec!["https://backend.example.com/api".into()],
-        expires_in: 60,
-        ..StsSetup::default()
-    })
-    .await;
-    sts.add_issued(
-        "accVkjcJyb4BWCxGsndESCJQbdFMogUC5PbRDqceLTC",
-        "bdc@example.com",
-    );
-    sts
-}
-
-async fn post(sts: &Sts, authorization: &str, body: &str) -> reqwest::Response {
-    client()
-        .post(sts.url())
-        .header("authorization", authorization)
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap()
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn the_test_server_answers_the_rfc_8693_a1_example_in_its_shape() {
-    let (head, body) = message("rfc8693/a1-request.http");
-    let authorization = head
-        .iter()
-        .find_map(|l| l.strip_prefix("Authorization: "))
-        .unwrap()
-        .to_string();
-    let form = parse_form(body.as_bytes()).unwrap();
-    assert_eq!(form.len(), 4, "{form:?}");
-    let sts = rfc_server().await;
-
-    let resp = post(&sts, &authorization, &body).await;
-    assert_eq!(resp.status(), 200);
-    assert!(resp.headers()["cache-control"]
-        .to_str()
-        .unwrap()
-        .contains("no-store"));
-    let got: Value = resp.json().await.unwrap();
-    let (rhead, rbody) = message("rfc8693/a1-response.http");
-    assert_eq!(rhead[0], "HTTP/1.1 200 OK");
-    let want: Value = serde_json::from_str(&rbody).unwrap();
-    let keys = |v: &Value| {
-        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
-        k.sort();
-        k
-    };
-    assert_eq!(keys(&got), keys(&want), "{got}");
-    for k in ["issued_token_type", "token_type", "expires_in"] {
-        assert_eq!(got[k], want[k], "{k}");
-    }
-    assert!(got["access_token"]
-        .as_str()
-        .unwrap()
-        .starts_with("sts-bdc@example.com-"));
-    let call = &sts.calls()[0];
-    assert_eq!(call.client_auth, "client_secret_basic");
-    assert_eq!(call.all("resource"), ["https://backend.example.com/api"]);
-
-    // The same request, each time broken in one way the server must refuse.
-    let basic = |s: &str| format!("Basic {}", base64_std(s));
-    let refusals = [
-        (basic("rs08:wrong"), body.clone(), 401, "invalid_client"),
-        (
-            basic("rs09:long-secure-random-secret"),
-            body.clone(),
-            401,
-            "invalid_client",
-        ),
-        (
-            authorization.clone(),
-            body.replace("token-exchange", "jwt-bearer"),
-            400,
-            "unsupported_grant_type",
-        ),
-        (
-            authorization.clone(),
-            body.replace("accVkjc", "xxxVkjc"),
-            400,
-            "invalid_grant",
-        ),
-        (
-            authorization.clone(),
-            body.replace("backend.example.com%2Fapi", "other.example.com"),
-            400,
-            "invalid_target",
-        ),
-        (
-            authorization.clone(),
-            format!("{body}&scope=api"),
-            400,
-            "invalid_scope",
-        ),
-        (
-            authorization.clone(),
-            body.split("&subject_token_type")
-                .next()
-                .unwrap()
-                .to_string(),
-            400,
-            "invalid_request",
-        ),
-        (
-            authorization.clone(),
-            format!("{body}&grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange"),
-            400,
-            "invalid_request",
-        ),
-        (
-            authorization.clone(),
-            format!("{body}&client_secret=long-secure-random-secret&client_id=rs08"),
-            400,
-            "invalid_request",
-        ),
-    ];
-    for (auth, body, status, error) in refusals {
-        let resp = post(&sts, &auth, &body).await;
-        assert_eq!(resp.status().as_u16(), status, "{error}: {body}");
-        let challenge = resp.headers().get("www-authenticate").is_some();
-        assert_eq!(
-            challenge,
-            status == 401,
-            "{error}: WWW-Authenticate on 401 only"
-        );
-        let v: Value = resp.json().await.unwrap();
-        assert_eq!(v["error"], error, "{body}");
-    }
-    assert_eq!(sts.issued_count(), 1);
-}
-
-fn base64_std(s: &str) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(s)
-}
-
-// ---------------------------------------------------------------------------------------------
 // The gateway with token_exchange connectors
 
 /// Project + STS + backend + gateway. Routes: `/basic`, `/post`, `/jwt` (one connector per client
@@ -195,8 +30,6 @@ struct TeRig {
     sts: Sts,
     backend: Backend,
     gw: GatewayProcess,
-    /// The `gw-jwt` client's private key (PEM).
-    client_pem: String,
 }
 
 /// A token_exchange connector with the exchange parameters the STS expects.
@@ -277,7 +110,6 @@ async fn te_rig() -> TeRig {
         sts,
         backend,
         gw,
-        client_pem: pem,
     }
 }
 
@@ -296,112 +128,6 @@ impl TeRig {
         for s in secrets.iter().chain([&BASIC_SECRET, &POST_SECRET]) {
             assert!(!log.contains(s), "{s} is in the log:\n{log}");
         }
-    }
-}
-
-/// A form body for the rig's STS: the expected parameters, this subject, and `extra`.
-fn exchange_form(subject: &str, extra: &[(&str, &str)]) -> String {
-    let enc = |s: &str| {
-        s.bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                    (b as char).to_string()
-                }
-                _ => format!("%{b:02X}"),
-            })
-            .collect::<String>()
-    };
-    let scope = SCOPES.join(" ");
-    let mut pairs = vec![
-        ("grant_type", TOKEN_EXCHANGE_GRANT),
-        ("audience", AUDIENCE),
-        ("resource", RESOURCE),
-        ("scope", scope.as_str()),
-        ("subject_token", subject),
-        ("subject_token_type", JWT_TOKEN_TYPE),
-    ];
-    pairs.extend_from_slice(extra);
-    pairs
-        .iter()
-        .map(|(k, v)| format!("{k}={}", enc(v)))
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
-/// The rig's STS refuses forged subjects and bad client assertions: the happy paths above are
-/// not vacuous.
-#[tokio::test(flavor = "multi_thread")]
-async fn the_test_server_verifies_subject_jwts_and_client_assertions() {
-    let r = te_rig().await;
-    let basic = format!(
-        "Basic {}",
-        base64_std(&format!(
-            "gw-basic:{}",
-            BASIC_SECRET
-                .replace(' ', "+")
-                .replace('&', "%26")
-                .replace('=', "%3D")
-        ))
-    );
-    let error = |resp: reqwest::Response| async move {
-        let status = resp.status().as_u16();
-        let v: Value = resp.json().await.unwrap();
-        (status, v["error"].as_str().unwrap_or("").to_string())
-    };
-    let good = r.session("U2nina", 0, &[]);
-    let resp = post(&r.sts, &basic, &exchange_form(&good, &[])).await;
-    assert_eq!(resp.status(), 200, "the form and the secret are right");
-    let other_key = TestKey::rsa("k1", jsonwebtoken::Algorithm::RS256);
-    let forged =
-        other_key.sign(&json!({"iss": CONNECTOR_PROJECT, "sub": "U2nina", "exp": now() + 600}));
-    let other_project = r
-        .project
-        .key
-        .sign(&json!({"iss": "P2other", "sub": "U2nina", "exp": now() + 600}));
-    let expired = r
-        .project
-        .key
-        .sign(&json!({"iss": CONNECTOR_PROJECT, "sub": "U2nina", "exp": now() - 600}));
-    for bad in [forged, other_project, expired, "not-a-jwt".to_string()] {
-        let got = error(post(&r.sts, &basic, &exchange_form(&bad, &[])).await).await;
-        assert_eq!(got, (400, "invalid_grant".to_string()), "{bad}");
-    }
-
-    // private_key_jwt: a fresh, well-aimed assertion passes once; anything else is invalid_client.
-    let key = jsonwebtoken::EncodingKey::from_rsa_pem(r.client_pem.as_bytes()).unwrap();
-    let assertion = |aud: &str, jti: &str, exp: u64, key: &jsonwebtoken::EncodingKey| {
-        let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
-        h.kid = Some("client-key-1".into());
-        let c = json!({"iss": "gw-jwt", "sub": "gw-jwt", "aud": aud, "jti": jti, "exp": exp});
-        jsonwebtoken::encode(&h, &c, key).unwrap()
-    };
-    let form = |a: &str| {
-        exchange_form(
-            &good,
-            &[
-                ("client_id", "gw-jwt"),
-                ("client_assertion_type", JWT_BEARER_ASSERTION),
-                ("client_assertion", a),
-            ],
-        )
-    };
-    let url = r.sts.url();
-    let ok = assertion(&url, "jti-1", now() + 60, &key);
-    assert_eq!(error(post(&r.sts, "", &form(&ok)).await).await.0, 200);
-    let stranger =
-        jsonwebtoken::EncodingKey::from_rsa_pem(extoken::mint::generate_pem().unwrap().as_bytes())
-            .unwrap();
-    for (what, a) in [
-        ("replayed jti", ok.clone()),
-        (
-            "wrong aud",
-            assertion("https://elsewhere/token", "jti-2", now() + 60, &key),
-        ),
-        ("expired", assertion(&url, "jti-3", now() - 120, &key)),
-        ("other key", assertion(&url, "jti-4", now() + 60, &stranger)),
-    ] {
-        let got = error(post(&r.sts, "", &form(&a)).await).await;
-        assert_eq!(got, (401, "invalid_client".to_string()), "{what}");
     }
 }
 

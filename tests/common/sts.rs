@@ -300,6 +300,21 @@ fn authenticate(
     if param(form, "client_assertion_type") != Some(JWT_BEARER_ASSERTION) {
         return Err((400, "invalid_request"));
     }
+    let (id, jti) = verify_assertion(&s, assertion, param(form, "client_id"))?;
+    drop(s);
+    if !st.lock().unwrap().seen_jti.insert(jti) {
+        return Err(BAD); // a replayed assertion
+    }
+    Ok(("private_key_jwt", id))
+}
+
+/// An RFC 7523 client assertion of a `private_key_jwt` client: (client id, jti).
+fn verify_assertion(
+    s: &State,
+    assertion: &str,
+    client_id: Option<&str>,
+) -> Result<(String, String), Refusal> {
+    const BAD: Refusal = (401, "invalid_client");
     let header = jsonwebtoken::decode_header(assertion).map_err(|_| BAD)?;
     let unverified: Value = assertion
         .split('.')
@@ -312,7 +327,7 @@ fn authenticate(
         .and_then(|b| serde_json::from_slice(&b).ok())
         .ok_or(BAD)?;
     let id = unverified["iss"].as_str().ok_or(BAD)?.to_string();
-    if param(form, "client_id").is_some_and(|c| c != id) {
+    if client_id.is_some_and(|c| c != id) {
         return Err(BAD);
     }
     let Some(ClientCred::PrivateKeyJwt(jwk)) = s.setup.clients.get(&id) else {
@@ -327,15 +342,11 @@ fn authenticate(
     let claims = jsonwebtoken::decode::<Value>(assertion, &key, &v)
         .map_err(|_| BAD)?
         .claims;
-    let jti = claims["jti"].as_str().ok_or(BAD)?.to_string();
     if claims["sub"] != id.as_str() {
         return Err(BAD);
     }
-    drop(s);
-    if !st.lock().unwrap().seen_jti.insert(jti) {
-        return Err(BAD); // a replayed assertion
-    }
-    Ok(("private_key_jwt", id))
+    let jti = claims["jti"].as_str().ok_or(BAD)?.to_string();
+    Ok((id, jti))
 }
 
 /// The grant itself, for an authenticated client: the success body or the refusal.
