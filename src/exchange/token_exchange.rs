@@ -69,32 +69,11 @@ enum Auth {
     },
 }
 
-pub(crate) struct TokenExchange {
-    name: String,
-    clock: SharedClock,
-    client: reqwest::Client,
-    token_url: String,
-    auth: Auth,
-    /// `grant_type`, `requested_token_type`, `audience`, `resource`, `scope` and
-    /// `subject_token_type`, form-encoded: the same on every call.
-    fixed_params: String,
-    /// The connector whose token is the subject; `None`: the session JWT is.
-    subject_from: Option<String>,
-    timeout: Duration,
-    default_lifetime: Option<Duration>,
-}
-
-impl TokenExchange {
-    /// The connector, and the bytes of its client key file if it has one (cache fingerprint).
-    pub(crate) fn build(
-        name: &str,
-        path: &str,
-        c: &TokenExchangeConfig,
-        client: reqwest::Client,
-        clock: SharedClock,
-    ) -> Result<(TokenExchange, Vec<u8>), ConfigError> {
+impl Auth {
+    /// The client authentication of `c`, and the bytes of its key file if it has one.
+    fn build(path: &str, c: &ClientAuth) -> Result<(Auth, Vec<u8>), ConfigError> {
         let mut loaded = Vec::new();
-        let auth = match &c.client_auth {
+        let auth = match c {
             ClientAuth::ClientSecretBasic {
                 client_id,
                 client_secret,
@@ -135,6 +114,35 @@ impl TokenExchange {
                 }
             }
         };
+        Ok((auth, loaded))
+    }
+}
+
+pub(crate) struct TokenExchange {
+    name: String,
+    clock: SharedClock,
+    client: reqwest::Client,
+    token_url: String,
+    auth: Auth,
+    /// `grant_type`, `requested_token_type`, `audience`, `resource`, `scope` and
+    /// `subject_token_type`, form-encoded: the same on every call.
+    fixed_params: String,
+    /// The connector whose token is the subject; `None`: the session JWT is.
+    subject_from: Option<String>,
+    timeout: Duration,
+    default_lifetime: Option<Duration>,
+}
+
+impl TokenExchange {
+    /// The connector, and the bytes of its client key file if it has one (cache fingerprint).
+    pub(crate) fn build(
+        name: &str,
+        path: &str,
+        c: &TokenExchangeConfig,
+        client: reqwest::Client,
+        clock: SharedClock,
+    ) -> Result<(TokenExchange, Vec<u8>), ConfigError> {
+        let (auth, loaded) = Auth::build(path, &c.client_auth)?;
         let mut fixed: Vec<(&str, String)> = vec![
             ("grant_type", GRANT_TYPE.into()),
             ("requested_token_type", c.requested_token_type.clone()),

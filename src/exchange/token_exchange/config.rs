@@ -119,19 +119,38 @@ impl TokenExchangeConfig {
 impl Settings for TokenExchangeConfig {
     fn validate(&self, path: &str) -> Result<(), ConfigError> {
         check_url(format!("{path}.token_url"), &self.token_url)?;
-        let auth = match &self.client_auth {
+        self.client_auth.validate(path)?;
+        self.validate_parameters(path)?;
+        positive(format!("{path}.timeout"), self.timeout)?;
+        if let Some(d) = self.default_lifetime {
+            positive(format!("{path}.default_lifetime"), d)?;
+        }
+        Ok(())
+    }
+
+    fn paths_mut(&mut self) -> Vec<&mut PathBuf> {
+        match &mut self.client_auth {
+            ClientAuth::PrivateKeyJwt { key_file, .. } => vec![key_file],
+            _ => Vec::new(),
+        }
+    }
+}
+
+impl ClientAuth {
+    fn validate(&self, path: &str) -> Result<(), ConfigError> {
+        let auth = match self {
             ClientAuth::ClientSecretBasic { .. } => "client_secret_basic",
             ClientAuth::ClientSecretPost { .. } => "client_secret_post",
             ClientAuth::PrivateKeyJwt { .. } => "private_key_jwt",
         };
-        if self.client_auth.client_id().is_empty() {
+        if self.client_id().is_empty() {
             return Err(ConfigError::key(
                 format!("{path}.client_auth.{auth}.client_id"),
                 "must not be empty",
             ));
         }
         if let ClientAuth::ClientSecretBasic { client_secret, .. }
-        | ClientAuth::ClientSecretPost { client_secret, .. } = &self.client_auth
+        | ClientAuth::ClientSecretPost { client_secret, .. } = self
         {
             if client_secret.is_empty() {
                 return Err(ConfigError::key(
@@ -140,6 +159,13 @@ impl Settings for TokenExchangeConfig {
                 ));
             }
         }
+        Ok(())
+    }
+}
+
+impl TokenExchangeConfig {
+    /// `audience`, `resource`, `scope` and the token types, as RFC 8693 and RFC 6749 allow them.
+    fn validate_parameters(&self, path: &str) -> Result<(), ConfigError> {
         for (i, a) in list(&self.audience).iter().enumerate() {
             if a.is_empty() {
                 return Err(ConfigError::key(
@@ -179,18 +205,7 @@ impl Settings for TokenExchangeConfig {
                 ));
             }
         }
-        positive(format!("{path}.timeout"), self.timeout)?;
-        if let Some(d) = self.default_lifetime {
-            positive(format!("{path}.default_lifetime"), d)?;
-        }
         Ok(())
-    }
-
-    fn paths_mut(&mut self) -> Vec<&mut PathBuf> {
-        match &mut self.client_auth {
-            ClientAuth::PrivateKeyJwt { key_file, .. } => vec![key_file],
-            _ => Vec::new(),
-        }
     }
 }
 
