@@ -102,6 +102,7 @@ async fn te_rig() -> TeRig {
     let files = [("client.pem", pem.as_str())];
     let how = Launch {
         files: &files,
+        admin: true,
         ..Launch::default()
     };
     let gw = project.gateway(&config, how).await;
@@ -249,6 +250,9 @@ async fn a_refused_session_is_401_and_nothing_is_forwarded() {
         !reply.body.contains("refused: invalid_grant"),
         "the provider's description stays out"
     );
+    let metrics = r.gw.metrics().await;
+    let series = r#"extoken_auth_failures_total{reason="session_refused"}"#;
+    assert_eq!(metric_sample(&metrics, series), 1.0, "{metrics}");
     // Another user on the same connector is fine.
     assert_eq!(
         r.gw.get_bearer("/basic", &r.session("U2dave", 0, &[]))
