@@ -250,9 +250,13 @@ async fn a_refused_session_is_401_and_nothing_is_forwarded() {
         !reply.body.contains("refused: invalid_grant"),
         "the provider's description stays out"
     );
-    let metrics = r.gw.metrics().await;
+    // Counted when the request's log line is written, just after the answer went out.
     let series = r#"extoken_auth_failures_total{reason="session_refused"}"#;
-    assert_eq!(metric_sample(&metrics, series), 1.0, "{metrics}");
+    let counted = eventually(Duration::from_secs(5), || async {
+        metric_sample(&r.gw.metrics().await, series) == 1.0
+    })
+    .await;
+    assert!(counted, "{}", r.gw.metrics().await);
     // Another user on the same connector is fine.
     assert_eq!(
         r.gw.get_bearer("/basic", &r.session("U2dave", 0, &[]))
