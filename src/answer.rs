@@ -69,6 +69,7 @@ impl Answer {
             ExchangeError::InvalidClaim { .. } => {
                 Self::invalid_token(&e.to_string(), "invalid_external_token")
             }
+            ExchangeError::Refused { .. } => Self::invalid_token(&e.to_string(), "session_refused"),
             ExchangeError::Unavailable { connector, .. } => Self::unavailable(
                 &format!("connector {connector} is unavailable"),
                 "connector_unavailable",
@@ -242,6 +243,23 @@ mod tests {
         });
         assert_eq!(a.status, 401);
         assert!(a.www_authenticate.unwrap().contains("externalToken"));
+    }
+
+    #[test]
+    fn a_refused_session_is_invalid_token() {
+        let a = Answer::from_exchange(&ExchangeError::Refused {
+            connector: "idp".into(),
+        });
+        assert_eq!(
+            (a.status, a.reason, a.retry_after),
+            (401, "session_refused", None)
+        );
+        assert_eq!(
+            a.www_authenticate.as_deref(),
+            Some(
+                r#"Bearer error="invalid_token", error_description="the identity provider of connector idp refused the session""#
+            )
+        );
     }
 
     #[test]

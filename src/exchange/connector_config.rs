@@ -3,6 +3,7 @@
 //! ([`RawConnector`]); they are parsed here, once per build, with errors that name the key path
 //! exactly as the config's own errors do (`connectors.fb.service_account_file: ...`).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::Deserialize;
@@ -12,15 +13,24 @@ use super::firebase::FirebaseConfig;
 use super::http_endpoint::HttpConnectorConfig;
 use super::jwt_template::JwtConnectorConfig;
 use super::supabase::SupabaseConfig;
+use super::token_exchange::{check_subjects, TokenExchangeConfig};
 use crate::config::{Config, ConfigError, Dur, RawConnector};
 
 /// Checks every connector block of `cfg` without reading files or the network (what
 /// `extoken reload` checks before it signals). Building the connectors checks the same and more.
 pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
+    parse_all(cfg).map(drop)
+}
+
+/// Every connector block of `cfg`, typed and checked, alone and together (the subjects of
+/// `token_exchange` connectors name existing connectors, without a cycle).
+pub(crate) fn parse_all(cfg: &Config) -> Result<BTreeMap<&str, ConnectorConfig>, ConfigError> {
+    let mut typed = BTreeMap::new();
     for (name, raw) in &cfg.connectors {
-        ConnectorConfig::parse(name, raw)?;
+        typed.insert(name.as_str(), ConnectorConfig::parse(name, raw)?);
     }
-    Ok(())
+    check_subjects(&typed)?;
+    Ok(typed)
 }
 
 /// What every connector's settings provide.
@@ -48,6 +58,9 @@ pub(crate) enum ConnectorConfig {
     Http(HttpConnectorConfig),
     /// A JWT signed by the gateway's own key, for in-house formats.
     Jwt(JwtConnectorConfig),
+    /// A token from an OAuth 2.0 authorization server, by Token Exchange (RFC 8693), for the
+    /// session (or another connector's token).
+    TokenExchange(TokenExchangeConfig),
 }
 
 impl ConnectorConfig {
@@ -80,6 +93,15 @@ impl ConnectorConfig {
             ConnectorConfig::Firebase(c) => c,
             ConnectorConfig::Http(c) => c,
             ConnectorConfig::Jwt(c) => c,
+            ConnectorConfig::TokenExchange(c) => c,
+        }
+    }
+
+    /// The connector whose token this one exchanges, if any.
+    pub(crate) fn subject_connector(&self) -> Option<&str> {
+        match self {
+            ConnectorConfig::TokenExchange(c) => c.subject_connector(),
+            _ => None,
         }
     }
 
@@ -90,6 +112,7 @@ impl ConnectorConfig {
             ConnectorConfig::Firebase(c) => c,
             ConnectorConfig::Http(c) => c,
             ConnectorConfig::Jwt(c) => c,
+            ConnectorConfig::TokenExchange(c) => c,
         }
     }
 

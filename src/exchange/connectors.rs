@@ -6,11 +6,12 @@ use std::sync::Arc;
 
 use super::cache::{CacheKey, TokenCache};
 use super::claim::ClaimConnector;
-use super::connector_config::ConnectorConfig;
+use super::connector_config::{parse_all, ConnectorConfig};
 use super::firebase::Firebase;
 use super::http_endpoint::HttpConnector;
 use super::jwt_template::JwtConnector;
 use super::supabase::Supabase;
+use super::token_exchange::TokenExchange;
 use super::{ExchangeError, ExternalToken, Mint, Minted, RequestInfo};
 use crate::clock::SharedClock;
 use crate::config::{Config, ConfigError};
@@ -56,6 +57,12 @@ impl Mint for Instrumented {
             .with_label_values(&[self.name.as_str(), outcome])
             .inc();
         result
+    }
+    fn subject_connector(&self) -> Option<&str> {
+        self.inner.subject_connector()
+    }
+    fn bind_subject(&self, inputs: &mut serde_json::Value, subject: &ExternalToken) {
+        self.inner.bind_subject(inputs, subject)
     }
     fn public_jwk(&self) -> Option<jsonwebtoken::jwk::Jwk> {
         self.inner.public_jwk()
@@ -103,6 +110,13 @@ impl Connector {
                 Vec::new(),
             )),
             ConnectorConfig::Jwt(c) => minting(JwtConnector::build(name, &path, c, clock.clone())?),
+            ConnectorConfig::TokenExchange(c) => minting(TokenExchange::build(
+                name,
+                &path,
+                c,
+                client.clone(),
+                clock.clone(),
+            )?),
         };
         let kind = ConnectorKind::Minting(Arc::new(Instrumented {
             name: name.to_string(),
@@ -173,13 +187,12 @@ impl Connectors {
     ) -> Result<Connectors, ConfigError> {
         let mut by_name = BTreeMap::new();
         let mut public = vec![];
-        for (name, raw) in &cfg.connectors {
-            let typed = ConnectorConfig::parse(name, raw)?;
+        for (name, typed) in parse_all(cfg)? {
             let c = Connector::build(name, &typed, client, &clock)?;
             if let ConnectorKind::Minting(m) = &c.kind {
                 public.extend(m.public_jwk());
             }
-            by_name.insert(name.clone(), c);
+            by_name.insert(name.to_string(), c);
         }
         let jwks = (!public.is_empty()).then(|| {
             serde_json::to_string(&jsonwebtoken::jwk::JwkSet { keys: public }).unwrap_or_default()
@@ -208,7 +221,13 @@ impl Connectors {
                 cache_key: None,
             }),
             ConnectorKind::Minting(m) => {
-                let inputs = Arc::new(m.inputs(session, req)?);
+                let mut inputs = m.inputs(session, req)?;
+                if let Some(subject) = m.subject_connector() {
+                    // Config checks rule out a cycle, so this recursion ends.
+                    let from = Box::pin(self.obtain(subject, session, req)).await?;
+                    m.bind_subject(&mut inputs, &from.token);
+                }
+                let inputs = Arc::new(inputs);
                 let key = CacheKey::new(c.name.clone(), &c.settings, &m.cache_inputs(&inputs));
                 let (result, how) = self.cache.get_or_mint(&key, m, &inputs).await;
                 crate::metrics::metrics()

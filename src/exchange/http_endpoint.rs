@@ -236,7 +236,7 @@ impl HttpConnector {
     }
 }
 
-fn form_encode(s: &str) -> String {
+pub(super) fn form_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
@@ -250,7 +250,7 @@ fn form_encode(s: &str) -> String {
 
 /// Seconds from `now` (Unix seconds) until a JWT's `exp`, read without verifying (the token is the
 /// endpoint's, not ours to check; we only need to know how long to keep it).
-fn jwt_lifetime(token: &str, now: u64) -> Option<Duration> {
+pub(super) fn jwt_lifetime(token: &str, now: u64) -> Option<Duration> {
     let mut parts = token.split('.');
     let (_, payload, _) = (parts.next()?, parts.next()?, parts.next()?);
     let v: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;

@@ -1,10 +1,10 @@
 //! Step 3 of the request path: obtain the external token for a verified session.
 //!
 //! Two kinds of connector: `claim` reads the token Descope already put in the session (no cache,
-//! nothing to mint); the minting connectors (`supabase`, `firebase`, `http`, `jwt`) implement
-//! [`Mint`] and are called through the [`TokenCache`], which coalesces concurrent misses and
-//! refreshes ahead of expiry. An [`ExternalToken`] can only be built from visible ASCII, so
-//! whatever reaches a header is a valid, single-line header value.
+//! nothing to mint); the minting connectors (`supabase`, `firebase`, `http`, `jwt`,
+//! `token_exchange`) implement [`Mint`] and are called through the [`TokenCache`], which
+//! coalesces concurrent misses and refreshes ahead of expiry. An [`ExternalToken`] can only be
+//! built from visible ASCII, so whatever reaches a header is a valid, single-line header value.
 //!
 //! Each connector's module holds all of it: its settings (the typed `connectors.<name>` block,
 //! with validation), how it is built, and how it mints. [`connector_config`] parses a config's
@@ -21,6 +21,7 @@ mod identity;
 mod jwt_template;
 mod signing;
 mod supabase;
+mod token_exchange;
 
 use std::fmt;
 use std::sync::Arc;
@@ -80,6 +81,10 @@ pub(crate) enum ExchangeError {
     /// connector's config. `rule` names what was refused (e.g. `role`), never the session's value.
     #[error("{rule} is not allowed by connector {connector}")]
     Forbidden { connector: String, rule: String },
+    /// The identity provider refused the session itself (a `token_exchange` connector's
+    /// `invalid_grant`): a 401, the client must log in again. Never the provider's description.
+    #[error("the identity provider of connector {connector} refused the session")]
+    Refused { connector: String },
     /// The connector could not produce a token now (a 503: retry later). `reason` is for logs.
     #[error("connector {connector} is unavailable: {reason}")]
     Unavailable { connector: String, reason: String },
@@ -116,6 +121,14 @@ pub(crate) trait Mint: Send + Sync {
         inputs.clone()
     }
     async fn mint(&self, inputs: &serde_json::Value) -> Result<Minted, ExchangeError>;
+    /// The connector whose token this one exchanges (`token_exchange` with
+    /// `subject: {external_token: <name>}`): [`Connectors`] obtains that token first and hands it
+    /// to [`Mint::bind_subject`] before the cache key is made.
+    fn subject_connector(&self) -> Option<&str> {
+        None
+    }
+    /// Adds the subject token obtained from [`Mint::subject_connector`] to `inputs`.
+    fn bind_subject(&self, _inputs: &mut serde_json::Value, _subject: &ExternalToken) {}
     /// The public key of a connector that signs with its own key, to publish in a JWKS.
     fn public_jwk(&self) -> Option<jsonwebtoken::jwk::Jwk> {
         None

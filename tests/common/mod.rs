@@ -9,6 +9,7 @@
 //! - [`config`]: gateway configs as data ([`ConfigBuilder`], [`RouteSpec`]).
 //! - [`setup`]: one gateway, one backend, one key set, for the session tests ([`Setup`]).
 //! - [`endpoint`]: minting-connector rigs ([`Project`], [`TokenEndpoint`], [`Rig`]).
+//! - [`sts`]: a strict RFC 8693 token exchange server ([`Sts`]) for the `token_exchange` connector.
 
 // Each `tests/*.rs` is a crate of its own that compiles this whole harness and uses a part of it
 // (cli.rs starts no JWKS server, only the connector tests use `endpoint`, only the session tests
@@ -30,9 +31,13 @@ mod net;
 mod process;
 #[allow(dead_code)]
 mod setup;
+#[allow(dead_code)]
+mod sts;
 
 #[allow(unused_imports)]
-pub use {backend::*, config::*, endpoint::*, jwks::*, keys::*, net::*, process::*, setup::*};
+pub use {
+    backend::*, config::*, endpoint::*, jwks::*, keys::*, net::*, process::*, setup::*, sts::*,
+};
 
 use std::path::{Path, PathBuf};
 

@@ -88,7 +88,7 @@ fn empty_claim() {
 #[test]
 fn errors_name_their_key_exactly() {
     for (block, want) in [
-        ("{type: firebase-ish}", "connectors.c.type: unknown variant `firebase-ish`, expected one of `claim`, `supabase`, `firebase`, `http`, `jwt`"),
+        ("{type: firebase-ish}", "connectors.c.type: unknown variant `firebase-ish`, expected one of `claim`, `supabase`, `firebase`, `http`, `jwt`, `token_exchange`"),
         ("{type: 5}", "connectors.c.type: invalid type: integer `5`, expected variant identifier"),
         ("{claim: x}", "connectors.c: missing field `type`"),
         ("5", "connectors.c: invalid type: integer `5`, expected internally tagged enum ConnectorConfig"),
