@@ -240,6 +240,7 @@ fn pingora_request(h: &HeaderMap) -> pingora::http::RequestHeader {
 
 fn info(route: &Route) -> RequestInfo<'_> {
     RequestInfo {
+        session_token: "",
         route: &route.name,
         method: "GET",
         path: "/v1/orders/42",

@@ -112,6 +112,10 @@ impl Gateway {
         let name = route
             .connector_for(session.str_claim("dct"))
             .ok_or_else(|| Answer::unavailable("route has no connector", "misconfigured"))?;
+        let info = RequestInfo {
+            session_token: found.token,
+            ..info
+        };
         let obtained = self
             .connectors
             .obtain(name, &session, info)
@@ -261,6 +265,7 @@ mod authorize_tests {
         }
         let route = f.gw.routes.find(None, "/x").unwrap().clone();
         let info = RequestInfo {
+            session_token: "",
             route: &route.name,
             method: "GET",
             path: "/x",

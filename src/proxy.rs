@@ -200,6 +200,8 @@ impl Proxy {
             .and_then(|v| extract::bearer(v.as_bytes()));
         if route.auth == AuthMode::Required {
             let info = RequestInfo {
+                // `authorize` puts in the session it extracts.
+                session_token: "",
                 route: &route.name,
                 method: req.method.as_str(),
                 path: decided.target.path(),

@@ -102,6 +102,9 @@ impl ExchangeError {
 /// What a connector knows about the request besides the session (the `http` connector sends it).
 #[derive(Debug, Clone, Copy)]
 pub struct RequestInfo<'a> {
+    /// The session JWT as the client sent it. Leaves the gateway only as a `token_exchange`
+    /// connector's subject token; never logged, never cached (the session cache holds its hash).
+    pub session_token: &'a str,
     pub route: &'a str,
     pub method: &'a str,
     pub path: &'a str,

@@ -244,6 +244,7 @@ mod tests {
         }
         let s = VerifiedSession::for_test(claims);
         let req = RequestInfo {
+            session_token: "",
             route: "r",
             method: "GET",
             path: "/",

@@ -277,7 +277,7 @@ fn form(pairs: &[(&str, &str)]) -> String {
 
 #[async_trait::async_trait]
 impl Mint for TokenExchange {
-    fn inputs(&self, s: &VerifiedSession, _req: RequestInfo<'_>) -> Result<Value, ExchangeError> {
+    fn inputs(&self, s: &VerifiedSession, req: RequestInfo<'_>) -> Result<Value, ExchangeError> {
         let c = &s.claims;
         let tenant = c.get("dct").and_then(Value::as_str);
         let entry = tenant.and_then(|t| c.get("tenants")?.get(t));
@@ -291,7 +291,7 @@ impl Mint for TokenExchange {
             "tenant_permissions": of_tenant("permissions"),
         });
         if self.subject_from.is_none() {
-            v["subject_token"] = s.token().into();
+            v["subject_token"] = req.session_token.into();
         }
         Ok(v)
     }

@@ -101,9 +101,6 @@ pub struct VerifiedSession {
     kid: Arc<str>,
     /// The RFC 7638 thumbprint of the key that verified it.
     thumbprint: [u8; 32],
-    /// The compact JWS itself (the session cache's key, shared): only the `token_exchange`
-    /// connector reads it, to send it to its identity provider as the subject token.
-    token: Arc<str>,
 }
 
 /// Without the token: a session is never printed whole.
@@ -126,20 +123,7 @@ impl VerifiedSession {
             exp: u64::MAX,
             kid: "test".into(),
             thumbprint: [0; 32],
-            token: "test.session.token".into(),
         }
-    }
-
-    /// Replaces the session JWT of a [`VerifiedSession::for_test`] session.
-    #[cfg(test)]
-    pub(crate) fn set_token_for_test(&mut self, token: &str) {
-        self.token = token.into();
-    }
-
-    /// The session JWT as the client sent it. Leaves the gateway only as a `token_exchange`
-    /// connector's subject token; never logged.
-    pub(crate) fn token(&self) -> &str {
-        &self.token
     }
 
     /// The Descope user id: `dsub` when a JWT template overrode `sub`, else `sub`.
@@ -216,7 +200,6 @@ impl Verifier {
             exp,
             kid: key.kid.clone(),
             thumbprint: key.thumbprint,
-            token: cache_key.clone(),
         });
         self.verified.insert(cache_key, session.clone());
         Ok(session)

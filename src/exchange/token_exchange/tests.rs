@@ -396,15 +396,14 @@ fn success_replies() {
     assert!(e.to_string().contains("default_lifetime"), "{e}");
 }
 
-fn session(token: &str, claims: Value) -> VerifiedSession {
+fn session(claims: Value) -> VerifiedSession {
     let Value::Object(m) = claims else { panic!() };
-    let mut s = VerifiedSession::for_test(m);
-    s.set_token_for_test(token);
-    s
+    VerifiedSession::for_test(m)
 }
 
-fn info() -> RequestInfo<'static> {
+fn info(session_token: &str) -> RequestInfo<'_> {
     RequestInfo {
+        session_token,
         route: "api",
         method: "GET",
         path: "/x",
@@ -420,7 +419,7 @@ fn the_cache_key_is_the_claims_not_the_session_jwt() {
         "email": "a@b",
     });
     let a = t
-        .inputs(&session("jwt.one.x", claims.clone()), info())
+        .inputs(&session(claims.clone()), info("jwt.one.x"))
         .unwrap();
     assert_eq!(
         a["subject_token"], "jwt.one.x",
@@ -432,7 +431,7 @@ fn the_cache_key_is_the_claims_not_the_session_jwt() {
                "tenant_roles": ["tr"], "tenant_permissions": ["tp"]})
     );
     let refreshed = t
-        .inputs(&session("jwt.two.y", claims.clone()), info())
+        .inputs(&session(claims.clone()), info("jwt.two.y"))
         .unwrap();
     assert_eq!(t.cache_inputs(&a), t.cache_inputs(&refreshed));
     for (k, v) in [
@@ -447,16 +446,16 @@ fn the_cache_key_is_the_claims_not_the_session_jwt() {
     ] {
         let mut c = claims.clone();
         c[k] = v;
-        let other = t.inputs(&session("jwt.one.x", c), info()).unwrap();
+        let other = t.inputs(&session(c), info("jwt.one.x")).unwrap();
         assert_ne!(t.cache_inputs(&a), t.cache_inputs(&other), "{k}");
     }
     // Another tenant's entry, or a claim the key does not cover, does not split the cache.
     let mut c = claims.clone();
     c["tenants"]["T2"]["roles"] = json!(["y"]);
     c["email"] = json!("new@b");
-    let same = t.inputs(&session("jwt.three.z", c), info()).unwrap();
+    let same = t.inputs(&session(c), info("jwt.three.z")).unwrap();
     assert_eq!(t.cache_inputs(&a), t.cache_inputs(&same));
-    let anonymous = t.inputs(&session("j", json!({"dct": "T1"})), info());
+    let anonymous = t.inputs(&session(json!({"dct": "T1"})), info("j"));
     assert!(matches!(anonymous, Err(ExchangeError::MissingClaim { .. })));
 }
 
@@ -464,8 +463,8 @@ fn the_cache_key_is_the_claims_not_the_session_jwt() {
 fn a_chained_subject_is_bound_and_keyed() {
     let t = build(&block(", subject: {external_token: inner}"));
     assert_eq!(t.subject_connector(), Some("inner"));
-    let s = session("the.session.jwt", json!({"sub": "U1"}));
-    let mut a = t.inputs(&s, info()).unwrap();
+    let s = session(json!({"sub": "U1"}));
+    let mut a = t.inputs(&s, info("the.session.jwt")).unwrap();
     assert!(a.get("subject_token").is_none(), "not the session");
     let mut b = a.clone();
     t.bind_subject(&mut a, &ExternalToken::new("inner-1").unwrap());
