@@ -15,7 +15,7 @@ use crate::exchange::{Connectors, RequestInfo, TokenCache};
 use crate::extract;
 use crate::rewrite::{self, Rewrite};
 use crate::route::{Route, RouteTable};
-use crate::verify::{AuthError, KeyStore, Verifier};
+use crate::verify::{AuthError, ClaimsKept, KeyStore, Verifier};
 
 pub struct Gateway {
     pub config: Arc<Config>,
@@ -28,60 +28,76 @@ impl Gateway {
     /// Builds the runtime. `keys` is passed in because the key store's refresh task outlives any
     /// one config (see [`Gateway::rebuild`]).
     pub fn build(config: Config, keys: Arc<KeyStore>) -> Result<Gateway, ConfigError> {
-        let verifier = Arc::new(Verifier::new(
-            &config.descope,
-            keys,
-            config.limits.max_token_bytes,
-            config.cache.verified_sessions,
-            crate::clock::system(),
-        ));
-        Self::assemble(config, verifier, None)
+        let (gateway, _) = Self::assemble(config, None, |c, kept| {
+            (Self::verifier(c, keys, kept), true)
+        })?;
+        Ok(gateway)
     }
 
     /// A new runtime for a reloaded config that keeps what is still valid: the verifier (its keys
-    /// and verified sessions) when `descope:`, `limits:` and the session cache bound are unchanged,
-    /// and the token cache when `cache:` is unchanged (its keys fingerprint each connector's
-    /// settings, so a changed connector never gets a token minted under the old ones).
+    /// and verified sessions) when `descope:`, `limits:`, the session cache bound and the claims
+    /// sessions keep are unchanged, else the keys alone when `descope:` is; and the token cache
+    /// when `cache:` is unchanged (its keys fingerprint each connector's settings, so a changed
+    /// connector never gets a token minted under the old ones).
     /// `Ok((gateway, keys_kept))`; when the keys were not kept, the caller starts a refresh task
     /// for `gateway.verifier.keys`.
     pub(crate) fn rebuild(&self, config: Config) -> Result<(Gateway, bool), ConfigError> {
         let old = &self.config;
-        let same_verifier = old.descope == config.descope
-            && old.limits.max_token_bytes == config.limits.max_token_bytes
+        let same_keys = old.descope == config.descope;
+        let same_bounds = old.limits.max_token_bytes == config.limits.max_token_bytes
             && old.cache.verified_sessions == config.cache.verified_sessions;
-        let verifier = if same_verifier {
-            self.verifier.clone()
-        } else {
-            let client = self.verifier.keys.client();
-            let keys = KeyStore::new(&config.descope, client, crate::clock::system());
-            Arc::new(Verifier::new(
+        let cache = (old.cache == config.cache).then(|| self.connectors.cache().clone());
+        Self::assemble(config, cache, |c, kept| {
+            if same_keys && same_bounds && self.verifier.kept() == &kept {
+                return (self.verifier.clone(), true);
+            }
+            let keys = if same_keys {
+                self.verifier.keys.clone()
+            } else {
+                let client = self.verifier.keys.client();
+                Arc::new(KeyStore::new(&c.descope, client, crate::clock::system()))
+            };
+            (Self::verifier(c, keys, kept), same_keys)
+        })
+    }
+
+    fn verifier(config: &Config, keys: Arc<KeyStore>, kept: ClaimsKept) -> Arc<Verifier> {
+        Arc::new(
+            Verifier::new(
                 &config.descope,
-                Arc::new(keys),
+                keys,
                 config.limits.max_token_bytes,
                 config.cache.verified_sessions,
                 crate::clock::system(),
-            ))
-        };
-        let cache = (old.cache == config.cache).then(|| self.connectors.cache().clone());
-        Ok((Self::assemble(config, verifier, cache)?, same_verifier))
+            )
+            .keeping(kept),
+        )
     }
 
+    /// Builds routes and connectors, then the verifier (`verifier` makes or reuses it, given the
+    /// claims sessions must keep: what the connectors and routes read).
     fn assemble(
         config: Config,
-        verifier: Arc<Verifier>,
         cache: Option<TokenCache>,
-    ) -> Result<Gateway, ConfigError> {
+        verifier: impl FnOnce(&Config, ClaimsKept) -> (Arc<Verifier>, bool),
+    ) -> Result<(Gateway, bool), ConfigError> {
         let routes = RouteTable::build(&config)?;
         let client = Self::http_client()
             .map_err(|e| ConfigError::Syntax(format!("cannot create the HTTP client: {e}")))?;
         let connectors =
             Connectors::build_with_cache(&config, &client, crate::clock::system(), cache)?;
-        Ok(Gateway {
+        let mut kept = ClaimsKept::none();
+        // A route may pick its connector by the session's tenant.
+        kept.read("dct");
+        connectors.claims_read(&mut kept);
+        let (verifier, keys_kept) = verifier(&config, kept);
+        let gateway = Gateway {
             config: Arc::new(config),
             routes,
             verifier,
             connectors,
-        })
+        };
+        Ok((gateway, keys_kept))
     }
 
     /// The HTTP client for JWKS and connectors: one pool for the process.
@@ -185,6 +201,83 @@ mod tests {
             gw.connectors.cache().is_same(next.connectors.cache()),
             "token cache kept"
         );
+    }
+
+    fn kept_for(connectors: &str) -> ClaimsKept {
+        install_crypto_provider();
+        let text = format!(
+            "descope: {{project_id: P2x, jwks_url: 'http://127.0.0.1:1/k'}}\n\
+             connectors: {connectors}\nroutes: [{{upstream: 'http://127.0.0.1:1', connector: c}}]\n"
+        );
+        let c = Config::parse(&text, &|_| None).unwrap();
+        let client = Gateway::http_client().unwrap();
+        let keys = Arc::new(KeyStore::new(&c.descope, client, crate::clock::system()));
+        Gateway::build(c, keys).unwrap().verifier.kept().clone()
+    }
+
+    fn only(names: &[&str]) -> ClaimsKept {
+        ClaimsKept::Only(names.iter().map(|n| Box::<str>::from(*n)).collect())
+    }
+
+    #[test]
+    fn sessions_keep_only_the_claims_the_config_reads() {
+        assert_eq!(
+            kept_for("{c: {type: claim}}"),
+            only(&["dct", "externalToken"])
+        );
+        assert_eq!(
+            kept_for("{c: {type: claim, claim: legacy.tok}}"),
+            only(&["dct", "legacy.tok"]),
+            "a claim name, not a path"
+        );
+        assert_eq!(
+            kept_for("{c: {type: supabase, jwt_secret: s, claims: {plan: custom.plan}}}"),
+            only(&["custom", "dct", "dsub", "email", "phone", "sub"])
+        );
+        assert_eq!(
+            kept_for(
+                "{c: {type: claim}, t: {type: token_exchange, token_url: 'http://127.0.0.1:1/t', \
+                 client_auth: {client_secret_post: {client_id: g, client_secret: s}}}}"
+            ),
+            only(&[
+                "dct",
+                "dsub",
+                "externalToken",
+                "permissions",
+                "roles",
+                "sub",
+                "tenants"
+            ])
+        );
+        // The http connector sends every custom claim: nothing can be dropped.
+        assert_eq!(
+            kept_for("{c: {type: http, url: 'http://127.0.0.1:1/m'}}"),
+            ClaimsKept::All
+        );
+    }
+
+    #[test]
+    fn a_reload_that_reads_other_claims_gets_a_new_session_cache_but_keeps_the_keys() {
+        install_crypto_provider();
+        let text = |conn: &str| {
+            format!(
+                "descope: {{project_id: P2x, jwks_url: 'http://127.0.0.1:1/k'}}\n\
+                 connectors: {{c: {conn}}}\nroutes: [{{upstream: 'http://127.0.0.1:1', connector: c}}]\n"
+            )
+        };
+        let c = Config::parse(&text("{type: claim}"), &|_| None).unwrap();
+        let client = Gateway::http_client().unwrap();
+        let keys = Arc::new(KeyStore::new(&c.descope, client, crate::clock::system()));
+        let gw = Gateway::build(c, keys).unwrap();
+        let other = Config::parse(&text("{type: claim, claim: other}"), &|_| None).unwrap();
+        let (next, keys_kept) = gw.rebuild(other).unwrap();
+        assert!(keys_kept);
+        assert!(
+            !Arc::ptr_eq(&gw.verifier, &next.verifier),
+            "sessions lack `other`"
+        );
+        assert!(Arc::ptr_eq(&gw.verifier.keys, &next.verifier.keys));
+        assert_eq!(next.verifier.kept(), &only(&["dct", "other"]));
     }
 
     #[test]

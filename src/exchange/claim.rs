@@ -6,7 +6,7 @@ use serde::Deserialize;
 use super::connector_config::Settings;
 use super::{ExchangeError, ExternalToken};
 use crate::config::ConfigError;
-use crate::verify::VerifiedSession;
+use crate::verify::{ClaimsKept, VerifiedSession};
 
 /// `type: claim`.
 #[derive(Debug, Clone, Deserialize)]
@@ -41,6 +41,10 @@ impl ClaimConnector {
         ClaimConnector {
             claim: c.claim.clone(),
         }
+    }
+
+    pub(crate) fn claims_read(&self, kept: &mut ClaimsKept) {
+        kept.read_name(&self.claim);
     }
 
     pub(crate) fn extract(

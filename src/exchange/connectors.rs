@@ -15,7 +15,7 @@ use super::token_exchange::TokenExchange;
 use super::{ExchangeError, ExternalToken, Mint, Minted, RequestInfo};
 use crate::clock::SharedClock;
 use crate::config::{Config, ConfigError};
-use crate::verify::VerifiedSession;
+use crate::verify::{ClaimsKept, VerifiedSession};
 
 /// How a connector produces tokens.
 enum ConnectorKind {
@@ -66,6 +66,9 @@ impl Mint for Instrumented {
     }
     fn public_jwk(&self) -> Option<jsonwebtoken::jwk::Jwk> {
         self.inner.public_jwk()
+    }
+    fn claims_read(&self, kept: &mut ClaimsKept) {
+        self.inner.claims_read(kept)
     }
 }
 
@@ -254,6 +257,16 @@ impl Connectors {
 
     pub(crate) fn cache(&self) -> &TokenCache {
         &self.cache
+    }
+
+    /// Adds the session claims any connector reads to `kept`.
+    pub(crate) fn claims_read(&self, kept: &mut ClaimsKept) {
+        for c in self.by_name.values() {
+            match &c.kind {
+                ConnectorKind::Claim(claim) => claim.claims_read(kept),
+                ConnectorKind::Minting(m) => m.claims_read(kept),
+            }
+        }
     }
 }
 

@@ -18,7 +18,7 @@ use super::{ExchangeError, ExternalToken, Mint, Minted, RequestInfo, MAX_REPLY_B
 use crate::bounded::read_body;
 use crate::clock::SharedClock;
 use crate::config::{ConfigError, Dur};
-use crate::verify::VerifiedSession;
+use crate::verify::{ClaimsKept, VerifiedSession};
 
 pub const FIREBASE_AUDIENCE: &str =
     "https://identitytoolkit.googleapis.com/google.identity.identitytoolkit.v1.IdentityToolkit";
@@ -263,6 +263,9 @@ impl Mint for Firebase {
             });
         }
         Ok(json!({ "uid": uid, "claims": mapped(&s.claims, &self.claims) }))
+    }
+    fn claims_read(&self, kept: &mut ClaimsKept) {
+        super::identity::claims_read(kept, &self.claims);
     }
 
     async fn mint(&self, inputs: &Value) -> Result<Minted, ExchangeError> {

@@ -264,8 +264,8 @@ impl Mint for HttpConnector {
         let c = &s.claims;
         let custom: serde_json::Map<String, Value> = c
             .iter()
-            .filter(|(k, _)| !STANDARD_CLAIMS.contains(&k.as_str()))
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .filter(|(k, _)| !STANDARD_CLAIMS.contains(k))
+            .map(|(k, v)| (k.to_string(), v.clone()))
             .collect();
         Ok(json!({
             "user": {

@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 
 use super::ExchangeError;
 use crate::config::ConfigError;
-use crate::verify::VerifiedSession;
+use crate::verify::{ClaimSource, ClaimsKept, VerifiedSession};
 
 /// A `claims:` mapping: target claim (dotted path) → session claim (dotted path).
 pub(crate) type ClaimMap = BTreeMap<String, String>;
@@ -51,10 +51,19 @@ pub(crate) fn user_id(session: &VerifiedSession) -> Result<&str, ExchangeError> 
         })
 }
 
+/// What a connector that maps `map` onto a user id reads: `dsub`, `sub` and each source path.
+pub(crate) fn claims_read(kept: &mut ClaimsKept, map: &ClaimMap) {
+    kept.read("sub");
+    kept.read("dsub");
+    for source in map.values() {
+        kept.read(source);
+    }
+}
+
 /// `a.b.c` inside a claims object.
-pub(crate) fn lookup<'a>(claims: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
+pub(crate) fn lookup<'a, C: ClaimSource + ?Sized>(claims: &'a C, path: &str) -> Option<&'a Value> {
     let mut parts = path.split('.');
-    let mut cur = claims.get(parts.next()?)?;
+    let mut cur = claims.top(parts.next()?)?;
     for p in parts {
         cur = cur.as_object()?.get(p)?;
     }
@@ -82,7 +91,7 @@ pub(crate) fn set_path(obj: &mut Map<String, Value>, path: &str, value: Value) {
 }
 
 /// Applies a `claims:` mapping: for each target, the session's value at the source path, if any.
-pub(crate) fn mapped(claims: &Map<String, Value>, map: &ClaimMap) -> Map<String, Value> {
+pub(crate) fn mapped<C: ClaimSource + ?Sized>(claims: &C, map: &ClaimMap) -> Map<String, Value> {
     let mut out = Map::new();
     for (target, source) in map {
         if let Some(v) = lookup(claims, source) {

@@ -15,7 +15,7 @@ use super::signing::Signer;
 use super::{ExchangeError, Mint, Minted, RequestInfo};
 use crate::clock::SharedClock;
 use crate::config::{ConfigError, Dur, OneOrMany};
-use crate::verify::VerifiedSession;
+use crate::verify::{ClaimsKept, VerifiedSession};
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 pub(crate) enum JwtAlgorithm {
@@ -108,6 +108,9 @@ impl JwtConnector {
 impl Mint for JwtConnector {
     fn inputs(&self, s: &VerifiedSession, _req: RequestInfo<'_>) -> Result<Value, ExchangeError> {
         Ok(json!({ "uid": user_id(s)?, "mapped": mapped(&s.claims, &self.claims) }))
+    }
+    fn claims_read(&self, kept: &mut ClaimsKept) {
+        super::identity::claims_read(kept, &self.claims);
     }
 
     async fn mint(&self, inputs: &Value) -> Result<Minted, ExchangeError> {

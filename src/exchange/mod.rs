@@ -33,7 +33,7 @@ pub use connector_config::validate;
 pub use connectors::Connectors;
 pub use firebase::FIREBASE_AUDIENCE;
 
-use crate::verify::VerifiedSession;
+use crate::verify::{ClaimsKept, VerifiedSession};
 
 /// Largest connector or OAuth token reply read (a token reply is a few KiB at most); a larger one
 /// is a connector failure, refused while it streams in, never buffered whole.
@@ -124,6 +124,11 @@ pub(crate) trait Mint: Send + Sync {
         inputs.clone()
     }
     async fn mint(&self, inputs: &serde_json::Value) -> Result<Minted, ExchangeError>;
+    /// Adds the session claims `inputs` reads to `kept` (the verified-session cache keeps no
+    /// others). The default keeps them all: right for a connector that cannot name them.
+    fn claims_read(&self, kept: &mut ClaimsKept) {
+        kept.read_all();
+    }
     /// The connector whose token this one exchanges (`token_exchange` with
     /// `subject: {external_token: <name>}`): [`Connectors`] obtains that token first and hands it
     /// to [`Mint::bind_subject`] before the cache key is made.

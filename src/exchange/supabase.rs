@@ -18,7 +18,7 @@ use super::signing::Signer;
 use super::{ExchangeError, Mint, Minted, RequestInfo};
 use crate::clock::SharedClock;
 use crate::config::{ConfigError, Dur};
-use crate::verify::VerifiedSession;
+use crate::verify::{ClaimsKept, VerifiedSession};
 
 /// The default `uuid_namespace`: uuid5(NAMESPACE_URL, "https://github.com/extoken/extoken#descope-user-id").
 const DEFAULT_UUID_NAMESPACE: &str = "dbd8928c-bb64-505a-830f-43f6b6e8fabd";
@@ -193,6 +193,11 @@ impl Mint for Supabase {
             "phone": s.claims.get("phone"),
             "mapped": mapped,
         }))
+    }
+    fn claims_read(&self, kept: &mut ClaimsKept) {
+        super::identity::claims_read(kept, &self.claims);
+        kept.read("email");
+        kept.read("phone");
     }
 
     async fn mint(&self, inputs: &Value) -> Result<Minted, ExchangeError> {

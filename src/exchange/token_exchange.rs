@@ -37,7 +37,7 @@ use super::{ExchangeError, ExternalToken, Mint, Minted, RequestInfo, MAX_REPLY_B
 use crate::bounded::read_body;
 use crate::clock::SharedClock;
 use crate::config::ConfigError;
-use crate::verify::VerifiedSession;
+use crate::verify::{ClaimsKept, VerifiedSession};
 
 const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const JWT_BEARER_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -294,6 +294,11 @@ impl Mint for TokenExchange {
             v["subject_token"] = req.session_token.into();
         }
         Ok(v)
+    }
+    fn claims_read(&self, kept: &mut ClaimsKept) {
+        for c in ["sub", "dsub", "dct", "roles", "permissions", "tenants"] {
+            kept.read(c);
+        }
     }
 
     /// Without the session JWT: a refreshed session with the same claims reuses the token. A

@@ -20,6 +20,7 @@ mod claims;
 mod jws;
 mod keys;
 mod keystore;
+mod session;
 #[cfg(test)]
 mod tests;
 
@@ -31,6 +32,8 @@ use serde_json::{Map, Value};
 pub(crate) use claims::issuer_matches;
 pub use keys::{Key, KeySet, KeySetError};
 pub use keystore::{FetchError, KeyStore};
+pub(crate) use session::{ClaimSource, Claims};
+pub use session::{ClaimsKept, VerifiedSession};
 
 use crate::clock::SharedClock;
 use crate::config::DescopeConfig;
@@ -94,47 +97,6 @@ pub enum VerifyError {
     KeysUnavailable,
 }
 
-/// A verified Descope session: its claims, read-only and shared.
-pub struct VerifiedSession {
-    pub(crate) claims: Map<String, Value>,
-    pub exp: u64,
-    kid: Arc<str>,
-    /// The RFC 7638 thumbprint of the key that verified it.
-    thumbprint: [u8; 32],
-}
-
-/// Without the token: a session is never printed whole.
-impl std::fmt::Debug for VerifiedSession {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VerifiedSession")
-            .field("claims", &self.claims)
-            .field("exp", &self.exp)
-            .field("kid", &self.kid)
-            .finish_non_exhaustive()
-    }
-}
-
-impl VerifiedSession {
-    /// A session with these claims, as if verified (unit tests of the connectors).
-    #[cfg(test)]
-    pub(crate) fn for_test(claims: Map<String, Value>) -> VerifiedSession {
-        VerifiedSession {
-            claims,
-            exp: u64::MAX,
-            kid: "test".into(),
-            thumbprint: [0; 32],
-        }
-    }
-
-    /// The Descope user id: `dsub` when a JWT template overrode `sub`, else `sub`.
-    pub(crate) fn user_id(&self) -> Option<&str> {
-        self.str_claim("dsub").or_else(|| self.str_claim("sub"))
-    }
-    pub(crate) fn str_claim(&self, name: &str) -> Option<&str> {
-        self.claims.get(name).and_then(Value::as_str)
-    }
-}
-
 /// How often expired sessions are swept out of the verified-session cache.
 pub(crate) const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
@@ -149,6 +111,8 @@ pub struct Verifier {
     /// (measured: 100,000 entries), and this cache is sized in the hundred thousands. Freshness is
     /// decided on every read anyway; [`Verifier::sweep`] frees what expired or lost its key.
     verified: quick_cache::sync::Cache<SessionKey, Arc<VerifiedSession>>,
+    /// The claims a session keeps (what the config reads).
+    kept: ClaimsKept,
 }
 
 type SessionKey = [u8; 32];
@@ -177,7 +141,19 @@ impl Verifier {
             verified: quick_cache::sync::Cache::new(
                 usize::try_from(cache_entries).unwrap_or(usize::MAX).max(1),
             ),
+            kept: ClaimsKept::All,
         }
+    }
+
+    /// Keeps only these claims of each session (default: all).
+    pub fn keeping(mut self, kept: ClaimsKept) -> Verifier {
+        self.kept = kept;
+        self
+    }
+
+    /// The claims sessions keep.
+    pub(crate) fn kept(&self) -> &ClaimsKept {
+        &self.kept
     }
 
     /// Verifies a session token. Cheap for a token seen before; otherwise the signature check runs
@@ -196,10 +172,9 @@ impl Verifier {
         let claims = check_signature(jws, key.clone()).await?;
         let exp = self.rules.check(&claims, self.clock.unix())?;
         let session = Arc::new(VerifiedSession {
-            claims,
+            claims: Claims::new(claims, &self.kept),
             exp,
-            kid: key.kid.clone(),
-            thumbprint: key.thumbprint,
+            key,
         });
         self.verified.insert(cache_key, session.clone());
         Ok(session)
@@ -210,8 +185,8 @@ impl Verifier {
     fn cached(&self, key: &SessionKey, keyset: &KeySet) -> Option<Arc<VerifiedSession>> {
         let s = self.verified.get(key)?;
         let same_key = keyset
-            .get(&s.kid)
-            .is_some_and(|k| k.thumbprint == s.thumbprint);
+            .get(&s.key.kid)
+            .is_some_and(|k| k.thumbprint == s.key.thumbprint);
         if same_key && self.rules.unexpired(s.exp, self.clock.unix()) {
             return Some(s);
         }
@@ -229,8 +204,8 @@ impl Verifier {
         self.verified.retain(|_, s| {
             self.rules.unexpired(s.exp, now)
                 && keyset
-                    .get(&s.kid)
-                    .is_some_and(|k| k.thumbprint == s.thumbprint)
+                    .get(&s.key.kid)
+                    .is_some_and(|k| k.thumbprint == s.key.thumbprint)
         });
         before.saturating_sub(self.verified.len())
     }
