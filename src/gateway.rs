@@ -7,21 +7,25 @@
 
 use std::sync::Arc;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::answer::Answer;
+use crate::authorize::IdentityHeaders;
+use crate::clock::SharedClock;
 use crate::config::{AuthMode, Config, ConfigError};
 use crate::exchange::{Connectors, RequestInfo, TokenCache};
 use crate::extract;
 use crate::rewrite::{self, Rewrite};
 use crate::route::{Route, RouteTable};
-use crate::verify::{AuthError, KeyStore, Verifier};
+use crate::verify::{AuthError, KeyStore, VerifiedSession, Verifier};
 
 pub struct Gateway {
     pub config: Arc<Config>,
     pub routes: RouteTable,
     pub verifier: Arc<Verifier>,
     pub connectors: Connectors,
+    /// `iat`/`exp` of signed identity assertions.
+    clock: SharedClock,
 }
 
 impl Gateway {
@@ -81,6 +85,7 @@ impl Gateway {
             routes,
             verifier,
             connectors,
+            clock: crate::clock::system(),
         })
     }
 
@@ -94,7 +99,8 @@ impl Gateway {
     }
 
     /// Decides whether a request on an `auth: required` route may go upstream, and with what
-    /// header. `Err` is the answer to send instead.
+    /// headers: extract → verify → the route's rules → exchange → identity headers. `Err` is the
+    /// answer to send instead; a refused session never reaches a connector.
     pub async fn authorize(
         &self,
         route: &Route,
@@ -109,6 +115,10 @@ impl Gateway {
             .verify(found.token)
             .await
             .map_err(|e| Answer::from_verify(&e))?;
+        route
+            .rules
+            .check(&session.claims, info.method)
+            .map_err(Answer::denied)?;
         let name = route
             .connector_for(session.str_claim("dct"))
             .ok_or_else(|| Answer::unavailable("route has no connector", "misconfigured"))?;
@@ -132,7 +142,37 @@ impl Gateway {
             header: route.header.clone(),
             value,
             cache_key: obtained.cache_key,
+            identity: self.identity_headers(route, &session)?,
         })
+    }
+
+    /// The route's identity headers for this session, with the signed assertion when configured.
+    fn identity_headers(
+        &self,
+        route: &Route,
+        session: &VerifiedSession,
+    ) -> Result<Vec<(HeaderName, HeaderValue)>, Answer> {
+        let Some(identity) = &route.identity else {
+            return Ok(Vec::new());
+        };
+        let mut values = identity.values(&session.claims);
+        if let Some(signed) = identity.signed_by() {
+            let unsigned =
+                || Answer::unavailable("identity assertion not signed", "identity_signing");
+            let signer = self
+                .connectors
+                .identity_signer(&signed.connector)
+                .ok_or_else(unsigned)?;
+            let claims = IdentityHeaders::assertion_claims(signed, &values, self.clock.unix());
+            let jws = signer.sign(claims).map_err(|e| {
+                tracing::warn!(target: "extoken::authorize", connector = %signed.connector, "cannot sign an identity assertion: {e}");
+                unsigned()
+            })?;
+            let jws =
+                HeaderValue::from_maybe_shared(bytes::Bytes::from(jws)).map_err(|_| unsigned())?;
+            values.push((signed.header.clone(), jws));
+        }
+        Ok(values)
     }
 
     /// Whether a Bearer token presented on an `auth: none` route is a session of this Descope

@@ -11,7 +11,7 @@ use super::firebase::Firebase;
 use super::http_endpoint::HttpConnector;
 use super::jwt_template::JwtConnector;
 use super::supabase::Supabase;
-use super::{ExchangeError, ExternalToken, Mint, Minted, RequestInfo};
+use super::{ExchangeError, ExternalToken, IdentitySigner, Mint, Minted, RequestInfo};
 use crate::clock::SharedClock;
 use crate::config::{Config, ConfigError};
 use crate::verify::VerifiedSession;
@@ -59,6 +59,9 @@ impl Mint for Instrumented {
     }
     fn public_jwk(&self) -> Option<jsonwebtoken::jwk::Jwk> {
         self.inner.public_jwk()
+    }
+    fn identity_signer(&self) -> Option<IdentitySigner> {
+        self.inner.identity_signer()
     }
 }
 
@@ -148,6 +151,8 @@ pub struct Connectors {
     by_name: BTreeMap<String, Connector>,
     cache: TokenCache,
     jwks: Option<String>,
+    /// The `jwt` connectors' keys, by name, for routes' signed identity headers.
+    signers: BTreeMap<String, IdentitySigner>,
 }
 
 impl Connectors {
@@ -173,11 +178,15 @@ impl Connectors {
     ) -> Result<Connectors, ConfigError> {
         let mut by_name = BTreeMap::new();
         let mut public = vec![];
+        let mut signers = BTreeMap::new();
         for (name, raw) in &cfg.connectors {
             let typed = ConnectorConfig::parse(name, raw)?;
             let c = Connector::build(name, &typed, client, &clock)?;
             if let ConnectorKind::Minting(m) = &c.kind {
                 public.extend(m.public_jwk());
+                if let Some(s) = m.identity_signer() {
+                    signers.insert(name.clone(), s);
+                }
             }
             by_name.insert(name.clone(), c);
         }
@@ -188,6 +197,7 @@ impl Connectors {
             by_name,
             cache: cache.unwrap_or_else(|| TokenCache::new(&cfg.cache, clock)),
             jwks,
+            signers,
         })
     }
 
@@ -231,6 +241,11 @@ impl Connectors {
     /// `{"keys":[...]}` of the `jwt` connectors' public keys, if any are configured.
     pub(crate) fn jwks(&self) -> Option<&str> {
         self.jwks.as_deref()
+    }
+
+    /// The key of `jwt` connector `name`, to sign identity assertions with.
+    pub(crate) fn identity_signer(&self, name: &str) -> Option<&IdentitySigner> {
+        self.signers.get(name)
     }
 
     pub(crate) fn cache(&self) -> &TokenCache {

@@ -31,6 +31,7 @@ pub(crate) use cache::TokenCache;
 pub use connector_config::validate;
 pub use connectors::Connectors;
 pub use firebase::FIREBASE_AUDIENCE;
+pub(crate) use jwt_template::IdentitySigner;
 
 use crate::verify::VerifiedSession;
 
@@ -118,6 +119,10 @@ pub(crate) trait Mint: Send + Sync {
     async fn mint(&self, inputs: &serde_json::Value) -> Result<Minted, ExchangeError>;
     /// The public key of a connector that signs with its own key, to publish in a JWKS.
     fn public_jwk(&self) -> Option<jsonwebtoken::jwk::Jwk> {
+        None
+    }
+    /// The key that signs identity assertions, for a connector whose key may (`jwt`).
+    fn identity_signer(&self) -> Option<IdentitySigner> {
         None
     }
 }

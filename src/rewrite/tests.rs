@@ -34,6 +34,7 @@ fn plan<'a>(host: &'a HeaderValue, token: Option<&'a Rewrite>, strip: &'a [Strin
         token,
         drop_authorization: false,
         strip_cookies: strip,
+        strip_headers: &[],
         drop_underscore_headers: true,
         peer: Peer {
             addr: Some("203.0.113.7".parse().unwrap()),
@@ -84,6 +85,7 @@ fn apply_sets_header_and_cleans_cookies() {
         header: HeaderName::from_static("x-legacy"),
         value: auth_value("", &tok).unwrap(),
         cache_key: None,
+        identity: vec![],
     };
     let (h, s) = (host(), strip());
     let mut p = plan(&h, Some(&rw), &s);
