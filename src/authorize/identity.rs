@@ -42,10 +42,13 @@ const RESERVED: [&str; 20] = [
     "x-request-id",
 ];
 
+/// A dotted claim path, split.
+type ClaimPath = Box<[Box<str>]>;
+
 /// The compiled identity headers of one route.
 #[derive(Debug)]
 pub(crate) struct IdentityHeaders {
-    headers: Box<[(HeaderName, Box<[Box<str>]>)]>,
+    headers: Box<[(HeaderName, ClaimPath)]>,
     signed: Option<SignedBy>,
 }
 
@@ -73,7 +76,7 @@ impl IdentityHeaders {
         if map.is_empty() {
             return Err(ConfigError::key(key, "no header given (leave it out)"));
         }
-        let mut headers: Vec<(HeaderName, Box<[Box<str>]>)> = Vec::with_capacity(map.len());
+        let mut headers: Vec<(HeaderName, ClaimPath)> = Vec::with_capacity(map.len());
         for (name, claim) in map {
             let k = format!("{key}.{name}");
             let h = header_name(name, r, &headers).map_err(|m| ConfigError::key(&k, m))?;
@@ -158,7 +161,7 @@ impl IdentityHeaders {
 fn header_name(
     name: &str,
     r: &RouteConfig,
-    taken: &[(HeaderName, Box<[Box<str>]>)],
+    taken: &[(HeaderName, ClaimPath)],
 ) -> Result<HeaderName, String> {
     let h = HeaderName::from_bytes(name.as_bytes())
         .map_err(|_| format!("{name:?} is not a header name"))?;

@@ -15,6 +15,8 @@ mod rules;
 mod tests;
 
 pub(crate) use identity::IdentityHeaders;
+#[cfg(test)]
+pub(crate) use identity::ASSERTION_LIFETIME_SECS;
 pub(crate) use rules::{Denied, Rules};
 
 use crate::config::{Config, ConfigError};

@@ -115,6 +115,65 @@ fn underscore_twins_are_dropped() {
     assert_eq!(m.get("x_external_token").unwrap(), "forged", "allow");
 }
 
+/// A client's copies of identity headers (of any route) go, with every `_` twin, whatever
+/// `underscore_headers` says; then the route's own values are set.
+#[test]
+fn identity_headers_are_the_gateways_alone() {
+    let names = [
+        HeaderName::from_static("x-user-id"),
+        HeaderName::from_static("x-extoken-identity"),
+    ];
+    let spoofed = || {
+        let mut m = HeaderMap::new();
+        for (n, v) in [
+            ("x-user-id", "forged"),
+            ("x_user_id", "forged"),
+            ("x-user_id", "forged"),
+            ("x_extoken-identity", "forged"),
+            ("x-extoken-identity", "forged"),
+            ("x-user-idx", "kept"),
+            ("x_other", "kept-if-allowed"),
+        ] {
+            m.append(n, HeaderValue::from_static(v));
+        }
+        m
+    };
+    let (h, s) = (host(), strip());
+    for drop in [true, false] {
+        // `auth: none` (no token, no values): only stripped.
+        let mut m = spoofed();
+        let mut p = plan(&h, None, &s);
+        p.strip_headers = &names;
+        p.drop_underscore_headers = drop;
+        apply(&mut m, &p);
+        let mut left: Vec<&str> = m
+            .keys()
+            .map(|k| k.as_str())
+            .filter(|k| k.starts_with("x-user") || k.starts_with("x_") || k.contains("identity"))
+            .collect();
+        left.sort();
+        let want: &[&str] = if drop {
+            &["x-user-idx"]
+        } else {
+            &["x-user-idx", "x_other"]
+        };
+        assert_eq!(left, want, "drop_underscore_headers: {drop}");
+        // With a token and values: set after the strip.
+        let tok = ExternalToken::new("t").unwrap();
+        let rw = Rewrite {
+            header: AUTHORIZATION,
+            value: auth_value("Bearer", &tok).unwrap(),
+            cache_key: None,
+            identity: vec![(names[0].clone(), HeaderValue::from_static("U2real"))],
+        };
+        let mut m = spoofed();
+        p.token = Some(&rw);
+        apply(&mut m, &p);
+        assert_eq!(all(&m, "x-user-id"), vec!["U2real"]);
+        assert!(m.get("x_user_id").is_none() && m.get("x-extoken-identity").is_none());
+    }
+}
+
 #[test]
 fn forwarding_headers_from_an_untrusted_peer_are_replaced() {
     let mut m = HeaderMap::new();
