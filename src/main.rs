@@ -167,6 +167,7 @@ fn check(path: &Path) -> Result<()> {
     extoken::gateway::install_crypto_provider();
     let client = extoken::gateway::Gateway::http_client()?;
     extoken::exchange::Connectors::build(&cfg, &client, extoken::clock::system())?;
+    extoken::authorize::validate(&cfg)?;
     print!("{}", cfg.summary());
     println!("ok: {} is valid", path.display());
     Ok(())
