@@ -93,6 +93,51 @@ fn config_errors_name_their_key() {
 }
 
 #[test]
+fn the_embedded_default_and_its_commented_example_compile() {
+    let text = crate::config::EMBEDDED_DEFAULT;
+    validate(&Config::parse(text, &|_| None).unwrap()).unwrap();
+    // Uncommented (with a jwt connector to sign), the example is a valid route.
+    let mut uncommented = String::new();
+    for line in text.lines() {
+        let example = line.strip_prefix("    # ").filter(|rest| {
+            [
+                "require:",
+                "identity_headers:",
+                "identity_headers_signed_by:",
+            ]
+            .iter()
+            .any(|k| rest.starts_with(k))
+                || (rest.starts_with("  ") && !rest.trim_start().starts_with('#'))
+        });
+        match example {
+            Some(rest) => {
+                uncommented.push_str("    ");
+                uncommented.push_str(rest);
+            }
+            None => uncommented.push_str(line),
+        }
+        uncommented.push('\n');
+    }
+    let uncommented = uncommented.replace(
+        "connectors:\n",
+        "connectors:\n  my-jwt-connector: {type: jwt, key_file: k.pem, issuer: gw}\n",
+    );
+    let cfg =
+        Config::parse(&uncommented, &|_| None).unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
+    validate(&cfg).unwrap();
+    let r = &cfg.routes[0];
+    assert!(r
+        .require
+        .as_ref()
+        .is_some_and(|q| q.roles.is_some() && q.methods.is_some()));
+    assert_eq!(r.identity_headers.as_ref().map(|h| h.len()), Some(4));
+    assert_eq!(
+        r.identity_headers_signed_by.as_deref(),
+        Some("my-jwt-connector")
+    );
+}
+
+#[test]
 fn rules_and_identity_need_a_session() {
     let text = |extra: &str| {
         format!(
