@@ -10,7 +10,7 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::answer::Answer;
-use crate::authorize::IdentityHeaders;
+use crate::authorize::Assertions;
 use crate::clock::SharedClock;
 use crate::config::{AuthMode, Config, ConfigError};
 use crate::exchange::{Connectors, RequestInfo, TokenCache};
@@ -26,6 +26,8 @@ pub struct Gateway {
     pub connectors: Connectors,
     /// `iat`/`exp` of signed identity assertions.
     clock: SharedClock,
+    /// Signed identity assertions, reused for the same identity while fresh.
+    assertions: Assertions,
 }
 
 impl Gateway {
@@ -80,12 +82,14 @@ impl Gateway {
             .map_err(|e| ConfigError::Syntax(format!("cannot create the HTTP client: {e}")))?;
         let connectors =
             Connectors::build_with_cache(&config, &client, crate::clock::system(), cache)?;
+        let assertions = Assertions::new(config.cache.max_entries);
         Ok(Gateway {
             config: Arc::new(config),
             routes,
             verifier,
             connectors,
             clock: crate::clock::system(),
+            assertions,
         })
     }
 
@@ -163,13 +167,13 @@ impl Gateway {
                 .connectors
                 .identity_signer(&signed.connector)
                 .ok_or_else(unsigned)?;
-            let claims = IdentityHeaders::assertion_claims(signed, &values, self.clock.unix());
-            let jws = signer.sign(claims).map_err(|e| {
-                tracing::warn!(target: "extoken::authorize", connector = %signed.connector, "cannot sign an identity assertion: {e}");
-                unsigned()
-            })?;
-            let jws =
-                HeaderValue::from_maybe_shared(bytes::Bytes::from(jws)).map_err(|_| unsigned())?;
+            let jws = self
+                .assertions
+                .get_or_sign(signed, &values, self.clock.unix(), |claims| signer.sign(claims))
+                .map_err(|e| {
+                    tracing::warn!(target: "extoken::authorize", connector = %signed.connector, "cannot sign an identity assertion: {e}");
+                    unsigned()
+                })?;
             values.push((signed.header.clone(), jws));
         }
         Ok(values)

@@ -18,6 +18,59 @@ use crate::config::{ConfigError, RouteConfig, DEFAULT_IDENTITY_JWS_HEADER};
 /// How long a signed identity assertion is good for: one request's worth, with clock skew.
 pub(crate) const ASSERTION_LIFETIME_SECS: u64 = 60;
 
+/// An assertion is reused for the same identity while at least this much of its life is left.
+const ASSERTION_REUSE_SECS: u64 = ASSERTION_LIFETIME_SECS / 2;
+
+/// Signed assertions by exactly what they assert (route and header values): an RSA signature
+/// costs about a millisecond, so a user's requests share one for half its lifetime. One per
+/// gateway, so a reload (perhaps with another key) starts afresh.
+pub(crate) struct Assertions {
+    signed: moka::sync::Cache<Box<str>, (HeaderValue, u64)>,
+}
+
+impl Assertions {
+    pub(crate) fn new(entries: u64) -> Assertions {
+        Assertions {
+            signed: moka::sync::Cache::builder()
+                .max_capacity(entries)
+                .time_to_live(std::time::Duration::from_secs(ASSERTION_REUSE_SECS))
+                .build(),
+        }
+    }
+
+    /// The assertion of `values` for `signed`'s route at `now`: a remembered one with at least
+    /// half its life left, else a fresh one from `sign` (given the claims to sign).
+    pub(crate) fn get_or_sign(
+        &self,
+        signed: &SignedBy,
+        values: &[(HeaderName, HeaderValue)],
+        now: u64,
+        sign: impl FnOnce(Map<String, Value>) -> Result<String, String>,
+    ) -> Result<HeaderValue, String> {
+        // Names and values are visible ASCII: `\n` cannot occur in them, so the key is exact.
+        let mut key = String::with_capacity(64);
+        key.push_str(&signed.connector);
+        key.push('\n');
+        key.push_str(&signed.audience);
+        for (n, v) in values {
+            key.push('\n');
+            key.push_str(n.as_str());
+            key.push(':');
+            key.push_str(&String::from_utf8_lossy(v.as_bytes()));
+        }
+        if let Some((jws, iat)) = self.signed.get(key.as_str()) {
+            if now < iat.saturating_add(ASSERTION_REUSE_SECS) && now >= iat {
+                return Ok(jws);
+            }
+        }
+        let jws = sign(IdentityHeaders::assertion_claims(signed, values, now))?;
+        let jws = HeaderValue::from_maybe_shared(bytes::Bytes::from(jws))
+            .map_err(|_| "the signed assertion is not a header value".to_string())?;
+        self.signed.insert(key.into(), (jws.clone(), now));
+        Ok(jws)
+    }
+}
+
 /// Headers extoken itself owns or that change how a message is framed: never identity headers.
 const RESERVED: [&str; 20] = [
     "host",

@@ -14,9 +14,9 @@ mod rules;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use identity::IdentityHeaders;
 #[cfg(test)]
 pub(crate) use identity::ASSERTION_LIFETIME_SECS;
+pub(crate) use identity::{Assertions, IdentityHeaders};
 pub(crate) use rules::{Denied, Rules};
 
 use crate::config::{Config, ConfigError};

@@ -544,3 +544,114 @@ proptest! {
         prop_assert_eq!(parts, want);
     }
 }
+
+#[test]
+fn assertions_are_reused_for_the_same_identity_while_fresh() {
+    let cfg =
+        config(", identity_headers: {X-User-Id: sub}, identity_headers_signed_by: signer").unwrap();
+    let s = IdentityHeaders::compile(&cfg.routes[1], "api", "routes[1]")
+        .unwrap()
+        .unwrap();
+    let signed = s.signed_by().unwrap();
+    let cache = Assertions::new(100);
+    let calls = std::cell::Cell::new(0);
+    let sign = |c: Map<String, Value>| {
+        calls.set(calls.get() + 1);
+        Ok(format!(
+            "jws-{}-{}",
+            c["iat"],
+            c["hdr"]["x-user-id"].as_str().unwrap()
+        ))
+    };
+    let alice = s.values(&claims(json!({"sub": "alice"})));
+    let bob = s.values(&claims(json!({"sub": "bob"})));
+    let get = |v: &[(http::HeaderName, http::HeaderValue)], now| {
+        cache
+            .get_or_sign(signed, v, now, sign)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(get(&alice, 1000), "jws-1000-alice");
+    assert_eq!(
+        get(&alice, 1029),
+        "jws-1000-alice",
+        "reused: 31 s of life left"
+    );
+    assert_eq!(get(&bob, 1029), "jws-1029-bob", "another identity, its own");
+    assert_eq!(calls.get(), 2);
+    assert_eq!(
+        get(&alice, 1030),
+        "jws-1030-alice",
+        "half its life gone: signed again"
+    );
+    assert_eq!(
+        get(&alice, 999),
+        "jws-999-alice",
+        "a clock that went back: signed again"
+    );
+    assert_eq!(calls.get(), 4);
+}
+
+/// Counts this thread's allocations, to show rule checks borrow and never allocate.
+mod alloc_count {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    thread_local! {
+        static ALLOCS: Cell<usize> = const { Cell::new(0) };
+    }
+
+    struct Counting;
+
+    // SAFETY: forwards to the system allocator unchanged; only counts.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+            let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+            System.alloc(l)
+        }
+        unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+            System.dealloc(p, l)
+        }
+        unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+            let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+            System.realloc(p, l, n)
+        }
+    }
+
+    #[global_allocator]
+    static COUNTING: Counting = Counting;
+
+    /// Allocations made by `f` on this thread.
+    pub(super) fn during(f: impl FnOnce()) -> usize {
+        let before = ALLOCS.with(Cell::get);
+        f();
+        ALLOCS.with(Cell::get) - before
+    }
+}
+
+#[test]
+fn checking_rules_never_allocates() {
+    let all = rules("{methods: [GET, POST], tenant: current, tenants: [T0, T1], roles: {any: [x, admin], all: [admin]}, permissions: {all: [p]}, claims: {plan: {in: [free, pro]}, org.tier: 2, beta: true}}");
+    let pass = claims(json!({
+        "dct": "T1",
+        "tenants": {"T1": {"roles": ["admin"], "permissions": ["p"]}},
+        "plan": "pro", "org": {"tier": 2}, "beta": true,
+    }));
+    let mut fail_late = pass.clone();
+    fail_late.insert("beta".into(), json!(false));
+    assert!(all.check(&pass, "GET").is_ok());
+    assert_eq!(all.check(&fail_late, "GET"), Err(Denied("claims.beta")));
+    let n = alloc_count::during(|| {
+        for _ in 0..100 {
+            assert!(all.check(&pass, "POST").is_ok());
+            assert!(all.check(&fail_late, "GET").is_err());
+            assert!(all.check(&pass, "DELETE").is_err());
+            assert!(all.check(&Map::new(), "GET").is_err());
+        }
+    });
+    assert_eq!(n, 0, "allocations while checking rules");
+    // The counter works: building a claims map allocates.
+    assert!(alloc_count::during(|| drop(claims(json!({"a": [1]})))) > 0);
+}
