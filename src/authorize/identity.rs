@@ -21,8 +21,9 @@ pub(crate) const ASSERTION_LIFETIME_SECS: u64 = 60;
 /// An assertion is reused for the same identity while at least this much of its life is left.
 const ASSERTION_REUSE_SECS: u64 = ASSERTION_LIFETIME_SECS / 2;
 
-/// Signed assertions by exactly what they assert (route and header values): an RSA signature
-/// costs about a millisecond, so a user's requests share one for half its lifetime. One per
+/// Signed assertions by exactly what they assert (route and header values): a signature (RSA
+/// above all) would be the costliest step of a request, so a user's requests share one for half
+/// its lifetime. One per
 /// gateway, so a reload (perhaps with another key) starts afresh.
 pub(crate) struct Assertions {
     signed: moka::sync::Cache<Box<str>, (HeaderValue, u64)>,
