@@ -178,6 +178,18 @@ fn accepted_configs_compile() {
     for extra in ok {
         config(extra).unwrap_or_else(|e| panic!("{extra}: {e}"));
     }
+    let s = config(ok[1]).unwrap().summary();
+    assert!(
+        s.contains(
+            "[connector ext -> authorization (Bearer)]  require: tenant, permissions, claims\n"
+        ),
+        "{s}"
+    );
+    let s = config(ok[4]).unwrap().summary();
+    assert!(
+        s.contains("  identity: X-Tenant-Id, X-User-Id (signed by signer)\n"),
+        "{s}"
+    );
     assert!(Rules::compile(None, "x")
         .unwrap()
         .check(&Map::new(), "DELETE")

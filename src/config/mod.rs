@@ -222,8 +222,10 @@ impl Config {
             };
             let _ = writeln!(
                 s,
-                "  {name}: {}{host} -> {}  [{auth}]",
-                r.path_prefix, r.upstream
+                "  {name}: {}{host} -> {}  [{auth}]{}",
+                r.path_prefix,
+                r.upstream,
+                r.who_may_pass()
             );
         }
         s

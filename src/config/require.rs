@@ -34,5 +34,35 @@ pub struct SetRuleConfig {
     pub all: Option<Vec<String>>,
 }
 
+impl super::RouteConfig {
+    /// `  require: roles, methods; identity: X-User-Id, X-Tenant-Id (signed by gw)` for the
+    /// `extoken check` summary (empty when the route has neither).
+    pub(super) fn who_may_pass(&self) -> String {
+        let mut out = String::new();
+        if let Some(r) = &self.require {
+            let rules: Vec<&str> = [
+                ("methods", r.methods.is_some()),
+                ("tenant", r.tenant.is_some()),
+                ("tenants", r.tenants.is_some()),
+                ("roles", r.roles.is_some()),
+                ("permissions", r.permissions.is_some()),
+                ("claims", r.claims.is_some()),
+            ]
+            .into_iter()
+            .filter_map(|(k, set)| set.then_some(k))
+            .collect();
+            out.push_str(&format!("  require: {}", rules.join(", ")));
+        }
+        if let Some(h) = &self.identity_headers {
+            let names: Vec<&str> = h.keys().map(String::as_str).collect();
+            out.push_str(&format!("  identity: {}", names.join(", ")));
+            if let Some(c) = &self.identity_headers_signed_by {
+                out.push_str(&format!(" (signed by {c})"));
+            }
+        }
+        out
+    }
+}
+
 /// The header a signed identity assertion travels in, unless `identity_jws_header` names another.
 pub const DEFAULT_IDENTITY_JWS_HEADER: &str = "X-Extoken-Identity";
