@@ -327,3 +327,67 @@ async fn check_refuses_impossible_rules_naming_the_key() {
         "{err}"
     );
 }
+
+/// A reload puts new rules in force; one with an impossible rule is refused and the old rules
+/// stay.
+#[tokio::test(flavor = "multi_thread")]
+async fn reload_applies_new_rules_and_refuses_impossible_ones() {
+    let project = Project::start().await;
+    let backend = Backend::start().await;
+    let config = |roles: Value| {
+        project
+            .config()
+            .connector("ext", claim_connector("externalToken"))
+            .route(
+                RouteSpec::new("/", &backend.url())
+                    .name("api")
+                    .connector("ext")
+                    .set("require", json!({"roles": roles})),
+            )
+    };
+    let how = Launch {
+        admin: true,
+        ..Launch::default()
+    };
+    let gw = project
+        .gateway(&config(json!({"any": ["admin"]})), how)
+        .await;
+    let viewer = project.session(
+        "U2viewer",
+        &[
+            ("roles", json!(["viewer"])),
+            ("externalToken", json!("ext-v")),
+        ],
+    );
+    assert_denied(&gw.get_bearer("/x", &viewer).await, "roles");
+
+    let reloads = |result: &str| format!("extoken_config_reloads_total{{result=\"{result}\"}}");
+    let reloaded = |result: &'static str, n: f64| {
+        let series = reloads(result);
+        let gw = &gw;
+        async move {
+            gw.signal(libc::SIGHUP);
+            let done = eventually(Duration::from_secs(10), || async {
+                metric_sample(&gw.metrics().await, &series) >= n
+            })
+            .await;
+            assert!(done, "no {series} = {n}:\n{}", gw.log());
+        }
+    };
+    gw.write_config(&config(json!({"any": ["admin", "viewer"]})).to_yaml());
+    reloaded("ok", 1.0).await;
+    let r = gw.get_bearer("/x", &viewer).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(backend.only().header("authorization"), Some("Bearer ext-v"));
+
+    gw.write_config(&config(json!({"any": []})).to_yaml());
+    reloaded("error", 1.0).await;
+    assert!(
+        gw.log()
+            .contains("routes[0].require.roles.any: an empty list admits no session"),
+        "{}",
+        gw.log()
+    );
+    let r = gw.get_bearer("/x", &viewer).await;
+    assert_eq!(r.status, 200, "the rules in force stay: {r:?}");
+}
