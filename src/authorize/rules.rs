@@ -132,16 +132,14 @@ impl Rules {
         }
         // Where roles and permissions are read from: the tenant's entry, or the session itself.
         let scope = match &self.tenant {
-            None => Some(claims),
+            None => claims,
             Some(t) => {
                 let id = match t {
                     Tenant::Current => claims.get("dct").and_then(Value::as_str),
                     Tenant::Id(id) => Some(&**id),
                 };
-                Some(
-                    id.and_then(|id| tenant_entry(claims, id))
-                        .ok_or(Denied("tenant"))?,
-                )
+                id.and_then(|id| tenant_entry(claims, id))
+                    .ok_or(Denied("tenant"))?
             }
         };
         if let Some(allowed) = &self.tenants {
@@ -154,7 +152,7 @@ impl Rules {
             (&self.permissions, "permissions", "permissions"),
         ] {
             if let Some(rule) = rule {
-                if !rule.holds(scope.and_then(|s| s.get(claim))) {
+                if !rule.holds(scope.get(claim)) {
                     return Err(Denied(name));
                 }
             }
