@@ -375,6 +375,7 @@ fn plan<'a>(
         token: Some(rw),
         drop_authorization: true,
         strip_cookies: strip,
+        strip_headers: &[],
         drop_underscore_headers: true,
         peer: rewrite::Peer {
             addr: Some(std::net::IpAddr::from([203, 0, 113, 7])),

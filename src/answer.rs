@@ -6,6 +6,7 @@
 
 use bytes::Bytes;
 
+use crate::authorize::Denied;
 use crate::exchange::ExchangeError;
 use crate::verify::{AuthError, VerifyError};
 
@@ -74,7 +75,7 @@ impl Answer {
                 &format!("connector {connector} is unavailable"),
                 "connector_unavailable",
             ),
-            ExchangeError::Forbidden { .. } => Self::forbidden(&e.to_string()),
+            ExchangeError::Forbidden { rule, .. } => Self::forbidden(&e.to_string(), rule),
         }
     }
 
@@ -118,8 +119,14 @@ impl Answer {
     }
 
     /// 403: a valid session that a rule does not admit (RFC 6750 `insufficient_scope`).
-    /// `description` names the rule, never the user's claims.
-    pub(crate) fn forbidden(description: &str) -> Answer {
+    /// `description` and `rule` name the rule (`roles`, `claims.plan`, a connector's `role`),
+    /// never the user's claims; the body carries `rule` for clients and support.
+    pub(crate) fn forbidden(description: &str, rule: &str) -> Answer {
+        let body = serde_json::json!({
+            "error": "insufficient_scope",
+            "error_description": description,
+            "rule": rule,
+        });
         Answer {
             status: 403,
             www_authenticate: Some(format!(
@@ -127,10 +134,18 @@ impl Answer {
                 quoted_safe(description)
             )),
             retry_after: None,
-            body: json_body("insufficient_scope", description),
+            body: Bytes::from(body.to_string()),
             outcome: "forbidden",
             reason: "forbidden",
         }
+    }
+
+    /// 403 for a route's `require:` rule that the session does not meet.
+    pub(crate) fn denied(d: Denied<'_>) -> Answer {
+        Self::forbidden(
+            &format!("the session does not meet require.{} of this route", d.0),
+            d.0,
+        )
     }
 
     /// What pingora could not do (handed to `fail_to_proxy`): `status` is 504 for an upstream
@@ -270,7 +285,7 @@ mod tests {
 
     #[test]
     fn forbidden_is_insufficient_scope() {
-        let a = Answer::forbidden("role \"x\" is not allowed");
+        let a = Answer::forbidden("role \"x\" is not allowed", "role");
         assert_eq!(
             (a.status, a.outcome, a.reason),
             (403, "forbidden", "forbidden")
@@ -283,6 +298,25 @@ mod tests {
         );
         let body: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
         assert_eq!(body["error"], "insufficient_scope");
+        assert_eq!(body["rule"], "role");
+    }
+
+    #[test]
+    fn a_denial_names_the_rule_only() {
+        let a = Answer::denied(Denied("claims.plan"));
+        assert_eq!((a.status, a.reason), (403, "forbidden"));
+        let body: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+        assert_eq!(body["rule"], "claims.plan");
+        assert_eq!(
+            body["error_description"],
+            "the session does not meet require.claims.plan of this route"
+        );
+        assert_eq!(
+            a.www_authenticate.as_deref(),
+            Some(
+                r#"Bearer error="insufficient_scope", error_description="the session does not meet require.claims.plan of this route""#
+            )
+        );
     }
 
     #[test]

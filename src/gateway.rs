@@ -7,21 +7,27 @@
 
 use std::sync::Arc;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::answer::Answer;
+use crate::authorize::Assertions;
+use crate::clock::SharedClock;
 use crate::config::{AuthMode, Config, ConfigError};
 use crate::exchange::{Connectors, RequestInfo, TokenCache};
 use crate::extract;
 use crate::rewrite::{self, Rewrite};
 use crate::route::{Route, RouteTable};
-use crate::verify::{AuthError, ClaimsKept, KeyStore, Verifier};
+use crate::verify::{AuthError, ClaimsKept, KeyStore, VerifiedSession, Verifier};
 
 pub struct Gateway {
     pub config: Arc<Config>,
     pub routes: RouteTable,
     pub verifier: Arc<Verifier>,
     pub connectors: Connectors,
+    /// `iat`/`exp` of signed identity assertions.
+    clock: SharedClock,
+    /// Signed identity assertions, reused for the same identity while fresh.
+    assertions: Assertions,
 }
 
 impl Gateway {
@@ -90,12 +96,16 @@ impl Gateway {
         // A route may pick its connector by the session's tenant.
         kept.read("dct");
         connectors.claims_read(&mut kept);
+        routes.claims_read(&mut kept);
         let (verifier, keys_kept) = verifier(&config, kept);
+        let assertions = Assertions::new(config.cache.max_entries);
         let gateway = Gateway {
             config: Arc::new(config),
             routes,
             verifier,
             connectors,
+            clock: crate::clock::system(),
+            assertions,
         };
         Ok((gateway, keys_kept))
     }
@@ -110,7 +120,8 @@ impl Gateway {
     }
 
     /// Decides whether a request on an `auth: required` route may go upstream, and with what
-    /// header. `Err` is the answer to send instead.
+    /// headers: extract → verify → the route's rules → exchange → identity headers. `Err` is the
+    /// answer to send instead; a refused session never reaches a connector.
     pub async fn authorize(
         &self,
         route: &Route,
@@ -125,6 +136,10 @@ impl Gateway {
             .verify(found.token)
             .await
             .map_err(|e| Answer::from_verify(&e))?;
+        route
+            .rules
+            .check(&session.claims, info.method)
+            .map_err(Answer::denied)?;
         let name = route
             .connector_for(session.str_claim("dct"))
             .ok_or_else(|| Answer::unavailable("route has no connector", "misconfigured"))?;
@@ -152,7 +167,37 @@ impl Gateway {
             header: route.header.clone(),
             value,
             cache_key: obtained.cache_key,
+            identity: self.identity_headers(route, &session)?,
         })
+    }
+
+    /// The route's identity headers for this session, with the signed assertion when configured.
+    fn identity_headers(
+        &self,
+        route: &Route,
+        session: &VerifiedSession,
+    ) -> Result<Vec<(HeaderName, HeaderValue)>, Answer> {
+        let Some(identity) = &route.identity else {
+            return Ok(Vec::new());
+        };
+        let mut values = identity.values(&session.claims);
+        if let Some(signed) = identity.signed_by() {
+            let unsigned =
+                || Answer::unavailable("identity assertion not signed", "identity_signing");
+            let signer = self
+                .connectors
+                .identity_signer(&signed.connector)
+                .ok_or_else(unsigned)?;
+            let jws = self
+                .assertions
+                .get_or_sign(signed, &values, self.clock.unix(), |claims| signer.sign(claims))
+                .map_err(|e| {
+                    tracing::warn!(target: "extoken::authorize", connector = %signed.connector, "cannot sign an identity assertion: {e}");
+                    unsigned()
+                })?;
+            values.push((signed.header.clone(), jws));
+        }
+        Ok(values)
     }
 
     /// Whether a Bearer token presented on an `auth: none` route is a session of this Descope
@@ -257,6 +302,34 @@ mod tests {
     }
 
     #[test]
+    fn sessions_keep_what_route_rules_and_identity_headers_read() {
+        install_crypto_provider();
+        let text = "descope: {project_id: P2x, jwks_url: 'http://127.0.0.1:1/k'}\n\
+             connectors: {c: {type: claim}}\nroutes:\n\
+             - {path_prefix: /a, upstream: 'http://127.0.0.1:1', connector: c,\n   \
+                require: {roles: {any: [admin]}, claims: {org.plan: pro}},\n   \
+                identity_headers: {X-User-Email: email, X-Team: team.name}}\n\
+             - {path_prefix: /b, upstream: 'http://127.0.0.1:1', connector: c,\n   \
+                require: {tenant: T1, permissions: {all: [w]}}}\n";
+        let c = Config::parse(text, &|_| None).unwrap();
+        let client = Gateway::http_client().unwrap();
+        let keys = Arc::new(KeyStore::new(&c.descope, client, crate::clock::system()));
+        let gw = Gateway::build(c, keys).unwrap();
+        assert_eq!(
+            gw.verifier.kept(),
+            &only(&[
+                "dct",
+                "email",
+                "externalToken",
+                "org",
+                "roles",
+                "team",
+                "tenants"
+            ])
+        );
+    }
+
+    #[test]
     fn a_reload_that_reads_other_claims_gets_a_new_session_cache_but_keeps_the_keys() {
         install_crypto_provider();
         let text = |conn: &str| {
@@ -316,11 +389,13 @@ mod authorize_tests {
         let key = DevKey::load_or_create(&dir.path().join("dev.pem")).unwrap();
         let jwks = dir.path().join("jwks.json");
         std::fs::write(&jwks, &key.jwks).unwrap();
+        // A jwt connector whose key signs identity assertions (the dev key will do).
         let text = format!(
             "descope: {{project_id: {PROJECT}, jwks_file: '{}'}}\n\
-             connectors: {{ext: {{type: claim}}}}\n\
+             connectors: {{ext: {{type: claim}}, gw: {{type: jwt, key_file: '{}', issuer: 'https://gw'}}}}\n\
              routes: [{{name: api, upstream: 'http://127.0.0.1:1', connector: ext{route_extra}}}]\n",
-            jwks.display()
+            jwks.display(),
+            dir.path().join("dev.pem").display()
         );
         let cfg = Config::parse(&text, &|_| None).unwrap();
         let client = Gateway::http_client().unwrap();
@@ -334,12 +409,21 @@ mod authorize_tests {
     }
 
     fn session(key: &DevKey, ttl_secs: i64, ext: Option<&str>) -> String {
+        session_with(key, ttl_secs, ext, vec![])
+    }
+
+    fn session_with(
+        key: &DevKey,
+        ttl_secs: i64,
+        ext: Option<&str>,
+        claims: Vec<(String, serde_json::Value)>,
+    ) -> String {
         MintOptions {
             project_id: PROJECT.into(),
             issuer: None,
             sub: "U2user".into(),
             ttl_secs,
-            claims: vec![],
+            claims,
             external_token: ext.map(str::to_string),
             refresh: false,
         }
@@ -349,6 +433,14 @@ mod authorize_tests {
     }
 
     async fn authorize(f: &Fixture, headers: &[(&str, String)]) -> Result<Rewrite, Answer> {
+        authorize_as(f, "GET", headers).await
+    }
+
+    async fn authorize_as(
+        f: &Fixture,
+        method: &str,
+        headers: &[(&str, String)],
+    ) -> Result<Rewrite, Answer> {
         let mut h = HeaderMap::new();
         for (k, v) in headers {
             h.append(
@@ -360,7 +452,7 @@ mod authorize_tests {
         let info = RequestInfo {
             session_token: "",
             route: &route.name,
-            method: "GET",
+            method,
             path: "/x",
         };
         f.gw.authorize(&route, &h, info).await
@@ -412,5 +504,91 @@ mod authorize_tests {
         let forged = format!("Bearer {}", session(&other, 600, Some("t")));
         let r = authorize(&f, &[("authorization", forged)]).await;
         assert_eq!(status(r), 401);
+    }
+
+    /// A session the rules refuse gets the 403 naming the rule, even when it has no external
+    /// token: the rules run before the connector, which is never asked.
+    #[tokio::test]
+    async fn rules_refuse_before_the_connector() {
+        let f = fixture(", require: {roles: {any: [admin]}, methods: [GET]}").await;
+        let roles = |r: &[&str]| vec![("roles".to_string(), serde_json::json!(r))];
+        let viewer = format!(
+            "Bearer {}",
+            session_with(&f.key, 600, None, roles(&["viewer"]))
+        );
+        let a = authorize(&f, &[("authorization", viewer)])
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (a.status, a.reason, a.outcome),
+            (403, "forbidden", "forbidden")
+        );
+        let body: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+        assert_eq!(body["rule"], "roles");
+        assert!(
+            !String::from_utf8_lossy(&a.body).contains("viewer"),
+            "no claim in the body"
+        );
+        // An admin without an external token passes the rules and fails at the connector (401).
+        let admin = format!(
+            "Bearer {}",
+            session_with(&f.key, 600, None, roles(&["admin"]))
+        );
+        let a = authorize(&f, &[("authorization", admin)])
+            .await
+            .unwrap_err();
+        assert_eq!((a.status, a.reason), (401, "missing_external_token"));
+        let admin = format!(
+            "Bearer {}",
+            session_with(&f.key, 600, Some("t"), roles(&["admin"]))
+        );
+        let a = authorize_as(&f, "POST", &[("authorization", admin.clone())])
+            .await
+            .unwrap_err();
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&a.body).unwrap()["rule"],
+            "methods"
+        );
+        assert!(authorize(&f, &[("authorization", admin)]).await.is_ok());
+        // No session at all is still the 401, not a 403.
+        assert_eq!(authorize(&f, &[]).await.unwrap_err().status, 401);
+    }
+
+    /// Identity headers from the verified claims, and the assertion of them, which verifies with
+    /// the jwt connector's published key.
+    #[tokio::test]
+    async fn identity_headers_and_their_signed_assertion() {
+        let f = fixture(
+            ", identity_headers: {X-User-Id: sub, X-Roles: roles, X-Tenant: dct}, identity_headers_signed_by: gw",
+        )
+        .await;
+        let claims = vec![("roles".to_string(), serde_json::json!(["a", "b"]))];
+        let bearer = format!("Bearer {}", session_with(&f.key, 600, Some("t"), claims));
+        let rw = authorize(&f, &[("authorization", bearer)]).await.unwrap();
+        let got: Vec<(&str, &str)> = rw
+            .identity
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+            .collect();
+        assert_eq!(&got[..2], &[("x-roles", "a,b"), ("x-user-id", "U2user")]);
+        assert_eq!(got.len(), 3, "no dct: no X-Tenant; plus the assertion");
+        assert_eq!(got[2].0, "x-extoken-identity");
+        let jwks: jsonwebtoken::jwk::JwkSet =
+            serde_json::from_str(f.gw.connectors.jwks().unwrap()).unwrap();
+        let key = jsonwebtoken::DecodingKey::from_jwk(&jwks.keys[0]).unwrap();
+        let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+        v.set_audience(&["api"]);
+        v.set_issuer(&["https://gw"]);
+        let data = jsonwebtoken::decode::<serde_json::Value>(got[2].1, &key, &v).unwrap();
+        assert_eq!(data.header.typ.as_deref(), Some("extoken-identity+jwt"));
+        assert_eq!(
+            data.claims["hdr"],
+            serde_json::json!({"x-roles": "a,b", "x-user-id": "U2user"})
+        );
+        let (iat, exp) = (
+            data.claims["iat"].as_u64().unwrap(),
+            data.claims["exp"].as_u64().unwrap(),
+        );
+        assert_eq!(exp - iat, crate::authorize::ASSERTION_LIFETIME_SECS);
     }
 }

@@ -11,6 +11,7 @@
 
 pub(crate) mod admin;
 pub mod answer;
+pub mod authorize;
 pub(crate) mod bounded;
 pub mod clock;
 pub mod config;

@@ -123,10 +123,13 @@ fn config_source(path: Option<&Path>) -> ConfigSource {
 }
 
 fn load_config(source: &ConfigSource) -> Result<Config> {
-    // The connector blocks are checked too (no key files read): what the gateway would refuse.
-    let cfg = source
-        .load()
-        .and_then(|cfg| extoken::exchange::validate(&cfg).map(|()| cfg));
+    // The connector blocks and route rules are checked too (no key files read): what the gateway
+    // would refuse.
+    let cfg = source.load().and_then(|cfg| {
+        extoken::exchange::validate(&cfg)?;
+        extoken::authorize::validate(&cfg)?;
+        Ok(cfg)
+    });
     cfg.with_context(|| match source {
         ConfigSource::File(p) => format!("config {}", p.display()),
         ConfigSource::Embedded => "embedded config".into(),
@@ -164,6 +167,7 @@ fn check(path: &Path) -> Result<()> {
     extoken::gateway::install_crypto_provider();
     let client = extoken::gateway::Gateway::http_client()?;
     extoken::exchange::Connectors::build(&cfg, &client, extoken::clock::system())?;
+    extoken::authorize::validate(&cfg)?;
     print!("{}", cfg.summary());
     println!("ok: {} is valid", path.display());
     Ok(())

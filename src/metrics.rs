@@ -119,7 +119,7 @@ impl Metrics {
             auth_failures_total: counter(
                 &r,
                 "auth_failures_total",
-                "Requests refused 401, by reason.",
+                "Requests refused 401 or 403, by reason.",
                 &["reason"],
             ),
             jwks_fetches_total: counter(

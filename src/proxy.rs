@@ -325,6 +325,7 @@ impl ProxyHttp for Proxy {
             token: ctx.rewrite.as_ref(),
             drop_authorization: ctx.drop_authorization,
             strip_cookies: &route.strip_cookies,
+            strip_headers: gw.routes.identity_names(),
             drop_underscore_headers: gw.config.limits.underscore_headers == UnderscoreHeaders::Drop,
             peer: rewrite::Peer {
                 addr,

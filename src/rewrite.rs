@@ -7,6 +7,9 @@
 //!   (with the same parser extraction uses), every `Authorization: Bearer` on `auth: required`
 //!   routes, and a Bearer Descope session on `auth: none` routes.
 //! * Header names with `_` are dropped (CGI/WSGI backends read `X_Token` as `X-Token`).
+//! * Identity headers: a client's copies of any route's identity header names (and their `_`
+//!   twins, even with `underscore_headers: allow`) are removed on every route, then the route's
+//!   own values (computed by the gateway from the verified session) are set.
 //! * `X-Forwarded-*`, `X-Real-IP` and `Forwarded` say what extoken saw, unless the peer is a
 //!   trusted proxy (then the peer is appended to the chain).
 
@@ -61,6 +64,8 @@ pub struct Rewrite {
     pub value: HeaderValue,
     /// The cache entry the token came from, to evict if the upstream answers 401.
     pub cache_key: Option<crate::exchange::CacheKey>,
+    /// The route's identity headers for this session (and their signed assertion).
+    pub identity: Vec<(HeaderName, HeaderValue)>,
 }
 
 /// Who sent the request, as extoken saw it.
@@ -80,6 +85,8 @@ pub struct Plan<'a> {
     /// Remove `Authorization` (it is a Bearer the backend must not see).
     pub drop_authorization: bool,
     pub strip_cookies: &'a [String],
+    /// Every route's identity header names: a client's copies (and their `_` twins) never pass.
+    pub strip_headers: &'a [HeaderName],
     pub drop_underscore_headers: bool,
     pub peer: Peer,
     pub request_id: Option<&'a HeaderValue>,
@@ -99,12 +106,16 @@ pub fn apply<H: Headers>(req: &mut H, plan: &Plan<'_>) {
     if plan.drop_underscore_headers {
         req.remove_where(&|n: &HeaderName| n.as_str().contains('_'));
     }
+    strip_identity_headers(req, plan);
     req.set(HOST, plan.host.clone());
     if plan.drop_authorization {
         req.remove(&AUTHORIZATION);
     }
     if let Some(rw) = plan.token {
         req.set(rw.header.clone(), rw.value.clone());
+        for (name, value) in &rw.identity {
+            req.set(name.clone(), value.clone());
+        }
     }
     if !plan.strip_cookies.is_empty() {
         strip_cookie_headers(req, plan.strip_cookies);
@@ -113,6 +124,31 @@ pub fn apply<H: Headers>(req: &mut H, plan: &Plan<'_>) {
     if let Some(id) = plan.request_id {
         req.set(X_REQUEST_ID, id.clone());
     }
+}
+
+/// Removes what a client sent under an identity header's name, or a name a CGI/WSGI backend would
+/// read as one (`x_user_id` for `X-User-Id`), when underscore names are not dropped anyway.
+fn strip_identity_headers<H: Headers>(req: &mut H, plan: &Plan<'_>) {
+    if plan.strip_headers.is_empty() {
+        return;
+    }
+    for name in plan.strip_headers {
+        req.remove(name);
+    }
+    if !plan.drop_underscore_headers {
+        req.remove_where(&|n: &HeaderName| {
+            n.as_str().contains('_') && plan.strip_headers.iter().any(|s| underscore_twin(n, s))
+        });
+    }
+}
+
+/// `n` is `name` with some `-` written as `_` (both lower-case, as `HeaderName`s are).
+fn underscore_twin(n: &HeaderName, name: &HeaderName) -> bool {
+    let (a, b) = (n.as_str().as_bytes(), name.as_str().as_bytes());
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| x == y || (*x == b'_' && *y == b'-'))
 }
 
 /// `X-Forwarded-For`, `-Proto`, `-Host`, `X-Real-IP`, `Forwarded` (nginx `real_ip` and Envoy

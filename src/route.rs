@@ -17,6 +17,7 @@ use arc_swap::ArcSwap;
 use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
 use pingora::upstreams::peer::HttpPeer;
 
+use crate::authorize::{IdentityHeaders, Rules};
 use crate::config::{AuthMode, Config, ConfigError, RouteConfig, Upstream};
 
 /// One route, ready to serve.
@@ -37,6 +38,10 @@ pub struct Route {
     pub upstream: Upstream,
     /// Extra attempts after a failed connect (idempotent requests only).
     pub retries: u32,
+    /// Who may pass (`require:`), compiled.
+    pub(crate) rules: Rules,
+    /// What the backend is told about the session (`identity_headers`), compiled.
+    pub(crate) identity: Option<IdentityHeaders>,
     /// Its request metrics, resolved once.
     pub(crate) metrics: Arc<crate::metrics::RouteMetrics>,
     /// The peer for every request of this route, built once with its timeouts.
@@ -173,6 +178,8 @@ pub(crate) fn prefix_matches(prefix: &str, path: &str) -> bool {
 #[derive(Debug)]
 pub struct RouteTable {
     routes: Vec<Arc<Route>>,
+    /// Every route's identity header names: removed from client requests on every route.
+    identity_names: Box<[http::HeaderName]>,
 }
 
 impl RouteTable {
@@ -205,8 +212,17 @@ impl RouteTable {
                 .then(b.host.is_some().cmp(&a.host.is_some()))
                 .then(ia.cmp(ib))
         });
+        let mut identity_names: Vec<http::HeaderName> = Vec::new();
+        for (_, r) in &routes {
+            for n in r.identity.iter().flat_map(IdentityHeaders::names) {
+                if !identity_names.contains(n) {
+                    identity_names.push(n.clone());
+                }
+            }
+        }
         Ok(RouteTable {
             routes: routes.into_iter().map(|(_, r)| r).collect(),
+            identity_names: identity_names.into(),
         })
     }
 
@@ -231,7 +247,12 @@ impl RouteTable {
             }
         };
         let name = r.name.clone().unwrap_or_else(|| format!("route{i}"));
+        let path = format!("routes[{i}]");
+        let rules = Rules::compile(r.require.as_ref(), &format!("{path}.require"))?;
+        let identity = IdentityHeaders::compile(r, &name, &path)?;
         Ok(Route {
+            rules,
+            identity,
             metrics: crate::metrics::RouteMetrics::new(&name),
             name,
             prefix: r.path_prefix.clone(),
@@ -260,8 +281,24 @@ impl RouteTable {
 
     /// The route for a request: `host` is the canonical host name (no port), `path` the
     /// canonical path (no query), both from [`crate::target`].
+    /// Adds the session claims any route's rules or identity headers read to `kept`.
+    pub(crate) fn claims_read(&self, kept: &mut crate::verify::ClaimsKept) {
+        for r in &self.routes {
+            r.rules.claims_read(kept);
+            if let Some(i) = &r.identity {
+                i.claims_read(kept);
+            }
+        }
+    }
+
     pub fn find(&self, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
         self.routes.iter().find(|r| r.matches(host, path))
+    }
+
+    /// The header names of every route's identity headers (and signed assertion), which no
+    /// client may send on any route.
+    pub(crate) fn identity_names(&self) -> &[http::HeaderName] {
+        &self.identity_names
     }
 
     /// Every route, in lookup order.

@@ -12,6 +12,7 @@ mod expand;
 mod limits;
 mod net;
 mod ops;
+mod require;
 mod routes;
 
 use std::collections::BTreeMap;
@@ -26,6 +27,7 @@ pub use duration::{parse_duration, Dur};
 pub use limits::*;
 pub use net::{parse_listen, Cidr, Upstream};
 pub use ops::{LogConfig, LogFormat, LOG_LEVELS};
+pub use require::*;
 pub use routes::*;
 
 pub use crate::target::EscapedSlashes;
@@ -220,8 +222,10 @@ impl Config {
             };
             let _ = writeln!(
                 s,
-                "  {name}: {}{host} -> {}  [{auth}]",
-                r.path_prefix, r.upstream
+                "  {name}: {}{host} -> {}  [{auth}]{}",
+                r.path_prefix,
+                r.upstream,
+                r.who_may_pass()
             );
         }
         s

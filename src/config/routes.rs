@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::{is_token, net, Config, ConfigError, Dur, Upstream};
+use super::{is_token, net, Config, ConfigError, Dur, RequireConfig, Upstream};
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
@@ -54,6 +54,14 @@ pub struct RouteConfig {
     /// request went out).
     #[serde(default = "d_retries")]
     pub retries: u32,
+    /// Who may pass (checked after the session is verified, before any connector is called).
+    pub require: Option<RequireConfig>,
+    /// Header name → dotted claim path, sent to the backend (client copies removed everywhere).
+    pub identity_headers: Option<BTreeMap<String, String>>,
+    /// A `jwt` connector whose key signs an assertion of the identity headers.
+    pub identity_headers_signed_by: Option<String>,
+    /// The header the signed assertion travels in (default `X-Extoken-Identity`).
+    pub identity_jws_header: Option<String>,
 }
 
 fn d_connect_timeout() -> Dur {
@@ -119,6 +127,47 @@ impl RouteConfig {
             if !cfg.connectors.contains_key(c) {
                 let m = format!("no connector named {c:?}");
                 return Err(err(&format!("connector_by_tenant.{tenant}"), m));
+            }
+        }
+        self.validate_identity_keys(cfg).map_err(|(k, m)| err(k, m))
+    }
+
+    /// What `require` and the identity headers may be used with; their contents are checked by
+    /// `crate::authorize`, which compiles them.
+    fn validate_identity_keys(&self, cfg: &Config) -> Result<(), (&'static str, String)> {
+        let no_session = |what: &str| format!("{what} needs a session: not on an auth: none route");
+        if self.auth == AuthMode::None {
+            for (key, set) in [
+                ("require", self.require.is_some()),
+                ("identity_headers", self.identity_headers.is_some()),
+                (
+                    "identity_headers_signed_by",
+                    self.identity_headers_signed_by.is_some(),
+                ),
+                ("identity_jws_header", self.identity_jws_header.is_some()),
+            ] {
+                if set {
+                    return Err((key, no_session(key)));
+                }
+            }
+        }
+        if self.identity_jws_header.is_some() && self.identity_headers_signed_by.is_none() {
+            let m = "only with identity_headers_signed_by".to_string();
+            return Err(("identity_jws_header", m));
+        }
+        if let Some(name) = &self.identity_headers_signed_by {
+            const KEY: &str = "identity_headers_signed_by";
+            if self.identity_headers.as_ref().is_none_or(|h| h.is_empty()) {
+                return Err((KEY, "there are no identity_headers to sign".into()));
+            }
+            match cfg.connectors.get(name).map(|c| c.type_name()) {
+                None => return Err((KEY, format!("no connector named {name:?}"))),
+                Some("jwt") => {}
+                Some(t) => {
+                    let m =
+                        format!("{name:?} is a {t} connector; only a jwt connector's key signs");
+                    return Err((KEY, m));
+                }
             }
         }
         Ok(())

@@ -12,7 +12,7 @@ use super::http_endpoint::HttpConnector;
 use super::jwt_template::JwtConnector;
 use super::supabase::Supabase;
 use super::token_exchange::TokenExchange;
-use super::{ExchangeError, ExternalToken, Mint, Minted, RequestInfo};
+use super::{ExchangeError, ExternalToken, IdentitySigner, Mint, Minted, RequestInfo};
 use crate::clock::SharedClock;
 use crate::config::{Config, ConfigError};
 use crate::verify::{ClaimsKept, VerifiedSession};
@@ -69,6 +69,9 @@ impl Mint for Instrumented {
     }
     fn claims_read(&self, kept: &mut ClaimsKept) {
         self.inner.claims_read(kept)
+    }
+    fn identity_signer(&self) -> Option<IdentitySigner> {
+        self.inner.identity_signer()
     }
 }
 
@@ -165,6 +168,8 @@ pub struct Connectors {
     by_name: BTreeMap<String, Connector>,
     cache: TokenCache,
     jwks: Option<String>,
+    /// The `jwt` connectors' keys, by name, for routes' signed identity headers.
+    signers: BTreeMap<String, IdentitySigner>,
 }
 
 impl Connectors {
@@ -190,10 +195,14 @@ impl Connectors {
     ) -> Result<Connectors, ConfigError> {
         let mut by_name = BTreeMap::new();
         let mut public = vec![];
+        let mut signers = BTreeMap::new();
         for (name, typed) in parse_all(cfg)? {
             let c = Connector::build(name, &typed, client, &clock)?;
             if let ConnectorKind::Minting(m) = &c.kind {
                 public.extend(m.public_jwk());
+                if let Some(s) = m.identity_signer() {
+                    signers.insert(name.to_string(), s);
+                }
             }
             by_name.insert(name.to_string(), c);
         }
@@ -204,6 +213,7 @@ impl Connectors {
             by_name,
             cache: cache.unwrap_or_else(|| TokenCache::new(&cfg.cache, clock)),
             jwks,
+            signers,
         })
     }
 
@@ -253,6 +263,11 @@ impl Connectors {
     /// `{"keys":[...]}` of the `jwt` connectors' public keys, if any are configured.
     pub(crate) fn jwks(&self) -> Option<&str> {
         self.jwks.as_deref()
+    }
+
+    /// The key of `jwt` connector `name`, to sign identity assertions with.
+    pub(crate) fn identity_signer(&self, name: &str) -> Option<&IdentitySigner> {
+        self.signers.get(name)
     }
 
     pub(crate) fn cache(&self) -> &TokenCache {

@@ -3,6 +3,7 @@
 //! legacy backend can verify them like any other issuer's.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
@@ -65,7 +66,7 @@ impl Settings for JwtConnectorConfig {
 pub(crate) struct JwtConnector {
     name: String,
     clock: SharedClock,
-    signer: Signer,
+    signer: Arc<Signer>,
     issuer: String,
     audience: Option<Value>,
     expires_in: Duration,
@@ -94,7 +95,7 @@ impl JwtConnector {
         let connector = JwtConnector {
             name: name.to_string(),
             clock,
-            signer,
+            signer: Arc::new(signer),
             issuer: c.issuer.clone(),
             audience,
             expires_in: c.expires_in.0,
@@ -131,5 +132,31 @@ impl Mint for JwtConnector {
 
     fn public_jwk(&self) -> Option<jsonwebtoken::jwk::Jwk> {
         self.signer.public.clone()
+    }
+
+    fn identity_signer(&self) -> Option<IdentitySigner> {
+        Some(IdentitySigner {
+            signer: self.signer.clone(),
+            issuer: self.issuer.clone(),
+        })
+    }
+}
+
+/// A `jwt` connector's key and issuer, lent to routes whose `identity_headers_signed_by` names
+/// it: their identity assertions verify against the same published JWKS as its tokens.
+#[derive(Clone)]
+pub(crate) struct IdentitySigner {
+    signer: Arc<Signer>,
+    issuer: String,
+}
+
+/// The `typ` of an identity assertion: it is not an access token and must not pass as one.
+pub(crate) const IDENTITY_TYP: &str = "extoken-identity+jwt";
+
+impl IdentitySigner {
+    /// Signs an identity assertion: `claims` plus this connector's `iss`.
+    pub(crate) fn sign(&self, mut claims: Map<String, Value>) -> Result<String, String> {
+        claims.insert("iss".into(), self.issuer.clone().into());
+        self.signer.sign_typed(IDENTITY_TYP, &claims)
     }
 }

@@ -32,6 +32,7 @@ pub(crate) use cache::TokenCache;
 pub use connector_config::validate;
 pub use connectors::Connectors;
 pub use firebase::FIREBASE_AUDIENCE;
+pub(crate) use jwt_template::IdentitySigner;
 
 use crate::verify::{ClaimsKept, VerifiedSession};
 
@@ -139,6 +140,10 @@ pub(crate) trait Mint: Send + Sync {
     fn bind_subject(&self, _inputs: &mut serde_json::Value, _subject: &ExternalToken) {}
     /// The public key of a connector that signs with its own key, to publish in a JWKS.
     fn public_jwk(&self) -> Option<jsonwebtoken::jwk::Jwk> {
+        None
+    }
+    /// The key that signs identity assertions, for a connector whose key may (`jwt`).
+    fn identity_signer(&self) -> Option<IdentitySigner> {
         None
     }
 }

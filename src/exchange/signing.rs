@@ -176,7 +176,18 @@ impl Signer {
 
     /// Signs claims with header `{alg, typ: JWT, kid?}`.
     pub(crate) fn sign(&self, claims: &Map<String, Value>) -> Result<String, String> {
+        self.sign_typed("JWT", claims)
+    }
+
+    /// Signs claims with header `{alg, typ, kid?}`: another `typ` keeps a token made for one
+    /// purpose from passing as one made for another (RFC 8725 §3.11).
+    pub(crate) fn sign_typed(
+        &self,
+        typ: &str,
+        claims: &Map<String, Value>,
+    ) -> Result<String, String> {
         let mut header = Header::new(self.alg);
+        header.typ = Some(typ.to_string());
         header.kid = self.kid.clone();
         jsonwebtoken::encode(&header, claims, &self.key).map_err(|e| e.to_string())
     }

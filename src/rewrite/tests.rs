@@ -34,6 +34,7 @@ fn plan<'a>(host: &'a HeaderValue, token: Option<&'a Rewrite>, strip: &'a [Strin
         token,
         drop_authorization: false,
         strip_cookies: strip,
+        strip_headers: &[],
         drop_underscore_headers: true,
         peer: Peer {
             addr: Some("203.0.113.7".parse().unwrap()),
@@ -84,6 +85,7 @@ fn apply_sets_header_and_cleans_cookies() {
         header: HeaderName::from_static("x-legacy"),
         value: auth_value("", &tok).unwrap(),
         cache_key: None,
+        identity: vec![],
     };
     let (h, s) = (host(), strip());
     let mut p = plan(&h, Some(&rw), &s);
@@ -111,6 +113,65 @@ fn underscore_twins_are_dropped() {
     p.drop_underscore_headers = false;
     apply(&mut m, &p);
     assert_eq!(m.get("x_external_token").unwrap(), "forged", "allow");
+}
+
+/// A client's copies of identity headers (of any route) go, with every `_` twin, whatever
+/// `underscore_headers` says; then the route's own values are set.
+#[test]
+fn identity_headers_are_the_gateways_alone() {
+    let names = [
+        HeaderName::from_static("x-user-id"),
+        HeaderName::from_static("x-extoken-identity"),
+    ];
+    let spoofed = || {
+        let mut m = HeaderMap::new();
+        for (n, v) in [
+            ("x-user-id", "forged"),
+            ("x_user_id", "forged"),
+            ("x-user_id", "forged"),
+            ("x_extoken-identity", "forged"),
+            ("x-extoken-identity", "forged"),
+            ("x-user-idx", "kept"),
+            ("x_other", "kept-if-allowed"),
+        ] {
+            m.append(n, HeaderValue::from_static(v));
+        }
+        m
+    };
+    let (h, s) = (host(), strip());
+    for drop in [true, false] {
+        // `auth: none` (no token, no values): only stripped.
+        let mut m = spoofed();
+        let mut p = plan(&h, None, &s);
+        p.strip_headers = &names;
+        p.drop_underscore_headers = drop;
+        apply(&mut m, &p);
+        let mut left: Vec<&str> = m
+            .keys()
+            .map(|k| k.as_str())
+            .filter(|k| k.starts_with("x-user") || k.starts_with("x_") || k.contains("identity"))
+            .collect();
+        left.sort();
+        let want: &[&str] = if drop {
+            &["x-user-idx"]
+        } else {
+            &["x-user-idx", "x_other"]
+        };
+        assert_eq!(left, want, "drop_underscore_headers: {drop}");
+        // With a token and values: set after the strip.
+        let tok = ExternalToken::new("t").unwrap();
+        let rw = Rewrite {
+            header: AUTHORIZATION,
+            value: auth_value("Bearer", &tok).unwrap(),
+            cache_key: None,
+            identity: vec![(names[0].clone(), HeaderValue::from_static("U2real"))],
+        };
+        let mut m = spoofed();
+        p.token = Some(&rw);
+        apply(&mut m, &p);
+        assert_eq!(all(&m, "x-user-id"), vec!["U2real"]);
+        assert!(m.get("x_user_id").is_none() && m.get("x-extoken-identity").is_none());
+    }
 }
 
 #[test]
