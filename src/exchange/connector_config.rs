@@ -4,6 +4,7 @@
 //! exactly as the config's own errors do (`connectors.fb.service_account_file: ...`).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -14,13 +15,15 @@ use super::jwt_template::JwtConnectorConfig;
 use super::supabase::SupabaseConfig;
 use crate::config::{Config, ConfigError, Dur, RawConnector};
 
-/// Checks every connector block of `cfg` without reading files or the network (what
-/// `extoken reload` checks before it signals). Building the connectors checks the same and more.
+/// Checks every connector block of `cfg`, and `cache.shared` against them, without reading files
+/// or the network (what `extoken reload` checks before it signals). Building the connectors checks
+/// the same and more.
 pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
+    let mut typed = Vec::with_capacity(cfg.connectors.len());
     for (name, raw) in &cfg.connectors {
-        ConnectorConfig::parse(name, raw)?;
+        typed.push((name.as_str(), ConnectorConfig::parse(name, raw)?));
     }
-    Ok(())
+    super::connectors::shared_config(cfg, &typed).map(|_| ())
 }
 
 /// What every connector's settings provide.
@@ -32,6 +35,10 @@ pub(crate) trait Settings {
     fn paths_mut(&mut self) -> Vec<&mut PathBuf> {
         Vec::new()
     }
+    /// The longest one mint can take (every attempt timing out, plus the pauses between them;
+    /// zero for a connector that signs locally): the shared cache's lock must outlive it, or a
+    /// second replica would mint while the first still waits for its reply.
+    fn worst_case(&self) -> Duration;
 }
 
 /// A connector produces the external token for a verified session.
@@ -81,6 +88,11 @@ impl ConnectorConfig {
             ConnectorConfig::Http(c) => c,
             ConnectorConfig::Jwt(c) => c,
         }
+    }
+
+    /// [`Settings::worst_case`] of this connector.
+    pub(crate) fn worst_case(&self) -> Duration {
+        self.settings().worst_case()
     }
 
     fn settings_mut(&mut self) -> &mut dyn Settings {

@@ -10,6 +10,7 @@ use super::connector_config::ConnectorConfig;
 use super::firebase::Firebase;
 use super::http_endpoint::HttpConnector;
 use super::jwt_template::JwtConnector;
+use super::shared::{SharedCache, SharedCacheConfig, Slowest};
 use super::supabase::Supabase;
 use super::{ExchangeError, ExternalToken, Mint, Minted, RequestInfo};
 use crate::clock::SharedClock;
@@ -136,6 +137,21 @@ fn fingerprint(cfg: &ConnectorConfig, loaded: &[u8]) -> [u8; 32] {
     out
 }
 
+/// `cache.shared` checked against the connectors (`lock_ttl` must outlive the slowest), if set.
+pub(super) fn shared_config(
+    cfg: &Config,
+    connectors: &[(&str, ConnectorConfig)],
+) -> Result<Option<SharedCacheConfig>, ConfigError> {
+    let Some(raw) = &cfg.cache.shared else {
+        return Ok(None);
+    };
+    let slowest: Slowest = connectors
+        .iter()
+        .map(|(name, c)| (name.to_string(), c.worst_case()))
+        .max_by_key(|(_, d)| *d);
+    SharedCacheConfig::parse(raw, &slowest).map(Some)
+}
+
 /// The token a request gets, and the cache key to forget it by if the upstream refuses it.
 #[derive(Debug, Clone)]
 pub(crate) struct Obtained {
@@ -173,9 +189,11 @@ impl Connectors {
     ) -> Result<Connectors, ConfigError> {
         let mut by_name = BTreeMap::new();
         let mut public = vec![];
+        let mut typed_all = Vec::with_capacity(cfg.connectors.len());
         for (name, raw) in &cfg.connectors {
             let typed = ConnectorConfig::parse(name, raw)?;
             let c = Connector::build(name, &typed, client, &clock)?;
+            typed_all.push((name.as_str(), typed));
             if let ConnectorKind::Minting(m) = &c.kind {
                 public.extend(m.public_jwk());
             }
@@ -184,9 +202,27 @@ impl Connectors {
         let jwks = (!public.is_empty()).then(|| {
             serde_json::to_string(&jsonwebtoken::jwk::JwkSet { keys: public }).unwrap_or_default()
         });
+        let shared = shared_config(cfg, &typed_all)?;
+        // A kept cache must still fit: its lock outlives the slowest connector as now configured.
+        let kept = cache.filter(|c| c.lock_ttl() == shared.as_ref().map(|s| s.lock_ttl));
+        let cache = match kept {
+            Some(c) => c,
+            None => {
+                let shared = match &shared {
+                    Some(s) => Some(SharedCache::new(
+                        s,
+                        clock.clone(),
+                        TokenCache::margin_of(&cfg.cache),
+                        cfg.cache.max_entries,
+                    )?),
+                    None => None,
+                };
+                TokenCache::with_shared(&cfg.cache, clock, shared)
+            }
+        };
         Ok(Connectors {
             by_name,
-            cache: cache.unwrap_or_else(|| TokenCache::new(&cfg.cache, clock)),
+            cache,
             jwks,
         })
     }
