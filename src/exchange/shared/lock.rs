@@ -1,7 +1,8 @@
 //! One mint per entry across the fleet: read Redis; on a miss take the entry's lock
-//! (`SET <name>:lock <owner> NX PX lock_ttl`) and mint, or, if another replica holds it, wait for
-//! its value, polling, and mint yourself if it does not come within `lock_ttl` (the holder died or
-//! its connector failed). The lock is released only by its owner (compare and delete), so a slow
+//! (`SET <name>:lock <owner> NX PX lock_ttl`), read once more (the previous holder may have just
+//! stored its value and unlocked) and mint; or, if another replica holds it, wait for its value,
+//! polling, and take the lock yourself once it is free (the holder's connector failed) or mint
+//! anyway when `lock_ttl` has passed (the holder died). The lock is released only by its owner (compare and delete), so a slow
 //! holder whose lock expired cannot release the next one's.
 //!
 //! A refresh-ahead goes through the same steps, asking for a value newer than the one it
@@ -49,7 +50,14 @@ impl SharedCache {
         let mut pause = FIRST_POLL;
         loop {
             match self.try_lock(&names).await {
-                Ok(Some(owner)) => return self.mint_and_share(&names, &owner, mint, inputs).await,
+                Ok(Some(owner)) => {
+                    // The previous holder may have stored its value and unlocked since we read.
+                    if let Ok(Some(fill)) = self.read(&names, newer_than).await {
+                        self.unlock(&names, &owner).await;
+                        return Ok(fill);
+                    }
+                    return self.mint_and_share(&names, &owner, mint, inputs).await;
+                }
                 Ok(None) => {}
                 Err(Unavailable) => return self.mint(mint, inputs).await,
             }
@@ -150,6 +158,11 @@ impl SharedCache {
         if let Ok(fill) = &result {
             self.write(names, fill).await;
         }
+        self.unlock(names, owner).await;
+        result
+    }
+
+    async fn unlock(&self, names: &Names, owner: &str) {
         let mut unlock = Cmd::new();
         unlock
             .arg("EVAL")
@@ -158,7 +171,6 @@ impl SharedCache {
             .arg(&names.lock)
             .arg(owner);
         let _ = self.ops.run::<i64>(Op::Unlock, &unlock, |_| "ok").await;
-        result
     }
 
     /// Mints here (no Redis involved).
