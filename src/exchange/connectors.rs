@@ -316,6 +316,32 @@ mod tests {
         assert_eq!(jwt_fingerprint(&a), jwt_fingerprint(&c));
     }
 
+    /// Replicas must agree on fingerprints (the shared cache names entries by them): equal settings
+    /// give equal fingerprints however they were written, with nothing per-process in them (a
+    /// `HashMap` in the settings would order its entries differently in each parse).
+    #[test]
+    fn fingerprint_is_the_same_for_the_same_settings_written_otherwise() {
+        let headers: Vec<String> = (0..12).map(|i| format!("X-H{i}: v{i}")).collect();
+        let mut reversed = headers.clone();
+        reversed.reverse();
+        let parse = |h: &[String]| -> ConnectorConfig {
+            serde_yaml::from_str(&format!(
+                "{{type: http, url: 'http://t/mint', headers: {{{}}}, timeout: 2s}}",
+                h.join(", ")
+            ))
+            .unwrap()
+        };
+        let a = fingerprint(&parse(&headers), b"");
+        for _ in 0..8 {
+            assert_eq!(a, fingerprint(&parse(&headers), b""));
+            assert_eq!(
+                a,
+                fingerprint(&parse(&reversed), b""),
+                "key order is not a setting"
+            );
+        }
+    }
+
     #[test]
     fn fingerprint_covers_settings_and_loaded_bytes_unambiguously() {
         let cfg: ConnectorConfig =

@@ -131,6 +131,7 @@ class TokenService:
 
     def __init__(self, delay: float = 0.5):
         self.calls: dict[str, int] = {}
+        self.expires_in = 600
         self.lock = threading.Lock()
         svc = self
 
@@ -143,7 +144,8 @@ class TokenService:
                 with svc.lock:
                     n = svc.calls[user] = svc.calls.get(user, 0) + 1
                 time.sleep(delay)
-                out = json.dumps({"token": f"tok-{user}-{n}", "expires_in": 600}).encode()
+                out = json.dumps({"token": f"tok-{user}-{n}",
+                                  "expires_in": svc.expires_in}).encode()
                 self.send_response(200)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(out)))
@@ -188,7 +190,7 @@ def shared_block(redis: Redis | None = None, key: str = KEY, **more) -> dict:
 def fleet(gateway, token_service):
     """``fleet(n, shared_block)``: n gateways sharing one cache, with the counting connector."""
 
-    def start(n: int, shared: dict, keys: list[str] | None = None):
+    def start(n: int, shared: dict, keys: list[str] | None = None, **cache):
         out = []
         for i in range(n):
             block = dict(shared)
@@ -196,7 +198,7 @@ def fleet(gateway, token_service):
                 block["encryption_key"] = keys[i]
             connectors = {"legacy": {"type": "http", "url": token_service.url, "timeout": "3s",
                                      "retries": 0}}
-            out.append(gateway(connectors, cache={"shared": block}))
+            out.append(gateway(connectors, cache={"shared": block, **cache}))
         return out
 
     return start
@@ -335,6 +337,33 @@ def test_redis_stopped_mid_load_then_back(fleet, redis_servers, token_service, b
         assert "answers again" in full_log(g), full_log(g)
 
 
+def lookups(g, result: str) -> float:
+    prefix = f'extoken_cache_lookups_total{{connector="legacy",result="{result}"}} '
+    return sum(float(line[len(prefix):]) for line in metrics(g).splitlines()
+               if line.startswith(prefix))
+
+
+def test_refresh_ahead_is_one_mint_for_the_fleet(fleet, redis_servers, token_service, backend,
+                                                 descope):
+    # 12 s tokens with a 3 s margin: served alone for 6 s, refreshed ahead from 6 s to 9 s.
+    token_service.expires_in = 12
+    redis = redis_servers()
+    a, b = fleet(2, shared_block(redis), min_margin="3s")
+    session = descope.mint("U2refresh")
+    assert forward_token(a, backend, session) == (200, "tok-U2refresh-1")
+    minted = time.monotonic()  # A's entry counts from the end of its mint
+    assert forward_token(b, backend, session) == (200, "tok-U2refresh-1")
+    time.sleep(max(0.0, 7.0 - (time.monotonic() - minted)))
+    # A refreshes ahead: it serves the old token and mints once, under the lock, into Redis.
+    assert forward_token(a, backend, session) == (200, "tok-U2refresh-1")
+    assert eventually(lambda: token_service.count("U2refresh") == 2, 5)
+    assert lookups(a, "refresh_ahead") == 1
+    # B's copy is due too: it finds A's newer token in Redis instead of minting.
+    assert eventually(lambda: forward_token(b, backend, session) == (200, "tok-U2refresh-2"), 5)
+    assert forward_token(a, backend, session) == (200, "tok-U2refresh-2")
+    assert token_service.count("U2refresh") == 2, "one refresh for the fleet"
+
+
 def test_upstream_401_on_one_replica_makes_the_others_mint_anew(
         fleet, redis_servers, token_service, backend, descope):
     redis = redis_servers()
@@ -343,6 +372,11 @@ def test_upstream_401_on_one_replica_makes_the_others_mint_anew(
     assert forward_token(a, backend, session) == (200, "tok-U2revoked-1")
     assert forward_token(b, backend, session) == (200, "tok-U2revoked-1")
     assert token_service.count("U2revoked") == 1
+    # Each replica subscribes to evictions on its first shared lookup; what is published before
+    # that (or while it reconnects) it does not see.
+    for g in (a, b):
+        assert eventually(lambda: shared_ops(g, ("ok",)) > 0 and 'op="subscribe",result="ok"'
+                          in metrics(g), 10), metrics(g)
     # The backend refuses the token on A (the /status/401/ path makes it answer 401).
     status, _, _ = a.request("/status/401/x", {"Authorization": f"Bearer {session}"})
     assert status == 401
