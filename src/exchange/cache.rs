@@ -21,8 +21,10 @@ use std::time::{Duration, Instant};
 
 use moka::ops::compute::Op;
 
+pub(crate) use fill::{Fill, Margin};
+
 use super::shared::{Listener, SharedCache};
-use super::{ExchangeError, ExternalToken, Mint, Minted};
+use super::{ExchangeError, ExternalToken, Mint};
 use crate::clock::SharedClock;
 use crate::config::CacheConfig;
 
@@ -58,46 +60,6 @@ impl CacheKey {
     /// could be guessed from it: the shared cache names entries by an HMAC of it instead).
     pub(crate) fn digest(&self) -> &[u8; 32] {
         &self.digest
-    }
-}
-
-/// The refresh margin of a token: `margin` of its lifetime, at least `min_margin`, at most a third
-/// (so a short-lived token is still served for a while before it is refreshed).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Margin {
-    share: f64,
-    min: Duration,
-}
-
-impl Margin {
-    pub(crate) fn of(&self, lifetime: Duration) -> Duration {
-        lifetime.mul_f64(self.share).max(self.min).min(lifetime / 3)
-    }
-}
-
-/// A token for the first level, freshly minted or read from the second.
-#[derive(Debug, Clone)]
-pub(crate) struct Fill {
-    pub(crate) token: ExternalToken,
-    /// Its whole lifetime (which decides its margin).
-    pub(crate) lifetime: Duration,
-    /// What is left of it now.
-    pub(crate) remaining: Duration,
-    /// When it expires, Unix seconds (how replicas compare a refreshed token with an old one).
-    pub(crate) expires_at: u64,
-    /// Read from the shared cache (not minted by this replica).
-    pub(crate) shared: bool,
-}
-
-impl Fill {
-    pub(crate) fn minted(m: Minted, unix_now: u64) -> Fill {
-        Fill {
-            expires_at: unix_now.saturating_add(m.lifetime.as_secs()),
-            remaining: m.lifetime,
-            lifetime: m.lifetime,
-            token: m.token,
-            shared: false,
-        }
     }
 }
 
@@ -204,10 +166,7 @@ impl TokenCache {
 
     /// The margin `cfg` gives tokens.
     pub(crate) fn margin_of(cfg: &CacheConfig) -> Margin {
-        Margin {
-            share: cfg.margin.0 / 100.0,
-            min: cfg.min_margin.0,
-        }
+        Margin::new(cfg.margin.0 / 100.0, cfg.min_margin.0)
     }
 
     /// A cache whose misses go through `shared` (Redis) when given.
@@ -429,5 +388,6 @@ impl Listener for Inner {
     }
 }
 
+mod fill;
 #[cfg(test)]
 mod tests;

@@ -9,7 +9,7 @@ use tokio::sync::Semaphore;
 use super::*;
 use crate::clock::{Clock, ManualClock};
 use crate::config::{CacheConfig, Dur, Percent};
-use crate::exchange::RequestInfo;
+use crate::exchange::{Minted, RequestInfo};
 use crate::verify::VerifiedSession;
 
 /// A connector whose n-th call makes `tok-n`, good for `lifetime`; it fails while `fail` is set,
