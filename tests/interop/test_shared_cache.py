@@ -11,6 +11,10 @@ Sentinel) on free loopback ports, several ``extoken run`` processes sharing it, 
 * A 401 from the backend on replica A: replica B mints anew (the eviction reaches it by pub/sub).
 * What Redis holds: no user id and no token in any key or value.
 * A replica with another encryption_key: it mints for itself, no client sees an error.
+* A full Redis (writes refused, OOM): local mints; room again: shared again.
+* Refresh-ahead: one replica mints the new token under the lock, the other finds it.
+* ``rediss://``: the server's certificate is verified (shared with the CA trusted, local mints
+  without it).
 * Redis Cluster and Sentinel: a config accepted by ``extoken check``, and one mint across replicas.
 
 ``run.sh`` installs redis-server; without it these tests skip with that reason.
@@ -190,7 +194,8 @@ def shared_block(redis: Redis | None = None, key: str = KEY, **more) -> dict:
 def fleet(gateway, token_service):
     """``fleet(n, shared_block)``: n gateways sharing one cache, with the counting connector."""
 
-    def start(n: int, shared: dict, keys: list[str] | None = None, **cache):
+    def start(n: int, shared: dict, keys: list[str] | None = None, env: dict | None = None,
+              **cache):
         out = []
         for i in range(n):
             block = dict(shared)
@@ -198,7 +203,7 @@ def fleet(gateway, token_service):
                 block["encryption_key"] = keys[i]
             connectors = {"legacy": {"type": "http", "url": token_service.url, "timeout": "3s",
                                      "retries": 0}}
-            out.append(gateway(connectors, cache={"shared": block, **cache}))
+            out.append(gateway(connectors, env=env, cache={"shared": block, **cache}))
         return out
 
     return start
@@ -399,6 +404,83 @@ def test_a_replica_with_another_encryption_key_mints_for_itself(
     assert token_service.count("U2rotated") == 2
     for g in gws:
         assert shared_ops(g, FAILED) == 0, metrics(g)
+
+
+def test_full_redis_means_local_mints(fleet, redis_servers, token_service, backend, descope):
+    redis = redis_servers("--maxmemory-policy", "noeviction")
+    gws = fleet(2, shared_block(redis))
+    redis.cli("CONFIG", "SET", "maxmemory", "1")  # every write is refused: OOM
+    s = descope.mint("U2full")
+    assert [forward_token(g, backend, s)[0] for g in gws] == [200, 200]
+    assert token_service.count("U2full") == 2, "each replica minted for itself"
+    assert sum(shared_ops(g, ("error",)) for g in gws) >= 2
+    for g in gws:
+        assert "OOM" in full_log(g) and full_log(g).count("unavailable") == 1, full_log(g)
+    redis.cli("CONFIG", "SET", "maxmemory", "0")
+    s = descope.mint("U2roomagain")
+    assert [forward_token(g, backend, s)[0] for g in gws] == [200, 200]
+    assert token_service.count("U2roomagain") == 1, "shared again"
+
+
+def tls_files(d: Path) -> tuple[str, str, str]:
+    """A CA, and a certificate it signed for 127.0.0.1: (ca.pem, cert.pem, key.pem)."""
+    import datetime
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    import ipaddress
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "extoken interop CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(1)
+          .not_valid_before(now - datetime.timedelta(minutes=5))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False, False),
+                         critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(2)
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    paths = (d / "ca.pem", d / "cert.pem", d / "key.pem")
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return tuple(str(p) for p in paths)
+
+
+def test_rediss_verifies_the_server(fleet, redis_servers, token_service, backend, descope,
+                                    tmp_path):
+    ca, cert, key = tls_files(tmp_path)
+    tls_port = free_port()
+    redis = redis_servers("--tls-port", str(tls_port), "--tls-cert-file", cert,
+                          "--tls-key-file", key, "--tls-ca-cert-file", ca,
+                          "--tls-auth-clients", "no")
+    block = shared_block(url=f"rediss://127.0.0.1:{tls_port}")
+    # Trusting the CA (rustls with the system store, which SSL_CERT_FILE replaces): shared.
+    trusted = fleet(2, block, env={"SSL_CERT_FILE": ca})
+    s = descope.mint("U2tls")
+    assert [forward_token(g, backend, s) for g in trusted] == [(200, "tok-U2tls-1")] * 2
+    assert token_service.count("U2tls") == 1
+    assert len([k for k in redis.keys() if not k.endswith(b":lock")]) == 1
+    for g in trusted:
+        assert shared_ops(g, FAILED) == 0, metrics(g)
+    # Without the CA the certificate is refused: a local mint, the request still served.
+    untrusted = fleet(1, block)[0]
+    s = descope.mint("U2tlsuntrusted")
+    assert forward_token(untrusted, backend, s) == (200, "tok-U2tlsuntrusted-1")
+    assert forward_token(trusted[0], backend, s) == (200, "tok-U2tlsuntrusted-2")
+    assert shared_ops(untrusted, FAILED) > 0, metrics(untrusted)
 
 
 def _check(tmp_path: Path, cache: dict, descope) -> subprocess.CompletedProcess:
