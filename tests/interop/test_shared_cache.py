@@ -526,6 +526,8 @@ def test_redis_cluster(fleet, redis_servers, token_service, backend, descope, tm
     block = shared_block(cluster=[n.url for n in nodes])
     checked = _check(tmp_path, {"shared": block}, descope)
     assert checked.returncode == 0, checked.stderr
+    as_url = _check(tmp_path, {"shared": shared_block(url=[n.url for n in nodes])}, descope)
+    assert as_url.returncode == 0, as_url.stderr
     gws = fleet(2, block)
     for u in ("U2clusterA", "U2clusterB", "U2clusterC"):
         s = descope.mint(u)

@@ -25,7 +25,7 @@ const LOCK_SLACK: Duration = Duration::from_secs(1);
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Raw {
-    url: Option<String>,
+    url: Option<Urls>,
     cluster: Option<Vec<String>>,
     sentinel: Option<RawSentinel>,
     #[serde(default = "d_prefix")]
@@ -34,6 +34,14 @@ struct Raw {
     operation_timeout: Dur,
     encryption_key: String,
     lock_ttl: Option<Dur>,
+}
+
+/// `url: redis://...`, or a list of node URLs: a Cluster, as `cluster:` says it.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Urls {
+    One(String),
+    Nodes(Vec<String>),
 }
 
 #[derive(Deserialize)]
@@ -141,8 +149,10 @@ fn servers(r: &Raw) -> Result<Servers, ConfigError> {
             ))
         }
     }
-    if let Some(u) = &r.url {
-        return Ok(Servers::Single(redis_url(&format!("{PATH}.url"), u)?));
+    match &r.url {
+        Some(Urls::One(u)) => return Ok(Servers::Single(redis_url(&format!("{PATH}.url"), u)?)),
+        Some(Urls::Nodes(n)) => return Ok(Servers::Cluster(node_list(&format!("{PATH}.url"), n)?)),
+        None => {}
     }
     if let Some(nodes) = &r.cluster {
         return Ok(Servers::Cluster(node_list(

@@ -52,6 +52,12 @@ fn cluster_sentinel_tls_and_key_alphabets() {
     ))
     .unwrap();
     assert!(matches!(&c.servers, Servers::Cluster(n) if n.len() == 2));
+    // `url` with a list of nodes is a Cluster too.
+    let c = parse(&format!(
+        "{{url: ['redis://127.0.0.1:7000', 'redis://127.0.0.1:7001'], encryption_key: '{KEY}'}}"
+    ))
+    .unwrap();
+    assert!(matches!(&c.servers, Servers::Cluster(n) if n.len() == 2));
     let c = parse(&format!(
         "{{sentinel: {{master_name: m, nodes: ['rediss://s1:26379'], password: pw}}, \
          encryption_key: '{KEY}', key_prefix: 'app1:', operation_timeout: 20ms, lock_ttl: 30s}}"
@@ -95,6 +101,11 @@ fn errors_name_their_key_and_never_the_secret() {
             format!("{{cluster: ['redis://a', 'tcp://b'], {k}}}"),
             "cache.shared.cluster[1]:",
         ),
+        (
+            format!("{{url: ['redis://a', 'tcp://b'], {k}}}"),
+            "cache.shared.url[1]:",
+        ),
+        (format!("{{url: {{host: a}}, {k}}}"), "cache.shared.url:"),
         (
             format!("{{sentinel: {{master_name: '', nodes: ['redis://s']}}, {k}}}"),
             "cache.shared.sentinel.master_name:",
