@@ -11,6 +11,7 @@ Sentinel) on free loopback ports, several ``extoken run`` processes sharing it, 
 * A 401 from the backend on replica A: replica B mints anew (the eviction reaches it by pub/sub).
 * What Redis holds: no user id and no token in any key or value.
 * A replica with another encryption_key: it mints for itself, no client sees an error.
+* A value that does not decrypt (moved to another name) is a miss.
 * A full Redis (writes refused, OOM): local mints; room again: shared again.
 * Refresh-ahead: one replica mints the new token under the lock, the other finds it.
 * ``rediss://``: the server's certificate is verified (shared with the CA trusted, local mints
@@ -404,6 +405,23 @@ def test_a_replica_with_another_encryption_key_mints_for_itself(
     assert token_service.count("U2rotated") == 2
     for g in gws:
         assert shared_ops(g, FAILED) == 0, metrics(g)
+
+
+def test_a_value_that_does_not_decrypt_is_a_miss(fleet, redis_servers, token_service, backend,
+                                                 descope):
+    redis = redis_servers()
+    a, b = fleet(2, shared_block(redis))
+    x, y = descope.mint("U2valuex"), descope.mint("U2valuey")
+    assert forward_token(a, backend, x) == (200, "tok-U2valuex-1")
+    (x_key,) = [k for k in redis.keys() if not k.endswith(b":lock")]
+    assert forward_token(a, backend, y) == (200, "tok-U2valuey-1")
+    (y_key,) = [k for k in redis.keys() if not k.endswith(b":lock") and k != x_key]
+    # X's sealed token under Y's name: its associated data (the name) no longer matches.
+    assert redis.cli("COPY", x_key.decode(), y_key.decode(), "REPLACE").strip() == b"1"
+    assert forward_token(b, backend, y) == (200, "tok-U2valuey-2"), "a miss: B mints"
+    assert forward_token(b, backend, x) == (200, "tok-U2valuex-1"), "X's own entry still opens"
+    assert shared_ops(b, ("undecryptable",)) >= 1, metrics(b)
+    assert shared_ops(b, FAILED) == 0, metrics(b)
 
 
 def test_full_redis_means_local_mints(fleet, redis_servers, token_service, backend, descope):
