@@ -39,7 +39,7 @@ pub struct Metrics {
     pub connector_calls_total: IntCounterVec,
     /// `connector`.
     pub connector_duration_seconds: HistogramVec,
-    /// `connector`, `result` (hit, miss, coalesced, refresh_ahead).
+    /// `connector`, `result` (hit, miss, coalesced, refresh_ahead, negative, shared_hit).
     pub cache_lookups_total: IntCounterVec,
     /// `connector`.
     pub cache_entries: IntGaugeVec,
@@ -167,7 +167,7 @@ impl Metrics {
             cache_lookups_total: counter(
                 &r,
                 "cache_lookups_total",
-                "External-token cache lookups (hit, miss, coalesced, refresh_ahead).",
+                "External-token cache lookups (hit, miss, coalesced, refresh_ahead, negative, shared_hit).",
                 &["connector", "result"],
             ),
             cache_entries: gauge_vec(
