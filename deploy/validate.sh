@@ -135,6 +135,8 @@ else
     for v in $("$py" "$here/validate_manifests.py" --required-env "$cfg"); do
       case "$v" in
         DESCOPE_PROJECT_ID) env_args+=("$v=P2DummyProject000000000000") ;;
+        # 32 bytes, base64, as cache.shared.encryption_key requires.
+        EXTOKEN_CACHE_KEY) env_args+=("$v=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=") ;;
         *) env_args+=("$v=dummy-value-for-$v") ;;
       esac
     done

@@ -41,10 +41,15 @@ pub struct Metrics {
     pub connector_calls_total: IntCounterVec,
     /// `connector`.
     pub connector_duration_seconds: HistogramVec,
-    /// `connector`, `result` (hit, miss, coalesced, refresh_ahead).
+    /// `connector`, `result` (hit, miss, coalesced, refresh_ahead, negative, shared_hit).
     pub cache_lookups_total: IntCounterVec,
     /// `connector`.
     pub cache_entries: IntGaugeVec,
+    /// `op` (get, lock, set, unlock, delete, publish, subscribe), `result` (hit, miss, ok,
+    /// acquired, held, undecryptable, error, timeout, skipped).
+    pub shared_cache_operations_total: IntCounterVec,
+    /// `op`: one Redis operation of the shared token cache.
+    pub shared_cache_operation_duration_seconds: HistogramVec,
     /// `route`, `class` (1xx .. 5xx).
     pub upstream_responses_total: IntCounterVec,
     /// `result`: ok, error.
@@ -68,9 +73,24 @@ fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterV
     c
 }
 
+/// Buckets (seconds) for Redis operations: 100 µs .. 1 s (they are cut at `operation_timeout`).
+const REDIS_BUCKETS: [f64; 10] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+];
+
 fn histogram(r: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    histogram_with(r, name, help, labels, &LATENCY_BUCKETS)
+}
+
+fn histogram_with(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> HistogramVec {
     let h = HistogramVec::new(
-        HistogramOpts::new(format!("extoken_{name}"), help).buckets(LATENCY_BUCKETS.to_vec()),
+        HistogramOpts::new(format!("extoken_{name}"), help).buckets(buckets.to_vec()),
         labels,
     )
     .expect("static metric definition");
@@ -154,7 +174,7 @@ impl Metrics {
             cache_lookups_total: counter(
                 &r,
                 "cache_lookups_total",
-                "External-token cache lookups (hit, miss, coalesced, refresh_ahead).",
+                "External-token cache lookups (hit, miss, coalesced, refresh_ahead, negative, shared_hit).",
                 &["connector", "result"],
             ),
             cache_entries: gauge_vec(
@@ -162,6 +182,19 @@ impl Metrics {
                 "cache_entries",
                 "External tokens cached, by connector.",
                 &["connector"],
+            ),
+            shared_cache_operations_total: counter(
+                &r,
+                "shared_cache_operations_total",
+                "Redis operations of the shared token cache, by operation and result.",
+                &["op", "result"],
+            ),
+            shared_cache_operation_duration_seconds: histogram_with(
+                &r,
+                "shared_cache_operation_duration_seconds",
+                "Duration of the shared token cache's Redis operations.",
+                &["op"],
+                &REDIS_BUCKETS,
             ),
             upstream_responses_total: counter(
                 &r,
@@ -245,6 +278,12 @@ mod tests {
             .observe(0.1);
         m.cache_lookups_total.with_label_values(&["c", "hit"]).inc();
         m.cache_entries.with_label_values(&["c"]).set(1);
+        m.shared_cache_operations_total
+            .with_label_values(&["get", "hit"])
+            .inc();
+        m.shared_cache_operation_duration_seconds
+            .with_label_values(&["get"])
+            .observe(0.0003);
         m.upstream_responses_total
             .with_label_values(&["api", "2xx"])
             .inc();
@@ -260,6 +299,8 @@ mod tests {
             "extoken_connector_duration_seconds_bucket",
             "extoken_cache_lookups_total",
             "extoken_cache_entries",
+            "extoken_shared_cache_operations_total",
+            "extoken_shared_cache_operation_duration_seconds_bucket",
             "extoken_upstream_responses_total",
             "extoken_config_reloads_total",
             "extoken_dns_resolutions_total",

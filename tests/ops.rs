@@ -349,11 +349,7 @@ async fn sighup_reload_keeps_a_broken_file_out_and_applies_a_valid_one() {
         gw.log().contains("routes[0].connector")
     })
     .await;
-    assert!(
-        said,
-        "the log does not say why:\n{}",
-        gw.log()
-    );
+    assert!(said, "the log does not say why:\n{}", gw.log());
     assert_eq!(gw.get_bearer("/api/x", &token).await.status, 200);
     assert_eq!(gw.admin_get("/readyz").await.unwrap().0, 200);
 

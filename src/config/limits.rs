@@ -22,6 +22,22 @@ pub struct CacheConfig {
     /// How long a connector failure is remembered per key (no call during it).
     #[serde(default = "d_negative_ttl")]
     pub negative_ttl: Dur,
+    /// `cache.shared`: a Redis second level shared by replicas (absent: each process alone).
+    #[serde(default)]
+    pub shared: Option<RawSharedCache>,
+}
+
+/// The `cache.shared` block, `${VAR}`-expanded, not yet interpreted: its meaning, checks and key
+/// paths (`cache.shared.url: ...`) belong to the shared token cache in `crate::exchange`, which
+/// uses it, as connector blocks do. It holds the encryption key: `Debug` never shows it.
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(transparent)]
+pub struct RawSharedCache(pub serde_yaml::Value);
+
+impl std::fmt::Debug for RawSharedCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RawSharedCache(..)")
+    }
 }
 
 fn d_verified_entries() -> u64 {
@@ -45,6 +61,7 @@ impl Default for CacheConfig {
             margin: d_margin(),
             min_margin: d_min_margin(),
             negative_ttl: d_negative_ttl(),
+            shared: None,
         }
     }
 }

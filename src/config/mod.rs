@@ -195,6 +195,9 @@ impl Config {
         if let Some(a) = &d.audience {
             let _ = writeln!(s, "audience: {}", a.to_vec().join(", "));
         }
+        if self.cache.shared.is_some() {
+            let _ = writeln!(s, "tokens:   cached here and in Redis (cache.shared)");
+        }
         let _ = writeln!(s, "connectors:");
         for (name, c) in &self.connectors {
             let _ = writeln!(s, "  {name}: {}", c.type_name());

@@ -11,6 +11,8 @@
 //! * Freshness (hit, refresh-ahead, stale, negative) is decided here with the injected clock;
 //!   moka, whose clock is its own, only stores and bounds, and keeps an entry at least as long
 //!   as it can be served.
+//! * With `cache.shared`, a miss and a refresh-ahead go through the second level (Redis, shared by
+//!   the replicas: `shared.rs`) instead of straight to the connector.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,7 +21,10 @@ use std::time::{Duration, Instant};
 
 use moka::ops::compute::Op;
 
-use super::{ExchangeError, ExternalToken, Mint, Minted};
+pub(crate) use fill::{Fill, Margin};
+
+use super::shared::{Listener, SharedCache};
+use super::{ExchangeError, ExternalToken, Mint};
 use crate::clock::SharedClock;
 use crate::config::CacheConfig;
 
@@ -50,6 +55,12 @@ impl CacheKey {
         digest.copy_from_slice(d.as_ref());
         CacheKey { connector, digest }
     }
+
+    /// SHA-256 of the settings fingerprint and the inputs (no token, no secret, but a user id
+    /// could be guessed from it: the shared cache names entries by an HMAC of it instead).
+    pub(crate) fn digest(&self) -> &[u8; 32] {
+        &self.digest
+    }
 }
 
 impl fmt::Debug for CacheKey {
@@ -72,6 +83,10 @@ struct Entry {
     /// How long moka keeps the entry after inserting it.
     keep_for: Duration,
     refreshing: AtomicBool,
+    /// Unix seconds; a refresh looks for a shared token newer than this.
+    expires_at: u64,
+    /// Read from the shared cache.
+    shared: bool,
 }
 
 struct KeepFor;
@@ -105,6 +120,8 @@ pub(crate) enum Lookup {
     Miss,
     Coalesced,
     NegativeHit,
+    /// A first-level miss answered by the shared cache (no connector call here).
+    SharedHit,
 }
 
 impl Lookup {
@@ -115,6 +132,7 @@ impl Lookup {
             Lookup::Miss => "miss",
             Lookup::Coalesced => "coalesced",
             Lookup::NegativeHit => "negative",
+            Lookup::SharedHit => "shared_hit",
         }
     }
 }
@@ -135,13 +153,28 @@ struct Inner {
     clock: SharedClock,
     tokens: moka::future::Cache<CacheKey, Arc<Entry>>,
     failures: moka::sync::Cache<CacheKey, Failure>,
-    margin_share: f64,
-    min_margin: Duration,
+    margin: Margin,
     negative_ttl: Duration,
+    shared: Option<Arc<SharedCache>>,
 }
 
 impl TokenCache {
+    #[cfg(test)]
     pub(crate) fn new(cfg: &CacheConfig, clock: SharedClock) -> TokenCache {
+        Self::with_shared(cfg, clock, None)
+    }
+
+    /// The margin `cfg` gives tokens.
+    pub(crate) fn margin_of(cfg: &CacheConfig) -> Margin {
+        Margin::new(cfg.margin.0 / 100.0, cfg.min_margin.0)
+    }
+
+    /// A cache whose misses go through `shared` (Redis) when given.
+    pub(crate) fn with_shared(
+        cfg: &CacheConfig,
+        clock: SharedClock,
+        shared: Option<SharedCache>,
+    ) -> TokenCache {
         let negative_ttl = cfg.negative_ttl.0.max(Duration::from_millis(1));
         TokenCache {
             inner: Arc::new(Inner {
@@ -156,33 +189,50 @@ impl TokenCache {
                     .max_capacity(cfg.max_entries)
                     .time_to_live(negative_ttl + STORAGE_SLACK)
                     .build(),
-                margin_share: cfg.margin.0 / 100.0,
-                min_margin: cfg.min_margin.0,
+                margin: Self::margin_of(cfg),
                 negative_ttl,
+                shared: shared.map(Arc::new),
             }),
         }
     }
 
-    /// The margin for a token living `lifetime`: `margin` of it, at least `min_margin`, at most a
-    /// third (so a short-lived token is still served for a while before it is refreshed).
-    fn margin(&self, lifetime: Duration) -> Duration {
-        lifetime
-            .mul_f64(self.inner.margin_share)
-            .max(self.inner.min_margin)
-            .min(lifetime / 3)
-    }
-
-    fn entry(&self, m: Minted) -> Arc<Entry> {
+    /// The first-level entry for `f`: served until its margin before expiry, refreshed ahead
+    /// during the margin before that.
+    fn entry(&self, f: Fill) -> Arc<Entry> {
         let now = self.inner.clock.now();
-        let margin = self.margin(m.lifetime);
-        let serve_for = m.lifetime.saturating_sub(margin);
+        let margin = self.inner.margin.of(f.lifetime);
+        let serve_for = f.remaining.saturating_sub(margin);
         Arc::new(Entry {
-            token: m.token,
+            token: f.token,
             refresh_at: now + serve_for.saturating_sub(margin),
             stale_at: now + serve_for,
             keep_for: serve_for + STORAGE_SLACK,
             refreshing: AtomicBool::new(false),
+            expires_at: f.expires_at,
+            shared: f.shared,
         })
+    }
+
+    /// A token from the second level when there is one, else from the connector.
+    async fn fill(
+        &self,
+        key: &CacheKey,
+        newer_than: Option<u64>,
+        mint: &Arc<dyn Mint>,
+        inputs: &serde_json::Value,
+    ) -> Result<Fill, ExchangeError> {
+        match &self.inner.shared {
+            Some(shared) => {
+                let me: Arc<dyn Listener> = self.inner.clone();
+                shared.listen(Arc::downgrade(&me));
+                // Boxed: the Redis steps would otherwise make every request future deeper.
+                Box::pin(shared.obtain(key, newer_than, mint, inputs)).await
+            }
+            None => Ok(Fill::minted(
+                mint.mint(inputs).await?,
+                self.inner.clock.unix(),
+            )),
+        }
     }
 
     /// The token for `key`, minting it with `mint(inputs)` when needed.
@@ -196,7 +246,12 @@ impl TokenCache {
             let now = self.inner.clock.now();
             if now < e.stale_at {
                 if now >= e.refresh_at && !e.refreshing.swap(true, Ordering::AcqRel) {
-                    self.refresh_in_background(key.clone(), mint.clone(), inputs.clone());
+                    self.refresh_in_background(
+                        key.clone(),
+                        e.expires_at,
+                        mint.clone(),
+                        inputs.clone(),
+                    );
                     return (Ok(e.token.clone()), Lookup::RefreshAhead);
                 }
                 return (Ok(e.token.clone()), Lookup::Hit);
@@ -235,8 +290,8 @@ impl TokenCache {
         inputs: &Arc<serde_json::Value>,
     ) -> (Result<ExternalToken, ExchangeError>, Lookup) {
         let init = async {
-            let m = mint.mint(inputs).await?;
-            Ok::<_, ExchangeError>(self.entry(m))
+            let f = self.fill(key, None, mint, inputs).await?;
+            Ok::<_, ExchangeError>(self.entry(f))
         };
         match self
             .inner
@@ -248,7 +303,11 @@ impl TokenCache {
             Ok(e) => {
                 let how = if e.is_fresh() {
                     entries_gauge(&key.connector).inc();
-                    Lookup::Miss
+                    if e.value().shared {
+                        Lookup::SharedHit
+                    } else {
+                        Lookup::Miss
+                    }
                 } else {
                     Lookup::Coalesced
                 };
@@ -267,18 +326,21 @@ impl TokenCache {
         }
     }
 
+    /// Replaces the entry of `key` (expiring at `expires_at`) by a newer token: another
+    /// replica's refresh if there is one, else a mint.
     fn refresh_in_background(
         &self,
         key: CacheKey,
+        expires_at: u64,
         mint: Arc<dyn Mint>,
         inputs: Arc<serde_json::Value>,
     ) {
         let this = self.clone();
         tokio::spawn(async move {
-            match mint.mint(&inputs).await {
-                Ok(m) => {
+            match this.fill(&key, Some(expires_at), &mint, &inputs).await {
+                Ok(f) => {
                     entries_gauge(&key.connector).inc();
-                    this.inner.tokens.insert(key, this.entry(m)).await
+                    this.inner.tokens.insert(key, this.entry(f)).await
                 }
                 // The old entry stays until it goes stale; the next miss mints synchronously.
                 Err(e) => {
@@ -288,9 +350,25 @@ impl TokenCache {
         });
     }
 
-    /// Forgets a token (the upstream answered 401 to it).
+    /// Forgets a token (the upstream answered 401 to it), here and, with a shared cache, in
+    /// Redis and on every replica (in the background: the response does not wait for Redis).
     pub(crate) async fn evict(&self, key: &CacheKey) {
         self.inner.tokens.invalidate(key).await;
+        if let Some(shared) = &self.inner.shared {
+            let (shared, key) = (shared.clone(), key.clone());
+            tokio::spawn(async move { shared.evict(&key).await });
+        }
+    }
+
+    /// The shared cache's `lock_ttl`, if there is one (a reload keeps the cache only when the
+    /// connectors still fit in it).
+    pub(crate) fn lock_ttl(&self) -> Option<Duration> {
+        self.inner.shared.as_ref().map(|s| s.lock_ttl())
+    }
+
+    #[cfg(test)]
+    fn margin(&self, lifetime: Duration) -> Duration {
+        self.inner.margin.of(lifetime)
     }
 
     /// Whether two handles are the same cache (a reload kept it).
@@ -300,5 +378,16 @@ impl TokenCache {
     }
 }
 
+/// Evictions announced by other replicas (the shared cache's pub/sub channel).
+#[async_trait::async_trait]
+impl Listener for Inner {
+    async fn evicted(&self, id: &str) {
+        if let Some(key) = self.shared.as_ref().and_then(|s| s.local_key(id)) {
+            self.tokens.invalidate(&key).await;
+        }
+    }
+}
+
+mod fill;
 #[cfg(test)]
 mod tests;

@@ -21,6 +21,9 @@ fn d_claim() -> String {
 }
 
 impl Settings for ClaimConnectorConfig {
+    fn worst_case(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
     fn validate(&self, path: &str) -> Result<(), ConfigError> {
         if self.claim.is_empty() {
             return Err(ConfigError::key(

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -16,10 +17,12 @@ use super::supabase::SupabaseConfig;
 use super::token_exchange::{check_subjects, TokenExchangeConfig};
 use crate::config::{Config, ConfigError, Dur, RawConnector};
 
-/// Checks every connector block of `cfg` without reading files or the network (what
-/// `extoken reload` checks before it signals). Building the connectors checks the same and more.
+/// Checks every connector block of `cfg`, and `cache.shared` against them, without reading files
+/// or the network (what `extoken reload` checks before it signals). Building the connectors checks
+/// the same and more.
 pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
-    parse_all(cfg).map(drop)
+    let typed: Vec<(&str, ConnectorConfig)> = parse_all(cfg)?.into_iter().collect();
+    super::connectors::shared_config(cfg, &typed).map(|_| ())
 }
 
 /// Every connector block of `cfg`, typed and checked, alone and together (the subjects of
@@ -42,6 +45,10 @@ pub(crate) trait Settings {
     fn paths_mut(&mut self) -> Vec<&mut PathBuf> {
         Vec::new()
     }
+    /// The longest one mint can take (every attempt timing out, plus the pauses between them;
+    /// zero for a connector that signs locally): the shared cache's lock must outlive it, or a
+    /// second replica would mint while the first still waits for its reply.
+    fn worst_case(&self) -> Duration;
 }
 
 /// A connector produces the external token for a verified session.
@@ -103,6 +110,11 @@ impl ConnectorConfig {
             ConnectorConfig::TokenExchange(c) => c.subject_connector(),
             _ => None,
         }
+    }
+
+    /// [`Settings::worst_case`] of this connector.
+    pub(crate) fn worst_case(&self) -> Duration {
+        self.settings().worst_case()
     }
 
     fn settings_mut(&mut self) -> &mut dyn Settings {

@@ -10,6 +10,7 @@ use super::connector_config::{parse_all, ConnectorConfig};
 use super::firebase::Firebase;
 use super::http_endpoint::HttpConnector;
 use super::jwt_template::JwtConnector;
+use super::shared::{SharedCache, SharedCacheConfig, Slowest};
 use super::supabase::Supabase;
 use super::token_exchange::TokenExchange;
 use super::{ExchangeError, ExternalToken, IdentitySigner, Mint, Minted, RequestInfo};
@@ -156,6 +157,21 @@ fn fingerprint(cfg: &ConnectorConfig, loaded: &[u8]) -> [u8; 32] {
     out
 }
 
+/// `cache.shared` checked against the connectors (`lock_ttl` must outlive the slowest), if set.
+pub(super) fn shared_config(
+    cfg: &Config,
+    connectors: &[(&str, ConnectorConfig)],
+) -> Result<Option<SharedCacheConfig>, ConfigError> {
+    let Some(raw) = &cfg.cache.shared else {
+        return Ok(None);
+    };
+    let slowest: Slowest = connectors
+        .iter()
+        .map(|(name, c)| (name.to_string(), c.worst_case()))
+        .max_by_key(|(_, d)| *d);
+    SharedCacheConfig::parse(raw, &slowest).map(Some)
+}
+
 /// The token a request gets, and the cache key to forget it by if the upstream refuses it.
 #[derive(Debug, Clone)]
 pub(crate) struct Obtained {
@@ -196,8 +212,10 @@ impl Connectors {
         let mut by_name = BTreeMap::new();
         let mut public = vec![];
         let mut signers = BTreeMap::new();
+        let mut typed_all = Vec::with_capacity(cfg.connectors.len());
         for (name, typed) in parse_all(cfg)? {
             let c = Connector::build(name, &typed, client, &clock)?;
+            typed_all.push((name, typed));
             if let ConnectorKind::Minting(m) = &c.kind {
                 public.extend(m.public_jwk());
                 if let Some(s) = m.identity_signer() {
@@ -209,9 +227,27 @@ impl Connectors {
         let jwks = (!public.is_empty()).then(|| {
             serde_json::to_string(&jsonwebtoken::jwk::JwkSet { keys: public }).unwrap_or_default()
         });
+        let shared = shared_config(cfg, &typed_all)?;
+        // A kept cache must still fit: its lock outlives the slowest connector as now configured.
+        let kept = cache.filter(|c| c.lock_ttl() == shared.as_ref().map(|s| s.lock_ttl));
+        let cache = match kept {
+            Some(c) => c,
+            None => {
+                let shared = match &shared {
+                    Some(s) => Some(SharedCache::new(
+                        s,
+                        clock.clone(),
+                        TokenCache::margin_of(&cfg.cache),
+                        cfg.cache.max_entries,
+                    )?),
+                    None => None,
+                };
+                TokenCache::with_shared(&cfg.cache, clock, shared)
+            }
+        };
         Ok(Connectors {
             by_name,
-            cache: cache.unwrap_or_else(|| TokenCache::new(&cfg.cache, clock)),
+            cache,
             jwks,
             signers,
         })
@@ -325,6 +361,32 @@ mod tests {
         std::fs::write(&a, &k2).unwrap();
         assert_ne!(fa, jwt_fingerprint(&a));
         assert_eq!(jwt_fingerprint(&a), jwt_fingerprint(&c));
+    }
+
+    /// Replicas must agree on fingerprints (the shared cache names entries by them): equal settings
+    /// give equal fingerprints however they were written, with nothing per-process in them (a
+    /// `HashMap` in the settings would order its entries differently in each parse).
+    #[test]
+    fn fingerprint_is_the_same_for_the_same_settings_written_otherwise() {
+        let headers: Vec<String> = (0..12).map(|i| format!("X-H{i}: v{i}")).collect();
+        let mut reversed = headers.clone();
+        reversed.reverse();
+        let parse = |h: &[String]| -> ConnectorConfig {
+            serde_yaml::from_str(&format!(
+                "{{type: http, url: 'http://t/mint', headers: {{{}}}, timeout: 2s}}",
+                h.join(", ")
+            ))
+            .unwrap()
+        };
+        let a = fingerprint(&parse(&headers), b"");
+        for _ in 0..8 {
+            assert_eq!(a, fingerprint(&parse(&headers), b""));
+            assert_eq!(
+                a,
+                fingerprint(&parse(&reversed), b""),
+                "key order is not a setting"
+            );
+        }
     }
 
     #[test]

@@ -79,6 +79,13 @@ fn d_timeout() -> Dur {
 }
 
 impl Settings for FirebaseConfig {
+    /// A custom token is signed locally; `id_token` adds one exchange call (not retried).
+    fn worst_case(&self) -> Duration {
+        match self.mode {
+            FirebaseMode::CustomToken => Duration::ZERO,
+            FirebaseMode::IdToken => self.timeout.0,
+        }
+    }
     fn validate(&self, path: &str) -> Result<(), ConfigError> {
         exactly_one(
             path,

@@ -230,7 +230,7 @@ impl HttpConnector {
                     self.fail(format!("{kind}: {}", e.without_url()))
                 });
             }
-            tokio::time::sleep(Duration::from_millis(100 << attempt.min(6))).await;
+            tokio::time::sleep(config::backoff(attempt)).await;
             attempt += 1;
         }
     }

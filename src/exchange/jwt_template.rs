@@ -47,6 +47,10 @@ fn d_quarter() -> Dur {
 }
 
 impl Settings for JwtConnectorConfig {
+    /// Signed locally: no call to wait for.
+    fn worst_case(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
     fn validate(&self, path: &str) -> Result<(), ConfigError> {
         positive(format!("{path}.expires_in"), self.expires_in)?;
         if self.issuer.is_empty() {

@@ -9,7 +9,8 @@
 //! Each connector's module holds all of it: its settings (the typed `connectors.<name>` block,
 //! with validation), how it is built, and how it mints. [`connector_config`] parses a config's
 //! raw blocks into those settings; [`Connectors`] builds them and serves requests. Time (token
-//! freshness, `iat`/`exp`) comes from an injected [`crate::clock::Clock`].
+//! freshness, `iat`/`exp`) comes from an injected [`crate::clock::Clock`]. With `cache.shared`,
+//! the cache has a second level in Redis shared by the replicas ([`shared`]).
 
 mod cache;
 mod claim;
@@ -19,6 +20,7 @@ mod firebase;
 mod http_endpoint;
 mod identity;
 mod jwt_template;
+mod shared;
 mod signing;
 mod supabase;
 mod token_exchange;

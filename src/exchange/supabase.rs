@@ -73,6 +73,10 @@ fn d_namespace() -> String {
 }
 
 impl Settings for SupabaseConfig {
+    /// Signed locally: no call to wait for.
+    fn worst_case(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
     fn validate(&self, path: &str) -> Result<(), ConfigError> {
         exactly_one(
             path,

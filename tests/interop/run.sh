@@ -3,7 +3,7 @@
 # components a user has: PyJWT, PostgreSQL with Supabase-style roles and RLS, firebase-admin and the
 # Firebase Auth emulator. See tests/interop/README.md.
 #
-# Idempotent: installs only what is missing (PostgreSQL and nginx-light from Debian packages, a Python venv in
+# Idempotent: installs only what is missing (PostgreSQL, nginx-light and redis-server from Debian packages, a Python venv in
 # tests/interop/.venv, firebase-tools in tests/interop/node_modules), builds the gateway (debug),
 # starts a throwaway PostgreSQL cluster and the Auth emulator on loopback ports, runs pytest, and
 # stops what it started on exit. Exit code = pytest's.
@@ -84,6 +84,29 @@ fi
 NGINX_VERSION="$("$NGINX_BIN" -v 2>&1)" || die "$NGINX_BIN does not run: $NGINX_VERSION"
 export INTEROP_NGINX_BIN="$NGINX_BIN"
 log "nginx: $NGINX_BIN ($NGINX_VERSION)"
+
+# ---------------------------------------------------------------- Redis (shared token cache)
+# test_shared_cache.py starts its own redis-server processes from these binaries (one server, a
+# 3-node Cluster, a master with a Sentinel) on free loopback ports, and stops them when each test
+# ends. Required: a missing redis-server is installed here, never a reason to skip.
+find_bin() {
+  local c
+  for c in "$(command -v "$1" 2>/dev/null || true)" "/usr/bin/$1"; do
+    if [ -n "$c" ] && [ -x "$c" ]; then echo "$c"; return 0; fi
+  done
+  return 1
+}
+REDIS_SERVER_BIN="$(find_bin redis-server || true)"
+REDIS_CLI_BIN="$(find_bin redis-cli || true)"
+if [ -z "$REDIS_SERVER_BIN" ] || [ -z "$REDIS_CLI_BIN" ]; then
+  apt_install redis-server redis-tools
+  REDIS_SERVER_BIN="$(find_bin redis-server || true)"
+  REDIS_CLI_BIN="$(find_bin redis-cli || true)"
+  [ -n "$REDIS_SERVER_BIN" ] && [ -n "$REDIS_CLI_BIN" ] \
+    || die "redis-server installed but redis-server/redis-cli not found"
+fi
+export INTEROP_REDIS_SERVER="$REDIS_SERVER_BIN" INTEROP_REDIS_CLI="$REDIS_CLI_BIN"
+log "Redis: $REDIS_SERVER_BIN ($("$REDIS_SERVER_BIN" --version | cut -d' ' -f1-3))"
 
 # ---------------------------------------------------------------- Python venv
 PY="${PYTHON:-}"

@@ -9,7 +9,7 @@ use tokio::sync::Semaphore;
 use super::*;
 use crate::clock::{Clock, ManualClock};
 use crate::config::{CacheConfig, Dur, Percent};
-use crate::exchange::RequestInfo;
+use crate::exchange::{Minted, RequestInfo};
 use crate::verify::VerifiedSession;
 
 /// A connector whose n-th call makes `tok-n`, good for `lifetime`; it fails while `fail` is set,
@@ -311,10 +311,13 @@ fn margin_is_share_then_floor_then_third() {
 fn entry_windows() {
     let clock = ManualClock::new();
     let c = TokenCache::new(&CacheConfig::default(), clock.clone());
-    let e = c.entry(Minted {
+    let minted = Minted {
         token: ExternalToken::new("t").unwrap(),
         lifetime: Duration::from_secs(3600),
-    });
+    };
+    let f = Fill::minted(minted, clock.unix());
+    assert_eq!(f.expires_at, clock.unix() + 3600);
+    let e = c.entry(f.clone());
     let now = clock.now();
     assert_eq!(e.stale_at - now, Duration::from_secs(3240));
     assert_eq!(e.refresh_at - now, Duration::from_secs(2880));
@@ -322,6 +325,16 @@ fn entry_windows() {
         e.keep_for >= e.stale_at - now,
         "moka keeps it while it is served"
     );
+    // The same token read from the shared cache 1000 s later: same margin (of its whole
+    // lifetime), windows counted from what is left.
+    let e = c.entry(Fill {
+        remaining: Duration::from_secs(2600),
+        shared: true,
+        ..f
+    });
+    assert_eq!(e.stale_at - now, Duration::from_secs(2240));
+    assert_eq!(e.refresh_at - now, Duration::from_secs(1880));
+    assert!(e.shared);
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! `type: http`: the endpoint, how to authenticate to it, and what to read from its reply.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -58,7 +59,22 @@ fn d_retries() -> u32 {
     2
 }
 
+/// The pause before retry `attempt` (0-based): 100 ms, doubling, at most 6.4 s.
+pub(crate) fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(100 << attempt.min(6))
+}
+
 impl Settings for HttpConnectorConfig {
+    /// Every attempt times out (after an OAuth2 token fetch that times out too), with the
+    /// backoff pauses between attempts.
+    fn worst_case(&self) -> Duration {
+        let per_attempt = match self.auth {
+            Some(HttpAuth::Oauth2ClientCredentials { .. }) => self.timeout.0 * 2,
+            _ => self.timeout.0,
+        };
+        let pauses: Duration = (0..self.retries).map(backoff).sum();
+        per_attempt.saturating_mul(self.retries.saturating_add(1)) + pauses
+    }
     fn validate(&self, path: &str) -> Result<(), ConfigError> {
         check_url(format!("{path}.url"), &self.url)?;
         if self.token_field.is_empty() {

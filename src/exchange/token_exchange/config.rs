@@ -117,6 +117,11 @@ impl TokenExchangeConfig {
 }
 
 impl Settings for TokenExchangeConfig {
+    /// One call, no retries (a subject from another connector is obtained before this mint
+    /// starts, so its time is not part of it).
+    fn worst_case(&self) -> std::time::Duration {
+        self.timeout.0
+    }
     fn validate(&self, path: &str) -> Result<(), ConfigError> {
         check_url(format!("{path}.token_url"), &self.token_url)?;
         self.client_auth.validate(path)?;
