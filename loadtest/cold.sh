@@ -42,6 +42,7 @@ BASE_PORT=${BASE_PORT:-18380}         # backend; gateway +1, admin +2, JWKS +3, 
 PART_TIMEOUT=${PART_TIMEOUT:-600}     # seconds any one load client may run
 KEEP_TOKENS=${KEEP_TOKENS:-0}         # 1: reuse the last run's key and tokens if they fit (< 1 h old)
 GATEWAY_ENV=${GATEWAY_ENV:-}          # extra environment of the gateway, e.g. MALLOC_ARENA_MAX=2
+PART3_ALL_CLAIMS=${PART3_ALL_CLAIMS:-0} # 1: part 3's gateway keeps its http connector (sessions keep every claim)
 VERIFIED_CAP=${VERIFIED_CAP:-}        # cache.verified_sessions; default 2 x all sessions (none evicted)
 
 usage() { sed -n '2,21p' "$0"; grep -E '^[A-Z_0-9]+=\$\{[A-Z_0-9]+:-' "$0" | sed 's/^/  /'; }
@@ -261,6 +262,15 @@ routes:
     connector: slow
 EOF
 "$EXTOKEN_BIN" check --config "$RUN_DIR/conf/extoken.yaml" >/dev/null || die "extoken check failed"
+# Part 3's gateway: the same without the `http` connector, which sends every custom claim to its
+# endpoint, so that sessions keep every claim; with `claim` connectors only they keep the ones the
+# config reads (PART3_ALL_CLAIMS=1: keep the http connector, measure sessions with every claim).
+if ((PART3_ALL_CLAIMS)); then
+  cp "$RUN_DIR/conf/extoken.yaml" "$RUN_DIR/conf/extoken-part3.yaml"
+else
+  sed '/^  slow:$/,/^    timeout:/d; /^  - name: conn$/,$d' "$RUN_DIR/conf/extoken.yaml" >"$RUN_DIR/conf/extoken-part3.yaml"
+fi
+"$EXTOKEN_BIN" check --config "$RUN_DIR/conf/extoken-part3.yaml" >/dev/null || die "extoken check failed (part 3)"
 
 python3 -m http.server "$PORT_JWKS" --bind 127.0.0.1 --directory "$RUN_DIR/jwks" \
   >"$RUN_DIR/logs/jwks.log" 2>&1 &
@@ -281,9 +291,9 @@ conn_stats() { curl -sf --max-time 10 "http://127.0.0.1:$PORT_CONN/stats"; }
 conn_reset() { curl -sf --max-time 10 -X POST "http://127.0.0.1:$PORT_CONN/reset" >/dev/null; }
 
 GW_PID=""
-start_gateway() {  # start_gateway <log name>
+start_gateway() {  # start_gateway <log name> [config]
   # shellcheck disable=SC2086 # GATEWAY_ENV: VAR=value words
-  env -u EXTOKEN_LOG $GATEWAY_ENV "$EXTOKEN_BIN" run --config "$RUN_DIR/conf/extoken.yaml" >"$RUN_DIR/logs/$1.log" 2>&1 &
+  env -u EXTOKEN_LOG $GATEWAY_ENV "$EXTOKEN_BIN" run --config "${2:-$RUN_DIR/conf/extoken.yaml}" >"$RUN_DIR/logs/$1.log" 2>&1 &
   GW_PID=$!
   record "$GW_PID" "extoken-$1"
   wait_code 200 300 "http://127.0.0.1:$PORT_ADMIN/readyz" \
@@ -321,7 +331,7 @@ stop_pid "$GW_PID"
 
 # ---- part 3: memory per cached session -------------------------------------------------------
 log "part 3: a fresh gateway, warm-up ($WARMUP_REQUESTS requests over 100 sessions), then $SESSIONS distinct sessions"
-start_gateway gateway-b
+start_gateway gateway-b "$RUN_DIR/conf/extoken-part3.yaml"
 rss_start=$(rss_kb "$GW_PID")
 client run --tokens "$TOK/warm.txt" --count 100 --repeat $(( (WARMUP_REQUESTS + 99) / 100 - 1 )) \
   --concurrency "$CONCURRENCY" --path-prefix /api/warm --pid "gateway=$GW_PID" \
@@ -345,7 +355,7 @@ cat >"$RES_DIR/env.json" <<EOF
  "extoken": "$EXTOKEN_SRC (built $(date -u -r "$EXTOKEN_SRC" '+%F %H:%M') UTC; tree at $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ', src modified'))",
  "threads": $EXTOKEN_THREADS, "burst": $BURST, "users": $USERS, "repeat": $REPEAT,
  "concurrency": $CONCURRENCY, "sessions": $SESSIONS, "warmup_requests": $WARMUP_REQUESTS,
- "delay_ms": $DELAY_MS, "gateway_env": "$GATEWAY_ENV", "rss_max_mib": $RSS_MAX_MIB, "verified_cap": $VERIFIED_CAP,
+ "delay_ms": $DELAY_MS, "gateway_env": "$GATEWAY_ENV", "part3_all_claims": $PART3_ALL_CLAIMS, "rss_max_mib": $RSS_MAX_MIB, "verified_cap": $VERIFIED_CAP,
  "load_part2": "$load2", "load_part3": "$load3", "load_end": "$(host_load)",
  "rss_kb": {"start": $rss_start, "before": $rss_before, "end": $rss_end, "after": $rss_after, "hwm": $hwm}}
 EOF

@@ -23,7 +23,7 @@ use super::{ExchangeError, ExternalToken, Mint, Minted, RequestInfo, MAX_REPLY_B
 use crate::bounded::read_body;
 use crate::clock::SharedClock;
 use crate::config::ConfigError;
-use crate::verify::VerifiedSession;
+use crate::verify::{ClaimsKept, VerifiedSession};
 
 /// Claims that are Descope's own, not "custom claims" of the flow or template.
 const STANDARD_CLAIMS: &[&str] = &[
@@ -282,6 +282,28 @@ impl Mint for HttpConnector {
             "claims": custom,
             "request": { "route": req.route, "method": req.method, "path": req.path },
         }))
+    }
+
+    /// Every custom claim (it sends them all), and of the standard ones those it names.
+    fn claims_read(&self, kept: &mut ClaimsKept) {
+        const NAMED: &[&str] = &[
+            "sub",
+            "dsub",
+            "loginIds",
+            "email",
+            "phone",
+            "name",
+            "dct",
+            "tenants",
+            "roles",
+            "permissions",
+        ];
+        let skipped: Vec<&str> = STANDARD_CLAIMS
+            .iter()
+            .copied()
+            .filter(|c| !NAMED.contains(c))
+            .collect();
+        kept.read_all_but(&skipped);
     }
 
     /// The token is per user and route: the method and path are sent for context but do not split

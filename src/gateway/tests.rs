@@ -79,10 +79,30 @@ fn sessions_keep_only_the_claims_the_config_reads() {
             "tenants"
         ])
     );
-    // The http connector sends every custom claim: nothing can be dropped.
+    // The http connector sends every custom claim: only standard ones it does not send go.
+    let skipped = [
+        "amr",
+        "aud",
+        "cnf",
+        "drn",
+        "exp",
+        "externalToken",
+        "iat",
+        "iss",
+        "jti",
+        "nbf",
+        "nsec",
+        "rexp",
+    ];
     assert_eq!(
         kept_for("{c: {type: http, url: 'http://127.0.0.1:1/m'}}"),
-        ClaimsKept::All
+        ClaimsKept::AllBut(skipped.iter().map(|n| Box::<str>::from(*n)).collect())
+    );
+    // With a claim connector beside it, `externalToken` is kept after all.
+    let both = kept_for("{c: {type: http, url: 'http://127.0.0.1:1/m'}, d: {type: claim}}");
+    assert!(
+        matches!(&both, ClaimsKept::AllBut(s) if !s.contains("externalToken") && s.contains("amr")),
+        "{both:?}"
     );
 }
 

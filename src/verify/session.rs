@@ -22,6 +22,8 @@ pub enum ClaimsKept {
     All,
     /// These claims only.
     Only(BTreeSet<Box<str>>),
+    /// Every claim but these (a reader of "every custom claim" that names what it skips).
+    AllBut(BTreeSet<Box<str>>),
 }
 
 impl ClaimsKept {
@@ -32,20 +34,37 @@ impl ClaimsKept {
 
     /// Keeps the claim at the top of a dotted path (`tenants.T1.roles` keeps `tenants`).
     pub fn read(&mut self, path: &str) {
-        if let ClaimsKept::Only(set) = self {
-            let top = path.split('.').next().unwrap_or(path);
-            if !set.contains(top) {
-                set.insert(top.into());
-            }
-        }
+        self.read_name(path.split('.').next().unwrap_or(path));
     }
 
     /// Keeps the claim named exactly `name` (a name, not a path: dots are part of it).
     pub fn read_name(&mut self, name: &str) {
-        if let ClaimsKept::Only(set) = self {
-            if !set.contains(name) {
-                set.insert(name.into());
+        match self {
+            ClaimsKept::All => {}
+            ClaimsKept::Only(set) => {
+                if !set.contains(name) {
+                    set.insert(name.into());
+                }
             }
+            ClaimsKept::AllBut(skipped) => {
+                skipped.remove(name);
+            }
+        }
+    }
+
+    /// Keeps every claim except `skipped` (which stay dropped only if no reader names them).
+    pub fn read_all_but(&mut self, skipped: &[&str]) {
+        match self {
+            ClaimsKept::All => {}
+            ClaimsKept::Only(kept) => {
+                let set = skipped
+                    .iter()
+                    .filter(|s| !kept.contains(**s))
+                    .map(|s| Box::<str>::from(*s))
+                    .collect();
+                *self = ClaimsKept::AllBut(set);
+            }
+            ClaimsKept::AllBut(set) => set.retain(|s| skipped.contains(&&**s)),
         }
     }
 
@@ -57,6 +76,7 @@ impl ClaimsKept {
         match self {
             ClaimsKept::All => true,
             ClaimsKept::Only(set) => set.contains(name),
+            ClaimsKept::AllBut(set) => !set.contains(name),
         }
     }
 }
@@ -191,6 +211,33 @@ mod tests {
         assert_eq!(some.get("amr"), None);
         let names: Vec<&str> = some.iter().map(|(k, _)| k).collect();
         assert_eq!(names, ["sub", "tenants"]);
+    }
+
+    #[test]
+    fn all_but_keeps_what_any_reader_names() {
+        let m = map(json!({"sub": "U1", "amr": ["email"], "iat": 1, "plan": "pro", "dct": "T"}));
+        let mut kept = ClaimsKept::none();
+        kept.read("amr");
+        kept.read_all_but(&["amr", "iat", "sub"]);
+        kept.read("sub");
+        let names = |k: &ClaimsKept| {
+            Claims::new(m.clone(), k)
+                .iter()
+                .map(|(n, _)| n.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names(&kept),
+            ["amr", "dct", "plan", "sub"],
+            "iat alone dropped"
+        );
+        // Two such readers drop only what both skip.
+        kept.read_all_but(&["iat", "plan"]);
+        assert_eq!(names(&kept), ["amr", "dct", "plan", "sub"]);
+        let mut both = ClaimsKept::none();
+        both.read_all_but(&["iat", "plan", "amr"]);
+        both.read_all_but(&["iat", "amr"]);
+        assert_eq!(names(&both), ["dct", "plan", "sub"]);
     }
 
     #[test]
