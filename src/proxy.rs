@@ -1,6 +1,6 @@
 //! Step 5: pingora's `ProxyHttp` phases, kept thin. Each phase calls one plain function: the
 //! canonical target ([`target::decide`]), route lookup and [`Gateway::authorize`] in
-//! `request_filter`, the peer in `upstream_peer`, [`rewrite::apply`] in
+//! `request_filter`, the peer in `upstream_peer`, [`rewrite::apply_to_request`] in
 //! `upstream_request_filter`. Every answer extoken writes itself goes through [`send_answer`].
 //! Nothing here parses config or keys.
 
@@ -335,7 +335,7 @@ impl ProxyHttp for Proxy {
             },
             request_id: ctx.log.request_id_value.as_ref(),
         };
-        rewrite::apply(upstream_request, &plan);
+        rewrite::apply_to_request(upstream_request, &plan);
         Ok(())
     }
 

@@ -102,7 +102,6 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Applies a plan to a header set. Generic over the setter so it serves pingora's
 /// `RequestHeader` and plain `http::HeaderMap` (tests, benches) alike.
 pub fn apply<H: Headers>(req: &mut H, plan: &Plan<'_>) {
-    req.forget_name_case();
     if plan.drop_underscore_headers {
         req.remove_where(&|n: &HeaderName| n.as_str().contains('_'));
     }
@@ -285,8 +284,33 @@ pub trait Headers {
     fn remove(&mut self, name: &HeaderName);
     /// Removes every header whose name satisfies `pred`.
     fn remove_where(&mut self, pred: &dyn Fn(&HeaderName) -> bool);
-    /// Stops keeping the client's spelling of header names, when the type keeps it.
-    fn forget_name_case(&mut self) {}
+}
+
+/// [`apply`] to the request pingora sends upstream, on its plain `http::HeaderMap`.
+///
+/// pingora's `RequestHeader` keeps, for the HTTP/1 parser's sake, each name as the client spelled
+/// it in a second map, and its `insert_header` turns the name into a copied `CaseHeaderName` and
+/// parses it back into a `HeaderName` on every call, case map or not: ~1.5k instructions per
+/// header set, 40% of what extoken added per request (docs/performance.md). The header set is
+/// taken out as `http::request::Parts` (a move), edited there (an insert is one hash, no copy),
+/// and put back without the case map, so names go upstream lower-cased (pingora writes standard
+/// ones in their usual spelling): HTTP field names are case-insensitive (RFC 9110 §5.1), and
+/// Envoy lower-cases every name too. Only for an origin-form target, which the URI reproduces byte
+/// for byte (extoken forwards no other form; a verbatim target goes through pingora's API so it
+/// is never lost).
+pub fn apply_to_request(req: &mut pingora::http::RequestHeader, plan: &Plan<'_>) {
+    if req.uri.path_and_query().map(|p| p.as_str().as_bytes()) != Some(req.raw_path()) {
+        apply(req, plan);
+        return;
+    }
+    let end_stream = req.send_end_stream();
+    let placeholder = pingora::http::RequestHeader::from(http::Request::new(()).into_parts().0);
+    let mut parts: http::request::Parts = std::mem::replace(req, placeholder).into();
+    apply(&mut parts.headers, plan);
+    *req = pingora::http::RequestHeader::from(parts);
+    if let Some(e) = end_stream {
+        req.set_send_end_stream(e);
+    }
 }
 
 impl Headers for http::HeaderMap {
@@ -331,26 +355,6 @@ impl Headers for pingora::http::RequestHeader {
         let doomed: Vec<HeaderName> = self.headers.keys().filter(|n| pred(n)).cloned().collect();
         for n in doomed {
             self.remove_header(&n);
-        }
-    }
-    /// pingora's parser keeps each name as the client spelled it, in a second map that every
-    /// insert and removal updates too: two hashes and a copied name per operation, 40% of what
-    /// extoken added per request (docs/performance.md). Names go upstream lower-cased instead:
-    /// HTTP field names are case-insensitive (RFC 9110 §5.1), and Envoy lower-cases every name too.
-    /// Only for an origin-form target, which the URI reproduces byte for byte (extoken forwards no
-    /// other form; the check keeps a verbatim target from being lost if that ever changes).
-    fn forget_name_case(&mut self) {
-        if !self.has_case()
-            || self.uri.path_and_query().map(|p| p.as_str().as_bytes()) != Some(self.raw_path())
-        {
-            return;
-        }
-        let end_stream = self.send_end_stream();
-        let placeholder = pingora::http::RequestHeader::from(http::Request::new(()).into_parts().0);
-        let parts: http::request::Parts = std::mem::replace(self, placeholder).into();
-        *self = pingora::http::RequestHeader::from(parts);
-        if let Some(e) = end_stream {
-            self.set_send_end_stream(e);
         }
     }
 }

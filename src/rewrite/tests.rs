@@ -287,7 +287,7 @@ fn pingora_header_loses_only_the_name_case() {
     req.append_header("Cookie", "DS=x; keep=1").unwrap();
     assert!(req.has_case());
     let (h, s) = (host(), strip());
-    apply(&mut req, &plan(&h, None, &s));
+    apply_to_request(&mut req, &plan(&h, None, &s));
     assert!(!req.has_case());
     assert_eq!(req.method, http::Method::POST);
     assert_eq!(req.version, http::Version::HTTP_11);
@@ -314,7 +314,7 @@ fn pingora_header_with_a_verbatim_target_keeps_everything() {
     let mut req = RequestHeader::build("GET", b"http://a.example/x?y", None).unwrap();
     req.append_header("X-Custom-Name", "v").unwrap();
     let (h, s) = (host(), strip());
-    apply(&mut req, &plan(&h, None, &s));
+    apply_to_request(&mut req, &plan(&h, None, &s));
     assert!(req.has_case());
     assert_eq!(req.raw_path(), b"http://a.example/x?y");
     let mut wire = bytes::BytesMut::new();
