@@ -42,7 +42,7 @@ BASE_PORT=${BASE_PORT:-18380}         # backend; gateway +1, admin +2, JWKS +3, 
 PART_TIMEOUT=${PART_TIMEOUT:-600}     # seconds any one load client may run
 KEEP_TOKENS=${KEEP_TOKENS:-0}         # 1: reuse the last run's key and tokens if they fit (< 1 h old)
 GATEWAY_ENV=${GATEWAY_ENV:-}          # extra environment of the gateway, e.g. MALLOC_ARENA_MAX=2
-PART3_ALL_CLAIMS=${PART3_ALL_CLAIMS:-0} # 1: part 3's gateway keeps its http connector (sessions keep every claim)
+PART3_ALL_CLAIMS=${PART3_ALL_CLAIMS:-0} # 1: part 3's gateway keeps its http connector (sessions keep more claims)
 VERIFIED_CAP=${VERIFIED_CAP:-}        # cache.verified_sessions; default 2 x all sessions (none evicted)
 
 usage() { sed -n '2,21p' "$0"; grep -E '^[A-Z_0-9]+=\$\{[A-Z_0-9]+:-' "$0" | sed 's/^/  /'; }
@@ -264,7 +264,8 @@ EOF
 "$EXTOKEN_BIN" check --config "$RUN_DIR/conf/extoken.yaml" >/dev/null || die "extoken check failed"
 # Part 3's gateway: the same without the `http` connector, which sends every custom claim to its
 # endpoint, so that sessions keep every claim; with `claim` connectors only they keep the ones the
-# config reads (PART3_ALL_CLAIMS=1: keep the http connector, measure sessions with every claim).
+# config reads (PART3_ALL_CLAIMS=1: keep the http connector, whose sessions keep every claim but
+# the standard ones it does not send).
 if ((PART3_ALL_CLAIMS)); then
   cp "$RUN_DIR/conf/extoken.yaml" "$RUN_DIR/conf/extoken-part3.yaml"
 else

@@ -187,7 +187,8 @@ def part3(d, env):
         f"A fresh gateway, warmed up with {n(wreq)} requests over 100 sessions ({env['concurrency']} "
         f"connections), then {n(env['sessions'])} distinct sessions verified once each on a `claim` "
         f"route (no connector call, nothing minted); `cache.verified_sessions: {env['verified_cap']}`; "
-        + ("the `http` connector in the config, so sessions keep every claim."
+        + ("the `http` connector in the config, so sessions keep every claim but the standard ones "
+           "it does not send."
            if env.get("part3_all_claims") else
            "`claim` connector only, so sessions keep the claims the config reads (`externalToken`, `dct`)."),
         "",
