@@ -22,6 +22,9 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=loadtest/lib.sh
+source "$HERE/lib.sh"
+HTTP_MAX_TIME=5
 REPO=$(cd "$HERE/.." && pwd)
 
 # ---- settings ------------------------------------------------------------------------------
@@ -80,71 +83,10 @@ TOK=$RUN_DIR/tokens
 rm -rf "$RUN_DIR/jwks"
 mkdir -p "$RUN_DIR/conf" "$RUN_DIR/tmp" "$RUN_DIR/logs" "$RUN_DIR/jwks" "$KEYS" "$TOK" "$RES_DIR"
 
-log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
 
-# ---- process bookkeeping (as in run.sh and soak.sh): by PID only, never by name ---------------
-PIDFILE=$RUN_DIR/pids.txt
-if [[ -f $PIDFILE ]]; then
-  stale=""
-  while read -r pid role; do
-    [[ -n $pid ]] || continue
-    if kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "$RUN_DIR\|nginx\|extoken\|http.server\|cold_"; then
-      stale+=" $pid($role)"
-    fi
-  done <"$PIDFILE"
-  if [[ -n $stale ]]; then
-    echo "processes from an earlier run of this script are still alive:$stale" >&2
-    echo "stop them by PID (kill <pid>) and re-run" >&2
-    exit 1
-  fi
-  rm -f "$PIDFILE"
-fi
-declare -a PIDS=()
-declare -A PID_NAME=()
-record() { PIDS+=("$1"); PID_NAME[$1]=$2; echo "$1 $2" >>"$PIDFILE"; }
-forget() {  # a process that ended: never signalled again (its PID may be reused)
-  local keep=() p
-  for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
-  PIDS=("${keep[@]}")
-  unset "PID_NAME[$1]"
-  grep -v "^$1 " "$PIDFILE" >"$PIDFILE.tmp" || true
-  mv "$PIDFILE.tmp" "$PIDFILE"
-}
-stop_pid() {  # stop_pid <pid>: TERM, up to 10 s, then KILL; forgotten afterwards
-  local pid=$1
-  kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  if kill -0 "$pid" 2>/dev/null; then
-    log "PID $pid (${PID_NAME[$pid]:-?}) ignored TERM, sending KILL"
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  wait "$pid" 2>/dev/null || true
-  forget "$pid"
-}
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  local i
-  for ((i=${#PIDS[@]}-1; i>=0; i--)); do stop_pid "${PIDS[i]}"; done
-  rm -f "$PIDFILE"
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+# ---- process bookkeeping (loadtest/lib.sh): by PID only, never by name ---------------------
+pids_init "$RUN_DIR/pids.txt" "$RUN_DIR\|nginx\|extoken\|http.server\|cold_"
 
-port_free() { ! ss -Hltn "sport = :$1" | grep -q .; }
-http_code() { curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$@" || true; }
-wait_code() {  # wait_code <want> <tries of 0.1 s> curl-args...
-  local want=$1 tries=$2 code=""; shift 2
-  for _ in $(seq "$tries"); do
-    code=$(http_code "$@")
-    [[ $code == "$want" ]] && return 0
-    sleep 0.1
-  done
-  log "wanted $want, last answer $code: $*"
-  return 1
-}
 rss_kb() { awk '/^VmRSS/{print $2}' "/proc/$1/status"; }
 hwm_kb() { awk '/^VmHWM/{print $2}' "/proc/$1/status"; }
 

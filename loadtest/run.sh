@@ -18,6 +18,8 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=loadtest/lib.sh
+source "$HERE/lib.sh"
 REPO=$(cd "$HERE/.." && pwd)
 
 # ---- settings ------------------------------------------------------------------------------
@@ -70,8 +72,6 @@ STAMP=$(date -u +%Y%m%d-%H%M%S)
 RES_DIR=$STATE_DIR/results/$STAMP
 mkdir -p "$RUN_DIR/conf" "$RUN_DIR/tmp" "$RUN_DIR/logs" "$STATE_DIR/keys" "$STATE_DIR/tokens"
 
-log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
 wanted() { [[ " $TARGETS " == *" $1 "* ]]; }
 
 for t in $TARGETS; do [[ -n ${PORT[$t]:-} ]] || die "unknown target '$t' (known: ${!PORT[*]})"; done
@@ -79,61 +79,9 @@ for t in $TARGETS; do [[ -n ${PORT[$t]:-} ]] || die "unknown target '$t' (known:
   || die "DURATION, WARMUP, ROUNDS and USERS must be whole numbers"
 ((DURATION >= 1 && ROUNDS >= 1 && USERS >= 1)) || die "DURATION, ROUNDS and USERS must be at least 1"
 
-# ---- process bookkeeping (after shared/bench/run.sh) ------------------------------------------
-# run/pids.txt lists the PIDs of the current run, so processes left by a run killed with SIGKILL
-# can still be found and stopped by PID. Nothing is ever stopped by name.
-PIDFILE=$RUN_DIR/pids.txt
-if [[ -f $PIDFILE ]]; then
-  stale=""
-  while read -r pid role; do
-    [[ -n $pid ]] || continue
-    if kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "$RUN_DIR\|envoy\|haproxy\|nginx\|extoken"; then
-      stale+=" $pid($role)"
-    fi
-  done <"$PIDFILE"
-  if [[ -n $stale ]]; then
-    echo "processes from an earlier run of this script are still alive:$stale" >&2
-    echo "stop them by PID (kill <pid>) and re-run" >&2
-    exit 1
-  fi
-  rm -f "$PIDFILE"
-fi
-declare -a PIDS=()
-declare -A PID_NAME=()
+# ---- process bookkeeping (loadtest/lib.sh, after shared/bench/run.sh): by PID only --------
+pids_init "$RUN_DIR/pids.txt" "$RUN_DIR\|envoy\|haproxy\|nginx\|extoken"
 declare -A SERVER_PID=()
-
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  if ((${#PIDS[@]})); then
-    log "stopping ${#PIDS[@]} process(es) started by this run: ${PIDS[*]}"
-    local i pid
-    for ((i=${#PIDS[@]}-1; i>=0; i--)); do   # newest first; nginx masters stop their workers
-      pid=${PIDS[i]}
-      kill -0 "$pid" 2>/dev/null && kill -TERM "$pid" 2>/dev/null || true
-    done
-    for _ in $(seq 50); do
-      local alive=0
-      for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-      ((alive)) || break
-      sleep 0.1
-    done
-    for pid in "${PIDS[@]}"; do
-      if kill -0 "$pid" 2>/dev/null; then
-        log "PID $pid (${PID_NAME[$pid]:-?}) ignored TERM, sending KILL"
-        kill -KILL "$pid" 2>/dev/null || true
-      fi
-    done
-    wait 2>/dev/null || true
-    local left=""
-    for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && left+=" $pid"; done
-    if [[ -z $left ]]; then log "all processes stopped"; rm -f "$PIDFILE"
-    else log "still alive:$left (listed in $PIDFILE)"; fi
-  fi
-  exit $rc
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 children_of() { ps -o pid= --ppid "$1" 2>/dev/null | tr -d ' ' || true; }
 
@@ -162,7 +110,6 @@ record_children() {  # worker processes too, so cleanup can check them by PID
   done
 }
 
-port_free() { ! ss -Hltn "sport = :$1" | grep -q .; }
 
 wait_http() {  # wait_http <role> <url> [tries of 0.1 s]: any HTTP answer
   local role=$1 url=$2 tries=${3:-100}

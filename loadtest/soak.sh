@@ -24,6 +24,8 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=loadtest/lib.sh
+source "$HERE/lib.sh"
 REPO=$(cd "$HERE/.." && pwd)
 
 # ---- settings ------------------------------------------------------------------------------
@@ -88,81 +90,12 @@ TOK=$RUN_DIR/tokens
 rm -rf "$RUN_DIR/keys" "$RUN_DIR/tokens" "$RUN_DIR/jwks"
 mkdir -p "$RUN_DIR/conf" "$RUN_DIR/tmp" "$RUN_DIR/logs" "$RUN_DIR/jwks" "$KEYS" "$TOK" "$RES_DIR/raw"
 
-log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
 now() { echo "$EPOCHREALTIME"; }
 event() { printf '%s %s\n' "$(now)" "$*" >>"$RES_DIR/events.log"; log "event: $*"; }
 
-# ---- process bookkeeping (as in run.sh): by PID only, never by name --------------------------
-PIDFILE=$RUN_DIR/pids.txt
-if [[ -f $PIDFILE ]]; then
-  stale=""
-  while read -r pid role; do
-    [[ -n $pid ]] || continue
-    if kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "$RUN_DIR\|nginx\|extoken\|http.server\|wrk"; then
-      stale+=" $pid($role)"
-    fi
-  done <"$PIDFILE"
-  if [[ -n $stale ]]; then
-    echo "processes from an earlier run of this script are still alive:$stale" >&2
-    echo "stop them by PID (kill <pid>) and re-run" >&2
-    exit 1
-  fi
-  rm -f "$PIDFILE"
-fi
-declare -a PIDS=()
-declare -A PID_NAME=()
-record() { PIDS+=("$1"); PID_NAME[$1]=$2; echo "$1 $2" >>"$PIDFILE"; }
-forget() {  # a process that ended: never signalled again (its PID may be reused)
-  local keep=() p
-  for p in "${PIDS[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
-  PIDS=("${keep[@]}")
-  unset "PID_NAME[$1]"
-  grep -v "^$1 " "$PIDFILE" >"$PIDFILE.tmp" || true
-  mv "$PIDFILE.tmp" "$PIDFILE"
-}
+# ---- process bookkeeping (loadtest/lib.sh): by PID only, never by name ---------------------
+pids_init "$RUN_DIR/pids.txt" "$RUN_DIR\|nginx\|extoken\|http.server\|wrk"
 
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  if ((${#PIDS[@]})); then
-    local i pid
-    for ((i=${#PIDS[@]}-1; i>=0; i--)); do
-      pid=${PIDS[i]}
-      kill -0 "$pid" 2>/dev/null && kill -TERM "$pid" 2>/dev/null || true
-    done
-    for _ in $(seq 50); do
-      local alive=0
-      for pid in "${PIDS[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-      ((alive)) || break
-      sleep 0.1
-    done
-    for pid in "${PIDS[@]}"; do
-      if kill -0 "$pid" 2>/dev/null; then
-        log "PID $pid (${PID_NAME[$pid]:-?}) ignored TERM, sending KILL"
-        kill -KILL "$pid" 2>/dev/null || true
-      fi
-    done
-    wait 2>/dev/null || true
-    rm -f "$PIDFILE"
-  fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-port_free() { ! ss -Hltn "sport = :$1" | grep -q .; }
-http_code() { curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$@" || true; }
-wait_code() {  # wait_code <want> <tries of 0.1 s> curl-args...
-  local want=$1 tries=$2 code=""; shift 2
-  for _ in $(seq "$tries"); do
-    code=$(http_code "$@")
-    [[ $code == "$want" ]] && return 0
-    sleep 0.1
-  done
-  log "wanted $want, last answer $code: $*"
-  return 1
-}
 
 # ---- 1. install what is missing ------------------------------------------------------------
 need=()
