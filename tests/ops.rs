@@ -495,3 +495,43 @@ async fn logs_never_carry_tokens_cookies_or_query_strings() {
     assert_eq!(access[0]["upstream_status"], 200);
     assert_eq!(access[6]["status"], 502);
 }
+
+/// The access line follows the live log level: none at `warn`, one per request after a SIGHUP to
+/// `info` (it is written by hand, not through `tracing`'s event path, so this is checked here).
+#[tokio::test]
+async fn access_lines_follow_the_reloaded_log_level() {
+    let key = new_key("ops-key");
+    let up = Backend::start_with(Duration::ZERO, "upstream ok").await;
+    let jwks_port = free_port();
+    let _jwks = serve_jwks(jwks_port, &key).await;
+    let at = |level: &str| {
+        base(jwks_port)
+            .set("log", json!({"level": level}))
+            .route(api_route(&up.url()))
+    };
+    let mut gw = start_gateway(&at("warn")).await;
+    gw.wait_ready().await;
+    let token = session_token(&key, "U2level", 600);
+    let access = |gw: &GatewayProcess| {
+        gw.log()
+            .lines()
+            .filter(|l| l.contains("extoken::access"))
+            .count()
+    };
+    assert_eq!(gw.get_bearer("/api/quiet", &token).await.status, 200);
+
+    gw.write_config(&at("info").to_yaml());
+    gw.signal(libc::SIGHUP);
+    let loud = eventually(Duration::from_secs(10), || async {
+        gw.get_bearer("/api/loud", &token).await.status == 200 && access(&gw) > 0
+    })
+    .await;
+    assert!(
+        loud,
+        "no access line after the reload to info:\n{}",
+        gw.log()
+    );
+    let log = gw.log();
+    assert!(!log.contains("/api/quiet"), "logged at warn:\n{log}");
+    assert!(log.contains("path=/api/loud"), "{log}");
+}
