@@ -509,7 +509,7 @@ async fn access_lines_follow_the_reloaded_log_level() {
             .set("log", json!({"level": level}))
             .route(api_route(&up.url()))
     };
-    let mut gw = start_gateway(&at("warn")).await;
+    let gw = start_gateway(&at("warn")).await;
     gw.wait_ready().await;
     let token = session_token(&key, "U2level", 600);
     let access = |gw: &GatewayProcess| {
