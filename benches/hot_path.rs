@@ -40,7 +40,7 @@ use extoken::gateway::Gateway;
 use extoken::mint::{DevKey, MintOptions};
 use extoken::rewrite::{self, Rewrite};
 use extoken::route::Route;
-use extoken::verify::{KeyStore, Verifier};
+use extoken::verify::{KeyStore, SessionMemo, Verifier};
 
 const PROJECT: &str = "P2BenchHotPath000000000000";
 const ES_KID: &str = "bench-es256";
@@ -248,9 +248,13 @@ fn info(route: &Route) -> RequestInfo<'_> {
 }
 
 fn authorize(fx: &Fixture, route: &Route, headers: &HeaderMap) -> Rewrite {
-    poll_now(&fx.rt, fx.gateway.authorize(route, headers, info(route)))
-        .map_err(|a| a.status)
-        .expect("accepted")
+    poll_now(
+        &fx.rt,
+        fx.gateway
+            .authorize(route, headers, info(route), &mut SessionMemo::default()),
+    )
+    .map_err(|a| a.status)
+    .expect("accepted")
 }
 
 fn bench_extract(c: &mut Criterion, fx: &Fixture) {
@@ -484,7 +488,12 @@ fn bench_authorize(c: &mut Criterion, fx: &Fixture) {
     authorize(fx, &route, &cookie);
 
     let run = |h: &HeaderMap| {
-        poll_now(&fx.rt, fx.gateway.authorize(&route, h, info(&route))).map(|rw| rw.value.len())
+        poll_now(
+            &fx.rt,
+            fx.gateway
+                .authorize(&route, h, info(&route), &mut SessionMemo::default()),
+        )
+        .map(|rw| rw.value.len())
     };
     g.bench_function("cached_session/bearer", |b| {
         b.iter(|| run(black_box(&bearer[0])))
@@ -515,9 +524,17 @@ fn bench_authorize(c: &mut Criterion, fx: &Fixture) {
                     .routes
                     .find(Some("api.example.com"), r.uri.path())
                     .expect("route");
-                let rw = poll_now(&fx.rt, fx.gateway.authorize(route, &r.headers, info(route)))
-                    .map_err(|a| a.status)
-                    .expect("accepted");
+                let rw = poll_now(
+                    &fx.rt,
+                    fx.gateway.authorize(
+                        route,
+                        &r.headers,
+                        info(route),
+                        &mut SessionMemo::default(),
+                    ),
+                )
+                .map_err(|a| a.status)
+                .expect("accepted");
                 rewrite::apply(&mut r, &plan(&rw, &route.strip_cookies, &host));
                 r
             },

@@ -6,6 +6,9 @@
 #   MODE=callgrind runs it under valgrind's callgrind with instrumentation switched on only for a fixed
 #                  batch of requests, and prints instructions per request and the top functions
 #                  (inclusive and self). Slow (50x) but exact and independent of machine noise.
+#   MODE=strace    counts its system calls (every thread, `strace -c -f`) under wrk load for
+#                  DURATION seconds and prints them per request: the kernel's share, which
+#                  callgrind does not see. strace slows the process; the counts per request hold.
 # Needs what loadtest/run.sh installs and the keys/tokens it mints: run `loadtest/run.sh
 # --check-only` once first. Uses ports BASE_PORT+20 / +21, loopback only; everything started here
 # is stopped by PID on exit.
@@ -50,7 +53,8 @@ die() { log "ERROR: $*"; exit 1; }
 case $MODE in
   perf) command -v perf >/dev/null || die "perf not installed (apt-get install linux-perf)" ;;
   callgrind) command -v valgrind >/dev/null || die "valgrind not installed (apt-get install valgrind)" ;;
-  *) die "MODE must be perf or callgrind" ;;
+  strace) command -v strace >/dev/null || die "strace not installed (apt-get install strace)" ;;
+  *) die "MODE must be perf, callgrind or strace" ;;
 esac
 
 declare -a PIDS=()
@@ -146,6 +150,21 @@ if [[ $MODE == callgrind ]]; then
     echo
     echo "== self (top $TOP) =="
     annotate no
+  } | tee "$OUT/report.txt"
+elif [[ $MODE == strace ]]; then
+  strace -c -f -o "$OUT/strace.txt" -p "$GW_PID" 2>"$OUT/strace.log" &
+  STRACE_PID=$!
+  sleep 1   # strace attaches to every thread before the load starts
+  TOKENS_FILE=$TOK/users.txt pin "$CPU_LOADGEN" wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" \
+    -s "$HERE/rotate_tokens.lua" "http://127.0.0.1:$GW_PORT/" >"$OUT/wrk.txt" 2>&1 || true
+  kill -INT "$STRACE_PID" 2>/dev/null || true
+  wait "$STRACE_PID" || true
+  reqs=$(awk '/requests in/{print $1; exit}' "$OUT/wrk.txt")
+  [[ -n $reqs && $reqs -gt 0 ]] || die "wrk completed no request ($OUT/wrk.txt)"
+  {
+    echo "system calls per request over $reqs requests ($CONNECTIONS connections, ${DURATION}s under strace):"
+    awk -v n="$reqs" '$1 ~ /^[0-9.]+$/ && NF >= 5 && $NF != "total" { name=$NF; calls=$4; printf "  %-16s %8.3f\n", name, calls/n; tot+=calls }
+      END { printf "  %-16s %8.3f\n", "total", tot/n }' "$OUT/strace.txt"
   } | tee "$OUT/report.txt"
 else
   perf record -e cpu-clock -F 4999 -g -p "$GW_PID" -o "$OUT/perf.data" -- sleep "$DURATION" >"$OUT/perf.log" 2>&1 &

@@ -17,7 +17,7 @@ use crate::exchange::{Connectors, RequestInfo, TokenCache};
 use crate::extract;
 use crate::rewrite::{self, Rewrite};
 use crate::route::{Route, RouteTable};
-use crate::verify::{AuthError, ClaimsKept, KeyStore, VerifiedSession, Verifier};
+use crate::verify::{AuthError, ClaimsKept, KeyStore, SessionMemo, VerifiedSession, Verifier};
 
 pub struct Gateway {
     pub config: Arc<Config>,
@@ -121,19 +121,21 @@ impl Gateway {
 
     /// Decides whether a request on an `auth: required` route may go upstream, and with what
     /// headers: extract → verify → the route's rules → exchange → identity headers. `Err` is the
-    /// answer to send instead; a refused session never reaches a connector.
+    /// answer to send instead; a refused session never reaches a connector. `memo` is the client
+    /// connection's last session (see [`Verifier::verify_remembered`]).
     pub async fn authorize(
         &self,
         route: &Route,
         headers: &HeaderMap,
         info: RequestInfo<'_>,
+        memo: &mut SessionMemo,
     ) -> Result<Rewrite, Answer> {
         debug_assert_eq!(route.auth, AuthMode::Required);
         let found = extract::session_token(headers, &self.config.descope.session_cookie)
             .ok_or_else(|| Answer::unauthorized(&AuthError::Missing))?;
         let session = self
             .verifier
-            .verify(found.token)
+            .verify_remembered(found.token, memo)
             .await
             .map_err(|e| Answer::from_verify(&e))?;
         route

@@ -13,16 +13,26 @@
 //! The adapter knows where a request's head ends and the next one begins from the proxy phases:
 //! [`head_complete`] (`early_request_filter`, right after pingora parsed the head) ends the
 //! deadline and sets the keep-alive and body timeouts of the request; [`request_done`] (`logging`)
-//! says the next byte read starts a new head. Between requests pingora waits at most
-//! `keepalive_timeout` for that byte (its own keep-alive timer, set here per request); from that
-//! byte on the head is due within `client_header_timeout`. A reused connection's body is always
-//! complete by then: pingora disables keep-alive when it answers before the body was read.
+//! says the next byte read starts a new head. Between requests the adapter waits at most
+//! `keepalive_timeout` for that byte, then ends the connection as pingora's keep-alive timer
+//! would (an end of stream, closed quietly); from that byte on the head is due within
+//! `client_header_timeout`. A reused connection's body is always complete by then: pingora
+//! disables keep-alive when it answers before the body was read.
+//!
+//! Both deadlines share one timer per connection, armed lazily: a new deadline is only written
+//! down, and the timer, armed no later than any deadline can fall, checks it when it fires and
+//! re-arms for what is left. A keep-alive connection therefore touches the timer wheel about once
+//! per `client_header_timeout`, not twice per request; pingora's own keep-alive timer (a timer
+//! registration per request) is off for connections under the adapter.
+//!
+//! The connection also keeps the last verified session ([`SessionMemo`]), which the proxy takes
+//! for the length of a request ([`take_memo`], [`put_memo`]).
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -45,6 +55,7 @@ use tokio::time::{Instant, Sleep};
 use crate::answer::Answer;
 use crate::config::LimitsConfig;
 use crate::gateway::Gateway;
+use crate::verify::SessionMemo;
 
 /// File descriptors kept out of the derived `max_connections` besides the upstream pool:
 /// listeners, admin connections, the JWKS/connector/OAuth HTTP clients, log files, and each
@@ -263,6 +274,20 @@ struct Conn {
     phase: AtomicU8,
     /// Signalled once the head deadline passed.
     expired: Notify,
+    /// `keepalive_timeout` of the last request, in ms (0: none set; pingora closes the connection
+    /// after the response anyway).
+    idle_ms: AtomicU64,
+    /// The last session verified on this connection.
+    memo: Mutex<SessionMemo>,
+}
+
+impl Conn {
+    fn idle_timeout(&self) -> Option<Duration> {
+        match self.idle_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
+    }
 }
 
 /// An accepted client stream with the head deadline enforced on its reads.
@@ -270,7 +295,13 @@ pub(crate) struct ClientStream {
     inner: Stream,
     conn: Arc<Conn>,
     header_timeout: Duration,
-    deadline: Pin<Box<Sleep>>,
+    /// The timer: armed no later than `due`, and no later than any deadline set from now on
+    /// (see [`ClientStream::set_due`]).
+    timer: Pin<Box<Sleep>>,
+    /// When the current head is due (`HEAD`) or the idle connection ends (`IDLE`).
+    due: Option<Instant>,
+    /// `due` was set for the current idle period.
+    idle_started: bool,
     /// Bytes of the current head arrived: only such a client is sent a 408 (a preconnected
     /// browser socket that never sent anything is closed silently).
     head_started: bool,
@@ -279,14 +310,52 @@ pub(crate) struct ClientStream {
 
 impl ClientStream {
     fn new(inner: Stream, conn: Arc<Conn>, header_timeout: Duration) -> ClientStream {
+        // The first request's head is due within the timeout from the accept.
+        let due = Instant::now() + header_timeout;
         ClientStream {
             inner,
             conn,
             header_timeout,
-            // The first request's head is due within the timeout from the accept.
-            deadline: Box::pin(tokio::time::sleep(header_timeout)),
+            timer: Box::pin(tokio::time::sleep_until(due)),
+            due: Some(due),
+            idle_started: false,
             head_started: false,
             expired: false,
+        }
+    }
+
+    /// A new deadline. Only written down when the timer fires before it anyway (the usual case:
+    /// see [`ClientStream::due_passed`]); the timer is moved only for an earlier one.
+    fn set_due(&mut self, due: Option<Instant>) {
+        self.due = due;
+        if let Some(d) = due {
+            if d < self.timer.deadline() {
+                self.timer.as_mut().reset(d);
+            }
+        }
+    }
+
+    /// Whether `due` has passed. When the timer fires early (it was armed for an earlier
+    /// deadline, since moved), it is re-armed for `due`, or sooner: for the shortest timeout
+    /// from now, which no deadline set later can precede. So a later [`ClientStream::set_due`]
+    /// need not move it.
+    fn due_passed(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(due) = self.due else {
+            return false;
+        };
+        loop {
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            let now = Instant::now();
+            if now >= due {
+                return true;
+            }
+            let shortest = self
+                .conn
+                .idle_timeout()
+                .map_or(self.header_timeout, |t| t.min(self.header_timeout));
+            self.timer.as_mut().reset(due.min(now + shortest));
         }
     }
 
@@ -361,18 +430,29 @@ impl AsyncRead for ClientStream {
         match this.conn.phase.load(Ordering::Acquire) {
             REQUEST => Pin::new(&mut this.inner).poll_read(cx, buf),
             IDLE => {
+                if !this.idle_started {
+                    // The first read after a response: the connection idles from now.
+                    this.idle_started = true;
+                    let idle = this.conn.idle_timeout();
+                    this.set_due(idle.map(|t| Instant::now() + t));
+                }
+                if this.due_passed(cx) {
+                    // `keepalive_timeout` without a byte: the end of the stream, which pingora
+                    // takes as a client that went away between requests (no error, no log).
+                    return Poll::Ready(Ok(()));
+                }
                 let r = Pin::new(&mut this.inner).poll_read(cx, buf);
                 if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
                     // The next request's first byte: its head is due from now.
                     this.conn.phase.store(HEAD, Ordering::Release);
                     this.head_started = true;
-                    let at = Instant::now() + this.header_timeout;
-                    this.deadline.as_mut().reset(at);
+                    this.idle_started = false;
+                    this.set_due(Some(Instant::now() + this.header_timeout));
                 }
                 r
             }
             _ => {
-                if this.expired || this.deadline.as_mut().poll(cx).is_ready() {
+                if this.expired || this.due_passed(cx) {
                     return this.expire(cx);
                 }
                 let r = Pin::new(&mut this.inner).poll_read(cx, buf);
@@ -494,13 +574,36 @@ fn client_stream(session: &Session) -> Option<&ClientStream> {
 /// may pause at most `client_body_timeout` between reads; after the response the connection may
 /// idle `keepalive_timeout` (unless it is closing anyway: `Connection: close`, HTTP/1.0, draining).
 pub(crate) fn head_complete(session: &mut Session, limits: &LimitsConfig) {
-    if let Some(s) = client_stream(session) {
+    let adapter = client_stream(session).map(|s| {
         s.conn.phase.store(REQUEST, Ordering::Release);
-    }
+        let ms = u64::try_from(limits.keepalive_timeout.0.as_millis()).unwrap_or(u64::MAX);
+        s.conn.idle_ms.store(ms.max(1), Ordering::Relaxed);
+    });
     session.set_read_timeout(Some(limits.client_body_timeout.0));
     // pingora turns keep-alive on "forever" for an HTTP/1.1 request without a Connection header.
+    // Under the adapter it stays so (the adapter ends the idle connection); elsewhere pingora's
+    // own timer does.
     if session.get_keepalive().is_some() {
-        session.set_keepalive(Some(limits.keepalive_timeout.0.as_secs().max(1)));
+        let secs = if adapter.is_some() {
+            0
+        } else {
+            limits.keepalive_timeout.0.as_secs().max(1)
+        };
+        session.set_keepalive(Some(secs));
+    }
+}
+
+/// The connection's last verified session (an empty memo off the proxy listener's adapter).
+pub(crate) fn take_memo(session: &Session) -> SessionMemo {
+    client_stream(session)
+        .and_then(|s| s.conn.memo.lock().ok().map(|mut m| std::mem::take(&mut *m)))
+        .unwrap_or_default()
+}
+
+/// Gives the memo back to the connection for its next request.
+pub(crate) fn put_memo(session: &Session, memo: SessionMemo) {
+    if let Some(mut m) = client_stream(session).and_then(|s| s.conn.memo.lock().ok()) {
+        *m = memo;
     }
 }
 

@@ -87,7 +87,7 @@ async fn send_answer(
         session.set_keepalive(None);
     }
     let mut h = ResponseHeader::build(a.status, Some(7))?;
-    log.stamp_response(&mut h)?;
+    rewrite::stamp_request_id(&mut h, log.request_id_value.as_ref());
     h.insert_header("content-type", "application/json")?;
     h.insert_header("content-length", a.body.len().to_string())?;
     h.insert_header("cache-control", "no-store")?;
@@ -206,7 +206,10 @@ impl Proxy {
                 method: req.method.as_str(),
                 path: decided.target.path(),
             };
-            ctx.rewrite = Some(gw.authorize(&route, &req.headers, info).await?);
+            let mut memo = listener::take_memo(session);
+            let authorized = gw.authorize(&route, &req.headers, info, &mut memo).await;
+            listener::put_memo(session, memo);
+            ctx.rewrite = Some(authorized?);
             ctx.drop_authorization = bearer.is_some();
         } else {
             ctx.drop_authorization = bearer.is_some_and(|t| gw.is_descope_token(t));
@@ -366,7 +369,8 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         self.drain.close_if_draining(session);
-        ctx.log.stamp_response(upstream_response)
+        rewrite::stamp_request_id(upstream_response, ctx.log.request_id_value.as_ref());
+        Ok(())
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {

@@ -1,5 +1,6 @@
 //! Step 4 of the request path: the headers the backend receives. Every change to the upstream
-//! request's headers happens here, nowhere else.
+//! request's headers happens here, nowhere else; so does the one change to the response's
+//! (`X-Request-Id`, [`stamp_request_id`]).
 //!
 //! * `Host` is the canonical host (or the upstream's own with `preserve_host: false`).
 //! * The route's header gets the external token (`auth: required`).
@@ -310,6 +311,36 @@ pub fn apply_to_request(req: &mut pingora::http::RequestHeader, plan: &Plan<'_>)
     *req = pingora::http::RequestHeader::from(parts);
     if let Some(e) = end_stream {
         req.set_send_end_stream(e);
+    }
+}
+
+/// `X-Request-Id` on a response to the client (the backend's, or one of extoken's own answers).
+pub(crate) fn stamp_request_id(resp: &mut pingora::http::ResponseHeader, id: Option<&HeaderValue>) {
+    if let Some(v) = id {
+        set_response_header(resp, X_REQUEST_ID, v.clone());
+    }
+}
+
+/// Sets one header on the response pingora sends to the client, on its plain `http::HeaderMap`
+/// for the reason [`apply_to_request`] gives (−2.9k instructions per request against
+/// `insert_header`). The backend's reason phrase is kept; names the backend sent go to the client
+/// lower-cased, standard ones in their usual spelling, as for the upstream request.
+fn set_response_header(
+    resp: &mut pingora::http::ResponseHeader,
+    name: HeaderName,
+    value: HeaderValue,
+) {
+    let reason = resp
+        .get_reason_phrase()
+        .filter(|r| Some(*r) != resp.status.canonical_reason())
+        .map(str::to_owned);
+    let placeholder = pingora::http::ResponseHeader::from(http::Response::new(()).into_parts().0);
+    let mut parts: http::response::Parts = std::mem::replace(resp, placeholder).into();
+    parts.headers.insert(name, value);
+    *resp = pingora::http::ResponseHeader::from(parts);
+    if let Some(r) = reason {
+        // Only fails for phrases pingora itself would refuse; it accepts any today.
+        let _ = resp.set_reason_phrase(Some(&r));
     }
 }
 

@@ -85,7 +85,8 @@ async fn authorize_as(
         method,
         path: "/x",
     };
-    f.gw.authorize(&route, &h, info).await
+    f.gw.authorize(&route, &h, info, &mut SessionMemo::default())
+        .await
 }
 
 #[tokio::test]

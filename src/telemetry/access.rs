@@ -16,7 +16,7 @@ use std::io::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::RequestHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 use tracing_appender::non_blocking::NonBlocking;
@@ -126,14 +126,6 @@ impl RequestLog {
     pub(crate) fn upstream_answered(&mut self, status: u16) {
         self.upstream_status = Some(status);
         self.upstream_time = self.upstream_start.map(|t| t.elapsed());
-    }
-
-    /// Sets `X-Request-Id` on a response head.
-    pub(crate) fn stamp_response(&self, h: &mut ResponseHeader) -> Result<()> {
-        if let Some(v) = &self.request_id_value {
-            h.insert_header(REQUEST_ID, v.clone())?;
-        }
-        Ok(())
     }
 }
 

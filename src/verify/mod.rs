@@ -15,6 +15,11 @@
 //! (its RFC 7638 thumbprint), so a key withdrawn from the JWKS, or replaced under the same `kid`,
 //! stops its tokens. The cache only stores and bounds (`cache.verified_sessions` entries);
 //! [`Verifier::sweep`], run every 30 s, frees what expired or lost its key.
+//!
+//! In front of the cache, [`Verifier::verify_remembered`] keeps the last session of one client
+//! connection ([`SessionMemo`]): a keep-alive client sends the same token with every request, and
+//! comparing the bytes costs less than hashing them. A memo hit passes the same checks as a cache
+//! hit.
 
 mod claims;
 mod jws;
@@ -24,6 +29,7 @@ mod session;
 #[cfg(test)]
 mod tests;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -113,9 +119,37 @@ pub struct Verifier {
     verified: quick_cache::sync::Cache<SessionKey, Arc<VerifiedSession>>,
     /// The claims a session keeps (what the config reads).
     kept: ClaimsKept,
+    /// Distinguishes this verifier from the one before a reload in a connection's [`SessionMemo`].
+    id: u64,
 }
 
 type SessionKey = [u8; 32];
+
+/// The session last verified on one client connection, kept by the connection between its
+/// requests (see [`Verifier::verify_remembered`]). Holds a copy of the token (at most
+/// `limits.max_token_bytes`), so a hit needs the very bytes that were verified.
+#[derive(Default)]
+pub struct SessionMemo {
+    verifier: u64,
+    token: Vec<u8>,
+    session: Option<Arc<VerifiedSession>>,
+}
+
+impl SessionMemo {
+    /// The remembered session if `token` is the remembered token, byte for byte. Constant time
+    /// for equal lengths: a front proxy may carry several users' requests on one connection.
+    fn hit(&self, verifier: u64, token: &str) -> Option<&Arc<VerifiedSession>> {
+        let s = self.session.as_ref()?;
+        let same = self.verifier == verifier
+            && self.token.len() == token.len()
+            && aws_lc_rs::constant_time::verify_slices_are_equal(&self.token, token.as_bytes())
+                .is_ok();
+        same.then_some(s)
+    }
+}
+
+/// Verifier ids: each verifier (a reload may build a new one) gets the next.
+static NEXT_VERIFIER: AtomicU64 = AtomicU64::new(1);
 
 fn session_key(token: &str) -> SessionKey {
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
@@ -142,6 +176,7 @@ impl Verifier {
                 usize::try_from(cache_entries).unwrap_or(usize::MAX).max(1),
             ),
             kept: ClaimsKept::All,
+            id: NEXT_VERIFIER.fetch_add(1, Ordering::Relaxed),
         }
     }
 
@@ -180,18 +215,47 @@ impl Verifier {
         Ok(session)
     }
 
+    /// [`Verifier::verify`], first asking the connection's memo. A keep-alive client resends the
+    /// same token, and comparing its bytes with the remembered ones skips the SHA-256 of the cache
+    /// key (0.45 µs for a 724-byte token) and the lookup. The memo's session passes the same checks
+    /// as a cached one: unexpired, its very key still published. A token that verifies becomes
+    /// the memo.
+    pub async fn verify_remembered(
+        &self,
+        token: &str,
+        memo: &mut SessionMemo,
+    ) -> Result<Arc<VerifiedSession>, VerifyError> {
+        if let Some(s) = memo.hit(self.id, token) {
+            if self.fresh(s, &self.keys.current()) {
+                return Ok(s.clone());
+            }
+            memo.session = None;
+        }
+        let s = self.verify(token).await?;
+        memo.verifier = self.id;
+        memo.token.clear();
+        memo.token.extend_from_slice(token.as_bytes());
+        memo.session = Some(s.clone());
+        Ok(s)
+    }
+
     /// The remembered session for `token`, while unexpired and its very key is still in `keyset`;
     /// otherwise forgets it.
     fn cached(&self, key: &SessionKey, keyset: &KeySet) -> Option<Arc<VerifiedSession>> {
         let s = self.verified.get(key)?;
-        let same_key = keyset
-            .get(&s.key.kid)
-            .is_some_and(|k| k.thumbprint == s.key.thumbprint);
-        if same_key && self.rules.unexpired(s.exp, self.clock.unix()) {
+        if self.fresh(&s, keyset) {
             return Some(s);
         }
         self.verified.remove(key);
         None
+    }
+
+    /// Unexpired, and the very key that verified it is still published under its `kid`.
+    fn fresh(&self, s: &VerifiedSession, keyset: &KeySet) -> bool {
+        let same_key = keyset
+            .get(&s.key.kid)
+            .is_some_and(|k| k.thumbprint == s.key.thumbprint);
+        same_key && self.rules.unexpired(s.exp, self.clock.unix())
     }
 
     /// Forgets every session that expired or whose key is no longer published (a cache sized for

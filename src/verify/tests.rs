@@ -415,3 +415,79 @@ async fn key_age_follows_the_clock() {
     fx.clock.advance(Duration::from_secs(90));
     assert_eq!(keys.age(), Some(Duration::from_secs(90)));
 }
+
+#[tokio::test]
+async fn a_connections_memo_serves_its_very_token_and_no_other() {
+    let fx = Fixture::new("");
+    let v = &fx.verifier;
+    let t1 = fx.token(json!({"sub": "U1"}));
+    let t2 = fx.token(json!({"sub": "U2"}));
+    let mut memo = SessionMemo::default();
+    let first = v.verify_remembered(&t1, &mut memo).await.unwrap();
+    v.verified.clear();
+    let hit = v.verify_remembered(&t1, &mut memo).await.unwrap();
+    assert!(Arc::ptr_eq(&first, &hit), "served from the memo");
+    assert_eq!(v.cached_sessions(), 0, "the session cache was not asked");
+
+    // The same length, one byte of the signature changed: verified (and refused), not remembered.
+    let mut forged = t1.clone().into_bytes();
+    let last = forged.len() - 1;
+    forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+    assert_eq!(forged.len(), t1.len());
+    assert_eq!(
+        ok(v.verify_remembered(&forged, &mut memo).await),
+        invalid(AuthError::BadSignature)
+    );
+    let hit = v.verify_remembered(&t1, &mut memo).await.unwrap();
+    assert!(
+        Arc::ptr_eq(&first, &hit),
+        "a refused token leaves the memo as it was"
+    );
+
+    // Another session replaces it.
+    let other = v.verify_remembered(&t2, &mut memo).await.unwrap();
+    assert_eq!(other.str_claim("sub"), Some("U2"));
+    assert_eq!(v.cached_sessions(), 1);
+    let again = v.verify_remembered(&t1, &mut memo).await.unwrap();
+    assert!(!Arc::ptr_eq(&first, &again), "verified anew");
+    assert_eq!(again.str_claim("sub"), Some("U1"));
+}
+
+#[tokio::test]
+async fn a_memo_hit_is_checked_as_a_cache_hit_is() {
+    let fx = Fixture::new("");
+    let v = &fx.verifier;
+    let t = fx.token(json!({"exp": fx.now() + 60}));
+    let mut memo = SessionMemo::default();
+    v.verify_remembered(&t, &mut memo).await.unwrap();
+    // Another key under the same kid: the remembered session is not served.
+    fx.install(&[&ec_key("k1")]);
+    assert_eq!(
+        ok(v.verify_remembered(&t, &mut memo).await),
+        invalid(AuthError::BadSignature)
+    );
+    fx.install(&[&fx.key]);
+    assert_eq!(ok(v.verify_remembered(&t, &mut memo).await), Ok(()));
+    // Past exp and the leeway.
+    fx.clock.advance(Duration::from_secs(65));
+    assert_eq!(
+        ok(v.verify_remembered(&t, &mut memo).await),
+        invalid(AuthError::Expired)
+    );
+}
+
+#[tokio::test]
+async fn a_memo_from_the_verifier_before_a_reload_is_not_trusted() {
+    let fx = Fixture::new("");
+    let t = fx.token(json!({}));
+    let mut memo = SessionMemo::default();
+    fx.verifier.verify_remembered(&t, &mut memo).await.unwrap();
+    let reloaded = fx.fresh_verifier();
+    reloaded.verify_remembered(&t, &mut memo).await.unwrap();
+    assert_eq!(
+        reloaded.cached_sessions(),
+        1,
+        "verified by the new verifier"
+    );
+}
