@@ -160,11 +160,11 @@ fn screen(req: &RequestHeader, limits: &LimitsConfig) -> std::result::Result<Dec
 
 /// The `Host` to forward: the upstream's (`preserve_host: false`), else the canonical one, else
 /// (HTTP/1.0 without a host) the upstream's.
-fn forwarded_host(route: &Route, host: Option<&target::Host>) -> Option<HeaderValue> {
+fn forwarded_host(route: &Route, host: Option<target::Host>) -> Option<HeaderValue> {
     route
         .host_override
         .clone()
-        .or_else(|| host.and_then(|h| HeaderValue::from_str(h.as_str()).ok()))
+        .or_else(|| host.and_then(target::Host::into_header_value))
         .or_else(|| route.upstream.host_header())
 }
 
@@ -178,7 +178,7 @@ impl Proxy {
         session: &mut Session,
         ctx: &mut Ctx,
     ) -> std::result::Result<(), Answer> {
-        let decided = screen(session.req_header(), &gw.config.limits)?;
+        let mut decided = screen(session.req_header(), &gw.config.limits)?;
         let host_name = decided.host.as_ref().map(|h| h.name());
         let route = gw
             .routes
@@ -186,7 +186,7 @@ impl Proxy {
             .cloned()
             .ok_or_else(Answer::no_route)?;
         ctx.log.route(&route.metrics);
-        ctx.host = forwarded_host(&route, decided.host.as_ref());
+        ctx.host = forwarded_host(&route, decided.host.take());
         if session.req_header().raw_path() != decided.target.as_bytes() {
             session
                 .req_header_mut()
@@ -384,7 +384,7 @@ impl ProxyHttp for Proxy {
             let route = ctx.route.as_ref().map(|r| r.name.as_str());
             let answer = Answer::proxy_failure(status, outcome, route);
             if let Err(we) = send_answer(session, &answer, &ctx.log, true).await {
-                tracing::debug!(target: "extoken::proxy", request_id = %ctx.log.request_id, error = we.etype().as_str(), "cannot send the error response");
+                tracing::debug!(target: "extoken::proxy", request_id = %ctx.log.request_id(), error = we.etype().as_str(), "cannot send the error response");
             }
         }
         FailToProxy {
@@ -412,7 +412,7 @@ impl ProxyHttp for Proxy {
         error: &Error,
         _context: pingora::proxy::ProxyWarnLogContext,
     ) -> bool {
-        telemetry::retry_warning(error, &ctx.log.request_id);
+        telemetry::retry_warning(error, ctx.log.request_id());
         true
     }
 

@@ -160,13 +160,15 @@ fn forwarding<H: Headers>(req: &mut H, plan: &Plan<'_>) {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(a, IpAddr::V4),
         v4 => v4,
     });
-    let ip_text = ip.map(ip_text);
+    let ip_text = ip.map(IpText::new);
     let proto = if peer.tls { "https" } else { "http" };
     if peer.trusted {
         if let Some(t) = &ip_text {
-            append_list(req, X_FORWARDED_FOR, t.as_bytes());
+            append_list(req, X_FORWARDED_FOR, t.as_ref());
             if !req.get_all(&FORWARDED).is_empty() {
-                append_list(req, FORWARDED, &forwarded_node(ip, t));
+                let mut node = Vec::with_capacity(t.as_ref().len() + 8);
+                forwarded_node(&mut node, t);
+                append_list(req, FORWARDED, &node);
             }
         }
         if req.get_all(&X_FORWARDED_PROTO).is_empty() {
@@ -178,10 +180,8 @@ fn forwarding<H: Headers>(req: &mut H, plan: &Plan<'_>) {
         return;
     }
     // `set` replaces whatever the client sent; only a peer without an IP needs a removal.
-    match ip_text
-        .as_deref()
-        .and_then(|t| HeaderValue::from_str(t).ok())
-    {
+    // The address is one shared allocation for both headers (an IP is always a valid value).
+    match ip_text.and_then(|t| HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(t)).ok()) {
         Some(v) => {
             req.set(X_FORWARDED_FOR, v.clone());
             req.set(X_REAL_IP, v);
@@ -194,9 +194,9 @@ fn forwarding<H: Headers>(req: &mut H, plan: &Plan<'_>) {
     req.set(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     req.set(X_FORWARDED_HOST, plan.host.clone());
     // RFC 7239: `for=<node>;host="<host>";proto=<proto>`, built without `format!`.
-    let mut f = Vec::with_capacity(48 + plan.host.len());
+    let mut f = Vec::with_capacity(64 + plan.host.len());
     if let Some(t) = &ip_text {
-        f.extend_from_slice(&forwarded_node(ip, t));
+        forwarded_node(&mut f, t);
         f.push(b';');
     }
     f.extend_from_slice(b"host=\"");
@@ -209,41 +209,76 @@ fn forwarding<H: Headers>(req: &mut H, plan: &Plan<'_>) {
     }
 }
 
-/// `for=1.2.3.4` or `for="[2001:db8::1]"` (RFC 7239 quotes IPv6 nodes).
-fn forwarded_node(ip: Option<IpAddr>, text: &str) -> Vec<u8> {
-    let mut n = Vec::with_capacity(text.len() + 8);
-    n.extend_from_slice(b"for=");
-    if matches!(ip, Some(IpAddr::V6(_))) {
-        n.extend_from_slice(b"\"[");
-        n.extend_from_slice(text.as_bytes());
-        n.extend_from_slice(b"]\"");
+/// `for=1.2.3.4` or `for="[2001:db8::1]"` (RFC 7239 quotes IPv6 nodes), appended to `out`.
+fn forwarded_node(out: &mut Vec<u8>, ip: &IpText) {
+    out.extend_from_slice(b"for=");
+    if ip.v6 {
+        out.extend_from_slice(b"\"[");
+        out.extend_from_slice(ip.as_ref());
+        out.extend_from_slice(b"]\"");
     } else {
-        n.extend_from_slice(text.as_bytes());
+        out.extend_from_slice(ip.as_ref());
     }
-    n
 }
 
-/// An address as text; IPv4 (nearly every peer) without the formatting machinery.
-fn ip_text(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => {
-            let mut s = String::with_capacity(15);
-            for (i, o) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    s.push('.');
+/// An address as text, on the stack; IPv4 (nearly every peer) without the formatting machinery.
+#[derive(Clone, Copy)]
+struct IpText {
+    buf: [u8; 45],
+    len: u8,
+    v6: bool,
+}
+
+impl IpText {
+    fn new(ip: IpAddr) -> IpText {
+        let mut t = IpText {
+            buf: [0; 45],
+            len: 0,
+            v6: ip.is_ipv6(),
+        };
+        match ip {
+            IpAddr::V4(v4) => {
+                for (i, o) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        t.push(b'.');
+                    }
+                    if o >= 100 {
+                        t.push(b'0' + o / 100);
+                    }
+                    if o >= 10 {
+                        t.push(b'0' + o / 10 % 10);
+                    }
+                    t.push(b'0' + o % 10);
                 }
-                if o >= 100 {
-                    s.push(char::from(b'0' + o / 100));
-                }
-                if o >= 10 {
-                    s.push(char::from(b'0' + o / 10 % 10));
-                }
-                s.push(char::from(b'0' + o % 10));
             }
-            s
+            IpAddr::V6(v6) => {
+                use std::io::Write as _;
+                let mut w = &mut t.buf[..];
+                // 45 bytes hold the longest form (`ffff:...:255.255.255.255`).
+                let _ = write!(w, "{v6}");
+                let left = w.len();
+                t.len = u8::try_from(45 - left).unwrap_or(0);
+            }
         }
-        IpAddr::V6(v6) => v6.to_string(),
+        t
     }
+
+    fn push(&mut self, b: u8) {
+        self.buf[usize::from(self.len)] = b;
+        self.len += 1;
+    }
+}
+
+impl AsRef<[u8]> for IpText {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..usize::from(self.len)]
+    }
+}
+
+/// An address as text (the tests' view of [`IpText`]).
+#[cfg(test)]
+fn ip_text(ip: IpAddr) -> String {
+    String::from_utf8_lossy(IpText::new(ip).as_ref()).into_owned()
 }
 
 /// Appends `item` to a comma-separated list header (all its lines joined into one).

@@ -273,6 +273,10 @@ impl Host {
     pub(crate) fn has_port(&self) -> bool {
         self.value.len() != self.name_len
     }
+    /// `name[:port]` as a header value, without copying it.
+    pub fn into_header_value(self) -> Option<http::HeaderValue> {
+        http::HeaderValue::from_maybe_shared(bytes::Bytes::from(self.value)).ok()
+    }
 }
 
 /// The target and host of a request, decided once.

@@ -131,6 +131,17 @@ pub(crate) fn sane_request_id(v: &[u8]) -> bool {
 /// not a readable sequence (clients see it), and one allocation instead of a CSPRNG call per
 /// request: ids correlate log lines, they guard nothing.
 pub fn new_request_id() -> String {
+    String::from_utf8_lossy(&request_id_bytes()).into_owned()
+}
+
+/// [`new_request_id`] as a header value in one shared allocation: it goes upstream and back to
+/// the client, and a clone is a counter bump.
+pub(crate) fn new_request_id_value() -> http::HeaderValue {
+    http::HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(request_id_bytes()))
+        .unwrap_or_else(|_| http::HeaderValue::from_static("-"))
+}
+
+fn request_id_bytes() -> [u8; 32] {
     use std::sync::atomic::{AtomicU64, Ordering};
     static SEED: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -163,7 +174,7 @@ pub fn new_request_id() -> String {
             *out = HEX[((v >> (60 - 4 * i)) & 0xf) as usize];
         }
     }
-    String::from(std::str::from_utf8(&b).unwrap_or_default())
+    b
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use pingora::prelude::*;
 use pingora::proxy::Session;
 use tracing_appender::non_blocking::NonBlocking;
 
-use super::{new_request_id, sane_request_id, REQUEST_ID};
+use super::{new_request_id_value, sane_request_id, REQUEST_ID};
 use crate::config::LogFormat;
 use crate::metrics::{metrics, RouteMetrics};
 
@@ -69,8 +69,8 @@ impl AccessLog {
 /// What one request did, collected across the proxy phases for the access line and metrics.
 pub(crate) struct RequestLog {
     pub(crate) start: Instant,
-    pub(crate) request_id: String,
-    /// The same as a header value, made once: it goes upstream and back to the client.
+    /// The request id as a header value, made once: it goes upstream and back to the client.
+    /// (The client's own is shared with its request head, not copied.)
     pub(crate) request_id_value: Option<http::HeaderValue>,
     /// The route's metric handles (and name), once routed.
     pub(crate) route: Option<Arc<RouteMetrics>>,
@@ -85,7 +85,6 @@ impl Default for RequestLog {
     fn default() -> Self {
         RequestLog {
             start: Instant::now(),
-            request_id: String::new(),
             request_id_value: None,
             route: None,
             outcome: None,
@@ -100,13 +99,19 @@ impl Default for RequestLog {
 impl RequestLog {
     /// Takes the client's `X-Request-Id` if sane, else makes one.
     pub(crate) fn begin(&mut self, req: &RequestHeader) {
-        self.request_id = match req.headers.get(REQUEST_ID) {
-            Some(v) if sane_request_id(v.as_bytes()) => {
-                String::from_utf8_lossy(v.as_bytes()).into_owned()
-            }
-            _ => new_request_id(),
-        };
-        self.request_id_value = http::HeaderValue::from_str(&self.request_id).ok();
+        self.request_id_value = Some(match req.headers.get(REQUEST_ID) {
+            Some(v) if sane_request_id(v.as_bytes()) => v.clone(),
+            _ => new_request_id_value(),
+        });
+    }
+
+    /// The request id (empty before the head was read).
+    pub(crate) fn request_id(&self) -> &str {
+        // A sane id is visible ASCII, so `to_str` holds.
+        self.request_id_value
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
     }
 
     pub(crate) fn route(&mut self, route: &Arc<RouteMetrics>) {
@@ -172,7 +177,7 @@ pub(crate) fn log_request(
 
     if let Some(access) = access {
         access.write(&Line {
-            request_id: &log.request_id,
+            request_id: log.request_id(),
             route: rm.name(),
             method: req.method.as_str(),
             path: req.uri.path(),
