@@ -125,6 +125,16 @@ pub(crate) enum Lookup {
 }
 
 impl Lookup {
+    /// Every kind, in discriminant order (index of per-connector metric handles).
+    pub(crate) const ALL: [Lookup; 6] = [
+        Lookup::Hit,
+        Lookup::RefreshAhead,
+        Lookup::Miss,
+        Lookup::Coalesced,
+        Lookup::NegativeHit,
+        Lookup::SharedHit,
+    ];
+
     pub(crate) fn label(self) -> &'static str {
         match self {
             Lookup::Hit => "hit",

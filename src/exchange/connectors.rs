@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::cache::{CacheKey, TokenCache};
+use super::cache::{CacheKey, Lookup, TokenCache};
 use super::claim::ClaimConnector;
 use super::connector_config::{parse_all, ConnectorConfig};
 use super::firebase::Firebase;
@@ -83,6 +83,9 @@ struct Connector {
     /// The connector's [`fingerprint`]: part of every cache key, so a token minted under other
     /// settings or another key is never served.
     settings: [u8; 32],
+    /// `extoken_cache_lookups_total{connector, result}`, one handle per [`Lookup`], resolved once
+    /// (a `with_label_values` per request hashes both labels and takes the vector's lock).
+    lookups: [prometheus::IntCounter; 6],
 }
 
 impl Connector {
@@ -133,10 +136,12 @@ impl Connector {
     }
 
     fn new(name: &str, kind: ConnectorKind, cfg: &ConnectorConfig, loaded: &[u8]) -> Connector {
+        let counters = &crate::metrics::metrics().cache_lookups_total;
         Connector {
             name: name.into(),
             kind,
             settings: fingerprint(cfg, loaded),
+            lookups: Lookup::ALL.map(|l| counters.with_label_values(&[name, l.label()])),
         }
     }
 }
@@ -279,10 +284,7 @@ impl Connectors {
                 let inputs = Arc::new(inputs);
                 let key = CacheKey::new(c.name.clone(), &c.settings, &m.cache_inputs(&inputs));
                 let (result, how) = self.cache.get_or_mint(&key, m, &inputs).await;
-                crate::metrics::metrics()
-                    .cache_lookups_total
-                    .with_label_values(&[&*c.name, how.label()])
-                    .inc();
+                c.lookups[how as usize].inc();
                 Ok(Obtained {
                     token: result?,
                     cache_key: Some(key),

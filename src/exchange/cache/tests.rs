@@ -358,3 +358,13 @@ fn keys_depend_on_inputs_and_settings_only() {
     );
     assert!(!format!("{a:?}").contains("U1"), "keys print no identity");
 }
+
+#[test]
+fn lookup_kinds_index_their_metric_handles() {
+    // Connectors index their per-kind counters by discriminant.
+    for (i, l) in Lookup::ALL.iter().enumerate() {
+        assert_eq!(*l as usize, i, "{}", l.label());
+    }
+    let labels: std::collections::BTreeSet<_> = Lookup::ALL.iter().map(|l| l.label()).collect();
+    assert_eq!(labels.len(), Lookup::ALL.len());
+}
