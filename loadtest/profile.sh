@@ -19,6 +19,9 @@
 #   EXTOKEN_BIN=target/release/extoken loadtest/profile.sh
 #   MODE=callgrind REQUESTS=2000 loadtest/profile.sh
 #   MODE=callgrind TARGET=pingora loadtest/profile.sh
+#   MODE=callgrind SAME_TOKEN=1 loadtest/profile.sh   (one user: every request carries the same
+#                  token, as from one keep-alive client; default: the users in turn, as from a
+#                  front proxy multiplexing many clients)
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -127,7 +130,7 @@ if [[ $MODE == callgrind ]]; then
   # Each request carries one of the user tokens in turn (all cached by now).
   cfg=$OUT/curl.cfg
   # per-URL options in every group (`next` resets them), no `next` after the last group
-  awk -v n="$REQUESTS" -v p="$GW_PORT" '{t[NR]=$0} END{for(i=0;i<n;i++) printf "%surl = \"http://127.0.0.1:%s/\"\nheader = \"Authorization: Bearer %s\"\noutput = \"/dev/null\"\nwrite-out = \"%%{http_code}\\n\"\n", (i ? "next\n" : ""), p, t[i%NR+1]}' "$TOK/users.txt" >"$cfg"
+  awk -v n="$REQUESTS" -v p="$GW_PORT" -v one="${SAME_TOKEN:-0}" 'one != 1 || NR == 1 {t[++k]=$0} END{for(i=0;i<n;i++) printf "%surl = \"http://127.0.0.1:%s/\"\nheader = \"Authorization: Bearer %s\"\noutput = \"/dev/null\"\nwrite-out = \"%%{http_code}\\n\"\n", (i ? "next\n" : ""), p, t[i%k+1]}' "$TOK/users.txt" >"$cfg"
   callgrind_control -i on "$GW_PID" >/dev/null
   codes=$(pin "$CPU_LOADGEN" curl -s -K "$cfg" | sort | uniq -c)
   callgrind_control -i off "$GW_PID" >/dev/null

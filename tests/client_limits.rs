@@ -67,42 +67,6 @@ async fn read_until_closed(
     }
 }
 
-/// Reads one whole response with a `Content-Length` body: the status and the raw text.
-async fn read_response(s: &mut TcpStream) -> (u16, String) {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 8192];
-    loop {
-        let text = String::from_utf8_lossy(&got).into_owned();
-        if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let len: usize = head
-                .lines()
-                .find_map(|l| {
-                    let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length")
-                        .then(|| v.trim().parse().ok())?
-                })
-                .expect("a content-length");
-            if body.len() >= len {
-                return (status_of(&got), text);
-            }
-        }
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
-            .await
-            .expect("the response did not arrive within 5 s")
-            .expect("read");
-        assert!(n > 0, "closed mid-response: {text:?}");
-        got.extend_from_slice(&buf[..n]);
-    }
-}
-
-fn status_of(bytes: &[u8]) -> u16 {
-    String::from_utf8_lossy(bytes)
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
-}
-
 /// The value of an unlabelled metric in `/metrics` text.
 fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines()

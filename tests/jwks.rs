@@ -443,3 +443,53 @@ async fn jwks_file_source() {
         Some("Bearer from-file")
     );
 }
+
+/// A keep-alive connection remembers its last session (no SHA-256 of a token it sent before); the
+/// memo must not outlive the key. Same connection throughout: accepted twice, then refused once
+/// the key that verified it is withdrawn.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kept_alive_connection_loses_its_remembered_session_with_the_key() {
+    use tokio::io::AsyncWriteExt;
+
+    let backend = Backend::start().await;
+    let a = TestKey::rsa("key-a", Algorithm::RS256);
+    let c = TestKey::es256("key-c");
+    let jwks = JwksServer::start(&[&a]).await;
+    let gw = GatewayProcess::start(&config(
+        &jwks.url(),
+        &backend.url(),
+        &[("jwks_min_refetch", "200ms")],
+    ))
+    .await;
+    gw.wait_keys("/", &a.probe_token()).await;
+
+    let ta = token(&a, "from-a");
+    let request =
+        format!("GET /kept HTTP/1.1\r\nHost: example.com\r\nAuthorization: Bearer {ta}\r\n\r\n");
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    for _ in 0..2 {
+        s.write_all(request.as_bytes()).await.unwrap();
+        let (status, text) = read_response(&mut s).await;
+        assert_eq!(status, 200, "{text}");
+    }
+    assert_eq!(backend.count(), 2);
+
+    // A withdrawn: a refetch (C's unknown kid) makes the gateway see it.
+    jwks.set_keys(&[&c]);
+    let tc = token(&c, "from-c");
+    let ok = eventually(Duration::from_secs(5), || async {
+        gw.get_bearer("/", &tc).await.status == 200
+    })
+    .await;
+    assert!(ok, "key C was never accepted");
+    let before = backend.count();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let (status, text) = read_response(&mut s).await;
+    assert_eq!(status, 401, "{text}");
+    assert!(text.contains(UNKNOWN_KEY), "{text}");
+    assert_eq!(
+        backend.count(),
+        before,
+        "the remembered session reached the backend"
+    );
+}
