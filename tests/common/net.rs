@@ -125,6 +125,7 @@ pub fn response(status: u16, content_type: &str, body: impl Into<Bytes>) -> Resp
 }
 
 /// Reads one whole response with a `Content-Length` body: the status and the raw text.
+#[allow(dead_code)] // not every test binary speaks raw HTTP
 pub async fn read_response(s: &mut tokio::net::TcpStream) -> (u16, String) {
     let mut got = Vec::new();
     let mut buf = [0u8; 8192];
@@ -155,6 +156,7 @@ pub async fn read_response(s: &mut tokio::net::TcpStream) -> (u16, String) {
     }
 }
 
+#[allow(dead_code)]
 pub fn status_of(bytes: &[u8]) -> u16 {
     String::from_utf8_lossy(bytes)
         .split(' ')
