@@ -4,7 +4,14 @@
 //! ours. It does what pingora's `examples` proxy does — `upstream_peer` only — and nothing else:
 //! no routing, no auth, no logging.
 //!
-//!   cargo run --release --example passthrough -- 127.0.0.1:8090 127.0.0.1:8091 [threads]
+//!   cargo run --release --example passthrough -- 127.0.0.1:8090 127.0.0.1:8091 [threads] [bounded]
+//!
+//! `bounded` adds only what bounding every wait costs inside pingora, with extoken's default
+//! values: the upstream connect/read/write/idle timeouts on the peer and a 60 s keep-alive timeout
+//! on the client connection. It is not the floor the targets are measured against (that is the
+//! bare example); it says how much of extoken's cost is pingora's timers.
+
+use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::prelude::*;
@@ -16,6 +23,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 struct PassThrough {
     upstream: std::net::SocketAddr,
+    bounded: bool,
 }
 
 #[async_trait]
@@ -24,7 +32,23 @@ impl ProxyHttp for PassThrough {
     fn new_ctx(&self) {}
 
     async fn upstream_peer(&self, _s: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
-        Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
+        let mut peer = HttpPeer::new(self.upstream, false, String::new());
+        if self.bounded {
+            let o = &mut peer.options;
+            o.connection_timeout = Some(Duration::from_secs(5));
+            o.total_connection_timeout = Some(Duration::from_secs(5));
+            o.read_timeout = Some(Duration::from_secs(60));
+            o.write_timeout = Some(Duration::from_secs(60));
+            o.idle_timeout = Some(Duration::from_secs(60));
+        }
+        Ok(Box::new(peer))
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut ()) -> Result<()> {
+        if self.bounded && session.get_keepalive().is_some() {
+            session.set_keepalive(Some(60));
+        }
+        Ok(())
     }
 }
 
@@ -39,6 +63,7 @@ fn main() {
         std::process::exit(2);
     };
     let threads = args.get(3).and_then(|t| t.parse().ok()).unwrap_or(1);
+    let bounded = args.get(4).is_some_and(|a| a == "bounded");
     let conf = ServerConf {
         threads,
         // A load-test target: stop at once on SIGTERM.
@@ -48,7 +73,7 @@ fn main() {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut svc = http_proxy_service(&server.configuration, PassThrough { upstream });
+    let mut svc = http_proxy_service(&server.configuration, PassThrough { upstream, bounded });
     svc.add_tcp(listen);
     server.add_service(svc);
     server.run_forever();

@@ -14,7 +14,8 @@
 # is stopped by PID on exit.
 #
 # TARGET=pingora profiles the bare pingora pass-through (examples/passthrough.rs, the floor)
-# under exactly the same requests instead.
+# under exactly the same requests instead; with PASSTHROUGH_MODE=bounded, the pass-through with
+# extoken's default timeouts (what bounding every wait costs inside pingora).
 #
 #   EXTOKEN_BIN=target/release/extoken loadtest/profile.sh
 #   MODE=callgrind REQUESTS=2000 loadtest/profile.sh
@@ -94,7 +95,7 @@ spawn "$CPU_PROXY" "$OUT/backend.log" nginx -e stderr -c "$OUT/backend-nginx.con
 if [[ $TARGET == pingora ]]; then
   [[ -x $PASSTHROUGH_BIN ]] || die "no pass-through binary at $PASSTHROUGH_BIN (cargo build --release --example passthrough)"
   cp -f "$PASSTHROUGH_BIN" "$OUT/extoken"
-  cmd=("$OUT/extoken" "127.0.0.1:$GW_PORT" "127.0.0.1:$BACKEND_PORT" 1)
+  cmd=("$OUT/extoken" "127.0.0.1:$GW_PORT" "127.0.0.1:$BACKEND_PORT" 1 ${PASSTHROUGH_MODE:-})
 else
   cp -f "$EXTOKEN_BIN" "$OUT/extoken"
   cmd=(env -u EXTOKEN_LOG GW_PORT="$GW_PORT" BACKEND_PORT="$BACKEND_PORT" JWKS_FILE="$JWKS"

@@ -33,6 +33,9 @@ USERS=${USERS:-100}                   # distinct user tokens wrk rotates over
 TARGETS=${TARGETS:-"direct nginx pingora haproxy envoy envoy-cache extoken extoken-log"}
                                       # direct = the backend itself; pingora = the bare pingora
                                       # pass-through (examples/passthrough.rs, extoken's floor);
+                                      # pingora-bounded = the same with extoken's default
+                                      # timeouts (not in the default set: what pingora's timers
+                                      # cost, see docs/performance.md);
                                       # extoken-log = extoken with one
                                       # access line per request (log.level info)
 EXTOKEN_BIN=${EXTOKEN_BIN:-}          # use this binary instead of building target/release/extoken
@@ -62,9 +65,10 @@ done
 
 declare -A PORT=( [direct]=$BASE_PORT [nginx]=$((BASE_PORT+1)) [haproxy]=$((BASE_PORT+2))
                   [envoy]=$((BASE_PORT+3)) [envoy-cache]=$((BASE_PORT+4))
-                  [extoken]=$((BASE_PORT+5)) [extoken-log]=$((BASE_PORT+6)) [pingora]=$((BASE_PORT+7)) )
+                  [extoken]=$((BASE_PORT+5)) [extoken-log]=$((BASE_PORT+6)) [pingora]=$((BASE_PORT+7))
+                  [pingora-bounded]=$((BASE_PORT+8)) )
 declare -A ADMIN_PORT=( [envoy]=$((BASE_PORT+1003)) [envoy-cache]=$((BASE_PORT+1004)) )
-declare -A AUTH=( [direct]=0 [nginx]=0 [pingora]=0 [haproxy]=1 [envoy]=1 [envoy-cache]=1 [extoken]=1 [extoken-log]=1 )
+declare -A AUTH=( [direct]=0 [nginx]=0 [pingora]=0 [haproxy]=1 [envoy]=1 [envoy-cache]=1 [extoken]=1 [extoken-log]=1 [pingora-bounded]=0 )
 BACKEND_PORT=${PORT[direct]}
 
 RUN_DIR=$STATE_DIR/run
@@ -164,7 +168,7 @@ if wanted envoy || wanted envoy-cache; then
 fi
 
 # ---- 2. extoken ----------------------------------------------------------------------------
-if [[ -z $EXTOKEN_BIN || ( -z $PASSTHROUGH_BIN && " $TARGETS " == *" pingora "* ) ]]; then
+if [[ -z $EXTOKEN_BIN || ( -z $PASSTHROUGH_BIN && " $TARGETS " == *" pingora"* ) ]]; then
   # One build, one profile: the floor is measured with exactly extoken's settings.
   log "building extoken and the bare pingora pass-through (cargo build --release, nice 10)"
   (cd "$REPO" && nice -n 10 cargo build --release --bin extoken --example passthrough >&2)
@@ -175,7 +179,7 @@ fi
 # A private copy: a rebuild of target/ during the run (by anyone) cannot change what is measured.
 mkdir -p "$RUN_DIR/bin"
 cp -f "$EXTOKEN_BIN" "$RUN_DIR/bin/extoken"
-if wanted pingora; then
+if wanted pingora || wanted pingora-bounded; then
   [[ -x $PASSTHROUGH_BIN ]] || die "no pass-through binary at $PASSTHROUGH_BIN"
   cp -f "$PASSTHROUGH_BIN" "$RUN_DIR/bin/passthrough"
 fi
@@ -260,6 +264,11 @@ if wanted pingora; then
   start_server pingora "$CPU_PROXY" "$RUN_DIR/bin/passthrough" "127.0.0.1:${PORT[pingora]}" \
     "127.0.0.1:$BACKEND_PORT" "$EXTOKEN_THREADS"
   wait_http pingora "http://127.0.0.1:${PORT[pingora]}/"
+fi
+if wanted pingora-bounded; then
+  start_server pingora-bounded "$CPU_PROXY" "$RUN_DIR/bin/passthrough" \
+    "127.0.0.1:${PORT[pingora-bounded]}" "127.0.0.1:$BACKEND_PORT" "$EXTOKEN_THREADS" bounded
+  wait_http pingora-bounded "http://127.0.0.1:${PORT[pingora-bounded]}/"
 fi
 if wanted haproxy; then
   haproxy -c -q -f "$RUN_DIR/conf/haproxy.cfg" || die "haproxy config invalid"
