@@ -56,6 +56,16 @@ pub fn bearer(v: &[u8]) -> Option<&str> {
     (!token.is_empty()).then_some(token)
 }
 
+/// Whether an `Authorization` value uses the Bearer scheme, whatever follows: such a credential is
+/// never forwarded on an `auth: required` route. Looks at the scheme only (the token's bytes are
+/// read once, by [`session_token`]).
+pub(crate) fn has_bearer_scheme(v: &[u8]) -> bool {
+    let v = v.trim_ascii_start();
+    v.len() >= 6
+        && v[..6].eq_ignore_ascii_case(b"bearer")
+        && v.get(6).is_none_or(|b| b.is_ascii_whitespace())
+}
+
 /// Whether a JWT's (unverified) payload has an `iss` for which `is_ours` holds: enough to know a
 /// Bearer is a Descope session that must not reach a backend, never enough to trust it.
 pub(crate) fn unverified_issuer_is(token: &str, is_ours: impl Fn(&str) -> bool) -> bool {
@@ -139,6 +149,26 @@ mod tests {
             m.append(*k, HeaderValue::from_static(v));
         }
         m
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_recognised_whatever_follows() {
+        for v in [
+            "Bearer abc",
+            "bearer",
+            "  BEARER\tx",
+            "Bearer  ",
+            "bEaReR a.b.c",
+        ] {
+            assert!(has_bearer_scheme(v.as_bytes()), "{v:?}");
+        }
+        for v in ["Basic abc", "Bearerx abc", "Bear", "", "Token bearer"] {
+            assert!(!has_bearer_scheme(v.as_bytes()), "{v:?}");
+        }
+        // Every value `bearer` reads a token from is dropped by the scheme check too.
+        for v in ["Bearer abc", "bEaReR  abc", " Bearer x "] {
+            assert!(bearer(v.as_bytes()).is_some() && has_bearer_scheme(v.as_bytes()));
+        }
     }
 
     #[test]

@@ -194,10 +194,7 @@ impl Proxy {
                 .map_err(|_| bad_target(BadTarget::Form))?;
         }
         let req = session.req_header();
-        let bearer = req
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| extract::bearer(v.as_bytes()));
+        let authorization = req.headers.get(AUTHORIZATION).map(HeaderValue::as_bytes);
         if route.auth == AuthMode::Required {
             let info = RequestInfo {
                 // `authorize` puts in the session it extracts.
@@ -210,9 +207,11 @@ impl Proxy {
             let authorized = gw.authorize(&route, &req.headers, info, &mut memo).await;
             listener::put_memo(session, memo);
             ctx.rewrite = Some(authorized?);
-            ctx.drop_authorization = bearer.is_some();
+            ctx.drop_authorization = authorization.is_some_and(extract::has_bearer_scheme);
         } else {
-            ctx.drop_authorization = bearer.is_some_and(|t| gw.is_descope_token(t));
+            ctx.drop_authorization = authorization
+                .and_then(extract::bearer)
+                .is_some_and(|t| gw.is_descope_token(t));
         }
         ctx.route = Some(route);
         Ok(())
