@@ -144,3 +144,30 @@ fn timestamp_reuses_the_date_within_a_second_and_moves_on() {
         "1970-01-01T23:59:59.999999Z1970-01-02T00:00:00.000000Z1970-01-02T00:00:00.000001Z"
     );
 }
+
+#[test]
+fn digits_are_what_the_formatter_writes() {
+    for n in [
+        0u64,
+        1,
+        9,
+        10,
+        99,
+        100,
+        999,
+        1000,
+        12_345,
+        999_999,
+        u64::MAX,
+    ] {
+        for width in [1usize, 3, 6] {
+            let mut b = Vec::new();
+            digits(&mut b, n, width);
+            assert_eq!(String::from_utf8(b).unwrap(), format!("{n:0width$}"));
+        }
+    }
+    let mut b = Vec::new();
+    millis(&mut b, Duration::from_micros(12_345));
+    millis(&mut b, Duration::from_micros(7));
+    assert_eq!(b, b"12.3450.007");
+}
