@@ -126,9 +126,12 @@ impl ClientStream {
         }
     }
 
+    /// pingora's timer rounds up to its 10 ms tick, so it never fires before `at`. At least 1 ms:
+    /// its arithmetic does not expect a zero wait.
     fn arm(&mut self, at: Instant) {
         self.armed = at;
-        self.timer = FastTimeout::create(at.saturating_duration_since(Instant::now())).timeout();
+        let wait = at.saturating_duration_since(Instant::now());
+        self.timer = FastTimeout::create(wait.max(Duration::from_millis(1))).timeout();
     }
 
     /// Whether `due` has passed. When the timer fires early (it was armed for an earlier
