@@ -285,6 +285,29 @@ fn bench_verify(c: &mut Criterion, fx: &Fixture) {
     g.bench_function("hit/rs256/same_token", |b| {
         b.iter(|| poll_now(&fx.rt, verifier.verify(black_box(one))).map(|s| s.exp))
     });
+    // The connection's memo: the same token again on one connection (no SHA-256, no lookup),
+    // and the memo's cost when every request brings another token (compare, copy, then the cache).
+    let mut memo = SessionMemo::default();
+    g.bench_function("remembered/rs256/same_token", |b| {
+        b.iter(|| {
+            poll_now(
+                &fx.rt,
+                verifier.verify_remembered(black_box(one), &mut memo),
+            )
+            .map(|s| s.exp)
+        })
+    });
+    let mut k = 0;
+    g.bench_function(
+        format!("remembered/rs256/rotating_{}", fx.rs_tokens.len()),
+        |b| {
+            b.iter(|| {
+                k = (k + 1) % fx.rs_tokens.len();
+                let t = black_box(&fx.rs_tokens[k]);
+                poll_now(&fx.rt, verifier.verify_remembered(t, &mut memo)).map(|s| s.exp)
+            })
+        },
+    );
     let mut i = 0;
     g.bench_function(format!("hit/rs256/rotating_{}", fx.rs_tokens.len()), |b| {
         b.iter(|| {
