@@ -25,6 +25,16 @@ fn config(jwks_url: &str, upstream: &str, descope: &[(&str, &str)]) -> String {
     config.to_yaml()
 }
 
+/// A backend, a JWKS endpoint publishing `key`, and a gateway (with these `descope:` settings)
+/// that has loaded it.
+async fn started(key: &TestKey, descope: &[(&str, &str)]) -> (Backend, JwksServer, GatewayProcess) {
+    let backend = Backend::start().await;
+    let jwks = JwksServer::start(&[key]).await;
+    let gw = GatewayProcess::start(&config(&jwks.url(), &backend.url(), descope)).await;
+    gw.wait_keys("/", &key.probe_token()).await;
+    (backend, jwks, gw)
+}
+
 /// Asserts the 503 a request gets while the gateway has no keys.
 fn assert_unavailable(r: &Reply) {
     assert_eq!(r.status, 503, "{r:?}");
@@ -111,18 +121,10 @@ async fn failing_or_garbage_endpoint_means_503_then_recovers() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rotated_keys_are_picked_up_and_withdrawn_ones_stop_working() {
-    let backend = Backend::start().await;
     let a = TestKey::rsa("key-a", Algorithm::RS256);
     let b = TestKey::es256("key-b");
     let c = TestKey::ed25519("key-c");
-    let jwks = JwksServer::start(&[&a]).await;
-    let gw = GatewayProcess::start(&config(
-        &jwks.url(),
-        &backend.url(),
-        &[("jwks_min_refetch", "200ms")],
-    ))
-    .await;
-    gw.wait_keys("/", &a.probe_token()).await;
+    let (backend, jwks, gw) = started(&a, &[("jwks_min_refetch", "200ms")]).await;
 
     let ta = token(&a, "from-a");
     assert_eq!(gw.get_bearer("/", &ta).await.status, 200);
@@ -182,12 +184,9 @@ async fn rotated_keys_are_picked_up_and_withdrawn_ones_stop_working() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unknown_kid_flood_costs_at_most_one_fetch() {
-    let backend = Backend::start().await;
     let a = TestKey::rsa("real-key", Algorithm::RS256);
-    let jwks = JwksServer::start(&[&a]).await;
     // Default cooldown (30 s) and refresh (5 m): nothing else fetches during the test.
-    let gw = GatewayProcess::start(&config(&jwks.url(), &backend.url(), &[])).await;
-    gw.wait_keys("/", &a.probe_token()).await;
+    let (backend, jwks, gw) = started(&a, &[]).await;
     let initial = jwks.hits();
     assert_eq!(initial, 1, "one fetch at start");
 
@@ -238,17 +237,9 @@ async fn unknown_kid_flood_costs_at_most_one_fetch() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unknown_kid_refetch_is_single_flight_and_blocks_nobody_else() {
-    let backend = Backend::start().await;
     let a = TestKey::rsa("key-a", Algorithm::RS256);
     let b = TestKey::es256("key-b");
-    let jwks = JwksServer::start(&[&a]).await;
-    let gw = GatewayProcess::start(&config(
-        &jwks.url(),
-        &backend.url(),
-        &[("jwks_timeout", "30s")],
-    ))
-    .await;
-    gw.wait_keys("/", &a.probe_token()).await;
+    let (backend, jwks, gw) = started(&a, &[("jwks_timeout", "30s")]).await;
     assert_eq!(jwks.hits(), 1);
 
     // B is published, but the endpoint now takes its time answering.
@@ -294,20 +285,16 @@ async fn unknown_kid_refetch_is_single_flight_and_blocks_nobody_else() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn endpoint_down_after_start_keeps_the_last_good_keys() {
-    let backend = Backend::start().await;
     let a = TestKey::rsa("key-a", Algorithm::PS256);
-    let jwks = JwksServer::start(&[&a]).await;
-    let gw = GatewayProcess::start(&config(
-        &jwks.url(),
-        &backend.url(),
+    let (backend, jwks, gw) = started(
+        &a,
         &[
             ("jwks_refresh", "200ms"),
             ("jwks_min_refetch", "100ms"),
             ("jwks_timeout", "1s"),
         ],
-    ))
+    )
     .await;
-    gw.wait_keys("/", &a.probe_token()).await;
     let cached = token(&a, "cached");
     assert_eq!(gw.get_bearer("/", &cached).await.status, 200);
     // The background refresh runs.
@@ -451,17 +438,9 @@ async fn jwks_file_source() {
 async fn a_kept_alive_connection_loses_its_remembered_session_with_the_key() {
     use tokio::io::AsyncWriteExt;
 
-    let backend = Backend::start().await;
     let a = TestKey::rsa("key-a", Algorithm::RS256);
     let c = TestKey::es256("key-c");
-    let jwks = JwksServer::start(&[&a]).await;
-    let gw = GatewayProcess::start(&config(
-        &jwks.url(),
-        &backend.url(),
-        &[("jwks_min_refetch", "200ms")],
-    ))
-    .await;
-    gw.wait_keys("/", &a.probe_token()).await;
+    let (backend, jwks, gw) = started(&a, &[("jwks_min_refetch", "200ms")]).await;
 
     let ta = token(&a, "from-a");
     let request =
