@@ -35,6 +35,29 @@ async fn started(key: &TestKey, descope: &[(&str, &str)]) -> (Backend, JwksServe
     (backend, jwks, gw)
 }
 
+/// Publishes `keys` and waits (bounded) until the gateway accepts a token signed by `newcomer`
+/// (one of them, external token `ext`): its unknown `kid` makes the gateway refetch, so it then
+/// knows the new set.
+async fn publish_and_wait(
+    jwks: &JwksServer,
+    gw: &GatewayProcess,
+    keys: &[&TestKey],
+    newcomer: &TestKey,
+    ext: &str,
+) {
+    jwks.set_keys(keys);
+    let t = token(newcomer, ext);
+    let ok = eventually(Duration::from_secs(5), || async {
+        gw.get_bearer("/", &t).await.status == 200
+    })
+    .await;
+    assert!(
+        ok,
+        "a kid published after start was never accepted:\n{}",
+        gw.log()
+    );
+}
+
 /// Asserts the 503 a request gets while the gateway has no keys.
 fn assert_unavailable(r: &Reply) {
     assert_eq!(r.status, 503, "{r:?}");
@@ -135,16 +158,8 @@ async fn rotated_keys_are_picked_up_and_withdrawn_ones_stop_working() {
         .assert_invalid_token(UNKNOWN_KEY);
 
     // B is published after start: its tokens are accepted (an unknown kid triggers a refetch).
-    jwks.set_keys(&[&a, &b]);
-    let ok = eventually(Duration::from_secs(5), || async {
-        gw.get_bearer("/", &tb).await.status == 200
-    })
-    .await;
-    assert!(
-        ok,
-        "a kid published after start was never accepted:\n{}",
-        gw.log()
-    );
+    publish_and_wait(&jwks, &gw, &[&a, &b], &b, "from-b").await;
+    assert_eq!(gw.get_bearer("/", &tb).await.status, 200);
     assert_eq!(
         gw.get_bearer("/", &ta).await.status,
         200,
@@ -153,13 +168,7 @@ async fn rotated_keys_are_picked_up_and_withdrawn_ones_stop_working() {
 
     // A is withdrawn. Once a refetch happened (C's unknown kid, after the cooldown), A's tokens
     // — even the one verified and cached before — stop working.
-    jwks.set_keys(&[&b, &c]);
-    let tc = token(&c, "from-c");
-    let ok = eventually(Duration::from_secs(5), || async {
-        gw.get_bearer("/", &tc).await.status == 200
-    })
-    .await;
-    assert!(ok, "key C was never accepted");
+    publish_and_wait(&jwks, &gw, &[&b, &c], &c, "from-c").await;
     let before = backend.count();
     gw.get_bearer("/", &ta)
         .await
@@ -454,13 +463,7 @@ async fn a_kept_alive_connection_loses_its_remembered_session_with_the_key() {
     assert_eq!(backend.count(), 2);
 
     // A withdrawn: a refetch (C's unknown kid) makes the gateway see it.
-    jwks.set_keys(&[&c]);
-    let tc = token(&c, "from-c");
-    let ok = eventually(Duration::from_secs(5), || async {
-        gw.get_bearer("/", &tc).await.status == 200
-    })
-    .await;
-    assert!(ok, "key C was never accepted");
+    publish_and_wait(&jwks, &gw, &[&c], &c, "from-c").await;
     let before = backend.count();
     s.write_all(request.as_bytes()).await.unwrap();
     let (status, text) = read_response(&mut s).await;
