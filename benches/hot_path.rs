@@ -244,6 +244,7 @@ fn info(route: &Route) -> RequestInfo<'_> {
         route: &route.name,
         method: "GET",
         path: "/v1/orders/42",
+        query: b"",
     }
 }
 

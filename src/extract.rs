@@ -45,25 +45,39 @@ pub fn session_token<'a>(headers: &'a HeaderMap, session_cookie: &str) -> Option
         })
 }
 
-/// The token of an `Authorization: Bearer <token>` value (scheme case-insensitive).
+/// The token of an `Authorization: Bearer <token>` value (scheme case-insensitive; spaces or tabs
+/// around the token, as backends that split on any whitespace read it).
 pub fn bearer(v: &[u8]) -> Option<&str> {
-    let v = std::str::from_utf8(v).ok()?.trim();
-    let (scheme, rest) = v.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return None;
-    }
-    let token = rest.trim_start();
-    (!token.is_empty()).then_some(token)
+    let rest = bearer_credentials(v)?;
+    let start = rest.iter().position(|&b| !is_space(b))?;
+    let end = rest.iter().rposition(|&b| !is_space(b))?;
+    std::str::from_utf8(&rest[start..=end]).ok()
+}
+
+/// Whitespace as backends split a credential on it (Python's `bytes.split()` in Django REST
+/// framework takes vertical tab and form feed too); CR and LF cannot be in a header value.
+fn is_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\x0b' | b'\x0c')
 }
 
 /// Whether an `Authorization` value uses the Bearer scheme, whatever follows: such a credential is
 /// never forwarded on an `auth: required` route. Looks at the scheme only (the token's bytes are
 /// read once, by [`session_token`]).
 pub(crate) fn has_bearer_scheme(v: &[u8]) -> bool {
-    let v = v.trim_ascii_start();
-    v.len() >= 6
-        && v[..6].eq_ignore_ascii_case(b"bearer")
-        && v.get(6).is_none_or(|b| b.is_ascii_whitespace())
+    bearer_credentials(v).is_some()
+}
+
+/// The one Bearer parser: what follows the `Bearer` scheme (any case, after optional leading
+/// whitespace, then at least one space, tab, vertical tab or form feed, or nothing), untrimmed. [`bearer`] and
+/// [`has_bearer_scheme`] both read through it, so the value that is checked on one route is the
+/// value that is found on another (`Bearer<TAB><session>` once passed `auth: none` routes).
+fn bearer_credentials(v: &[u8]) -> Option<&[u8]> {
+    let start = v.iter().position(|&b| !is_space(b)).unwrap_or(v.len());
+    let (scheme, rest) = v[start..].split_at_checked(6)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return None;
+    }
+    rest.first().is_none_or(|&b| is_space(b)).then_some(rest)
 }
 
 /// Whether a JWT's (unverified) payload has an `iss` for which `is_ours` holds: enough to know a
@@ -166,9 +180,18 @@ mod tests {
             assert!(!has_bearer_scheme(v.as_bytes()), "{v:?}");
         }
         // Every value `bearer` reads a token from is dropped by the scheme check too.
-        for v in ["Bearer abc", "bEaReR  abc", " Bearer x "] {
+        for v in [
+            "Bearer abc",
+            "bEaReR  abc",
+            " Bearer x ",
+            "Bearer\tabc",
+            "Bearer \t abc\t",
+            "Bearer\x0cabc",
+        ] {
             assert!(bearer(v.as_bytes()).is_some() && has_bearer_scheme(v.as_bytes()));
         }
+        assert_eq!(bearer(b"Bearer\tabc"), Some("abc"));
+        assert_eq!(bearer(b"Bearer \t abc\t"), Some("abc"));
     }
 
     #[test]

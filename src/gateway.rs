@@ -141,6 +141,7 @@ impl Gateway {
         route
             .rules
             .check(&session.claims, info.method)
+            .and_then(|()| route.rules.check_overrides(headers, info.query))
             .map_err(Answer::denied)?;
         let name = route
             .connector_for(session.str_claim("dct"))

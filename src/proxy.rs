@@ -140,7 +140,8 @@ fn screen(req: &RequestHeader, limits: &LimitsConfig) -> std::result::Result<Dec
     if request_head_bytes(req) > limits.max_header_bytes {
         return Err(Answer::headers_too_large());
     }
-    let decided = target::decide(req, limits.escaped_slashes).map_err(bad_target)?;
+    let decided =
+        target::decide(req, limits.escaped_slashes, limits.path_parameters).map_err(bad_target)?;
     if req.headers.get_all(AUTHORIZATION).iter().nth(1).is_some() {
         return Err(Answer::bad_request(
             "more than one Authorization header",
@@ -182,7 +183,7 @@ impl Proxy {
         let host_name = decided.host.as_ref().map(|h| h.name());
         let route = gw
             .routes
-            .find(host_name, decided.target.path())
+            .find(host_name, decided.target.routing_path())
             .cloned()
             .ok_or_else(Answer::no_route)?;
         ctx.log.route(&route.metrics);
@@ -202,6 +203,7 @@ impl Proxy {
                 route: &route.name,
                 method: req.method.as_str(),
                 path: decided.target.path(),
+                query: decided.target.query(),
             };
             let mut memo = listener::take_memo(session);
             let authorized = gw.authorize(&route, &req.headers, info, &mut memo).await;

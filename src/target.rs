@@ -22,6 +22,22 @@ pub enum EscapedSlashes {
     Keep,
 }
 
+/// What to do with `;` path parameters (`limits.path_parameters`). Whatever the mode, routes are
+/// chosen on the path with every segment's `;params` removed, because that is the path Tomcat,
+/// Jetty, Undertow and Spring map to a servlet (`/api;x/admin` is `/api/admin` to them): a route
+/// matched on the raw segments would let `;x` move a request to a less protected route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathParameters {
+    /// Forwarded as sent.
+    #[default]
+    Keep,
+    /// Forwarded without them (the backend sees the path routing decided on).
+    Strip,
+    /// Refused (`400`).
+    Reject,
+}
+
 /// Why a target or host was refused (always a `400`). `Display` is the client-facing description.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum BadTarget {
@@ -39,6 +55,8 @@ pub enum BadTarget {
     AboveRoot,
     #[error("the path contains a dot-segment with parameters")]
     DotParams,
+    #[error("the path contains ;parameters")]
+    PathParameters,
     #[error("the request target contains a fragment")]
     Fragment,
     #[error("an HTTP/1.1 request needs exactly one Host header")]
@@ -60,6 +78,7 @@ impl BadTarget {
             BadTarget::BadEscape => "bad_escape",
             BadTarget::AboveRoot => "above_root",
             BadTarget::DotParams => "dot_params",
+            BadTarget::PathParameters => "path_parameters",
             BadTarget::Fragment => "fragment",
             BadTarget::MissingHost => "missing_host",
             BadTarget::BadHost => "bad_host",
@@ -73,13 +92,49 @@ impl BadTarget {
 pub struct Target {
     bytes: Vec<u8>,
     path_len: usize,
+    /// The path with every segment's `;params` removed, when the path has any (routes match on
+    /// it); `None` (no allocation) for the usual path without `;`.
+    routing: Option<Box<str>>,
 }
 
 impl Target {
-    /// The canonical path (what routes match on).
+    /// The canonical path, as forwarded.
     pub fn path(&self) -> &str {
         // Only ASCII is ever written to the path part (see `canonical_path`).
         std::str::from_utf8(&self.bytes[..self.path_len]).unwrap_or("/")
+    }
+    /// The path routes match on: [`Target::path`] with every segment's `;params` removed, as a
+    /// servlet container maps it.
+    pub fn routing_path(&self) -> &str {
+        self.routing.as_deref().unwrap_or_else(|| self.path())
+    }
+    /// Whether the path has `;params` (a raw `;`; an escaped `%3B` is a byte of its segment).
+    pub fn has_parameters(&self) -> bool {
+        self.routing.is_some()
+    }
+    /// The query after `?`, as received (empty when there is none).
+    pub fn query(&self) -> &[u8] {
+        self.bytes.get(self.path_len + 1..).unwrap_or_default()
+    }
+    /// Applies `limits.path_parameters`: `Keep` changes nothing, `Strip` forwards the routing
+    /// path, `Reject` refuses a path with parameters.
+    pub fn apply_parameters(&mut self, mode: PathParameters) -> Result<(), BadTarget> {
+        let Some(routing) = self.routing.take() else {
+            return Ok(());
+        };
+        match mode {
+            PathParameters::Keep => self.routing = Some(routing),
+            PathParameters::Reject => return Err(BadTarget::PathParameters),
+            PathParameters::Strip => {
+                let mut bytes =
+                    Vec::with_capacity(routing.len() + self.bytes.len() - self.path_len);
+                bytes.extend_from_slice(routing.as_bytes());
+                bytes.extend_from_slice(&self.bytes[self.path_len..]);
+                self.path_len = routing.len();
+                self.bytes = bytes;
+            }
+        }
+        Ok(())
     }
     /// Path and query, as forwarded.
     pub fn as_bytes(&self) -> &[u8] {
@@ -131,13 +186,47 @@ pub fn parse(raw: &[u8], slashes: EscapedSlashes) -> Result<Parsed<'_>, BadTarge
     }
     let mut bytes = canonical_path(path, slashes)?;
     let path_len = bytes.len();
+    let routing = bytes
+        .contains(&b';')
+        .then(|| without_parameters(&bytes).into_boxed_str());
     if let Some(q) = query {
         bytes.extend_from_slice(q);
     }
     Ok(Parsed {
-        target: Target { bytes, path_len },
+        target: Target {
+            bytes,
+            path_len,
+            routing,
+        },
         authority,
     })
+}
+
+/// A canonical path with every segment's `;params` removed, as Tomcat's `parsePathParameters`
+/// and Spring's `UrlPathHelper` do before mapping: `/api;x/admin` is `/api/admin`, `/api;` is
+/// `/api`. A segment left empty (`/;x/api`) disappears, as the container's normalization merges
+/// the `//` it leaves; a trailing one keeps the trailing `/`. Dot-segments with parameters never
+/// get here (`canonical_path` refuses them), so removing parameters cannot make a new `..`.
+pub fn without_parameters(path: &[u8]) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut segments = path.split(|&b| b == b'/').skip(1).peekable();
+    while let Some(seg) = segments.next() {
+        let name = seg.split(|&b| b == b';').next().unwrap_or_default();
+        let last = segments.peek().is_none();
+        if name.is_empty() {
+            if last && !out.is_empty() {
+                out.push('/');
+            }
+            continue;
+        }
+        out.push('/');
+        // The canonical path is ASCII (see `canonical_path`).
+        out.extend(name.iter().map(|&b| char::from(b)));
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
 }
 
 /// The path part: see the module comment. An empty path is `/`.
@@ -293,8 +382,10 @@ pub(crate) struct Decided {
 pub(crate) fn decide(
     req: &pingora::http::RequestHeader,
     slashes: EscapedSlashes,
+    params: PathParameters,
 ) -> Result<Decided, BadTarget> {
-    let parsed = parse(req.raw_path(), slashes)?;
+    let mut parsed = parse(req.raw_path(), slashes)?;
+    parsed.target.apply_parameters(params)?;
     let mut hosts = req.headers.get_all(http::header::HOST).iter();
     let header = hosts.next();
     if hosts.next().is_some() || req.version == http::Version::HTTP_11 && header.is_none() {

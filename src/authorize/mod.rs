@@ -10,6 +10,7 @@
 //! with the optional signed assertion of them.
 
 mod identity;
+mod method_override;
 mod rules;
 #[cfg(test)]
 mod tests;

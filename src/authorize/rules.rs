@@ -148,6 +148,22 @@ impl Rules {
         }
     }
 
+    /// Whether the methods a request asks for through method-override headers or a `_method`
+    /// query parameter ([`super::method_override`]) are ones `methods` allows; checked only when
+    /// the route has `methods`.
+    pub(crate) fn check_overrides(
+        &self,
+        headers: &http::HeaderMap,
+        query: &[u8],
+    ) -> Result<(), Denied<'static>> {
+        match self.methods {
+            Some(m) if !super::method_override::all_allowed(headers, query, |v| m.contains(v)) => {
+                Err(Denied("methods"))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Whether a session with `claims` may send `method` on this route: `Err` names the first
     /// rule that fails, in the order methods, tenant, tenants, roles, permissions, claims.
     pub(crate) fn check<'r, C: ClaimSource>(

@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use super::{Dur, EscapedSlashes};
+use super::{Dur, EscapedSlashes, PathParameters};
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -110,6 +110,10 @@ pub struct LimitsConfig {
     /// `%2F`/`%5C` in a path: refused (`reject`), or kept encoded as ordinary characters (`keep`).
     #[serde(default)]
     pub escaped_slashes: EscapedSlashes,
+    /// `;params` in path segments: routed without them whatever this says; forwarded as sent
+    /// (`keep`), without them (`strip`), or refused (`reject`, 400).
+    #[serde(default)]
+    pub path_parameters: PathParameters,
     /// Header names with `_` (which CGI/WSGI backends read as `-`): `drop`, `reject` (400), `allow`.
     #[serde(default)]
     pub underscore_headers: UnderscoreHeaders,
@@ -193,6 +197,7 @@ impl Default for LimitsConfig {
             max_token_bytes: d_max_token(),
             max_header_bytes: d_max_header(),
             escaped_slashes: EscapedSlashes::default(),
+            path_parameters: PathParameters::default(),
             underscore_headers: UnderscoreHeaders::default(),
             client_header_timeout: d_client_header_timeout(),
             keepalive_timeout: d_keepalive_timeout(),

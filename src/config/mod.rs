@@ -30,7 +30,7 @@ pub use ops::{LogConfig, LogFormat, LOG_LEVELS};
 pub use require::*;
 pub use routes::*;
 
-pub use crate::target::EscapedSlashes;
+pub use crate::target::{EscapedSlashes, PathParameters};
 
 /// The config the demo and `extoken run` fall back to: the repo's own `gateway.yaml`.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../gateway.yaml");

@@ -179,6 +179,14 @@ impl RouteConfig {
         if !p.starts_with('/') {
             return Err(format!("{p:?} must start with /"));
         }
+        // Requests are routed without `;params` (as servlet containers map them), so a prefix
+        // holding one could never match.
+        if p.contains(';') {
+            return Err(format!(
+                "{p:?} contains ';': routes match paths without ;parameters; write {:?}",
+                crate::target::without_parameters(p.as_bytes())
+            ));
+        }
         match crate::target::canonical_path(p.as_bytes(), cfg.limits.escaped_slashes) {
             Ok(c) if c == p.as_bytes() => Ok(()),
             Ok(c) => Err(format!(

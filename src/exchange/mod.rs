@@ -111,6 +111,9 @@ pub struct RequestInfo<'a> {
     pub route: &'a str,
     pub method: &'a str,
     pub path: &'a str,
+    /// The query, as received: read by `require.methods` for a `_method` override; never sent
+    /// to a connector (a query may carry secrets) and never part of a cache key.
+    pub query: &'a [u8],
 }
 
 /// A connector that makes tokens. `inputs` extracts from the session exactly what the token will

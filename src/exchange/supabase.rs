@@ -257,6 +257,7 @@ mod tests {
             route: "r",
             method: "GET",
             path: "/",
+            query: b"",
         };
         c.inputs(&s, req)
     }

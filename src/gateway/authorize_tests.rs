@@ -84,6 +84,7 @@ async fn authorize_as(
         route: &route.name,
         method,
         path: "/x",
+        query: b"",
     };
     f.gw.authorize(&route, &h, info, &mut SessionMemo::default())
         .await

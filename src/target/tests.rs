@@ -201,3 +201,147 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn path_parameters_are_left_out_of_the_routing_path() {
+    let routing = |raw: &str| {
+        let t = parse(raw.as_bytes(), EscapedSlashes::Reject)
+            .unwrap()
+            .target;
+        (
+            t.path().to_string(),
+            t.routing_path().to_string(),
+            t.has_parameters(),
+        )
+    };
+    for (raw, forwarded, routed) in [
+        ("/api;x/admin", "/api;x/admin", "/api/admin"),
+        ("/api;/admin", "/api;/admin", "/api/admin"),
+        (
+            "/api;jsessionid=0/admin",
+            "/api;jsessionid=0/admin",
+            "/api/admin",
+        ),
+        ("/%61pi;x/admin", "/api;x/admin", "/api/admin"),
+        ("/api;a=b;c=d/admin", "/api;a=b;c=d/admin", "/api/admin"),
+        ("/api;", "/api;", "/api"),
+        ("/;x/api", "/;x/api", "/api"),
+        ("/;x", "/;x", "/"),
+        ("/api/;x", "/api/;x", "/api/"),
+        ("/a;b?q=;c", "/a;b", "/a"),
+    ] {
+        assert_eq!(
+            routing(raw),
+            (forwarded.to_string(), routed.to_string(), true),
+            "{raw}"
+        );
+    }
+    // A `..` removes the segment with its parameters, before routing sees either.
+    assert_eq!(
+        routing("/api;x/../admin"),
+        ("/admin".into(), "/admin".into(), false)
+    );
+    assert_eq!(routing("/;x/.."), ("/".into(), "/".into(), false));
+    // An escaped `;` is a byte of the segment, not a parameter.
+    assert_eq!(
+        routing("/api%3Bx/admin"),
+        ("/api%3Bx/admin".into(), "/api%3Bx/admin".into(), false)
+    );
+    // Dot-segments with parameters stay refused: removing `;x` would make a new `..`.
+    assert_eq!(path("/api/..;x/admin"), Err(BadTarget::DotParams));
+}
+
+#[test]
+fn path_parameter_modes() {
+    let target = |raw: &str, mode| {
+        let mut t = parse(raw.as_bytes(), EscapedSlashes::Reject)
+            .unwrap()
+            .target;
+        t.apply_parameters(mode)
+            .map(|()| String::from_utf8(t.as_bytes().to_vec()).unwrap())
+    };
+    let raw = "/api;x/orders;v=1?q=1;2";
+    assert_eq!(
+        target(raw, PathParameters::Keep).as_deref(),
+        Ok("/api;x/orders;v=1?q=1;2")
+    );
+    assert_eq!(
+        target(raw, PathParameters::Strip).as_deref(),
+        Ok("/api/orders?q=1;2")
+    );
+    assert_eq!(
+        target(raw, PathParameters::Reject),
+        Err(BadTarget::PathParameters)
+    );
+    for mode in [
+        PathParameters::Keep,
+        PathParameters::Strip,
+        PathParameters::Reject,
+    ] {
+        assert_eq!(target("/a%3Bb?x;y", mode).as_deref(), Ok("/a%3Bb?x;y"));
+    }
+    let mut t = parse(b"/a;b?q", EscapedSlashes::Reject).unwrap().target;
+    t.apply_parameters(PathParameters::Strip).unwrap();
+    assert_eq!(
+        (t.path(), t.routing_path(), t.query()),
+        ("/a", "/a", &b"q"[..])
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// Whatever a path's `;params`, the route chosen is the route of the same path without them
+    /// (the path a servlet container maps).
+    #[test]
+    fn the_route_never_depends_on_path_parameters(
+        segs in proptest::collection::vec(
+            ("(api|admin|a|b|x|%61pi|\\.\\.|\\.|)", proptest::option::of("[a-z=;]{0,4}")),
+            0..6,
+        ),
+        trailing in any::<bool>(),
+    ) {
+        let mut with = String::new();
+        let mut without = String::new();
+        for (name, params) in &segs {
+            with.push('/');
+            with.push_str(name);
+            without.push('/');
+            without.push_str(name);
+            if let Some(p) = params {
+                with.push(';');
+                with.push_str(p);
+            }
+        }
+        if trailing {
+            with.push('/');
+            without.push('/');
+        }
+        let table = ["/api/admin", "/api", "/admin", "/a/b", "/"];
+        let route = |path: &str| table.iter().find(|p| crate::route::prefix_matches(p, path));
+        let a = parse(with.as_bytes(), EscapedSlashes::Reject);
+        let b = parse(without.as_bytes(), EscapedSlashes::Reject);
+        match (a, b) {
+            (Ok(a), Ok(b)) => {
+                prop_assert_eq!(
+                    route(a.target.routing_path()),
+                    route(b.target.routing_path()),
+                    "{} vs {}", with, without
+                );
+                prop_assert_eq!(b.target.routing_path(), b.target.path());
+            }
+            // Parameters on a dot-segment are refused outright, never routed.
+            (Err(BadTarget::DotParams), _) => {}
+            // `/;x/..` is `/` (the `..` takes the segment `;x`), while `//..` climbs above the
+            // root. What matters is what goes upstream: the forwarded path has no dot-segment
+            // left, and a servlet container maps it to the route extoken chose.
+            (Ok(a), Err(_)) => {
+                let forwarded = a.target.path().to_string();
+                let servlet = without_parameters(forwarded.as_bytes());
+                prop_assert_eq!(route(a.target.routing_path()), route(&servlet), "{}", with);
+            }
+            (Err(e), Ok(_)) => prop_assert!(false, "{} refused ({:?}), {} accepted", with, e, without),
+            (Err(_), Err(_)) => {}
+        }
+    }
+}

@@ -407,6 +407,7 @@ fn info(session_token: &str) -> RequestInfo<'_> {
         route: "api",
         method: "GET",
         path: "/x",
+        query: b"",
     }
 }
 
