@@ -12,7 +12,8 @@
 #   EXTOKEN_BIN=path        use this binary instead of building target/debug/extoken
 #   INTEROP_SKIP_BUILD=1    don't run cargo build (use the existing target/debug/extoken)
 #   INTEROP_KEEP_TMP=1      keep the temp dir (logs of postgres, the emulator, the gateways)
-#   PYTEST_ARGS="..."       extra pytest arguments (e.g. "-k supabase -x")
+#   PYTEST_ARGS="..."       extra pytest arguments, split as the shell would (quotes group words):
+#                           "-k supabase -x", "-k 'servlet or method_override'"
 #   INTEROP_NGINX_BIN=path  nginx for the differential test (default: nginx on PATH or /usr/sbin,
 #                           else apt-get install nginx-light)
 set -euo pipefail
@@ -254,8 +255,9 @@ log "Firebase Auth emulator on 127.0.0.1:$FB_PORT (ready after $((SECONDS - t0))
 # ---------------------------------------------------------------- tests
 export INTEROP_TMP="$TMP"
 cd "$HERE"
-# shellcheck disable=SC2086
-timeout 1500 "$VENV/bin/python" -m pytest -p no:cacheprovider -rs -v ${PYTEST_ARGS:-} "$HERE" &
+# Split PYTEST_ARGS with the shell's quoting rules, so a -k expression can hold spaces.
+eval "pytest_args=(${PYTEST_ARGS:-})" || die "PYTEST_ARGS is not valid shell words: $PYTEST_ARGS"
+timeout 1500 "$VENV/bin/python" -m pytest -p no:cacheprovider -rs -v "${pytest_args[@]}" "$HERE" &
 PYTEST_PID=$!
 set +e
 wait "$PYTEST_PID"
