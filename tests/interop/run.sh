@@ -3,8 +3,9 @@
 # components a user has: PyJWT, PostgreSQL with Supabase-style roles and RLS, firebase-admin and the
 # Firebase Auth emulator. See tests/interop/README.md.
 #
-# Idempotent: installs only what is missing (PostgreSQL, nginx-light and redis-server from Debian packages, a Python venv in
-# tests/interop/.venv, firebase-tools in tests/interop/node_modules), builds the gateway (debug),
+# Idempotent: installs only what is missing (PostgreSQL, nginx-light, redis-server and Tomcat 10
+# from Debian packages, a Python venv in tests/interop/.venv, firebase-tools, express and
+# method-override in tests/interop/node_modules), builds the gateway (debug),
 # starts a throwaway PostgreSQL cluster and the Auth emulator on loopback ports, runs pytest, and
 # stops what it started on exit. Exit code = pytest's.
 #
@@ -16,6 +17,8 @@
 #                           "-k supabase -x", "-k 'servlet or method_override'"
 #   INTEROP_NGINX_BIN=path  nginx for the differential test (default: nginx on PATH or /usr/sbin,
 #                           else apt-get install nginx-light)
+#   INTEROP_CATALINA_HOME=dir  Tomcat 10 for the servlet differential (default /usr/share/tomcat10,
+#                           else apt-get install tomcat10-common; default-jdk-headless if no javac)
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -108,6 +111,38 @@ if [ -z "$REDIS_SERVER_BIN" ] || [ -z "$REDIS_CLI_BIN" ]; then
 fi
 export INTEROP_REDIS_SERVER="$REDIS_SERVER_BIN" INTEROP_REDIS_CLI="$REDIS_CLI_BIN"
 log "Redis: $REDIS_SERVER_BIN ($("$REDIS_SERVER_BIN" --version | cut -d' ' -f1-3))"
+
+# ---------------------------------------------------------------- Tomcat 10 + javac (servlet differential)
+# test_servlet_differential.py runs its own Tomcat (CATALINA_BASE in its temp dir, its own ports)
+# from this CATALINA_HOME and compiles its probe servlet with javac. Debian's tomcat10-common is
+# Tomcat 10.1 itself (/usr/share/tomcat10: bin/bootstrap.jar, lib/servlet-api.jar, ...) without
+# the system service that the tomcat10 package adds (a tomcat user, /var/lib/tomcat10, a unit
+# listening on :8080), which nothing here uses. Required: never a reason to skip.
+tc_t0=$SECONDS
+is_catalina_home() { [ -f "$1/bin/bootstrap.jar" ] && [ -f "$1/lib/servlet-api.jar" ]; }
+if [ -n "${INTEROP_CATALINA_HOME:-}" ] && ! is_catalina_home "$INTEROP_CATALINA_HOME"; then
+  die "INTEROP_CATALINA_HOME=$INTEROP_CATALINA_HOME is not a Tomcat 10 home (no bin/bootstrap.jar, lib/servlet-api.jar)"
+fi
+find_catalina_home() {
+  local c
+  for c in "${INTEROP_CATALINA_HOME:-}" /usr/share/tomcat10; do
+    if [ -n "$c" ] && is_catalina_home "$c"; then echo "$c"; return 0; fi
+  done
+  return 1
+}
+CATALINA_HOME_DIR="$(find_catalina_home || true)"
+tc_pkgs=()
+[ -n "$CATALINA_HOME_DIR" ] || tc_pkgs+=(tomcat10-common)
+command -v javac >/dev/null 2>&1 || tc_pkgs+=(default-jdk-headless)
+if ((${#tc_pkgs[@]})); then
+  apt_install "${tc_pkgs[@]}"
+  CATALINA_HOME_DIR="$(find_catalina_home || true)"
+  [ -n "$CATALINA_HOME_DIR" ] || die "tomcat10-common installed but /usr/share/tomcat10 is incomplete"
+  command -v javac >/dev/null 2>&1 || die "default-jdk-headless installed but no javac on PATH"
+fi
+export INTEROP_CATALINA_HOME="$CATALINA_HOME_DIR"
+export INTEROP_JAVA="$(command -v java)" INTEROP_JAVAC="$(command -v javac)"
+log "Tomcat: $CATALINA_HOME_DIR ($(dpkg-query -W -f='tomcat10-common ${Version}' tomcat10-common 2>/dev/null || echo 'not from dpkg')), $("$INTEROP_JAVAC" -version 2>&1) ($((SECONDS - tc_t0))s)"
 
 # ---------------------------------------------------------------- Python venv
 PY="${PYTHON:-}"
