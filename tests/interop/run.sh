@@ -167,12 +167,14 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.interop-stamp" 2>/dev/null ||
   echo "$REQ_SHA" > "$VENV/.interop-stamp"
 fi
 
-# ---------------------------------------------------------------- firebase-tools (npm, local)
+# ---------------------------------------------------------------- npm, local: firebase-tools; express + method-override (test_method_override.py)
 command -v npm >/dev/null 2>&1 || die "npm not found (Node 20 + npm are expected on the machine)"
 LOCK_SHA="$(sha "$HERE/package-lock.json")"
 if [ ! -x "$HERE/node_modules/.bin/firebase" ] \
+   || [ ! -f "$HERE/node_modules/express/package.json" ] \
+   || [ ! -f "$HERE/node_modules/method-override/package.json" ] \
    || [ "$(cat "$HERE/node_modules/.interop-stamp" 2>/dev/null || true)" != "$LOCK_SHA" ]; then
-  log "npm ci (firebase-tools) in $HERE"
+  log "npm ci (firebase-tools, express, method-override) in $HERE"
   # --ignore-scripts: the auth emulator needs no native addon (re2 etc. fall back to JS).
   (cd "$HERE" && timeout 1200 npm ci --no-audit --no-fund --ignore-scripts --loglevel=error)
   echo "$LOCK_SHA" > "$HERE/node_modules/.interop-stamp"
