@@ -193,7 +193,8 @@ def tomcat_started(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tomcat(tomcat_started) -> Tomcat:
+def tomcat(tomcat_started, session) -> Tomcat:
+    # `session` (the dev key and a mint) is made while Tomcat boots.
     return tomcat_started.wait_ready()
 
 
