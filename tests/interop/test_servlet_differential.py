@@ -560,7 +560,7 @@ def test_the_issue_requests_need_a_session(gw, tomcat, session):
 
 
 def test_what_extoken_already_gets_right(gw, tomcat, session):
-    """Cases today's gateway already handles (the harness sees passes too)."""
+    """Cases the gateway got right before the ;-parameter fix too (the harness sees passes)."""
     o = one(gw, tomcat, "/api/admin")
     assert o.reply.status == 401 and o.reply.from_extoken and not o.reached, str(o)
     o = one(gw, tomcat, "/public/../api/admin")
