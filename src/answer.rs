@@ -10,6 +10,9 @@ use crate::authorize::Denied;
 use crate::exchange::ExchangeError;
 use crate::verify::{AuthError, VerifyError};
 
+mod grpc;
+pub(crate) use grpc::is_grpc;
+
 /// A response extoken writes itself. `outcome`/`reason` feed logs and metrics.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Answer {
@@ -166,6 +169,10 @@ impl Answer {
                 "request_timeout",
                 "the request body stalled longer than client_body_timeout".into(),
             ),
+            413 => (
+                "payload_too_large",
+                format!("the request body is larger than route {route} accepts"),
+            ),
             400..=499 => ("bad_request", "the request could not be processed".into()),
             _ => (
                 "internal_error",
@@ -191,6 +198,16 @@ impl Answer {
             body: json_body("request_timeout", description),
             outcome: "client_error",
             reason: "request_timeout",
+        }
+    }
+
+    /// 413: a declared body (`Content-Length`) over the route's `max_body_bytes`, refused before
+    /// anything is forwarded.
+    pub(crate) fn body_too_large(route: &str) -> Answer {
+        Answer {
+            outcome: "bad_request",
+            reason: "body_too_large",
+            ..Self::proxy_failure(413, "bad_request", Some(route))
         }
     }
 

@@ -15,7 +15,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use http::header::AUTHORIZATION;
 use http::HeaderValue;
 
-use crate::answer::Answer;
+use crate::answer::{self, Answer};
 use crate::config::{AuthMode, LimitsConfig, UnderscoreHeaders};
 use crate::drain::{Drain, InFlight};
 use crate::exchange::RequestInfo;
@@ -71,20 +71,24 @@ pub(crate) struct Ctx {
     drop_authorization: bool,
     /// Upstream connection attempts that failed so far.
     failed_attempts: u32,
+    /// The request is a gRPC call: extoken's own answers take the gRPC shape.
+    grpc: bool,
+    /// Request body bytes read so far, against the route's `max_body_bytes`.
+    body_bytes: u64,
     /// Request id, timings and outcome for the access line and metrics.
     log: RequestLog,
 }
 
 /// Writes an [`Answer`] to the client: the one place extoken writes a response of its own.
 /// `close` ends the connection after it (`Connection: close`), as after any proxy failure.
-async fn send_answer(
-    session: &mut Session,
-    a: &Answer,
-    log: &RequestLog,
-    close: bool,
-) -> Result<()> {
+/// A gRPC call (`ctx.grpc`) gets the answer's gRPC shape instead (see `answer::grpc`).
+async fn send_answer(session: &mut Session, a: &Answer, ctx: &Ctx, close: bool) -> Result<()> {
+    let log = &ctx.log;
     if close {
         session.set_keepalive(None);
+    }
+    if ctx.grpc {
+        return send_grpc_answer(session, a, log).await;
     }
     let mut h = ResponseHeader::build(a.status, Some(7))?;
     rewrite::stamp_request_id(&mut h, log.request_id_value.as_ref());
@@ -101,6 +105,29 @@ async fn send_answer(
     session
         .write_response_body(Some(a.body.clone()), true)
         .await?;
+    Ok(())
+}
+
+/// A gRPC Trailers-Only answer: HTTP 200, `grpc-status` and `grpc-message` in the one header
+/// block, which ends the stream. `WWW-Authenticate` and `Retry-After` are kept, as Envoy keeps
+/// them.
+async fn send_grpc_answer(session: &mut Session, a: &Answer, log: &RequestLog) -> Result<()> {
+    let mut h = ResponseHeader::build(200, Some(7))?;
+    rewrite::stamp_request_id(&mut h, log.request_id_value.as_ref());
+    h.insert_header("content-type", "application/grpc")?;
+    h.insert_header("grpc-status", a.grpc_status().to_string())?;
+    h.insert_header("grpc-message", a.grpc_message())?;
+    // On h2 the header block ends the stream; HTTP/1.1 needs the length to end the message.
+    if !session.is_http2() {
+        h.insert_header("content-length", "0")?;
+    }
+    if let Some(w) = &a.www_authenticate {
+        h.insert_header("www-authenticate", w.as_str())?;
+    }
+    if let Some(r) = a.retry_after {
+        h.insert_header("retry-after", r.to_string())?;
+    }
+    session.write_response_header(Box::new(h), true).await?;
     Ok(())
 }
 
@@ -159,6 +186,23 @@ fn screen(req: &RequestHeader, limits: &LimitsConfig) -> std::result::Result<Dec
     Ok(decided)
 }
 
+/// A `Content-Length` over the route's `max_body_bytes` is refused before anything is
+/// forwarded (a chunked body is counted as it streams, in `request_body_filter`).
+fn check_declared_body(req: &RequestHeader, route: &Route) -> std::result::Result<(), Answer> {
+    let Some(limit) = route.max_body_bytes else {
+        return Ok(());
+    };
+    let declared = req
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match declared {
+        Some(n) if n > limit => Err(Answer::body_too_large(&route.name)),
+        _ => Ok(()),
+    }
+}
+
 /// The `Host` to forward: the upstream's (`preserve_host: false`), else the canonical one, else
 /// (HTTP/1.0 without a host) the upstream's.
 fn forwarded_host(route: &Route, host: Option<target::Host>) -> Option<HeaderValue> {
@@ -187,6 +231,7 @@ impl Proxy {
             .cloned()
             .ok_or_else(Answer::no_route)?;
         ctx.log.route(&route.metrics);
+        check_declared_body(session.req_header(), &route)?;
         ctx.host = forwarded_host(&route, decided.host.take());
         if session.req_header().raw_path() != decided.target.as_bytes() {
             session
@@ -233,9 +278,16 @@ impl ProxyHttp for Proxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let gw = self.state.load_full();
+        ctx.grpc = answer::is_grpc(
+            session
+                .req_header()
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .map(HeaderValue::as_bytes),
+        );
         if let Err(answer) = self.admit(&gw, session, ctx).await {
             ctx.log.answered(answer.outcome, answer.reason);
-            send_answer(session, &answer, &ctx.log, self.drain.draining()).await?;
+            send_answer(session, &answer, ctx, self.drain.draining()).await?;
             return Ok(true);
         }
         ctx.gateway = Some(gw);
@@ -247,6 +299,34 @@ impl ProxyHttp for Proxy {
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         ctx.log.begin(session.req_header());
         listener::head_complete(session, &self.state.load().config.limits);
+        Ok(())
+    }
+
+    /// Counts the body against the route's `max_body_bytes`: past it the request fails with
+    /// `413` (if no response began) and the upstream connection is dropped mid-body, so the
+    /// backend never receives the body whole.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let (Some(len), Some(limit)) = (
+            body.as_ref().map(bytes::Bytes::len),
+            ctx.route.as_ref().and_then(|r| r.max_body_bytes),
+        ) else {
+            return Ok(());
+        };
+        ctx.body_bytes += len as u64;
+        if ctx.body_bytes > limit {
+            ctx.log.answered("bad_request", "body_too_large");
+            *body = None;
+            return Error::e_explain(
+                ErrorType::HTTPStatus(413),
+                "request body over max_body_bytes",
+            );
+        }
         Ok(())
     }
 
@@ -384,7 +464,7 @@ impl ProxyHttp for Proxy {
         if status > 0 && session.response_written().is_none() {
             let route = ctx.route.as_ref().map(|r| r.name.as_str());
             let answer = Answer::proxy_failure(status, outcome, route);
-            if let Err(we) = send_answer(session, &answer, &ctx.log, true).await {
+            if let Err(we) = send_answer(session, &answer, ctx, true).await {
                 tracing::debug!(target: "extoken::proxy", request_id = %ctx.log.request_id(), error = we.etype().as_str(), "cannot send the error response");
             }
         }

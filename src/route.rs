@@ -18,7 +18,7 @@ use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
 use pingora::upstreams::peer::HttpPeer;
 
 use crate::authorize::{IdentityHeaders, Rules};
-use crate::config::{AuthMode, Config, ConfigError, RouteConfig, Upstream};
+use crate::config::{AuthMode, Config, ConfigError, RouteConfig, Upstream, UpstreamProtocol};
 
 /// One route, ready to serve.
 #[derive(Debug)]
@@ -38,6 +38,8 @@ pub struct Route {
     pub upstream: Upstream,
     /// Extra attempts after a failed connect (idempotent requests only).
     pub retries: u32,
+    /// Largest request body forwarded (the route's `max_body_bytes`, else the limits').
+    pub(crate) max_body_bytes: Option<u64>,
     /// Who may pass (`require:`), compiled.
     pub(crate) rules: Rules,
     /// What the backend is told about the session (`identity_headers`), compiled.
@@ -99,8 +101,18 @@ fn peer(upstream: &Upstream, addr: SocketAddr, r: &RouteConfig) -> HttpPeer {
     o.read_timeout = Some(r.read_timeout.0);
     o.write_timeout = Some(r.write_timeout.0);
     o.idle_timeout = Some(r.idle_timeout.0);
+    if r.upstream_protocol == UpstreamProtocol::H2 {
+        // Over TLS by ALPN; over cleartext pingora speaks h2 with prior knowledge.
+        o.alpn = pingora::protocols::ALPN::H2;
+        // Streams of many requests share one connection (pingora's default is one per
+        // connection, which would make a gRPC stream per TCP connection).
+        o.max_h2_streams = H2_STREAMS_PER_CONNECTION;
+    }
     peer
 }
+
+/// Concurrent requests pingora multiplexes on one h2 upstream connection.
+const H2_STREAMS_PER_CONNECTION: usize = 100;
 
 /// Every address an upstream host name resolves to (A and AAAA), used in turn. Never empty: a
 /// failed or empty resolution leaves the last good set in place.
@@ -197,13 +209,16 @@ impl RouteTable {
         cfg: &Config,
         resolve: &mut dyn FnMut(&str, u16) -> std::io::Result<Vec<SocketAddr>>,
     ) -> Result<RouteTable, ConfigError> {
+        let max_body = cfg.limits.max_body_bytes;
         let default_strip = vec![
             cfg.descope.session_cookie.clone(),
             cfg.descope.refresh_cookie.clone(),
         ];
         let mut routes = Vec::with_capacity(cfg.routes.len());
         for (i, r) in cfg.routes.iter().enumerate() {
-            routes.push((i, Arc::new(Self::route(i, r, &default_strip, resolve)?)));
+            let mut route = Self::route(i, r, &default_strip, resolve)?;
+            route.max_body_bytes = r.max_body_bytes.or(max_body);
+            routes.push((i, Arc::new(route)));
         }
         routes.sort_by(|(ia, a), (ib, b)| {
             b.prefix
@@ -273,6 +288,7 @@ impl RouteTable {
                 .clone()
                 .unwrap_or_else(|| default_strip.to_vec()),
             retries: r.retries,
+            max_body_bytes: None,
             peer: peer(&upstream, peer_addr, r),
             addrs,
             upstream,

@@ -129,6 +129,11 @@ pub struct LimitsConfig {
     /// Longest pause between two reads of a request body.
     #[serde(default = "d_client_body_timeout", deserialize_with = "de_positive")]
     pub client_body_timeout: Dur,
+    /// Largest request body forwarded (a route may set its own); unset: no limit. A declared
+    /// larger body is refused with `413` before anything is forwarded; a chunked one is cut at the
+    /// limit, so the backend never receives it whole.
+    #[serde(default)]
+    pub max_body_bytes: Option<u64>,
     /// Client connections open at once on `listen`; beyond it a new one is closed at accept.
     /// Unset: derived from the open-file limit at start (see `crate::listener`).
     #[serde(default, deserialize_with = "de_max_connections")]
@@ -202,6 +207,7 @@ impl Default for LimitsConfig {
             client_header_timeout: d_client_header_timeout(),
             keepalive_timeout: d_keepalive_timeout(),
             client_body_timeout: d_client_body_timeout(),
+            max_body_bytes: None,
             max_connections: None,
         }
     }

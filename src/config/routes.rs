@@ -14,6 +14,15 @@ pub enum AuthMode {
     None,
 }
 
+/// `upstream_protocol`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    #[default]
+    Http1,
+    H2,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
@@ -54,6 +63,12 @@ pub struct RouteConfig {
     /// request went out).
     #[serde(default = "d_retries")]
     pub retries: u32,
+    /// How the upstream is spoken to: HTTP/1.1 (default), or HTTP/2 (ALPN `h2` over `https://`,
+    /// prior knowledge over `http://`), which gRPC needs.
+    #[serde(default)]
+    pub upstream_protocol: UpstreamProtocol,
+    /// Largest request body forwarded on this route (overrides `limits.max_body_bytes`).
+    pub max_body_bytes: Option<u64>,
     /// Who may pass (checked after the session is verified, before any connector is called).
     pub require: Option<RequireConfig>,
     /// Header name → dotted claim path, sent to the backend (client copies removed everywhere).
