@@ -1,6 +1,6 @@
 //! Step 5: pingora's `ProxyHttp` phases, kept thin. Each phase calls one plain function: who
-//! sent the request ([`rewrite::Peer::new`], once: the forwarding headers follow its trust
-//! decision) in `early_request_filter`, the canonical target
+//! sent the request ([`rewrite::Peer::new`], once: the request id and the forwarding headers
+//! follow the same trust decision) in `early_request_filter`, the canonical target
 //! ([`target::decide`]), route lookup and [`Gateway::authorize`] in `request_filter`, the upstream
 //! peer in `upstream_peer`, [`rewrite::apply_to_request`] in `upstream_request_filter`. Every
 //! answer extoken writes itself goes through [`send_answer`].
@@ -74,7 +74,7 @@ pub(crate) struct Ctx {
     /// Upstream connection attempts that failed so far.
     failed_attempts: u32,
     /// Who sent the request (and whether it is a trusted proxy), decided once when the head is
-    /// read.
+    /// read: the request id and the forwarding headers follow the same decision.
     peer: Option<rewrite::Peer>,
     /// Request id, timings and outcome for the access line and metrics.
     log: RequestLog,
@@ -245,8 +245,9 @@ impl ProxyHttp for Proxy {
         Ok(false)
     }
 
-    /// The peer, and the request id: the client's `X-Request-Id` if sane, else a new one. The
-    /// head is read: its deadline ends, the body and keep-alive timeouts of the request are set.
+    /// The peer, and the request id: a trusted proxy's `X-Request-Id` if sane, else a new one
+    /// (a client's own would let it forge or collide with other requests' log lines). The head
+    /// is read: its deadline ends, the body and keep-alive timeouts of the request are set.
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         let gw = self.state.load();
         let peer = rewrite::Peer::new(
@@ -260,7 +261,7 @@ impl ProxyHttp for Proxy {
                 .map(|a| a.port()),
             &gw.config.trusted_proxies,
         );
-        ctx.log.begin(session.req_header());
+        ctx.log.begin(session.req_header(), peer.trusted);
         ctx.peer = Some(peer);
         listener::head_complete(session, &gw.config.limits);
         Ok(())

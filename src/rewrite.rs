@@ -15,6 +15,8 @@
 //!   forwarding family (`X-Original-URL`, `X-Forwarded-Prefix`, ...) is removed, unless the peer
 //!   is a trusted proxy (then they are kept and the peer is appended to the chain):
 //!   [`forwarding`].
+//! * `X-Request-Id` is the request's id (a client's own only from a trusted proxy: the proxy
+//!   decides, `crate::telemetry` keeps it).
 
 mod forwarding;
 
@@ -78,7 +80,7 @@ pub struct Rewrite {
 #[derive(Debug, Clone, Copy)]
 pub struct Peer {
     pub addr: Option<IpAddr>,
-    /// The peer is in `trusted_proxies`: its forwarding headers are kept and extended.
+    /// The peer is in `trusted_proxies`: its forwarding headers (and request id) are kept.
     pub trusted: bool,
     pub tls: bool,
     /// The local port of the listener the request came in on (`X-Forwarded-Port`).
@@ -87,7 +89,7 @@ pub struct Peer {
 
 impl Peer {
     /// The peer at `addr` that reached the listener on `port`, trusted when `trusted_proxies`
-    /// holds it. Decided once per request.
+    /// holds it. Decided once per request, for the request id and the forwarding headers alike.
     pub fn new(addr: Option<IpAddr>, port: Option<u16>, trusted_proxies: &[Cidr]) -> Peer {
         Peer {
             addr,

@@ -1,8 +1,11 @@
 //! What the backend is told about the way a request came, through the real binary: forwarding
-//! headers say what extoken saw unless the peer is a trusted proxy, and a client's path and
-//! method overrides never reach a backend.
+//! headers say what extoken saw unless the peer is a trusted proxy, a client's path and method
+//! overrides never reach a backend, and a request id is the gateway's unless a trusted proxy gave
+//! one (backend, response and access line agree on it).
 
 mod common;
+
+use std::time::Duration;
 
 use common::*;
 use serde_json::json;
@@ -25,12 +28,13 @@ const OVERRIDES: [(&str, &str); 10] = [
 ];
 
 /// A gateway whose one open route forwards to `backend`, trusting `proxies`, with underscore
-/// names forwarded (so `_` twins are in play).
+/// names forwarded (so `_` twins are in play) and JSON log lines (so the access line is read).
 async fn gateway(backend: &Backend, proxies: &str) -> GatewayProcess {
     let config = ConfigBuilder::new(PROJECT, "http://127.0.0.1:1/k")
         .ext_connector()
         .set("trusted_proxies", json!([proxies]))
         .set("limits", json!({"underscore_headers": "allow"}))
+        .set("log", json!({"format": "json"}))
         .route(RouteSpec::new("/", &backend.url()).auth_none());
     GatewayProcess::start(&config.to_yaml()).await
 }
@@ -91,5 +95,54 @@ async fn forwarding_headers_say_what_extoken_saw() {
             }
             assert!(seen.all("x_original_url").is_empty(), "{:?}", seen.headers);
         }
+    }
+}
+
+/// The `request_id` of the access line for `path`, once the logging phase has written it.
+async fn access_line_id(gw: &GatewayProcess, path: &str) -> String {
+    let mut id = String::new();
+    let found = eventually(Duration::from_secs(5), || {
+        id = gw
+            .log()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|j| j["target"] == "extoken::access" && j["path"] == path)
+            .and_then(|j| j["request_id"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        std::future::ready(!id.is_empty())
+    })
+    .await;
+    assert!(found, "no access line for {path}:\n{}", gw.log());
+    id
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_id_is_believed_only_from_a_trusted_proxy() {
+    for trusted in [false, true] {
+        let backend = Backend::start().await;
+        let proxies = if trusted { "127.0.0.1" } else { "10.0.0.0/8" };
+        let gw = gateway(&backend, proxies).await;
+        let r = gw
+            .send(
+                gw.client
+                    .get(gw.url("/rid"))
+                    .header("X-Request-Id", "attacker-id"),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{r:?}");
+        let answered = r.header("x-request-id").unwrap_or_default().to_string();
+        let forwarded = backend.only().header("x-request-id").map(str::to_string);
+        let logged = access_line_id(&gw, "/rid").await;
+        if trusted {
+            assert_eq!(answered, "attacker-id");
+        } else {
+            assert_eq!(answered.len(), 32, "a new id: {answered}");
+            assert!(
+                answered.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{answered}"
+            );
+        }
+        assert_eq!(forwarded.as_deref(), Some(answered.as_str()), "backend");
+        assert_eq!(logged, answered, "access line");
     }
 }
