@@ -247,6 +247,13 @@ pub fn canonical_path(path: &[u8], slashes: EscapedSlashes) -> Result<Vec<u8>, B
             Some(i) => &seg[..i],
             None => &seg[..],
         };
+        // A segment that is only `;params` is an empty segment to a servlet container (its
+        // parameters removed, the `//` left merged): dropped here too, so it can neither be
+        // routed nor take a `..` away from the segment before it.
+        if name.is_empty() {
+            trailing_slash = last && !out.is_empty();
+            continue;
+        }
         let dots = name == b"." || name == b"..";
         if dots && name.len() != seg.len() {
             return Err(BadTarget::DotParams);
