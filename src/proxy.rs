@@ -436,7 +436,9 @@ impl ProxyHttp for Proxy {
     }
 
     /// A 401 from the upstream to a minted token means the backend no longer accepts it (rotated
-    /// secret, revoked user): forget it so the next request mints a fresh one.
+    /// secret, revoked user): forget it so the next request mints a fresh one. Only that token
+    /// (not one minted since), and a key at most once per `cache.evict_min_interval`: a client
+    /// that can provoke 401s must not get a mint for each.
     async fn upstream_response_filter(
         &self,
         _session: &mut Session,

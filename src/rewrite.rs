@@ -70,8 +70,9 @@ pub(crate) fn strip_cookies(value: &HeaderValue, strip: &[String]) -> Option<Hea
 pub struct Rewrite {
     pub header: HeaderName,
     pub value: HeaderValue,
-    /// The cache entry the token came from, to evict if the upstream answers 401.
-    pub cache_key: Option<crate::exchange::CacheKey>,
+    /// The token and the cache entry it came from, to evict (if still that token) when the
+    /// upstream answers 401.
+    pub cache_key: Option<crate::exchange::TokenRef>,
     /// The route's identity headers for this session (and their signed assertion).
     pub identity: Vec<(HeaderName, HeaderValue)>,
 }
