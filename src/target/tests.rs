@@ -280,6 +280,14 @@ fn path_parameter_modes() {
         target(raw, PathParameters::Reject),
         Err(BadTarget::PathParameters)
     );
+    // `reject` refuses a raw `;` even where canonicalization removed it.
+    for raw in ["/;x/api", "/a;x/../b", "/api/;"] {
+        assert_eq!(
+            target(raw, PathParameters::Reject),
+            Err(BadTarget::PathParameters),
+            "{raw}"
+        );
+    }
     for mode in [
         PathParameters::Keep,
         PathParameters::Strip,
