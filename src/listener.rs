@@ -10,7 +10,14 @@
 //! head deadline the adapter writes a `408` (when the client started a request), closes its write
 //! side, and tells [`ClientLimits`], which drops the connection's task (and with it pingora's
 //! half-read session), so no pingora error line is printed for it.
+//!
+//! The TLS listener (`tls.listen`) is a second TCP endpoint of the same service and app: a
+//! connection that arrived on its port takes its slot first, then runs the TLS handshake under
+//! `limits.tls_handshake_timeout` ([`crate::tls::ServerTls::accept`]), and only the TLS stream is
+//! wrapped in the adapter. pingora's own TLS listener would handshake before the app sees the
+//! connection: outside `max_connections`, for up to 60 s, with an ERROR line per failure.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -26,7 +33,9 @@ use crate::gateway::Gateway;
 mod client_stream;
 
 use client_stream::Conn;
-pub(crate) use client_stream::{head_complete, put_memo, request_done, take_memo, ClientStream};
+pub(crate) use client_stream::{
+    client_cert, head_complete, put_memo, request_done, take_memo, ClientStream,
+};
 
 /// File descriptors kept out of the derived `max_connections` besides the upstream pool:
 /// listeners, admin connections, the JWKS/connector/OAuth HTTP clients, log files, and each
@@ -135,6 +144,8 @@ pub(crate) struct ClientLimits<A> {
     /// `max_connections` when the config leaves it out.
     derived_max: usize,
     open: AtomicUsize,
+    /// The TLS listener's address (fixed at start, as listeners are).
+    tls_listen: Option<SocketAddr>,
 }
 
 impl<A> ClientLimits<A> {
@@ -144,6 +155,7 @@ impl<A> ClientLimits<A> {
         let nofile = raise_open_file_limit();
         let derived_max = derived_max_connections(nofile, threads);
         let configured = state.load().config.limits.max_connections;
+        let tls_listen = state.load().config.tls.as_ref().map(|t| t.listen);
         let max = configured.unwrap_or(derived_max);
         conn_metrics().max.set(gauge_value(max));
         tracing::info!(target: "extoken::listener", max_connections = max, open_file_limit = nofile, derived = configured.is_none(), "client connection limit");
@@ -152,7 +164,20 @@ impl<A> ClientLimits<A> {
             state,
             derived_max,
             open: AtomicUsize::new(0),
+            tls_listen,
         }
+    }
+
+    /// Whether `stream` arrived on the TLS listener (the config keeps its port apart from
+    /// `listen`'s).
+    fn arrived_on_tls(&self, stream: &Stream) -> bool {
+        let Some(tls) = self.tls_listen else {
+            return false;
+        };
+        let local = stream
+            .get_socket_digest()
+            .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied());
+        local.is_some_and(|l| l.port() == tls.port())
     }
 
     /// Takes a connection slot, unless `max` are taken.
@@ -197,14 +222,12 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ClientLimits<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let (max, header_timeout) = {
-            let gw = self.state.load();
-            let l = &gw.config.limits;
-            (
-                l.max_connections.unwrap_or(self.derived_max),
-                l.client_header_timeout.0,
-            )
-        };
+        let gw = self.state.load_full();
+        let l = &gw.config.limits;
+        let (max, header_timeout) = (
+            l.max_connections.unwrap_or(self.derived_max),
+            l.client_header_timeout.0,
+        );
         conn_metrics().max.set(gauge_value(max));
         let Some(_slot) = self.admit(max) else {
             // Closed before a byte is read: the fd is back at once, and the admin listener and
@@ -213,7 +236,20 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ClientLimits<A> {
             tracing::debug!(target: "extoken::listener", max, "connection refused: max_connections open");
             return None;
         };
-        let conn = Arc::new(Conn::default());
+        let (stream, client_cert) = if self.arrived_on_tls(&stream) {
+            // The config of the accept: a reload during the handshake applies to the next one.
+            let Some(tls) = gw.tls.clone() else {
+                tracing::debug!(target: "extoken::listener", "TLS connection closed: the config in force has no tls block");
+                return None;
+            };
+            let limit = l.tls_handshake_timeout.0;
+            drop(gw);
+            tls.accept(stream, limit).await?
+        } else {
+            drop(gw);
+            (stream, None)
+        };
+        let conn = Arc::new(Conn::new(client_cert));
         let stream: Stream = Box::new(ClientStream::new(stream, conn.clone(), header_timeout));
         // pingora's HTTP app runs the connection's whole keep-alive loop in this call; a head
         // deadline ends it from outside (the adapter has written the 408 already).

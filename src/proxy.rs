@@ -244,6 +244,7 @@ impl ProxyHttp for Proxy {
     /// its deadline ends, the body and keep-alive timeouts of the request are set.
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         ctx.log.begin(session.req_header());
+        ctx.log.client_cert = listener::client_cert(session);
         listener::head_complete(session, &self.state.load().config.limits);
         Ok(())
     }
@@ -333,7 +334,8 @@ impl ProxyHttp for Proxy {
                 addr,
                 trusted: addr
                     .is_some_and(|ip| gw.config.trusted_proxies.iter().any(|c| c.contains(ip))),
-                tls: false,
+                // The client's connection to us was TLS (the digest of its handshake).
+                tls: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
             },
             request_id: ctx.log.request_id_value.as_ref(),
         };

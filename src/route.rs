@@ -250,6 +250,11 @@ impl RouteTable {
         let path = format!("routes[{i}]");
         let rules = Rules::compile(r.require.as_ref(), &format!("{path}.require"))?;
         let identity = IdentityHeaders::compile(r, &name, &path)?;
+        let mut peer = peer(&upstream, peer_addr, r);
+        if let Some(t) = &r.upstream_tls {
+            let key = format!("{path}.upstream_tls");
+            crate::tls::upstream::UpstreamTls::build(&key, t)?.apply(&mut peer);
+        }
         Ok(Route {
             rules,
             identity,
@@ -273,7 +278,7 @@ impl RouteTable {
                 .clone()
                 .unwrap_or_else(|| default_strip.to_vec()),
             retries: r.retries,
-            peer: peer(&upstream, peer_addr, r),
+            peer,
             addrs,
             upstream,
         })

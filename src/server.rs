@@ -1,4 +1,5 @@
-//! Assembles the pingora server: the proxy service on `listen`, the admin listener on
+//! Assembles the pingora server: the proxy service on `listen` and `tls.listen` (one service,
+//! one app: the TLS handshake runs inside its client limits, see `crate::listener`), the admin listener on
 //! `admin_listen`, and the background tasks that keep the Descope keys and the upstream addresses
 //! fresh, then runs it with the reloader and the signal watcher of [`crate::lifecycle`].
 //! `extoken run` and `extoken demo` both start from here. The handles those pieces share (the live
@@ -47,7 +48,8 @@ pub fn build(cfg: Config, log: Option<LogLevel>) -> Result<Built, StartError> {
     crate::gateway::install_crypto_provider();
     let client = Gateway::http_client()?;
     let keys = Arc::new(KeyStore::new(&cfg.descope, client, crate::clock::system()));
-    let listen = cfg.listen.to_string();
+    let listen = cfg.listen.map(|a| a.to_string());
+    let tls_listen = cfg.tls.as_ref().map(|t| t.listen.to_string());
     let threads = if cfg.threads == 0 {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -88,7 +90,10 @@ pub fn build(cfg: Config, log: Option<LogLevel>) -> Result<Built, StartError> {
         threads,
     );
     let mut proxy = Service::new("Pingora HTTP Proxy Service".to_string(), app);
-    proxy.add_tcp(&listen);
+    // Both are plain TCP endpoints: the app tells the TLS one by its port and handshakes itself.
+    for addr in listen.iter().chain(tls_listen.iter()) {
+        proxy.add_tcp(addr);
+    }
     server.add_service(proxy);
     if let Some(addr) = admin {
         server.add_service(crate::admin::service(&addr, state.clone(), drain.clone()));

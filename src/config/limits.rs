@@ -129,6 +129,10 @@ pub struct LimitsConfig {
     /// Unset: derived from the open-file limit at start (see `crate::listener`).
     #[serde(default, deserialize_with = "de_max_connections")]
     pub max_connections: Option<usize>,
+    /// A TLS handshake must complete within this, counted from the accept (the request head's
+    /// own deadline starts after it).
+    #[serde(default = "d_tls_handshake_timeout", deserialize_with = "de_positive")]
+    pub tls_handshake_timeout: Dur,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -157,6 +161,9 @@ fn d_keepalive_timeout() -> Dur {
 }
 fn d_client_body_timeout() -> Dur {
     Dur::secs(60)
+}
+fn d_tls_handshake_timeout() -> Dur {
+    Dur::secs(10)
 }
 
 // Checked while parsing, so the error carries the key path like any type error.
@@ -198,6 +205,7 @@ impl Default for LimitsConfig {
             keepalive_timeout: d_keepalive_timeout(),
             client_body_timeout: d_client_body_timeout(),
             max_connections: None,
+            tls_handshake_timeout: d_tls_handshake_timeout(),
         }
     }
 }

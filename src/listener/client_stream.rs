@@ -45,6 +45,7 @@ use tokio::time::Instant;
 use super::conn_metrics;
 use crate::answer::Answer;
 use crate::config::LimitsConfig;
+use crate::telemetry::ClientCert;
 use crate::verify::SessionMemo;
 
 const HEAD: u8 = 0;
@@ -65,9 +66,18 @@ pub(super) struct Conn {
     idle_ms: AtomicU64,
     /// The last session verified on this connection.
     memo: Mutex<SessionMemo>,
+    /// The client certificate verified in the TLS handshake.
+    client_cert: Option<Arc<ClientCert>>,
 }
 
 impl Conn {
+    pub(super) fn new(client_cert: Option<Arc<ClientCert>>) -> Conn {
+        Conn {
+            client_cert,
+            ..Conn::default()
+        }
+    }
+
     fn idle_timeout(&self) -> Option<Duration> {
         match self.idle_ms.load(Ordering::Relaxed) {
             0 => None,
@@ -404,6 +414,11 @@ pub(crate) fn put_memo(session: &Session, memo: SessionMemo) {
     if let Some(mut m) = client_stream(session).and_then(|s| s.conn.memo.lock().ok()) {
         *m = memo;
     }
+}
+
+/// The client certificate verified when the connection's TLS handshake ran.
+pub(crate) fn client_cert(session: &Session) -> Option<Arc<ClientCert>> {
+    client_stream(session).and_then(|s| s.conn.client_cert.clone())
 }
 
 /// The request is over (`logging`): the next byte read on this connection starts a new head.

@@ -20,6 +20,7 @@ fn line<'a>(path: &'a str, reason: Option<&'a str>, upstream: Option<u16>) -> Li
         duration: Duration::from_micros(12_345),
         upstream_status: upstream,
         upstream_time: upstream.map(|_| Duration::from_micros(7)),
+        client_cert: None,
     }
 }
 
@@ -170,4 +171,28 @@ fn digits_are_what_the_formatter_writes() {
     millis(&mut b, Duration::from_micros(12_345));
     millis(&mut b, Duration::from_micros(7));
     assert_eq!(b, b"12.3450.007");
+}
+
+#[test]
+fn a_client_certificate_is_named_by_subject_and_fingerprint() {
+    let cert = crate::telemetry::ClientCert {
+        subject: "CN=alice \"x\",O=Example".into(),
+        sha256: "ab".repeat(32),
+    };
+    let l = Line {
+        client_cert: Some(&cert),
+        ..line("/api/x", None, Some(200))
+    };
+    let now = Duration::new(1_795_804_741, 0);
+    let t = text(&l, now);
+    assert!(
+        t.ends_with(&format!(
+            " client_cert_subject=\"CN=alice \\\"x\\\",O=Example\" client_cert_sha256=\"{}\"\n",
+            "ab".repeat(32)
+        )),
+        "{t}"
+    );
+    let j = json(&l, now);
+    assert_eq!(j["client_cert_subject"], "CN=alice \"x\",O=Example");
+    assert_eq!(j["client_cert_sha256"], "ab".repeat(32));
 }

@@ -1,0 +1,316 @@
+//! The TLS listener through the real binary, with certificates made at test time: certificates by
+//! SNI, TLS versions, handshakes inside the client limits (deadline, `max_connections`, counted,
+//! no ERROR line), rotation on SIGHUP, client certificates, `X-Forwarded-Proto: https`, and
+//! `upstream_tls` to an HTTPS backend with a private CA and mTLS.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::*;
+use jsonwebtoken::Algorithm;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const PROJECT: &str = "P2tlsListenerProject000000";
+
+/// A gateway with a TLS listener (`tls` block completed with `listen`), routing every path to a
+/// recording backend without a session.
+struct Rig {
+    gw: GatewayProcess,
+    tls: SocketAddr,
+    backend: Backend,
+    _jwks: JwksServer,
+}
+
+async fn rig(mut tls: Value, limits: Value, files: &[(&str, &str)]) -> Rig {
+    let key = TestKey::rsa("k", Algorithm::RS256);
+    let jwks = JwksServer::start(&[&key]).await;
+    let backend = Backend::start().await;
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    tls["listen"] = json!(addr.to_string());
+    let config = ConfigBuilder::new(PROJECT, &jwks.url())
+        .route(RouteSpec::new("/", &backend.url()).name("root").auth_none())
+        .set("tls", tls)
+        .set("limits", limits);
+    let how = Launch {
+        files,
+        admin: true,
+        ..Launch::default()
+    };
+    let gw = GatewayProcess::launch(&config.to_yaml(), how).await;
+    Rig {
+        gw,
+        tls: addr,
+        backend,
+        _jwks: jwks,
+    }
+}
+
+/// `tls:` with the certificate files `(cert, key)` of the config directory.
+fn tls_block(certs: &[(&str, &str)]) -> Value {
+    let certs: Vec<Value> = certs
+        .iter()
+        .map(|(c, k)| json!({"cert_file": c, "key_file": k}))
+        .collect();
+    json!({ "certificates": certs })
+}
+
+/// A labelled sample of `/metrics` (0 when absent: counters appear with their first count).
+async fn sample(gw: &GatewayProcess, series: &str) -> f64 {
+    let text = gw.metrics().await;
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
+
+fn handshakes(result: &str) -> String {
+    format!("extoken_tls_handshakes_total{{result=\"{result}\"}}")
+}
+
+/// Waits (bounded) until `series` reaches `at_least`.
+async fn counted(gw: &GatewayProcess, series: &str, at_least: f64) -> bool {
+    let ok = eventually(Duration::from_secs(10), || async {
+        sample(gw, series).await >= at_least
+    })
+    .await;
+    if !ok {
+        let m = gw.metrics().await;
+        let tls: Vec<&str> = m.lines().filter(|l| l.contains("tls_")).collect();
+        eprintln!("{series} < {at_least}; {tls:?}");
+    }
+    ok
+}
+
+/// A ClientHello offering only TLS 1.1 (rustls cannot send one): record, handshake, version 3.2.
+fn tls11_client_hello() -> Vec<u8> {
+    let mut body = vec![0x03, 0x02];
+    body.extend_from_slice(&[7u8; 32]); // random
+    body.push(0); // no session id
+    body.extend_from_slice(&[0x00, 0x04, 0x00, 0x2f, 0x00, 0x35]); // AES-CBC suites
+    body.extend_from_slice(&[0x01, 0x00]); // null compression
+    body.extend_from_slice(&[0x00, 0x00]); // no extensions
+    let mut hs = vec![0x01, 0x00, 0x00, body.len() as u8];
+    hs.extend_from_slice(&body);
+    let mut rec = vec![0x16, 0x03, 0x01, 0x00, hs.len() as u8];
+    rec.extend_from_slice(&hs);
+    rec
+}
+
+#[tokio::test]
+async fn sni_picks_the_certificate_and_only_tls_12_and_13_are_spoken() {
+    let ca = TestCa::new("test ca");
+    let (api, other) = (
+        ca.server(&["api.test", "*.api.test"]),
+        ca.server(&["other.test"]),
+    );
+    let files = [
+        ("api.pem", api.cert_pem.as_str()),
+        ("api.key", api.key_pem.as_str()),
+        ("other.pem", other.cert_pem.as_str()),
+        ("other.key", other.key_pem.as_str()),
+    ];
+    let tls = tls_block(&[("api.pem", "api.key"), ("other.pem", "other.key")]);
+    let r = rig(tls, json!({}), &files).await;
+    let client = TlsClient::trusting(&ca);
+    for (sni, want) in [
+        ("api.test", &api),
+        ("other.test", &other),
+        ("v1.api.test", &api),
+        // No certificate has the name: the first is the default (the client refuses it).
+        ("unknown.test", &api),
+    ] {
+        match client.connect(r.tls, sni).await {
+            Ok(s) => assert_eq!(server_cert(&s), want.der, "{sni}"),
+            Err(e) => {
+                assert_eq!(sni, "unknown.test", "{sni}: {e}");
+                assert!(e.to_string().contains("not valid for name"), "{e}");
+            }
+        }
+    }
+    // TLS 1.2 and 1.3 both complete, and a request goes through each.
+    for v in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        let mut s = TlsClient::trusting(&ca)
+            .only(v)
+            .connect(r.tls, "other.test")
+            .await
+            .unwrap_or_else(|e| panic!("{v:?}: {e}"));
+        assert_eq!(s.get_ref().1.protocol_version(), Some(v.version));
+        let reply = http_get(&mut s, "other.test", "/v").await.unwrap();
+        assert_eq!(reply.status, 200, "{reply:?}");
+        assert_eq!(reply.body, "backend ok");
+    }
+    let seen = r.backend.last();
+    assert_eq!(seen.header("x-forwarded-proto"), Some("https"), "{seen:?}");
+    assert!(
+        seen.header("forwarded")
+            .is_some_and(|f| f.contains("proto=https")),
+        "{seen:?}"
+    );
+
+    // TLS 1.1: refused with a fatal alert (rustls says handshake_failure).
+    let before = sample(&r.gw, &handshakes("incompatible")).await;
+    let mut s = TcpStream::connect(r.tls).await.unwrap();
+    s.write_all(&tls11_client_hello()).await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await;
+    assert_eq!(got.first(), Some(&0x15), "an alert record: {got:?}");
+    assert_eq!(got.get(5), Some(&2), "fatal: {got:?}");
+    assert!(
+        matches!(got.get(6), Some(40 | 70)),
+        "handshake_failure: {got:?}"
+    );
+    assert!(counted(&r.gw, &handshakes("incompatible"), before + 1.0).await);
+    // Three names and two versions; the client that refused the default certificate said so.
+    assert_eq!(sample(&r.gw, &handshakes("ok")).await, 5.0);
+    assert_eq!(sample(&r.gw, &handshakes("alert")).await, 1.0);
+
+    // The cleartext listener is still plain HTTP, and says so upstream.
+    let plain = r.gw.get("/p").await;
+    assert_eq!(plain.status, 200);
+    assert_eq!(r.backend.last().header("x-forwarded-proto"), Some("http"));
+}
+
+#[tokio::test]
+async fn handshakes_are_bounded_counted_and_quiet() {
+    let ca = TestCa::new("test ca");
+    let api = ca.server(&["api.test"]);
+    let files = [
+        ("api.pem", api.cert_pem.as_str()),
+        ("api.key", api.key_pem.as_str()),
+    ];
+    let limits = json!({"tls_handshake_timeout": "1s", "max_connections": 3});
+    let r = rig(tls_block(&[("api.pem", "api.key")]), limits, &files).await;
+
+    // A port scan: connect and close at once.
+    for _ in 0..5 {
+        drop(TcpStream::connect(r.tls).await.unwrap());
+    }
+    assert!(counted(&r.gw, &handshakes("closed"), 5.0).await);
+
+    // Half a handshake (a record header, then silence) is closed at the deadline.
+    let mut half = TcpStream::connect(r.tls).await.unwrap();
+    half.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00])
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), half.read(&mut buf)).await;
+    let waited = started.elapsed();
+    assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "closed: {n:?}");
+    assert!(
+        waited >= Duration::from_millis(800) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    assert!(counted(&r.gw, &handshakes("timeout"), 1.0).await);
+
+    // Plain HTTP sent to the TLS port.
+    let mut plain = TcpStream::connect(r.tls).await.unwrap();
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(5), plain.read(&mut buf)).await;
+    assert!(counted(&r.gw, &handshakes("malformed"), 1.0).await);
+
+    // Handshaking sockets hold their slots: three silent ones fill max_connections, and a
+    // fourth connection (on either listener) is closed at accept.
+    let refused = "extoken_connections_refused_total";
+    let before = sample(&r.gw, refused).await;
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(TcpStream::connect(r.tls).await.unwrap());
+    }
+    assert!(counted(&r.gw, "extoken_connections_open", 3.0).await);
+    let mut extra = TcpStream::connect(r.gw.addr).await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), extra.read(&mut buf)).await;
+    assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "refused: {n:?}");
+    assert!(counted(&r.gw, refused, before + 1.0).await);
+    drop(silent);
+    // Once their handshake deadline passed, the slots are free again.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            sample(&r.gw, "extoken_connections_open").await == 0.0
+        })
+        .await
+    );
+    let mut s = TlsClient::trusting(&ca)
+        .connect(r.tls, "api.test")
+        .await
+        .unwrap();
+    assert_eq!(http_get(&mut s, "api.test", "/").await.unwrap().status, 200);
+
+    let log = r.gw.log();
+    assert!(
+        !log.contains("ERROR"),
+        "no ERROR line for a failed handshake:\n{log}"
+    );
+}
+
+/// `extoken check` reads every TLS file and names the key of a bad one.
+#[test]
+fn check_names_the_key_of_a_bad_tls_file() {
+    let ca = TestCa::new("test ca");
+    let (a, b) = (ca.server(&["a.test"]), ca.server(&["b.test"]));
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+    write("a.pem", &a.cert_pem);
+    write("a.key", &a.key_pem);
+    write("b.key", &b.key_pem);
+    write("garbage.pem", "not a certificate");
+    let check = |certs: Value| {
+        let tls = json!({"listen": "127.0.0.1:8443", "certificates": certs});
+        let cfg = ConfigBuilder::new(PROJECT, "http://127.0.0.1:1/keys")
+            .route(RouteSpec::new("/", "http://127.0.0.1:1").auth_none())
+            .set("tls", tls)
+            .to_yaml();
+        let path = dir.path().join("gateway.yaml");
+        std::fs::write(&path, cfg).unwrap();
+        let out = std::process::Command::new(BIN)
+            .arg("check")
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = check(json!([{"cert_file": "a.pem", "key_file": "a.key"}]));
+    assert!(ok, "{err}");
+    for (certs, want) in [
+        (
+            json!([{"cert_file": "a.pem", "key_file": "b.key"}]),
+            "tls.certificates[0].key_file: ",
+        ),
+        (
+            json!([{"cert_file": "a.pem", "key_file": "a.key"}, {"cert_file": "missing.pem", "key_file": "a.key"}]),
+            "tls.certificates[1].cert_file: ",
+        ),
+        (
+            json!([{"cert_file": "garbage.pem", "key_file": "a.key"}]),
+            "tls.certificates[0].cert_file: ",
+        ),
+        (
+            json!([{"cert_file": "a.pem", "key_file": "a.pem"}]),
+            "tls.certificates[0].key_file: ",
+        ),
+    ] {
+        let (ok, err) = check(certs.clone());
+        assert!(!ok && err.contains(want), "{certs}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert!(
+            !err.contains("PRIVATE KEY"),
+            "no key material in a message: {err}"
+        );
+    }
+}
