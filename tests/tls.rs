@@ -314,3 +314,55 @@ fn check_names_the_key_of_a_bad_tls_file() {
         );
     }
 }
+
+#[tokio::test]
+async fn certificates_rotate_on_sighup_and_a_bad_file_keeps_the_old_ones() {
+    let ca = TestCa::new("test ca");
+    let (first, second) = (ca.server(&["api.test"]), ca.server(&["api.test"]));
+    let files = [
+        ("api.pem", first.cert_pem.as_str()),
+        ("api.key", first.key_pem.as_str()),
+    ];
+    let r = rig(tls_block(&[("api.pem", "api.key")]), json!({}), &files).await;
+    let client = TlsClient::trusting(&ca);
+    let mut old = client.connect(r.tls, "api.test").await.unwrap();
+    assert_eq!(server_cert(&old), first.der);
+    assert_eq!(
+        http_get(&mut old, "api.test", "/").await.unwrap().status,
+        200
+    );
+
+    // Replaced in place (a new key too), then SIGHUP.
+    let dir = r.gw.dir.path();
+    std::fs::write(dir.join("api.pem"), &second.cert_pem).unwrap();
+    std::fs::write(dir.join("api.key"), &second.key_pem).unwrap();
+    r.gw.signal(libc::SIGHUP);
+    assert!(counted(&r.gw, r#"extoken_config_reloads_total{result="ok"}"#, 1.0).await);
+    let new = client.connect(r.tls, "api.test").await.unwrap();
+    assert_eq!(
+        server_cert(&new),
+        second.der,
+        "a new connection gets the new one"
+    );
+    // The connection made before keeps its session and is still served.
+    let again = http_get(&mut old, "api.test", "/again").await.unwrap();
+    assert_eq!(again.status, 200, "{again:?}");
+
+    // A certificate whose key does not match: the reload is refused, the running ones stay.
+    let third = ca.server(&["api.test"]);
+    std::fs::write(dir.join("api.pem"), &third.cert_pem).unwrap();
+    r.gw.signal(libc::SIGHUP);
+    let errors = r#"extoken_config_reloads_total{result="error"}"#;
+    assert!(counted(&r.gw, errors, 1.0).await);
+    assert!(
+        r.gw.log().contains("tls.certificates[0].key_file"),
+        "{}",
+        r.gw.log()
+    );
+    let after = client.connect(r.tls, "api.test").await.unwrap();
+    assert_eq!(server_cert(&after), second.der);
+    assert_eq!(
+        sample(&r.gw, r#"extoken_config_reloads_total{result="ok"}"#).await,
+        1.0
+    );
+}
