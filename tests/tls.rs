@@ -366,3 +366,86 @@ async fn certificates_rotate_on_sighup_and_a_bad_file_keeps_the_old_ones() {
         1.0
     );
 }
+
+/// Whether a request over a fresh connection with `client` fails (in the handshake, or, in TLS
+/// 1.3 where the client finishes first, at its first read).
+async fn refused(client: &TlsClient, addr: SocketAddr) -> bool {
+    match client.connect(addr, "api.test").await {
+        Err(_) => true,
+        Ok(mut s) => http_get(&mut s, "api.test", "/").await.is_err(),
+    }
+}
+
+#[tokio::test]
+async fn client_certificates_are_verified_and_logged() {
+    let (ca, clients, foreign) = (
+        TestCa::new("test ca"),
+        TestCa::new("client ca"),
+        TestCa::new("foreign ca"),
+    );
+    let api = ca.server(&["api.test"]);
+    let alice = clients.client("alice");
+    let mallory = foreign.client("mallory");
+    let clients_pem = clients.pem();
+    let files = [
+        ("api.pem", api.cert_pem.as_str()),
+        ("api.key", api.key_pem.as_str()),
+        ("clients.pem", clients_pem.as_str()),
+    ];
+    let mut tls = tls_block(&[("api.pem", "api.key")]);
+    tls["client_ca_file"] = json!("clients.pem");
+    tls["client_auth"] = json!("required");
+    let r = rig(tls.clone(), json!({}), &files).await;
+
+    assert!(
+        refused(&TlsClient::trusting(&ca), r.tls).await,
+        "no certificate"
+    );
+    assert!(
+        refused(&TlsClient::trusting(&ca).with_cert(&mallory), r.tls).await,
+        "a certificate of another CA"
+    );
+    assert!(counted(&r.gw, &handshakes("client_certificate"), 2.0).await);
+    assert_eq!(r.backend.count(), 0);
+
+    let mut s = TlsClient::trusting(&ca)
+        .with_cert(&alice)
+        .connect(r.tls, "api.test")
+        .await
+        .unwrap();
+    let reply = http_get(&mut s, "api.test", "/whoami").await.unwrap();
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let logged = eventually(Duration::from_secs(5), || async {
+        r.gw.log().lines().any(|l| {
+            l.contains("path=/whoami")
+                && l.contains("client_cert_subject=\"CN=alice")
+                && l.contains(&format!("client_cert_sha256=\"{}\"", alice.sha256()))
+        })
+    })
+    .await;
+    assert!(logged, "{}", r.gw.log());
+
+    // optional: a client without a certificate passes (and its line names none); a foreign
+    // certificate still fails.
+    tls["client_auth"] = json!("optional");
+    let r = rig(tls, json!({}), &files).await;
+    let mut s = TlsClient::trusting(&ca)
+        .connect(r.tls, "api.test")
+        .await
+        .unwrap();
+    assert_eq!(
+        http_get(&mut s, "api.test", "/anon").await.unwrap().status,
+        200
+    );
+    assert!(
+        refused(&TlsClient::trusting(&ca).with_cert(&mallory), r.tls).await,
+        "a certificate of another CA"
+    );
+    let line = eventually(Duration::from_secs(5), || async {
+        r.gw.log()
+            .lines()
+            .any(|l| l.contains("path=/anon") && !l.contains("client_cert"))
+    })
+    .await;
+    assert!(line, "{}", r.gw.log());
+}
