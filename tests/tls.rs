@@ -449,3 +449,59 @@ async fn client_certificates_are_verified_and_logged() {
     .await;
     assert!(line, "{}", r.gw.log());
 }
+
+#[tokio::test]
+async fn upstream_tls_with_a_private_ca_and_a_client_certificate() {
+    let (internal, gateways) = (TestCa::new("internal ca"), TestCa::new("gateway ca"));
+    let orders = internal.server(&["orders.internal"]);
+    let me = gateways.client("extoken-gateway");
+    let backend = TlsBackend::start(&orders, Some(&gateways)).await;
+    let upstream = format!("https://{}", backend.addr);
+    let key = TestKey::rsa("k", Algorithm::RS256);
+    let jwks = JwksServer::start(&[&key]).await;
+    let full = json!({"ca_file": "internal-ca.pem", "server_name": "orders.internal",
+                      "client_cert_file": "gw.pem", "client_key_file": "gw.key"});
+    let route = |prefix: &str, tls: Value| {
+        RouteSpec::new(prefix, &upstream)
+            .auth_none()
+            .set("retries", 0)
+            .set("upstream_tls", tls)
+    };
+    let mut no_cert = full.clone();
+    no_cert.as_object_mut().unwrap().remove("client_cert_file");
+    no_cert.as_object_mut().unwrap().remove("client_key_file");
+    let mut wrong_name = full.clone();
+    wrong_name["server_name"] = json!("billing.internal");
+    let mut system_roots = full.clone();
+    system_roots.as_object_mut().unwrap().remove("ca_file");
+    let config = ConfigBuilder::new(PROJECT, &jwks.url())
+        .route(route("/mtls", full))
+        .route(route("/no-client-cert", no_cert))
+        .route(route("/wrong-name", wrong_name))
+        .route(route("/system-roots", system_roots));
+    let ca_pem = internal.pem();
+    let files = [
+        ("internal-ca.pem", ca_pem.as_str()),
+        ("gw.pem", me.cert_pem.as_str()),
+        ("gw.key", me.key_pem.as_str()),
+    ];
+    let gw = GatewayProcess::start_with_files(&config.to_yaml(), &files).await;
+
+    let ok = gw.get("/mtls/x").await;
+    assert_eq!(
+        (ok.status, ok.body.as_str()),
+        (200, "tls backend ok"),
+        "{ok:?}"
+    );
+    let seen = backend.client_subjects.lock().unwrap().clone();
+    assert!(
+        seen.iter().all(|s| s.contains("CN=extoken-gateway")) && !seen.is_empty(),
+        "{seen:?}"
+    );
+    // Each missing piece fails the connection: verification is never skipped.
+    for path in ["/no-client-cert/x", "/wrong-name/x", "/system-roots/x"] {
+        let r = gw.get(path).await;
+        assert_eq!(r.status, 502, "{path}: {r:?}");
+    }
+    assert_eq!(gw.get("/mtls/again").await.status, 200);
+}
