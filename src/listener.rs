@@ -20,22 +20,26 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
-use pingora::protocols::Stream;
+use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
 use prometheus::{IntCounter, IntGauge};
+use tokio::time::Instant;
 
 use crate::gateway::Gateway;
 
 mod client_stream;
+mod h2;
 
 use client_stream::Conn;
 pub(crate) use client_stream::{
     client_cert, head_complete, put_memo, request_done, take_memo, ClientStream,
 };
+pub(crate) use h2::{Conns, InFlight};
 
 /// File descriptors kept out of the derived `max_connections` besides the upstream pool:
 /// listeners, admin connections, the JWKS/connector/OAuth HTTP clients, log files, and each
@@ -146,16 +150,63 @@ pub(crate) struct ClientLimits<A> {
     open: AtomicUsize,
     /// The TLS listener's address (fixed at start, as listeners are).
     tls_listen: Option<SocketAddr>,
+    /// `h2c`: HTTP/2 with prior knowledge on the cleartext listener (fixed at start).
+    h2c: bool,
+    /// The HTTP/2 connections, for their sessions.
+    conns: Arc<Conns>,
+}
+
+impl<A: ServerApp + Send + Sync + 'static> ClientLimits<A> {
+    /// An HTTP/2 connection: registered for its sessions (`listener/h2.rs`), with a shutdown
+    /// watch of its own that also fires when it idles.
+    async fn serve_h2(
+        self: &Arc<Self>,
+        stream: Stream,
+        conn: Arc<Conn>,
+        header_timeout: Duration,
+        started: Instant,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let registered = self.conns.register(&stream, conn.clone());
+        let stream = ClientStream::new(stream, conn.clone(), header_timeout, started);
+        let (tx, rx) = tokio::sync::watch::channel(*shutdown.borrow());
+        let goaway = async {
+            if registered.is_some() {
+                h2::goaway_when(shutdown.clone(), tx, &conn, &self.state).await;
+            } else {
+                // Without its sessions' count the connection cannot tell idle from busy: only
+                // the server's shutdown reaches it.
+                let mut shutdown = shutdown.clone();
+                let _ = shutdown.changed().await;
+                let _ = tx.send(true);
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = conn.expired.notified() => {}
+            _ = self.inner.process_new(Box::new(stream), &rx) => {}
+            _ = goaway => {}
+        }
+        drop(registered);
+        None
+    }
 }
 
 impl<A> ClientLimits<A> {
     /// `threads`: the proxy's worker threads (each has its own upstream pool). Raises the soft
     /// open-file limit first (see [`raise_open_file_limit`]).
-    pub(crate) fn new(inner: A, state: Arc<ArcSwap<Gateway>>, threads: usize) -> Self {
+    pub(crate) fn new(
+        inner: A,
+        state: Arc<ArcSwap<Gateway>>,
+        threads: usize,
+        conns: Arc<Conns>,
+    ) -> Self {
         let nofile = raise_open_file_limit();
         let derived_max = derived_max_connections(nofile, threads);
         let configured = state.load().config.limits.max_connections;
         let tls_listen = state.load().config.tls.as_ref().map(|t| t.listen);
+        let h2c = state.load().config.h2c;
         let max = configured.unwrap_or(derived_max);
         conn_metrics().max.set(gauge_value(max));
         tracing::info!(target: "extoken::listener", max_connections = max, open_file_limit = nofile, derived = configured.is_none(), "client connection limit");
@@ -165,6 +216,8 @@ impl<A> ClientLimits<A> {
             derived_max,
             open: AtomicUsize::new(0),
             tls_listen,
+            h2c,
+            conns,
         }
     }
 
@@ -222,6 +275,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ClientLimits<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let accepted = Instant::now();
         let gw = self.state.load_full();
         let l = &gw.config.limits;
         let (max, header_timeout) = (
@@ -236,7 +290,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ClientLimits<A> {
             tracing::debug!(target: "extoken::listener", max, "connection refused: max_connections open");
             return None;
         };
-        let (stream, client_cert) = if self.arrived_on_tls(&stream) {
+        let (stream, client_cert, h2, started) = if self.arrived_on_tls(&stream) {
             // The config of the accept: a reload during the handshake applies to the next one.
             let Some(tls) = gw.tls.clone() else {
                 tracing::debug!(target: "extoken::listener", "TLS connection closed: the config in force has no tls block");
@@ -244,19 +298,33 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ClientLimits<A> {
             };
             let limit = l.tls_handshake_timeout.0;
             drop(gw);
-            tls.accept(stream, limit).await?
+            let (stream, cert) = tls.accept(stream, limit).await?;
+            let h2 = stream.selected_alpn_proto() == Some(ALPN::H2);
+            (stream, cert, h2, Instant::now())
+        } else if self.h2c {
+            drop(gw);
+            let Some((stream, h2)) = h2::sniff(stream, header_timeout).await else {
+                conn_metrics().header_timeouts.inc();
+                return None;
+            };
+            (stream, None, h2, accepted)
         } else {
             drop(gw);
-            (stream, None)
+            (stream, None, false, accepted)
         };
-        let conn = Arc::new(Conn::new(client_cert));
-        let stream: Stream = Box::new(ClientStream::new(stream, conn.clone(), header_timeout));
+        let conn = Arc::new(Conn::new(client_cert, h2));
+        if h2 {
+            return self
+                .serve_h2(stream, conn, header_timeout, started, shutdown)
+                .await;
+        }
+        let stream = ClientStream::new(stream, conn.clone(), header_timeout, started);
         // pingora's HTTP app runs the connection's whole keep-alive loop in this call; a head
         // deadline ends it from outside (the adapter has written the 408 already).
         tokio::select! {
             biased;
             _ = conn.expired.notified() => {}
-            _ = self.inner.process_new(stream, shutdown) => {}
+            _ = self.inner.process_new(Box::new(stream), shutdown) => {}
         }
         // The HTTP app hands no stream back (it loops over keep-alive requests itself), and one
         // given back here would be counted and wrapped a second time.

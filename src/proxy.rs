@@ -41,6 +41,8 @@ pub(crate) struct Proxy {
     drain: Drain,
     /// Where access lines go (`None`: no subscriber installed, no lines).
     access: Option<AccessLog>,
+    /// The proxy listener's HTTP/2 connections (their state, for their requests).
+    conns: Arc<listener::Conns>,
 }
 
 impl Proxy {
@@ -48,11 +50,13 @@ impl Proxy {
         state: Arc<ArcSwap<Gateway>>,
         drain: Drain,
         access: Option<AccessLog>,
+        conns: Arc<listener::Conns>,
     ) -> Proxy {
         Proxy {
             state,
             drain,
             access,
+            conns,
         }
     }
 }
@@ -73,6 +77,8 @@ pub(crate) struct Ctx {
     failed_attempts: u32,
     /// Request id, timings and outcome for the access line and metrics.
     log: RequestLog,
+    /// An HTTP/2 request counted on its connection (dropped with the context).
+    h2: Option<listener::InFlight>,
 }
 
 /// Writes an [`Answer`] to the client: the one place extoken writes a response of its own.
@@ -141,6 +147,12 @@ fn screen(req: &RequestHeader, limits: &LimitsConfig) -> std::result::Result<Dec
         return Err(Answer::headers_too_large());
     }
     let decided = target::decide(req, limits.escaped_slashes).map_err(bad_target)?;
+    if req.version == http::Version::HTTP_2 && !host_agrees_with_authority(req) {
+        return Err(Answer::bad_request(
+            "Host differs from :authority",
+            "host_authority_mismatch",
+        ));
+    }
     if req.headers.get_all(AUTHORIZATION).iter().nth(1).is_some() {
         return Err(Answer::bad_request(
             "more than one Authorization header",
@@ -156,6 +168,22 @@ fn screen(req: &RequestHeader, limits: &LimitsConfig) -> std::result::Result<Dec
         ));
     }
     Ok(decided)
+}
+
+/// HTTP/2: a `Host` beside `:authority` must name the same host (RFC 9113 §8.3.1), compared in
+/// canonical form; `target::decide` then takes either.
+fn host_agrees_with_authority(req: &RequestHeader) -> bool {
+    let (Some(authority), Some(host)) = (req.uri.authority(), req.headers.get(http::header::HOST))
+    else {
+        return true;
+    };
+    match (
+        target::canonical_host(authority.as_str().as_bytes()),
+        target::canonical_host(host.as_bytes()),
+    ) {
+        (Ok(a), Ok(h)) => a == h,
+        _ => false,
+    }
 }
 
 /// The `Host` to forward: the upstream's (`preserve_host: false`), else the canonical one, else
@@ -203,9 +231,9 @@ impl Proxy {
                 method: req.method.as_str(),
                 path: decided.target.path(),
             };
-            let mut memo = listener::take_memo(session);
+            let mut memo = listener::take_memo(session, ctx.h2.as_ref());
             let authorized = gw.authorize(&route, &req.headers, info, &mut memo).await;
-            listener::put_memo(session, memo);
+            listener::put_memo(session, ctx.h2.as_ref(), memo);
             ctx.rewrite = Some(authorized?);
             ctx.drop_authorization = authorization.is_some_and(extract::has_bearer_scheme);
         } else {
@@ -244,8 +272,8 @@ impl ProxyHttp for Proxy {
     /// its deadline ends, the body and keep-alive timeouts of the request are set.
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         ctx.log.begin(session.req_header());
-        ctx.log.client_cert = listener::client_cert(session);
-        listener::head_complete(session, &self.state.load().config.limits);
+        ctx.h2 = listener::head_complete(session, &self.state.load().config.limits, &self.conns);
+        ctx.log.client_cert = listener::client_cert(session, ctx.h2.as_ref());
         Ok(())
     }
 

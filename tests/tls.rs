@@ -354,11 +354,12 @@ async fn certificates_rotate_on_sighup_and_a_bad_file_keeps_the_old_ones() {
     r.gw.signal(libc::SIGHUP);
     let errors = r#"extoken_config_reloads_total{result="error"}"#;
     assert!(counted(&r.gw, errors, 1.0).await);
-    assert!(
-        r.gw.log().contains("tls.certificates[0].key_file"),
-        "{}",
-        r.gw.log()
-    );
+    // The log line is written by the writer thread, maybe after the count.
+    let logged = eventually(Duration::from_secs(5), || async {
+        r.gw.log().contains("tls.certificates[0].key_file")
+    })
+    .await;
+    assert!(logged, "{}", r.gw.log());
     let after = client.connect(r.tls, "api.test").await.unwrap();
     assert_eq!(server_cert(&after), second.der);
     assert_eq!(

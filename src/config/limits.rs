@@ -133,6 +133,9 @@ pub struct LimitsConfig {
     /// own deadline starts after it).
     #[serde(default = "d_tls_handshake_timeout", deserialize_with = "de_positive")]
     pub tls_handshake_timeout: Dur,
+    /// Streams one HTTP/2 connection may have open at once (advertised in its SETTINGS).
+    #[serde(default = "d_h2_streams", deserialize_with = "de_h2_streams")]
+    pub h2_max_concurrent_streams: u32,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -164,6 +167,16 @@ fn d_client_body_timeout() -> Dur {
 }
 fn d_tls_handshake_timeout() -> Dur {
     Dur::secs(10)
+}
+fn d_h2_streams() -> u32 {
+    100
+}
+
+fn de_h2_streams<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    match u32::deserialize(d)? {
+        0 => Err(serde::de::Error::custom("must be at least 1")),
+        n => Ok(n),
+    }
 }
 
 // Checked while parsing, so the error carries the key path like any type error.
@@ -206,6 +219,7 @@ impl Default for LimitsConfig {
             client_body_timeout: d_client_body_timeout(),
             max_connections: None,
             tls_handshake_timeout: d_tls_handshake_timeout(),
+            h2_max_concurrent_streams: d_h2_streams(),
         }
     }
 }

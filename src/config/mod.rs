@@ -69,6 +69,9 @@ pub struct Config {
     /// The TLS listener (absent: none).
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// HTTP/2 with prior knowledge on the cleartext listener, beside HTTP/1.1.
+    #[serde(default)]
+    pub h2c: bool,
     /// Worker threads of the proxy service; 0 means one per CPU.
     #[serde(default)]
     pub threads: usize,

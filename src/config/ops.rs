@@ -115,6 +115,12 @@ impl super::Config {
         if self.tls.as_ref().map(|t| t.listen) != new.tls.as_ref().map(|t| t.listen) {
             v.push("tls.listen");
         }
+        if self.h2c != new.h2c {
+            v.push("h2c");
+        }
+        if self.limits.h2_max_concurrent_streams != new.limits.h2_max_concurrent_streams {
+            v.push("limits.h2_max_concurrent_streams");
+        }
         if self.threads != new.threads {
             v.push("threads");
         }

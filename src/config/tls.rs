@@ -64,7 +64,7 @@ pub const ALPN_HTTP1: &str = "http/1.1";
 pub const ALPN_H2: &str = "h2";
 
 fn d_alpn() -> Vec<String> {
-    vec![ALPN_HTTP1.into()]
+    vec![ALPN_H2.into(), ALPN_HTTP1.into()]
 }
 
 impl TlsConfig {
@@ -79,13 +79,8 @@ impl TlsConfig {
             return Err(ConfigError::key("tls.alpn", "at least one protocol"));
         }
         for (i, p) in self.alpn.iter().enumerate() {
-            if p == ALPN_H2 {
-                // The client limits do not hold for HTTP/2 connections yet.
-                let m = "HTTP/2 is not served on the TLS listener yet";
-                return Err(ConfigError::key(format!("tls.alpn[{i}]"), m));
-            }
-            if p != ALPN_HTTP1 {
-                let m = format!("{p:?} is not {ALPN_HTTP1}");
+            if p != ALPN_HTTP1 && p != ALPN_H2 {
+                let m = format!("{p:?} is not one of {ALPN_H2}, {ALPN_HTTP1}");
                 return Err(ConfigError::key(format!("tls.alpn[{i}]"), m));
             }
             if self.alpn[..i].contains(p) {
@@ -224,7 +219,7 @@ mod tests {
         let c = parse(&format!("tls: {{listen: '0.0.0.0:8443', {CERT}}}"), "").unwrap();
         let t = c.tls.unwrap();
         assert_eq!(t.min_version, super::TlsVersion::V1_2);
-        assert_eq!(t.alpn, ["http/1.1"]);
+        assert_eq!(t.alpn, ["h2", "http/1.1"]);
         assert_eq!(t.client_auth, super::ClientAuth::None);
         assert_eq!(c.limits.tls_handshake_timeout.to_string(), "10s");
         let only = parse(

@@ -23,7 +23,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -43,6 +43,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::conn_metrics;
+use super::h2::{Conns, InFlight};
 use crate::answer::Answer;
 use crate::config::LimitsConfig;
 use crate::telemetry::ClientCert;
@@ -51,13 +52,15 @@ use crate::verify::SessionMemo;
 const HEAD: u8 = 0;
 const REQUEST: u8 = 1;
 const IDLE: u8 = 2;
+/// An HTTP/2 connection: the head deadline covers its preface and first SETTINGS only; requests
+/// are counted in `h2_active` (see `listener/h2.rs`).
+const H2: u8 = 3;
 
 /// What the adapter and the proxy phases share about one connection.
-#[derive(Default)]
-pub(super) struct Conn {
+pub(crate) struct Conn {
     /// [`HEAD`] (reading a head, the deadline runs), [`REQUEST`] (head read: body and response,
     /// pingora's per-read body timeout applies), [`IDLE`] (between requests: the next byte read
-    /// starts a head).
+    /// starts a head), or [`H2`] for good.
     phase: AtomicU8,
     /// Signalled once the head deadline passed.
     pub(super) expired: Notify,
@@ -68,14 +71,58 @@ pub(super) struct Conn {
     memo: Mutex<SessionMemo>,
     /// The client certificate verified in the TLS handshake.
     client_cert: Option<Arc<ClientCert>>,
+    /// HTTP/2: requests in flight, and since when (ms after `born`) none has been.
+    pub(super) h2_active: AtomicUsize,
+    h2_idle_since_ms: AtomicU64,
+    born: Instant,
+}
+
+impl Default for Conn {
+    fn default() -> Conn {
+        Conn::new(None, false)
+    }
 }
 
 impl Conn {
-    pub(super) fn new(client_cert: Option<Arc<ClientCert>>) -> Conn {
+    pub(super) fn new(client_cert: Option<Arc<ClientCert>>, h2: bool) -> Conn {
         Conn {
+            phase: AtomicU8::new(if h2 { H2 } else { HEAD }),
+            expired: Notify::new(),
+            idle_ms: AtomicU64::new(0),
+            memo: Mutex::default(),
             client_cert,
-            ..Conn::default()
+            h2_active: AtomicUsize::new(0),
+            h2_idle_since_ms: AtomicU64::new(0),
+            born: Instant::now(),
         }
+    }
+
+    fn is_h2(&self) -> bool {
+        self.phase.load(Ordering::Relaxed) == H2
+    }
+
+    fn age_ms(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// How much longer an HTTP/2 connection may idle (zero: it has idled `keepalive`); `None`
+    /// while a request is in flight.
+    pub(super) fn h2_idle_left(&self, keepalive: Duration) -> Option<Duration> {
+        if self.h2_active.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let since = self.h2_idle_since_ms.load(Ordering::Acquire);
+        let idle = Duration::from_millis(self.age_ms().saturating_sub(since));
+        Some(keepalive.saturating_sub(idle))
+    }
+
+    /// An HTTP/2 request ended: the idle time starts now if it was the last.
+    pub(super) fn h2_request_ended(&self) {
+        // Written before the count drops, so an idle check never pairs "none in flight" with
+        // an older idle start.
+        self.h2_idle_since_ms
+            .store(self.age_ms(), Ordering::Release);
+        self.h2_active.fetch_sub(1, Ordering::AcqRel);
     }
 
     fn idle_timeout(&self) -> Option<Duration> {
@@ -106,12 +153,26 @@ pub(crate) struct ClientStream {
     /// browser socket that never sent anything is closed silently).
     head_started: bool,
     expired: bool,
+    /// HTTP/2: the preface and the first frame's header as read so far, and how many bytes end
+    /// the first SETTINGS frame (known once its header is in).
+    h2_hello: Vec<u8>,
+    h2_hello_end: usize,
+    h2_seen: usize,
 }
 
+/// The preface and a frame header: the first SETTINGS frame's length is then known.
+const H2_HELLO_HEAD: usize = 24 + 9;
+
 impl ClientStream {
-    pub(super) fn new(inner: Stream, conn: Arc<Conn>, header_timeout: Duration) -> ClientStream {
-        // The first request's head is due within the timeout from the accept.
-        let due = Instant::now() + header_timeout;
+    /// `started`: when the first head's deadline starts (the accept, or the end of the TLS
+    /// handshake).
+    pub(super) fn new(
+        inner: Stream,
+        conn: Arc<Conn>,
+        header_timeout: Duration,
+        started: Instant,
+    ) -> ClientStream {
+        let due = started + header_timeout;
         ClientStream {
             inner,
             conn,
@@ -122,6 +183,30 @@ impl ClientStream {
             idle_started: false,
             head_started: false,
             expired: false,
+            h2_hello: Vec::new(),
+            h2_hello_end: H2_HELLO_HEAD,
+            h2_seen: 0,
+        }
+    }
+
+    /// Counts HTTP/2 bytes read until the first SETTINGS frame is complete, then ends the
+    /// deadline. (A first frame that is not SETTINGS ends the count at its header: the HTTP/2
+    /// codec refuses it and closes.)
+    fn h2_hello_read(&mut self, bytes: &[u8]) {
+        let had = self.h2_hello.len();
+        let take = bytes.len().min(H2_HELLO_HEAD - had);
+        self.h2_hello.extend_from_slice(&bytes[..take]);
+        self.h2_seen += bytes.len();
+        if self.h2_hello.len() < H2_HELLO_HEAD {
+            return;
+        }
+        if had < H2_HELLO_HEAD {
+            let h = &self.h2_hello[24..];
+            let len = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
+            self.h2_hello_end = if h[3] == 0x4 { H2_HELLO_HEAD + len } else { 0 };
+        }
+        if self.h2_seen >= self.h2_hello_end {
+            self.due = None;
         }
     }
 
@@ -177,8 +262,10 @@ impl ClientStream {
         }
         self.expired = true;
         conn_metrics().header_timeouts.inc();
-        tracing::debug!(target: "extoken::listener", started = self.head_started, "request head not complete within client_header_timeout; closing");
-        if self.head_started {
+        tracing::debug!(target: "extoken::listener", started = self.head_started, h2 = self.conn.is_h2(), "request head (or HTTP/2 preface and SETTINGS) not complete within client_header_timeout; closing");
+        // Never an HTTP/1.1 answer inside an HTTP/2 connection: a late preface or SETTINGS is
+        // closed silently.
+        if self.head_started && !self.conn.is_h2() {
             // What the client sent and we did not read would turn our close into a reset,
             // which can destroy the 408 before the client reads it.
             let mut scratch = [0u8; 4096];
@@ -238,6 +325,15 @@ impl AsyncRead for ClientStream {
         let before = buf.filled().len();
         match this.conn.phase.load(Ordering::Acquire) {
             REQUEST => Pin::new(&mut this.inner).poll_read(cx, buf),
+            H2 if this.due.is_none() => Pin::new(&mut this.inner).poll_read(cx, buf),
+            H2 => {
+                if this.expired || this.due_passed(cx) {
+                    return this.expire(cx);
+                }
+                let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+                this.h2_hello_read(&buf.filled()[before..]);
+                r
+            }
             IDLE => {
                 if !this.idle_started {
                     // The first read after a response: the connection idles from now.
@@ -382,13 +478,21 @@ fn client_stream(session: &Session) -> Option<&ClientStream> {
 /// The request head was read (`early_request_filter`): the head deadline ends; the request's body
 /// may pause at most `client_body_timeout` between reads; after the response the connection may
 /// idle `keepalive_timeout` (unless it is closing anyway: `Connection: close`, HTTP/1.0, draining).
-pub(crate) fn head_complete(session: &mut Session, limits: &LimitsConfig) {
+/// On an HTTP/2 connection: the request is counted in flight until the returned guard drops.
+pub(crate) fn head_complete(
+    session: &mut Session,
+    limits: &LimitsConfig,
+    conns: &Conns,
+) -> Option<InFlight> {
     let adapter = client_stream(session).map(|s| {
         s.conn.phase.store(REQUEST, Ordering::Release);
         let ms = u64::try_from(limits.keepalive_timeout.0.as_millis()).unwrap_or(u64::MAX);
         s.conn.idle_ms.store(ms.max(1), Ordering::Relaxed);
     });
     session.set_read_timeout(Some(limits.client_body_timeout.0));
+    if adapter.is_none() && session.is_http2() {
+        return conns.find(session).map(InFlight::new);
+    }
     // pingora turns keep-alive on "forever" for an HTTP/1.1 request without a Connection header.
     // Under the adapter it stays so (the adapter ends the idle connection); elsewhere pingora's
     // own timer does.
@@ -400,28 +504,37 @@ pub(crate) fn head_complete(session: &mut Session, limits: &LimitsConfig) {
         };
         session.set_keepalive(Some(secs));
     }
+    None
 }
 
-/// The connection's last verified session (an empty memo off the proxy listener's adapter).
-pub(crate) fn take_memo(session: &Session) -> SessionMemo {
+/// The connection's state: the adapter's (HTTP/1.x) or, for an HTTP/2 request, its guard's.
+fn conn_of<'a>(session: &'a Session, h2: Option<&'a InFlight>) -> Option<&'a Conn> {
     client_stream(session)
-        .and_then(|s| s.conn.memo.lock().ok().map(|mut m| std::mem::take(&mut *m)))
+        .map(|s| &*s.conn)
+        .or_else(|| h2.map(InFlight::conn))
+}
+
+/// The connection's last verified session (an empty memo off the proxy listener's connections).
+pub(crate) fn take_memo(session: &Session, h2: Option<&InFlight>) -> SessionMemo {
+    conn_of(session, h2)
+        .and_then(|c| c.memo.lock().ok().map(|mut m| std::mem::take(&mut *m)))
         .unwrap_or_default()
 }
 
 /// Gives the memo back to the connection for its next request.
-pub(crate) fn put_memo(session: &Session, memo: SessionMemo) {
-    if let Some(mut m) = client_stream(session).and_then(|s| s.conn.memo.lock().ok()) {
+pub(crate) fn put_memo(session: &Session, h2: Option<&InFlight>, memo: SessionMemo) {
+    if let Some(mut m) = conn_of(session, h2).and_then(|c| c.memo.lock().ok()) {
         *m = memo;
     }
 }
 
 /// The client certificate verified when the connection's TLS handshake ran.
-pub(crate) fn client_cert(session: &Session) -> Option<Arc<ClientCert>> {
-    client_stream(session).and_then(|s| s.conn.client_cert.clone())
+pub(crate) fn client_cert(session: &Session, h2: Option<&InFlight>) -> Option<Arc<ClientCert>> {
+    conn_of(session, h2).and_then(|c| c.client_cert.clone())
 }
 
 /// The request is over (`logging`): the next byte read on this connection starts a new head.
+/// (An HTTP/2 request ends when its guard drops, with the request's context.)
 pub(crate) fn request_done(session: &Session) {
     if let Some(s) = client_stream(session) {
         s.conn.phase.store(IDLE, Ordering::Release);
@@ -452,7 +565,7 @@ mod tests {
     fn pipe(timeout: Duration) -> (ClientStream, tokio::io::DuplexStream, Arc<Conn>) {
         let (ours, theirs) = tokio::io::duplex(4096);
         let conn = Arc::new(Conn::default());
-        let s = ClientStream::new(Box::new(ours), conn.clone(), timeout);
+        let s = ClientStream::new(Box::new(ours), conn.clone(), timeout, Instant::now());
         (s, theirs, conn)
     }
 
