@@ -34,12 +34,11 @@ use crate::gateway::Gateway;
 
 mod client_stream;
 mod h2;
+mod session;
 
-use client_stream::Conn;
-pub(crate) use client_stream::{
-    client_cert, head_complete, put_memo, request_done, take_memo, ClientStream,
-};
+use client_stream::{ClientStream, Conn};
 pub(crate) use h2::{Conns, InFlight};
+pub(crate) use session::{client_cert, head_complete, put_memo, request_done, take_memo};
 
 /// File descriptors kept out of the derived `max_connections` besides the upstream pool:
 /// listeners, admin connections, the JWKS/connector/OAuth HTTP clients, log files, and each
@@ -303,11 +302,15 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ClientLimits<A> {
             (stream, cert, h2, Instant::now())
         } else if self.h2c {
             drop(gw);
-            let Some((stream, h2)) = h2::sniff(stream, header_timeout).await else {
-                conn_metrics().header_timeouts.inc();
-                return None;
-            };
-            (stream, None, h2, accepted)
+            match h2::sniff(stream, header_timeout).await {
+                Ok((stream, h2)) => (stream, None, h2, accepted),
+                Err(h2::NotSniffed::Late) => {
+                    conn_metrics().header_timeouts.inc();
+                    tracing::debug!(target: "extoken::listener", "first bytes not in within client_header_timeout; closing");
+                    return None;
+                }
+                Err(h2::NotSniffed::Gone) => return None,
+            }
         } else {
             drop(gw);
             (stream, None, false, accepted)

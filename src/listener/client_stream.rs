@@ -18,7 +18,7 @@
 //! registration per request) is off for connections under the adapter.
 //!
 //! The connection also keeps the last verified session ([`SessionMemo`]), which the proxy takes
-//! for the length of a request ([`take_memo`], [`put_memo`]).
+//! for the length of a request (`listener/session.rs`).
 
 use std::future::Future;
 use std::io;
@@ -37,21 +37,18 @@ use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
     TimingDigest, UniqueID, UniqueIDType, ALPN,
 };
-use pingora::proxy::Session;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::conn_metrics;
-use super::h2::{Conns, InFlight};
 use crate::answer::Answer;
-use crate::config::LimitsConfig;
 use crate::telemetry::ClientCert;
 use crate::verify::SessionMemo;
 
 const HEAD: u8 = 0;
-const REQUEST: u8 = 1;
-const IDLE: u8 = 2;
+pub(super) const REQUEST: u8 = 1;
+pub(super) const IDLE: u8 = 2;
 /// An HTTP/2 connection: the head deadline covers its preface and first SETTINGS only; requests
 /// are counted in `h2_active` (see `listener/h2.rs`).
 const H2: u8 = 3;
@@ -61,16 +58,16 @@ pub(crate) struct Conn {
     /// [`HEAD`] (reading a head, the deadline runs), [`REQUEST`] (head read: body and response,
     /// pingora's per-read body timeout applies), [`IDLE`] (between requests: the next byte read
     /// starts a head), or [`H2`] for good.
-    phase: AtomicU8,
+    pub(super) phase: AtomicU8,
     /// Signalled once the head deadline passed.
     pub(super) expired: Notify,
     /// `keepalive_timeout` of the last request, in ms (0: none set; pingora closes the connection
     /// after the response anyway).
-    idle_ms: AtomicU64,
+    pub(super) idle_ms: AtomicU64,
     /// The last session verified on this connection.
-    memo: Mutex<SessionMemo>,
+    pub(super) memo: Mutex<SessionMemo>,
     /// The client certificate verified in the TLS handshake.
-    client_cert: Option<Arc<ClientCert>>,
+    pub(super) client_cert: Option<Arc<ClientCert>>,
     /// HTTP/2: requests in flight, and since when (ms after `born`) none has been.
     pub(super) h2_active: AtomicUsize,
     h2_idle_since_ms: AtomicU64,
@@ -136,7 +133,7 @@ impl Conn {
 /// An accepted client stream with the head deadline enforced on its reads.
 pub(crate) struct ClientStream {
     inner: Stream,
-    conn: Arc<Conn>,
+    pub(super) conn: Arc<Conn>,
     header_timeout: Duration,
     /// The timer: armed no later than `due`, and no later than any deadline set from now on
     /// (see [`ClientStream::set_due`]). pingora's timer (10 ms resolution, one thread for the
@@ -468,160 +465,6 @@ impl Peek for ClientStream {
     }
 }
 
-/// The adapter under a proxy session (HTTP/1 on the proxy listener; `None` elsewhere).
-fn client_stream(session: &Session) -> Option<&ClientStream> {
-    let stream = session.as_downstream().stream()?;
-    // `**`: the concrete type behind the box, not the box itself.
-    (**stream).as_any().downcast_ref::<ClientStream>()
-}
-
-/// The request head was read (`early_request_filter`): the head deadline ends; the request's body
-/// may pause at most `client_body_timeout` between reads; after the response the connection may
-/// idle `keepalive_timeout` (unless it is closing anyway: `Connection: close`, HTTP/1.0, draining).
-/// On an HTTP/2 connection: the request is counted in flight until the returned guard drops.
-pub(crate) fn head_complete(
-    session: &mut Session,
-    limits: &LimitsConfig,
-    conns: &Conns,
-) -> Option<InFlight> {
-    let adapter = client_stream(session).map(|s| {
-        s.conn.phase.store(REQUEST, Ordering::Release);
-        let ms = u64::try_from(limits.keepalive_timeout.0.as_millis()).unwrap_or(u64::MAX);
-        s.conn.idle_ms.store(ms.max(1), Ordering::Relaxed);
-    });
-    session.set_read_timeout(Some(limits.client_body_timeout.0));
-    if adapter.is_none() && session.is_http2() {
-        return conns.find(session).map(InFlight::new);
-    }
-    // pingora turns keep-alive on "forever" for an HTTP/1.1 request without a Connection header.
-    // Under the adapter it stays so (the adapter ends the idle connection); elsewhere pingora's
-    // own timer does.
-    if session.get_keepalive().is_some() {
-        let secs = if adapter.is_some() {
-            0
-        } else {
-            limits.keepalive_timeout.0.as_secs().max(1)
-        };
-        session.set_keepalive(Some(secs));
-    }
-    None
-}
-
-/// The connection's state: the adapter's (HTTP/1.x) or, for an HTTP/2 request, its guard's.
-fn conn_of<'a>(session: &'a Session, h2: Option<&'a InFlight>) -> Option<&'a Conn> {
-    client_stream(session)
-        .map(|s| &*s.conn)
-        .or_else(|| h2.map(InFlight::conn))
-}
-
-/// The connection's last verified session (an empty memo off the proxy listener's connections).
-pub(crate) fn take_memo(session: &Session, h2: Option<&InFlight>) -> SessionMemo {
-    conn_of(session, h2)
-        .and_then(|c| c.memo.lock().ok().map(|mut m| std::mem::take(&mut *m)))
-        .unwrap_or_default()
-}
-
-/// Gives the memo back to the connection for its next request.
-pub(crate) fn put_memo(session: &Session, h2: Option<&InFlight>, memo: SessionMemo) {
-    if let Some(mut m) = conn_of(session, h2).and_then(|c| c.memo.lock().ok()) {
-        *m = memo;
-    }
-}
-
-/// The client certificate verified when the connection's TLS handshake ran.
-pub(crate) fn client_cert(session: &Session, h2: Option<&InFlight>) -> Option<Arc<ClientCert>> {
-    conn_of(session, h2).and_then(|c| c.client_cert.clone())
-}
-
-/// The request is over (`logging`): the next byte read on this connection starts a new head.
-/// (An HTTP/2 request ends when its guard drops, with the request's context.)
-pub(crate) fn request_done(session: &Session) {
-    if let Some(s) = client_stream(session) {
-        s.conn.phase.store(IDLE, Ordering::Release);
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    #[test]
-    fn the_reply_is_a_complete_408() {
-        let r = String::from_utf8(timeout_reply(Duration::from_secs(10))).unwrap();
-        let (head, body) = r.split_once("\r\n\r\n").unwrap();
-        assert!(
-            head.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
-            "{head}"
-        );
-        assert!(head.contains("connection: close"));
-        assert!(head.contains(&format!("content-length: {}", body.len())));
-        let j: serde_json::Value = serde_json::from_str(body).unwrap();
-        assert_eq!(j["error"], "request_timeout");
-        assert!(j["error_description"].as_str().unwrap().contains("10s"));
-    }
-
-    /// A client stream over an in-memory pipe: the adapter, the peer's end, the shared state.
-    fn pipe(timeout: Duration) -> (ClientStream, tokio::io::DuplexStream, Arc<Conn>) {
-        let (ours, theirs) = tokio::io::duplex(4096);
-        let conn = Arc::new(Conn::default());
-        let s = ClientStream::new(Box::new(ours), conn.clone(), timeout, Instant::now());
-        (s, theirs, conn)
-    }
-
-    /// Reads until the adapter says the deadline passed (the read itself must stay pending);
-    /// false if that did not happen within 5 s.
-    async fn until_expired(s: &mut ClientStream, conn: &Conn) -> bool {
-        let mut buf = [0u8; 64];
-        tokio::select! {
-            _ = conn.expired.notified() => true,
-            r = s.read(&mut buf) => panic!("the read returned {r:?}"),
-            _ = tokio::time::sleep(Duration::from_secs(5)) => false,
-        }
-    }
-
-    const SHORT: Duration = Duration::from_millis(200);
-
-    #[tokio::test]
-    async fn a_late_head_gets_408_and_a_silent_client_nothing() {
-        let (mut s, mut peer, conn) = pipe(SHORT);
-        peer.write_all(b"GET / HT").await.unwrap();
-        let mut buf = [0u8; 64];
-        assert_eq!(s.read(&mut buf).await.unwrap(), 8);
-        assert!(until_expired(&mut s, &conn).await);
-        let mut out = Vec::new();
-        peer.read_to_end(&mut out).await.unwrap();
-        assert!(out.starts_with(b"HTTP/1.1 408 "), "{out:?}");
-
-        let (mut s, mut peer, conn) = pipe(SHORT);
-        assert!(until_expired(&mut s, &conn).await);
-        let mut out = Vec::new();
-        peer.read_to_end(&mut out).await.unwrap();
-        assert!(out.is_empty(), "nothing was asked, nothing is answered");
-    }
-
-    #[tokio::test]
-    async fn bodies_and_idle_waits_have_no_head_deadline() {
-        let (mut s, mut peer, conn) = pipe(SHORT);
-        conn.phase.store(REQUEST, Ordering::Release);
-        tokio::time::sleep(SHORT * 2).await;
-        peer.write_all(b"body").await.unwrap();
-        let mut buf = [0u8; 64];
-        assert_eq!(s.read(&mut buf).await.unwrap(), 4);
-
-        // Between requests: no deadline until the first byte, then one from that byte.
-        conn.phase.store(IDLE, Ordering::Release);
-        let (n, _) = tokio::join!(s.read(&mut buf), async {
-            tokio::time::sleep(SHORT * 2).await;
-            peer.write_all(b"G").await.unwrap();
-        });
-        assert_eq!(n.unwrap(), 1);
-        assert_eq!(conn.phase.load(Ordering::Acquire), HEAD);
-        let started = Instant::now();
-        assert!(until_expired(&mut s, &conn).await);
-        assert!(started.elapsed() >= SHORT / 2, "{:?}", started.elapsed());
-        let mut out = [0u8; 13];
-        peer.read_exact(&mut out).await.unwrap();
-        assert_eq!(&out, b"HTTP/1.1 408 ");
-    }
-}
+#[path = "client_stream_tests.rs"]
+mod tests;

@@ -36,28 +36,41 @@ use crate::gateway::Gateway;
 /// What an HTTP/2 client sends first (RFC 9113 §3.4).
 pub(super) const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// Why [`sniff`] gave no stream.
+pub(super) enum NotSniffed {
+    /// The client closed, or the stream was not one of the TCP listener's.
+    Gone,
+    /// Not decided within the head deadline.
+    Late,
+}
+
 /// Reads the first bytes of a cleartext connection until they are the HTTP/2 preface or differ
-/// from it, within `limit`, and puts them back: the stream and whether it speaks HTTP/2. `None`
-/// when the client closed or was too slow (it is closed without an answer).
-pub(super) async fn sniff(stream: Stream, limit: Duration) -> Option<(Stream, bool)> {
+/// from it, within `limit`, and puts them back: the stream and whether it speaks HTTP/2. (Either
+/// way the client is closed without an answer: too slow or gone.)
+pub(super) async fn sniff(stream: Stream, limit: Duration) -> Result<(Stream, bool), NotSniffed> {
     // The TCP listener hands out plain L4 streams, which can take bytes back (`rewind`).
-    let mut l4 = stream.into_any().downcast::<L4Stream>().ok()?;
+    let mut l4 = stream
+        .into_any()
+        .downcast::<L4Stream>()
+        .map_err(|_| NotSniffed::Gone)?;
     let mut got = Vec::with_capacity(PREFACE.len());
     let read = async {
         let mut buf = [0u8; 24];
         while got.len() < PREFACE.len() && PREFACE.starts_with(&got) {
-            let n = l4.read(&mut buf[..PREFACE.len() - got.len()]).await.ok()?;
-            if n == 0 {
-                return None;
+            let n = l4.read(&mut buf[..PREFACE.len() - got.len()]).await;
+            match n {
+                Ok(0) | Err(_) => return Err(NotSniffed::Gone),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
             }
-            got.extend_from_slice(&buf[..n]);
         }
-        Some(())
+        Ok(())
     };
-    tokio::time::timeout(limit, read).await.ok()??;
+    tokio::time::timeout(limit, read)
+        .await
+        .map_err(|_| NotSniffed::Late)??;
     let h2 = got.as_slice() == PREFACE;
     l4.rewind(&got);
-    Some((l4, h2))
+    Ok((l4, h2))
 }
 
 /// Shares the server's shutdown with one HTTP/2 connection (`tx`), and shuts the connection down
