@@ -193,6 +193,45 @@ impl<A: ServerApp + Send + Sync + 'static> ClientLimits<A> {
 }
 
 impl<A> ClientLimits<A> {
+    /// Before any HTTP: the TLS handshake (on the TLS listener), or the first bytes (with
+    /// `h2c`). The stream, its verified client certificate, whether it speaks HTTP/2, and when
+    /// its first head's deadline starts; `None` when the connection is to be closed.
+    async fn start(
+        &self,
+        stream: Stream,
+        tls: Option<Arc<crate::tls::ServerTls>>,
+        (header_timeout, handshake_timeout): (Duration, Duration),
+        accepted: Instant,
+    ) -> Option<(
+        Stream,
+        Option<Arc<crate::telemetry::ClientCert>>,
+        bool,
+        Instant,
+    )> {
+        if self.arrived_on_tls(&stream) {
+            // The config of the accept: a reload during the handshake applies to the next one.
+            let Some(tls) = tls else {
+                tracing::debug!(target: "extoken::listener", "TLS connection closed: the config in force has no tls block");
+                return None;
+            };
+            let (stream, cert) = tls.accept(stream, handshake_timeout).await?;
+            let h2 = stream.selected_alpn_proto() == Some(ALPN::H2);
+            return Some((stream, cert, h2, Instant::now()));
+        }
+        if !self.h2c {
+            return Some((stream, None, false, accepted));
+        }
+        match h2::sniff(stream, header_timeout).await {
+            Ok((stream, h2)) => Some((stream, None, h2, accepted)),
+            Err(h2::NotSniffed::Late) => {
+                conn_metrics().header_timeouts.inc();
+                tracing::debug!(target: "extoken::listener", "first bytes not in within client_header_timeout; closing");
+                None
+            }
+            Err(h2::NotSniffed::Gone) => None,
+        }
+    }
+
     /// `threads`: the proxy's worker threads (each has its own upstream pool). Raises the soft
     /// open-file limit first (see [`raise_open_file_limit`]).
     pub(crate) fn new(
@@ -289,32 +328,11 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ClientLimits<A> {
             tracing::debug!(target: "extoken::listener", max, "connection refused: max_connections open");
             return None;
         };
-        let (stream, client_cert, h2, started) = if self.arrived_on_tls(&stream) {
-            // The config of the accept: a reload during the handshake applies to the next one.
-            let Some(tls) = gw.tls.clone() else {
-                tracing::debug!(target: "extoken::listener", "TLS connection closed: the config in force has no tls block");
-                return None;
-            };
-            let limit = l.tls_handshake_timeout.0;
-            drop(gw);
-            let (stream, cert) = tls.accept(stream, limit).await?;
-            let h2 = stream.selected_alpn_proto() == Some(ALPN::H2);
-            (stream, cert, h2, Instant::now())
-        } else if self.h2c {
-            drop(gw);
-            match h2::sniff(stream, header_timeout).await {
-                Ok((stream, h2)) => (stream, None, h2, accepted),
-                Err(h2::NotSniffed::Late) => {
-                    conn_metrics().header_timeouts.inc();
-                    tracing::debug!(target: "extoken::listener", "first bytes not in within client_header_timeout; closing");
-                    return None;
-                }
-                Err(h2::NotSniffed::Gone) => return None,
-            }
-        } else {
-            drop(gw);
-            (stream, None, false, accepted)
-        };
+        let limits = (header_timeout, l.tls_handshake_timeout.0);
+        let tls = gw.tls.clone();
+        // Not held for the connection's life: a reload's old gateway is freed when its requests end.
+        drop(gw);
+        let (stream, client_cert, h2, started) = self.start(stream, tls, limits, accepted).await?;
         let conn = Arc::new(Conn::new(client_cert, h2));
         if h2 {
             return self

@@ -30,23 +30,32 @@ struct Rig {
 /// A gateway with `h2c: true` and a TLS listener (default ALPN: h2, http/1.1) in front of
 /// `backend`, every path on an `auth: none` route.
 async fn rig(limits: Value, backend: Backend) -> Rig {
+    rig_with(limits, backend, None).await
+}
+
+/// [`rig`], asking TLS clients for a certificate of `clients` (`client_auth: optional`).
+async fn rig_with(limits: Value, backend: Backend, clients: Option<&TestCa>) -> Rig {
     let ca = TestCa::new("test ca");
     let api = ca.server(&["api.test"]);
     let key = TestKey::rsa("k", Algorithm::RS256);
     let jwks = JwksServer::start(&[&key]).await;
     let tls: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut tls_block = json!({"listen": tls.to_string(),
+                               "certificates": [{"cert_file": "api.pem", "key_file": "api.key"}]});
+    if clients.is_some() {
+        tls_block["client_auth"] = json!("optional");
+        tls_block["client_ca_file"] = json!("clients.pem");
+    }
     let config = ConfigBuilder::new(PROJECT, &jwks.url())
         .route(RouteSpec::new("/", &backend.url()).name("root").auth_none())
         .set("h2c", true)
-        .set(
-            "tls",
-            json!({"listen": tls.to_string(),
-                   "certificates": [{"cert_file": "api.pem", "key_file": "api.key"}]}),
-        )
+        .set("tls", tls_block)
         .set("limits", limits);
+    let clients_pem = clients.map(TestCa::pem).unwrap_or_default();
     let files = [
         ("api.pem", api.cert_pem.as_str()),
         ("api.key", api.key_pem.as_str()),
+        ("clients.pem", clients_pem.as_str()),
     ];
     let how = Launch {
         files: &files,
@@ -286,4 +295,31 @@ async fn h2_connections_keep_the_client_limits() {
 
     let log = r.gw.log();
     assert!(!log.contains("ERROR"), "{log}");
+}
+
+#[tokio::test]
+async fn h2_requests_carry_their_connections_client_certificate() {
+    let clients = TestCa::new("client ca");
+    let alice = clients.client("alice");
+    let r = rig_with(json!({}), Backend::start().await, Some(&clients)).await;
+    let mut client = TlsClient::trusting(&r.ca).with_cert(&alice);
+    client.alpn = vec![b"h2".to_vec()];
+    let tls = client.connect(r.tls, "api.test").await.unwrap();
+    let mut send = h2_client(tls).await;
+    for path in ["/one", "/two"] {
+        let (status, _) = h2_get(&mut send, &format!("https://api.test{path}"), &[]).await;
+        assert_eq!(status, 200);
+    }
+    let both = eventually(Duration::from_secs(5), || async {
+        let log = r.gw.log();
+        ["path=/one", "path=/two"].iter().all(|p| {
+            log.lines().any(|l| {
+                l.contains(p)
+                    && l.contains("client_cert_subject=\"CN=alice")
+                    && l.contains(&alice.sha256())
+            })
+        })
+    })
+    .await;
+    assert!(both, "{}", r.gw.log());
 }
