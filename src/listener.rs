@@ -160,14 +160,11 @@ impl<A: ServerApp + Send + Sync + 'static> ClientLimits<A> {
     /// watch of its own that also fires when it idles.
     async fn serve_h2(
         self: &Arc<Self>,
-        stream: Stream,
+        stream: ClientStream,
         conn: Arc<Conn>,
-        header_timeout: Duration,
-        started: Instant,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let registered = self.conns.register(&stream, conn.clone());
-        let stream = ClientStream::new(stream, conn.clone(), header_timeout, started);
         let (tx, rx) = tokio::sync::watch::channel(*shutdown.borrow());
         let goaway = async {
             if registered.is_some() {
@@ -192,6 +189,29 @@ impl<A: ServerApp + Send + Sync + 'static> ClientLimits<A> {
     }
 }
 
+/// A connection ready for HTTP: see [`ClientLimits::start`].
+struct Started {
+    stream: Stream,
+    client_cert: Option<Arc<crate::telemetry::ClientCert>>,
+    h2: bool,
+    /// Its first bytes were read to tell HTTP/2 from HTTP/1.1 (`h2c`).
+    sniffed: bool,
+    /// When its first head's deadline starts.
+    at: Instant,
+}
+
+impl Started {
+    fn plain(stream: Stream, at: Instant) -> Started {
+        Started {
+            stream,
+            client_cert: None,
+            h2: false,
+            sniffed: false,
+            at,
+        }
+    }
+}
+
 impl<A> ClientLimits<A> {
     /// Before any HTTP: the TLS handshake (on the TLS listener), or the first bytes (with
     /// `h2c`). The stream, its verified client certificate, whether it speaks HTTP/2, and when
@@ -202,12 +222,7 @@ impl<A> ClientLimits<A> {
         tls: Option<Arc<crate::tls::ServerTls>>,
         (header_timeout, handshake_timeout): (Duration, Duration),
         accepted: Instant,
-    ) -> Option<(
-        Stream,
-        Option<Arc<crate::telemetry::ClientCert>>,
-        bool,
-        Instant,
-    )> {
+    ) -> Option<Started> {
         if self.arrived_on_tls(&stream) {
             // The config of the accept: a reload during the handshake applies to the next one.
             let Some(tls) = tls else {
@@ -216,13 +231,23 @@ impl<A> ClientLimits<A> {
             };
             let (stream, cert) = tls.accept(stream, handshake_timeout).await?;
             let h2 = stream.selected_alpn_proto() == Some(ALPN::H2);
-            return Some((stream, cert, h2, Instant::now()));
+            return Some(Started {
+                stream,
+                client_cert: cert,
+                h2,
+                sniffed: false,
+                at: Instant::now(),
+            });
         }
         if !self.h2c {
-            return Some((stream, None, false, accepted));
+            return Some(Started::plain(stream, accepted));
         }
         match h2::sniff(stream, header_timeout).await {
-            Ok((stream, h2)) => Some((stream, None, h2, accepted)),
+            Ok((stream, h2)) => Some(Started {
+                h2,
+                sniffed: true,
+                ..Started::plain(stream, accepted)
+            }),
             Err(h2::NotSniffed::Late) => {
                 conn_metrics().header_timeouts.inc();
                 tracing::debug!(target: "extoken::listener", "first bytes not in within client_header_timeout; closing");
@@ -332,14 +357,15 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ClientLimits<A> {
         let tls = gw.tls.clone();
         // Not held for the connection's life: a reload's old gateway is freed when its requests end.
         drop(gw);
-        let (stream, client_cert, h2, started) = self.start(stream, tls, limits, accepted).await?;
-        let conn = Arc::new(Conn::new(client_cert, h2));
-        if h2 {
-            return self
-                .serve_h2(stream, conn, header_timeout, started, shutdown)
-                .await;
+        let s = self.start(stream, tls, limits, accepted).await?;
+        let conn = Arc::new(Conn::new(s.client_cert, s.h2));
+        let mut stream = ClientStream::new(s.stream, conn.clone(), header_timeout, s.at);
+        if s.sniffed {
+            stream.sniffed(s.h2);
         }
-        let stream = ClientStream::new(stream, conn.clone(), header_timeout, started);
+        if s.h2 {
+            return self.serve_h2(stream, conn, shutdown).await;
+        }
         // pingora's HTTP app runs the connection's whole keep-alive loop in this call; a head
         // deadline ends it from outside (the adapter has written the 408 already).
         tokio::select! {

@@ -154,6 +154,16 @@ async fn h2_by_alpn_and_h2c_beside_http1_make_the_same_decisions() {
     assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
     assert_eq!(r.gw.get("/h1").await.status, 200);
     assert_eq!(r.backend.last().uri, "/h1");
+    // An HTTP/1.0 request shorter than the preface is answered too (pingora's own preface peek
+    // would wait for 24 bytes).
+    let mut s = TcpStream::connect(r.gw.addr).await.unwrap();
+    s.write_all(b"GET /short HTTP/1.0\r\n\r\n").await.unwrap();
+    let (got, closed) = drain(&mut s, Instant::now(), Duration::from_secs(5)).await;
+    assert!(closed.is_some(), "no answer: {got:?}");
+    assert!(
+        got.starts_with(b"HTTP/1.0 200") || got.starts_with(b"HTTP/1.1 200"),
+        "{got:?}"
+    );
 }
 
 /// A frame's header and payload.

@@ -42,6 +42,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::conn_metrics;
+use super::h2::PREFACE;
 use crate::answer::Answer;
 use crate::telemetry::ClientCert;
 use crate::verify::SessionMemo;
@@ -155,6 +156,8 @@ pub(crate) struct ClientStream {
     h2_hello: Vec<u8>,
     h2_hello_end: usize,
     h2_seen: usize,
+    /// With `h2c`, the listener read the first bytes and decided: HTTP/2 or not.
+    sniffed: Option<bool>,
 }
 
 /// The preface and a frame header: the first SETTINGS frame's length is then known.
@@ -183,7 +186,13 @@ impl ClientStream {
             h2_hello: Vec::new(),
             h2_hello_end: H2_HELLO_HEAD,
             h2_seen: 0,
+            sniffed: None,
         }
+    }
+
+    /// The listener already told HTTP/2 from HTTP/1.1 by the first bytes (`listener/h2.rs`).
+    pub(super) fn sniffed(&mut self, h2: bool) {
+        self.sniffed = Some(h2);
     }
 
     /// Counts HTTP/2 bytes read until the first SETTINGS frame is complete, then ends the
@@ -460,8 +469,17 @@ impl GetSocketDigest for ClientStream {
 
 #[async_trait]
 impl Peek for ClientStream {
+    /// pingora peeks for the HTTP/2 preface when `h2c` is on, reading until it has 24 bytes with
+    /// no deadline (an HTTP/1.0 request may be shorter: it would wait forever). The listener has
+    /// decided already, under the head deadline; pingora only compares what it peeked with the
+    /// preface, so it is given the preface or bytes that are not.
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-        self.inner.try_peek(buf).await
+        match self.sniffed {
+            Some(true) if buf.len() == PREFACE.len() => buf.copy_from_slice(PREFACE),
+            Some(_) => buf.fill(0),
+            None => return self.inner.try_peek(buf).await,
+        }
+        Ok(true)
     }
 }
 

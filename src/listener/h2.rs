@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use pingora::protocols::l4::stream::Stream as L4Stream;
-use pingora::protocols::Stream;
+use pingora::protocols::{GetSocketDigest, Stream};
 use pingora::proxy::Session;
 use pingora::server::ShutdownWatch;
 use tokio::io::AsyncReadExt;
@@ -136,7 +136,11 @@ impl Drop for Registered<'_> {
 impl Conns {
     /// Registers `conn` under `stream`'s socket digest; `None` if the stream has none (then its
     /// sessions find no connection state).
-    pub(super) fn register(&self, stream: &Stream, conn: Arc<Conn>) -> Option<Registered<'_>> {
+    pub(super) fn register(
+        &self,
+        stream: &impl GetSocketDigest,
+        conn: Arc<Conn>,
+    ) -> Option<Registered<'_>> {
         let key = Arc::as_ptr(&stream.get_socket_digest()?) as usize;
         self.map.lock().ok()?.insert(key, conn);
         Some(Registered { conns: self, key })
