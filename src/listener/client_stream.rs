@@ -338,6 +338,15 @@ impl AsyncRead for ClientStream {
                 }
                 let r = Pin::new(&mut this.inner).poll_read(cx, buf);
                 this.h2_hello_read(&buf.filled()[before..]);
+                if !PREFACE.starts_with(&this.h2_hello[..this.h2_hello.len().min(PREFACE.len())]) {
+                    // pingora logs an ERROR for every HTTP/2 handshake that fails; a client that
+                    // negotiated h2 and sends something else is closed here instead.
+                    tracing::debug!(target: "extoken::listener", "no HTTP/2 preface after ALPN h2; closing");
+                    this.expired = true;
+                    let _ = Pin::new(&mut this.inner).poll_shutdown(cx);
+                    this.conn.expired.notify_one();
+                    return Poll::Pending;
+                }
                 r
             }
             IDLE => {

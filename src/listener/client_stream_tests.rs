@@ -124,3 +124,18 @@ async fn h2_the_deadline_ends_with_the_first_settings_and_no_408_is_written() {
     peer.read_to_end(&mut out).await.unwrap();
     assert!(out.is_empty(), "{out:?}");
 }
+
+#[tokio::test]
+async fn h2_a_wrong_preface_is_closed_at_once_and_silently() {
+    let (mut s, mut peer, conn) = h2_pipe(Duration::from_secs(60));
+    peer.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(
+        until_expired(&mut s, &conn).await,
+        "closed long before the deadline"
+    );
+    let mut out = Vec::new();
+    peer.read_to_end(&mut out).await.unwrap();
+    assert!(out.is_empty(), "{out:?}");
+}

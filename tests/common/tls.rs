@@ -287,3 +287,12 @@ async fn serve_h1<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) {
         }
     }
 }
+
+/// The ERROR lines of a gateway log, but for pingora's upstream-pool race ("failed to acquire
+/// reusable stream": a pooled connection still held by its idle watcher, logged by pingora and
+/// harmless, the request takes a new connection), which has nothing to do with TLS or HTTP/2.
+pub fn error_lines(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|l| l.contains(" ERROR ") && !l.contains("failed to acquire reusable stream"))
+        .collect()
+}
