@@ -288,6 +288,17 @@ async fn certificates_rotate_on_sighup_and_a_bad_file_keeps_the_old_ones() {
     // A certificate whose key does not match: the reload is refused, the running ones stay.
     let third = ca.server(&["api.test"]);
     std::fs::write(dir.join("api.pem"), &third.cert_pem).unwrap();
+    // `extoken reload` reads the files first, says why, and sends nothing.
+    let out = std::process::Command::new(BIN)
+        .args(["reload", "--config"])
+        .arg(r.gw.config_path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("tls.certificates[0].key_file"),
+        "{err}"
+    );
     r.gw.signal(libc::SIGHUP);
     let errors = r#"extoken_config_reloads_total{result="error"}"#;
     assert!(counted(&r.gw, errors, 1.0).await);
