@@ -398,3 +398,47 @@ async fn client_certificates_are_verified_and_logged() {
     .await;
     assert!(line, "{}", r.gw.log());
 }
+
+#[tokio::test]
+async fn client_cas_rotate_on_sighup() {
+    let (ca, old_clients, new_clients) = (
+        TestCa::new("test ca"),
+        TestCa::new("old client ca"),
+        TestCa::new("new client ca"),
+    );
+    let api = ca.server(&["api.test"]);
+    let (before, after) = (old_clients.client("before"), new_clients.client("after"));
+    let old_pem = old_clients.pem();
+    let files = [
+        ("api.pem", api.cert_pem.as_str()),
+        ("api.key", api.key_pem.as_str()),
+        ("clients.pem", old_pem.as_str()),
+    ];
+    let mut tls = tls_block(&[("api.pem", "api.key")]);
+    tls["client_ca_file"] = json!("clients.pem");
+    tls["client_auth"] = json!("required");
+    let r = rig(tls, json!({}), &files).await;
+    let old_client = TlsClient::trusting(&ca).with_cert(&before);
+    let new_client = TlsClient::trusting(&ca).with_cert(&after);
+    let mut kept = old_client.connect(r.tls, "api.test").await.unwrap();
+    assert_eq!(
+        http_get(&mut kept, "api.test", "/").await.unwrap().status,
+        200
+    );
+    assert!(refused(&new_client, r.tls).await);
+
+    std::fs::write(r.gw.dir.path().join("clients.pem"), new_clients.pem()).unwrap();
+    r.gw.signal(libc::SIGHUP);
+    assert!(counted(&r.gw, r#"extoken_config_reloads_total{result="ok"}"#, 1.0).await);
+    assert!(
+        refused(&old_client, r.tls).await,
+        "the old CA no longer admits"
+    );
+    let mut s = new_client.connect(r.tls, "api.test").await.unwrap();
+    assert_eq!(http_get(&mut s, "api.test", "/").await.unwrap().status, 200);
+    // The connection verified under the old CA keeps its session.
+    assert_eq!(
+        http_get(&mut kept, "api.test", "/").await.unwrap().status,
+        200
+    );
+}
