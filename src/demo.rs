@@ -56,7 +56,10 @@ pub fn run(key_path: &Path) -> Result<(), DemoError> {
         .as_deref()
         .and_then(url_authority)
         .ok_or(DemoError::UpstreamNotHttp)?;
-    let listen = cfg.listen;
+    // The embedded config has a cleartext listener; the demo's announcement needs one.
+    let listen = cfg
+        .listen
+        .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 8080)));
     let session = |ttl_secs| {
         MintOptions {
             project_id: cfg.descope.project_id.clone(),

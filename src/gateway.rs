@@ -17,6 +17,7 @@ use crate::exchange::{Connectors, RequestInfo, TokenCache};
 use crate::extract;
 use crate::rewrite::{self, Rewrite};
 use crate::route::{Route, RouteTable};
+use crate::tls::ServerTls;
 use crate::verify::{AuthError, ClaimsKept, KeyStore, SessionMemo, VerifiedSession, Verifier};
 
 pub struct Gateway {
@@ -28,6 +29,8 @@ pub struct Gateway {
     clock: SharedClock,
     /// Signed identity assertions, reused for the same identity while fresh.
     assertions: Assertions,
+    /// The TLS listener's certificates and client CAs as read for this config (`tls:`).
+    pub tls: Option<Arc<ServerTls>>,
 }
 
 impl Gateway {
@@ -88,6 +91,7 @@ impl Gateway {
         verifier: impl FnOnce(&Config, ClaimsKept) -> (Arc<Verifier>, bool),
     ) -> Result<(Gateway, bool), ConfigError> {
         let routes = RouteTable::build(&config)?;
+        let tls = config.tls.as_ref().map(ServerTls::build).transpose()?;
         let client = Self::http_client()
             .map_err(|e| ConfigError::Syntax(format!("cannot create the HTTP client: {e}")))?;
         let connectors =
@@ -106,6 +110,7 @@ impl Gateway {
             connectors,
             clock: crate::clock::system(),
             assertions,
+            tls: tls.map(Arc::new),
         };
         Ok((gateway, keys_kept))
     }

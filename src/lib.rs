@@ -31,6 +31,7 @@ pub mod route;
 pub mod server;
 pub mod target;
 pub mod telemetry;
+pub mod tls;
 pub mod verify;
 
 #[cfg(test)]

@@ -10,23 +10,35 @@
 //! head deadline the adapter writes a `408` (when the client started a request), closes its write
 //! side, and tells [`ClientLimits`], which drops the connection's task (and with it pingora's
 //! half-read session), so no pingora error line is printed for it.
+//!
+//! The TLS listener (`tls.listen`) is a second TCP endpoint of the same service and app: a
+//! connection that arrived on its port takes its slot first, then runs the TLS handshake under
+//! `limits.tls_handshake_timeout` ([`crate::tls::ServerTls::accept`]), and only the TLS stream is
+//! wrapped in the adapter. pingora's own TLS listener would handshake before the app sees the
+//! connection: outside `max_connections`, for up to 60 s, with an ERROR line per failure.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
-use pingora::protocols::Stream;
+use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
 use prometheus::{IntCounter, IntGauge};
+use tokio::time::Instant;
 
 use crate::gateway::Gateway;
 
 mod client_stream;
+mod h2;
+mod session;
 
-use client_stream::Conn;
-pub(crate) use client_stream::{head_complete, put_memo, request_done, take_memo, ClientStream};
+use client_stream::{ClientStream, Conn};
+pub(crate) use h2::{Conns, InFlight};
+pub(crate) use session::{client_cert, head_complete, put_memo, request_done, take_memo};
 
 /// File descriptors kept out of the derived `max_connections` besides the upstream pool:
 /// listeners, admin connections, the JWKS/connector/OAuth HTTP clients, log files, and each
@@ -135,15 +147,129 @@ pub(crate) struct ClientLimits<A> {
     /// `max_connections` when the config leaves it out.
     derived_max: usize,
     open: AtomicUsize,
+    /// The TLS listener's address (fixed at start, as listeners are).
+    tls_listen: Option<SocketAddr>,
+    /// `h2c`: HTTP/2 with prior knowledge on the cleartext listener (fixed at start).
+    h2c: bool,
+    /// The HTTP/2 connections, for their sessions.
+    conns: Arc<Conns>,
+}
+
+impl<A: ServerApp + Send + Sync + 'static> ClientLimits<A> {
+    /// An HTTP/2 connection: registered for its sessions (`listener/h2.rs`), with a shutdown
+    /// watch of its own that also fires when it idles.
+    async fn serve_h2(
+        self: &Arc<Self>,
+        stream: ClientStream,
+        conn: Arc<Conn>,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let registered = self.conns.register(&stream, conn.clone());
+        let (tx, rx) = tokio::sync::watch::channel(*shutdown.borrow());
+        let goaway = async {
+            if registered.is_some() {
+                h2::goaway_when(shutdown.clone(), tx, &conn, &self.state).await;
+            } else {
+                // Without its sessions' count the connection cannot tell idle from busy: only
+                // the server's shutdown reaches it.
+                let mut shutdown = shutdown.clone();
+                let _ = shutdown.changed().await;
+                let _ = tx.send(true);
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = conn.expired.notified() => {}
+            _ = self.inner.process_new(Box::new(stream), &rx) => {}
+            _ = goaway => {}
+        }
+        drop(registered);
+        None
+    }
+}
+
+/// A connection ready for HTTP: see [`ClientLimits::start`].
+struct Started {
+    stream: Stream,
+    client_cert: Option<Arc<crate::telemetry::ClientCert>>,
+    h2: bool,
+    /// Its first bytes were read to tell HTTP/2 from HTTP/1.1 (`h2c`).
+    sniffed: bool,
+    /// When its first head's deadline starts.
+    at: Instant,
+}
+
+impl Started {
+    fn plain(stream: Stream, at: Instant) -> Started {
+        Started {
+            stream,
+            client_cert: None,
+            h2: false,
+            sniffed: false,
+            at,
+        }
+    }
 }
 
 impl<A> ClientLimits<A> {
+    /// Before any HTTP: the TLS handshake (on the TLS listener), or the first bytes (with
+    /// `h2c`). The stream, its verified client certificate, whether it speaks HTTP/2, and when
+    /// its first head's deadline starts; `None` when the connection is to be closed.
+    async fn start(
+        &self,
+        stream: Stream,
+        tls: Option<Arc<crate::tls::ServerTls>>,
+        (header_timeout, handshake_timeout): (Duration, Duration),
+        accepted: Instant,
+    ) -> Option<Started> {
+        if self.arrived_on_tls(&stream) {
+            // The config of the accept: a reload during the handshake applies to the next one.
+            let Some(tls) = tls else {
+                tracing::debug!(target: "extoken::listener", "TLS connection closed: the config in force has no tls block");
+                return None;
+            };
+            let (stream, cert) = tls.accept(stream, handshake_timeout).await?;
+            let h2 = stream.selected_alpn_proto() == Some(ALPN::H2);
+            return Some(Started {
+                stream,
+                client_cert: cert,
+                h2,
+                sniffed: false,
+                at: Instant::now(),
+            });
+        }
+        if !self.h2c {
+            return Some(Started::plain(stream, accepted));
+        }
+        match h2::sniff(stream, header_timeout).await {
+            Ok((stream, h2)) => Some(Started {
+                h2,
+                sniffed: true,
+                ..Started::plain(stream, accepted)
+            }),
+            Err(h2::NotSniffed::Late) => {
+                conn_metrics().header_timeouts.inc();
+                tracing::debug!(target: "extoken::listener", "first bytes not in within client_header_timeout; closing");
+                None
+            }
+            Err(h2::NotSniffed::Gone) => None,
+        }
+    }
+
     /// `threads`: the proxy's worker threads (each has its own upstream pool). Raises the soft
     /// open-file limit first (see [`raise_open_file_limit`]).
-    pub(crate) fn new(inner: A, state: Arc<ArcSwap<Gateway>>, threads: usize) -> Self {
+    pub(crate) fn new(
+        inner: A,
+        state: Arc<ArcSwap<Gateway>>,
+        threads: usize,
+        conns: Arc<Conns>,
+    ) -> Self {
         let nofile = raise_open_file_limit();
         let derived_max = derived_max_connections(nofile, threads);
         let configured = state.load().config.limits.max_connections;
+        let tls_listen = state.load().config.tls.as_ref().map(|t| t.listen);
+        let h2c = state.load().config.h2c;
         let max = configured.unwrap_or(derived_max);
         conn_metrics().max.set(gauge_value(max));
         tracing::info!(target: "extoken::listener", max_connections = max, open_file_limit = nofile, derived = configured.is_none(), "client connection limit");
@@ -152,7 +278,22 @@ impl<A> ClientLimits<A> {
             state,
             derived_max,
             open: AtomicUsize::new(0),
+            tls_listen,
+            h2c,
+            conns,
         }
+    }
+
+    /// Whether `stream` arrived on the TLS listener (the config keeps its port apart from
+    /// `listen`'s).
+    fn arrived_on_tls(&self, stream: &Stream) -> bool {
+        let Some(tls) = self.tls_listen else {
+            return false;
+        };
+        let local = stream
+            .get_socket_digest()
+            .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied());
+        local.is_some_and(|l| l.port() == tls.port())
     }
 
     /// Takes a connection slot, unless `max` are taken.
@@ -197,14 +338,13 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ClientLimits<A> {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let (max, header_timeout) = {
-            let gw = self.state.load();
-            let l = &gw.config.limits;
-            (
-                l.max_connections.unwrap_or(self.derived_max),
-                l.client_header_timeout.0,
-            )
-        };
+        let accepted = Instant::now();
+        let gw = self.state.load_full();
+        let l = &gw.config.limits;
+        let (max, header_timeout) = (
+            l.max_connections.unwrap_or(self.derived_max),
+            l.client_header_timeout.0,
+        );
         conn_metrics().max.set(gauge_value(max));
         let Some(_slot) = self.admit(max) else {
             // Closed before a byte is read: the fd is back at once, and the admin listener and
@@ -213,14 +353,25 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ClientLimits<A> {
             tracing::debug!(target: "extoken::listener", max, "connection refused: max_connections open");
             return None;
         };
-        let conn = Arc::new(Conn::default());
-        let stream: Stream = Box::new(ClientStream::new(stream, conn.clone(), header_timeout));
+        let limits = (header_timeout, l.tls_handshake_timeout.0);
+        let tls = gw.tls.clone();
+        // Not held for the connection's life: a reload's old gateway is freed when its requests end.
+        drop(gw);
+        let s = self.start(stream, tls, limits, accepted).await?;
+        let conn = Arc::new(Conn::new(s.client_cert, s.h2));
+        let mut stream = ClientStream::new(s.stream, conn.clone(), header_timeout, s.at);
+        if s.sniffed {
+            stream.sniffed(s.h2);
+        }
+        if s.h2 {
+            return self.serve_h2(stream, conn, shutdown).await;
+        }
         // pingora's HTTP app runs the connection's whole keep-alive loop in this call; a head
         // deadline ends it from outside (the adapter has written the 408 already).
         tokio::select! {
             biased;
             _ = conn.expired.notified() => {}
-            _ = self.inner.process_new(stream, shutdown) => {}
+            _ = self.inner.process_new(Box::new(stream), shutdown) => {}
         }
         // The HTTP app hands no stream back (it loops over keep-alive requests itself), and one
         // given back here would be counted and wrapped a second time.

@@ -128,6 +128,8 @@ fn load_config(source: &ConfigSource) -> Result<Config> {
     let cfg = source.load().and_then(|cfg| {
         extoken::exchange::validate(&cfg)?;
         extoken::authorize::validate(&cfg)?;
+        // The certificate files too: a reload with a bad one would be refused.
+        extoken::tls::check(&cfg)?;
         Ok(cfg)
     });
     cfg.with_context(|| match source {
@@ -143,7 +145,7 @@ fn run(args: RunArgs) -> Result<()> {
     if let ConfigSource::Embedded = source {
         tracing::info!("no gateway.yaml here: using the embedded default");
     }
-    tracing::info!(listen = %cfg.listen, admin = cfg.admin_listen.map_or("off".to_string(), |a| a.to_string()), project = %cfg.descope.project_id, routes = cfg.routes.len(), version = env!("CARGO_PKG_VERSION"), "starting extoken");
+    tracing::info!(listen = cfg.listen.map_or("off".to_string(), |a| a.to_string()), tls = cfg.tls.as_ref().map_or("off".to_string(), |t| t.listen.to_string()), admin = cfg.admin_listen.map_or("off".to_string(), |a| a.to_string()), project = %cfg.descope.project_id, routes = cfg.routes.len(), version = env!("CARGO_PKG_VERSION"), "starting extoken");
     let built = extoken::server::build(cfg, Some(log))?;
     built.run(source)?;
     Ok(())
@@ -168,6 +170,7 @@ fn check(path: &Path) -> Result<()> {
     let client = extoken::gateway::Gateway::http_client()?;
     extoken::exchange::Connectors::build(&cfg, &client, extoken::clock::system())?;
     extoken::authorize::validate(&cfg)?;
+    extoken::tls::check(&cfg)?;
     print!("{}", cfg.summary());
     println!("ok: {} is valid", path.display());
     Ok(())

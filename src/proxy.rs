@@ -43,6 +43,8 @@ pub(crate) struct Proxy {
     drain: Drain,
     /// Where access lines go (`None`: no subscriber installed, no lines).
     access: Option<AccessLog>,
+    /// The proxy listener's HTTP/2 connections (their state, for their requests).
+    conns: Arc<listener::Conns>,
 }
 
 impl Proxy {
@@ -50,11 +52,13 @@ impl Proxy {
         state: Arc<ArcSwap<Gateway>>,
         drain: Drain,
         access: Option<AccessLog>,
+        conns: Arc<listener::Conns>,
     ) -> Proxy {
         Proxy {
             state,
             drain,
             access,
+            conns,
         }
     }
 }
@@ -82,6 +86,8 @@ pub(crate) struct Ctx {
     peer: Option<rewrite::Peer>,
     /// Request id, timings and outcome for the access line and metrics.
     log: RequestLog,
+    /// An HTTP/2 request counted on its connection (dropped with the context).
+    h2: Option<listener::InFlight>,
 }
 
 /// Writes an [`Answer`] to the client: the one place extoken writes a response of its own.
@@ -174,6 +180,12 @@ fn screen(req: &RequestHeader, limits: &LimitsConfig) -> std::result::Result<Dec
     }
     let decided =
         target::decide(req, limits.escaped_slashes, limits.path_parameters).map_err(bad_target)?;
+    if req.version == http::Version::HTTP_2 && !host_agrees_with_authority(req) {
+        return Err(Answer::bad_request(
+            "Host differs from :authority",
+            "host_authority_mismatch",
+        ));
+    }
     if req.headers.get_all(AUTHORIZATION).iter().nth(1).is_some() {
         return Err(Answer::bad_request(
             "more than one Authorization header",
@@ -205,6 +217,22 @@ fn check_declared_body(req: &RequestHeader, route: &Route) -> std::result::Resul
     match declared {
         Some(n) if n > limit => Err(Answer::body_too_large(&route.name)),
         _ => Ok(()),
+    }
+}
+
+/// HTTP/2: a `Host` beside `:authority` must name the same host (RFC 9113 §8.3.1), compared in
+/// canonical form; `target::decide` then takes either.
+fn host_agrees_with_authority(req: &RequestHeader) -> bool {
+    let (Some(authority), Some(host)) = (req.uri.authority(), req.headers.get(http::header::HOST))
+    else {
+        return true;
+    };
+    match (
+        target::canonical_host(authority.as_str().as_bytes()),
+        target::canonical_host(host.as_bytes()),
+    ) {
+        (Ok(a), Ok(h)) => a == h,
+        _ => false,
     }
 }
 
@@ -255,9 +283,9 @@ impl Proxy {
                 path: decided.target.path(),
                 query: decided.target.query(),
             };
-            let mut memo = listener::take_memo(session);
+            let mut memo = listener::take_memo(session, ctx.h2.as_ref());
             let authorized = gw.authorize(&route, &req.headers, info, &mut memo).await;
-            listener::put_memo(session, memo);
+            listener::put_memo(session, ctx.h2.as_ref(), memo);
             ctx.rewrite = Some(authorized?);
             ctx.drop_authorization = authorization.is_some_and(extract::has_bearer_scheme);
         } else {
@@ -304,7 +332,7 @@ impl ProxyHttp for Proxy {
     /// is read: its deadline ends, the body and keep-alive timeouts of the request are set.
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
         let gw = self.state.load();
-        let peer = rewrite::Peer::new(
+        let mut peer = rewrite::Peer::new(
             session
                 .client_addr()
                 .and_then(|a| a.as_inet())
@@ -315,9 +343,12 @@ impl ProxyHttp for Proxy {
                 .map(|a| a.port()),
             &gw.config.trusted_proxies,
         );
+        // The client's connection to us was TLS (the digest of its handshake).
+        peer.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         ctx.log.begin(session.req_header(), peer.trusted);
         ctx.peer = Some(peer);
-        listener::head_complete(session, &gw.config.limits);
+        ctx.h2 = listener::head_complete(session, &gw.config.limits, &self.conns);
+        ctx.log.client_cert = listener::client_cert(session, ctx.h2.as_ref());
         Ok(())
     }
 

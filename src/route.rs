@@ -282,6 +282,11 @@ impl RouteTable {
         let path = format!("routes[{i}]");
         let rules = Rules::compile(r.require.as_ref(), &format!("{path}.require"))?;
         let identity = IdentityHeaders::compile(r, &name, &path)?;
+        let mut peer = peer(&upstream, peer_addr, r);
+        if let Some(t) = &r.upstream_tls {
+            let key = format!("{path}.upstream_tls");
+            crate::tls::upstream::UpstreamTls::build(&key, t)?.apply(&mut peer);
+        }
         Ok(Route {
             rules,
             identity,
@@ -303,7 +308,7 @@ impl RouteTable {
             strip_cookies: strip_list(descope_cookies, r.strip_cookies.as_deref()),
             retries: r.retries,
             max_body_bytes: None,
-            peer: peer(&upstream, peer_addr, r),
+            peer,
             addrs,
             upstream,
         })

@@ -1,4 +1,5 @@
-//! Assembles the pingora server: the proxy service on `listen`, the admin listener on
+//! Assembles the pingora server: the proxy service on `listen` and `tls.listen` (one service,
+//! one app: the TLS handshake runs inside its client limits, see `crate::listener`), the admin listener on
 //! `admin_listen`, and the background tasks that keep the Descope keys and the upstream addresses
 //! fresh, then runs it with the reloader and the signal watcher of [`crate::lifecycle`].
 //! `extoken run` and `extoken demo` both start from here. The handles those pieces share (the live
@@ -47,7 +48,8 @@ pub fn build(cfg: Config, log: Option<LogLevel>) -> Result<Built, StartError> {
     crate::gateway::install_crypto_provider();
     let client = Gateway::http_client()?;
     let keys = Arc::new(KeyStore::new(&cfg.descope, client, crate::clock::system()));
-    let listen = cfg.listen.to_string();
+    let listen = cfg.listen.map(|a| a.to_string());
+    let tls_listen = cfg.tls.as_ref().map(|t| t.listen.to_string());
     let threads = if cfg.threads == 0 {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -56,6 +58,7 @@ pub fn build(cfg: Config, log: Option<LogLevel>) -> Result<Built, StartError> {
         cfg.threads
     };
     let admin = cfg.admin_listen.map(|a| a.to_string());
+    let (h2c, limits) = (cfg.h2c, cfg.limits.clone());
     let (grace_period, shutdown_timeout) = lifecycle::pingora_grace(&cfg);
     let gateway = Gateway::build(cfg, keys)?;
     let state = Arc::new(ArcSwap::from_pointee(gateway));
@@ -75,20 +78,24 @@ pub fn build(cfg: Config, log: Option<LogLevel>) -> Result<Built, StartError> {
     let keys_swapped = Arc::new(Notify::new());
     // The proxy app behind the client limits (connection cap, request-head deadline) of
     // `crate::listener`, which pingora does not have.
-    let app = listener::ClientLimits::new(
-        pingora::proxy::http_proxy(
-            &server.configuration,
-            Proxy::new(
-                state.clone(),
-                drain.clone(),
-                log.as_ref().map(LogLevel::access),
-            ),
+    let conns = Arc::new(listener::Conns::default());
+    let mut http = pingora::proxy::http_proxy(
+        &server.configuration,
+        Proxy::new(
+            state.clone(),
+            drain.clone(),
+            log.as_ref().map(LogLevel::access),
+            conns.clone(),
         ),
-        state.clone(),
-        threads,
     );
+    http.server_options = Some(server_options(h2c));
+    http.h2_options = Some(h2_options(&limits));
+    let app = listener::ClientLimits::new(http, state.clone(), threads, conns);
     let mut proxy = Service::new("Pingora HTTP Proxy Service".to_string(), app);
-    proxy.add_tcp(&listen);
+    // Both are plain TCP endpoints: the app tells the TLS one by its port and handshakes itself.
+    for addr in listen.iter().chain(tls_listen.iter()) {
+        proxy.add_tcp(addr);
+    }
     server.add_service(proxy);
     if let Some(addr) = admin {
         server.add_service(crate::admin::service(&addr, state.clone(), drain.clone()));
@@ -112,6 +119,27 @@ pub fn build(cfg: Config, log: Option<LogLevel>) -> Result<Built, StartError> {
         keys_swapped,
         log,
     })
+}
+
+/// `h2c` on the cleartext listener. (The TLS one offers HTTP/2 by ALPN.) pingora's own HTTP/2 idle
+/// timer stays off: it drops the socket without a GOAWAY; `crate::listener` sends one.
+fn server_options(h2c: bool) -> pingora::apps::HttpServerOptions {
+    let mut o = pingora::apps::HttpServerOptions::default();
+    o.h2c = h2c;
+    o
+}
+
+/// HTTP/2 settings of client connections: the streams a connection may have open, and a decoded
+/// header block no larger than `max_header_bytes` allows (`proxy::screen` answers 431 for a
+/// request above it; the codec refuses what is far beyond). Read at start.
+fn h2_options(
+    limits: &crate::config::LimitsConfig,
+) -> pingora::protocols::http::v2::server::H2Options {
+    let mut o = pingora::protocols::http::v2::server::default_h2_options();
+    o.max_concurrent_streams(limits.h2_max_concurrent_streams);
+    let block = u32::try_from(limits.max_header_bytes.saturating_mul(2)).unwrap_or(u32::MAX);
+    o.max_header_list_size(block.max(64 * 1024));
+    o
 }
 
 impl Built {

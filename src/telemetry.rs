@@ -20,6 +20,16 @@ use tracing_subscriber::{reload, EnvFilter, Layer, Registry};
 
 use crate::config::{LogConfig, LogFormat};
 
+/// The verified client certificate of a connection, as the access line shows it (made by
+/// `crate::tls` after the handshake).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ClientCert {
+    /// The subject's distinguished name (`CN=alice, O=Example`).
+    pub(crate) subject: String,
+    /// SHA-256 of the certificate's DER, lower-case hex.
+    pub(crate) sha256: String,
+}
+
 pub(crate) const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 #[derive(Debug, thiserror::Error)]

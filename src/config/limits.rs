@@ -146,6 +146,13 @@ pub struct LimitsConfig {
     /// Unset: derived from the open-file limit at start (see `crate::listener`).
     #[serde(default, deserialize_with = "de_max_connections")]
     pub max_connections: Option<usize>,
+    /// A TLS handshake must complete within this, counted from the accept (the request head's
+    /// own deadline starts after it).
+    #[serde(default = "d_tls_handshake_timeout", deserialize_with = "de_positive")]
+    pub tls_handshake_timeout: Dur,
+    /// Streams one HTTP/2 connection may have open at once (advertised in its SETTINGS).
+    #[serde(default = "d_h2_streams", deserialize_with = "de_h2_streams")]
+    pub h2_max_concurrent_streams: u32,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
@@ -174,6 +181,19 @@ fn d_keepalive_timeout() -> Dur {
 }
 fn d_client_body_timeout() -> Dur {
     Dur::secs(60)
+}
+fn d_tls_handshake_timeout() -> Dur {
+    Dur::secs(10)
+}
+fn d_h2_streams() -> u32 {
+    100
+}
+
+fn de_h2_streams<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    match u32::deserialize(d)? {
+        0 => Err(serde::de::Error::custom("must be at least 1")),
+        n => Ok(n),
+    }
 }
 
 // Checked while parsing, so the error carries the key path like any type error.
@@ -217,6 +237,8 @@ impl Default for LimitsConfig {
             client_body_timeout: d_client_body_timeout(),
             max_body_bytes: None,
             max_connections: None,
+            tls_handshake_timeout: d_tls_handshake_timeout(),
+            h2_max_concurrent_streams: d_h2_streams(),
         }
     }
 }

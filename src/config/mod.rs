@@ -14,6 +14,7 @@ mod net;
 mod ops;
 mod require;
 mod routes;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -29,6 +30,7 @@ pub use net::{parse_listen, Cidr, Upstream};
 pub use ops::{LogConfig, LogFormat, LOG_LEVELS};
 pub use require::*;
 pub use routes::*;
+pub use tls::*;
 
 pub use crate::target::{EscapedSlashes, PathParameters};
 
@@ -61,8 +63,15 @@ impl ConfigError {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    #[serde(default = "default_listen", deserialize_with = "net::de_listen")]
-    pub listen: std::net::SocketAddr,
+    /// The cleartext listener; `off` (`None`) serves TLS only.
+    #[serde(default = "default_listen", deserialize_with = "net::de_listen_or_off")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// The TLS listener (absent: none).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// HTTP/2 with prior knowledge on the cleartext listener, beside HTTP/1.1.
+    #[serde(default)]
+    pub h2c: bool,
     /// Worker threads of the proxy service; 0 means one per CPU.
     #[serde(default)]
     pub threads: usize,
@@ -108,8 +117,8 @@ fn d_dns_refresh() -> Dur {
     Dur::secs(30)
 }
 
-fn default_listen() -> std::net::SocketAddr {
-    std::net::SocketAddr::from(([0, 0, 0, 0], 8080))
+fn default_listen() -> Option<std::net::SocketAddr> {
+    Some(std::net::SocketAddr::from(([0, 0, 0, 0], 8080)))
 }
 
 impl Config {
@@ -158,10 +167,19 @@ impl Config {
                 self.pid_file = Some(base.join(p));
             }
         }
+        if let Some(t) = &mut self.tls {
+            t.resolve_paths(base);
+        }
+        for r in &mut self.routes {
+            if let Some(u) = &mut r.upstream_tls {
+                u.resolve_paths(base);
+            }
+        }
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
         self.validate_ops()?;
+        self.validate_listeners()?;
         self.descope.validate()?;
         // More often than each second is a steady load on the resolver for no benefit.
         if self.dns_refresh.0 < std::time::Duration::from_secs(1) {
@@ -180,7 +198,23 @@ impl Config {
     pub fn summary(&self) -> String {
         let mut s = String::new();
         let d = &self.descope;
-        let _ = writeln!(s, "listen:   {}", self.listen);
+        match self.listen {
+            Some(a) => {
+                let _ = writeln!(s, "listen:   {a}");
+            }
+            None => {
+                let _ = writeln!(s, "listen:   off");
+            }
+        }
+        if let Some(t) = &self.tls {
+            let _ = writeln!(
+                s,
+                "tls:      {} ({} certificate(s), client certificates {:?})",
+                t.listen,
+                t.certificates.len(),
+                t.client_auth
+            );
+        }
         let _ = writeln!(s, "project:  {}", d.project_id);
         let keys = match d.key_source() {
             KeySource::Url(u) => format!(

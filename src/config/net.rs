@@ -19,6 +19,17 @@ pub(crate) fn de_listen<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D
     parse_listen(&s).map_err(serde::de::Error::custom)
 }
 
+/// `listen`: an address, or `off` for none (TLS only).
+pub(crate) fn de_listen_or_off<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<SocketAddr>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.trim() == "off" {
+        return Ok(None);
+    }
+    parse_listen(&s).map(Some).map_err(serde::de::Error::custom)
+}
+
 /// `admin_listen`: an address, or `off` / empty for none.
 pub(crate) fn de_admin_listen<'de, D: Deserializer<'de>>(
     d: D,

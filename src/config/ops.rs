@@ -57,7 +57,7 @@ pub const LOG_LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "o
 impl super::Config {
     pub(super) fn validate_ops(&self) -> Result<(), ConfigError> {
         if let Some(addr) = self.admin_listen {
-            if self.listen == addr {
+            if self.listen == Some(addr) {
                 return Err(ConfigError::key(
                     "admin_listen",
                     "must differ from listen (or be off)",
@@ -111,6 +111,15 @@ impl super::Config {
         let mut v = vec![];
         if self.listen != new.listen {
             v.push("listen");
+        }
+        if self.tls.as_ref().map(|t| t.listen) != new.tls.as_ref().map(|t| t.listen) {
+            v.push("tls.listen");
+        }
+        if self.h2c != new.h2c {
+            v.push("h2c");
+        }
+        if self.limits.h2_max_concurrent_streams != new.limits.h2_max_concurrent_streams {
+            v.push("limits.h2_max_concurrent_streams");
         }
         if self.threads != new.threads {
             v.push("threads");

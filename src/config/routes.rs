@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::{is_token, net, Config, ConfigError, Dur, RequireConfig, Upstream};
+use super::{is_token, net, Config, ConfigError, Dur, RequireConfig, Upstream, UpstreamTlsConfig};
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
@@ -77,6 +77,9 @@ pub struct RouteConfig {
     pub identity_headers_signed_by: Option<String>,
     /// The header the signed assertion travels in (default `X-Extoken-Identity`).
     pub identity_jws_header: Option<String>,
+    /// How an `https://` upstream is verified (private CA, name) and the client certificate
+    /// shown to it.
+    pub upstream_tls: Option<UpstreamTlsConfig>,
 }
 
 fn d_connect_timeout() -> Dur {
@@ -116,6 +119,9 @@ impl RouteConfig {
                     return Err(err("host", m));
                 }
             }
+        }
+        if let Some(t) = &self.upstream_tls {
+            t.validate(&format!("{path}.upstream_tls"), self.upstream.tls)?;
         }
         if !self.scheme.is_empty() && !is_token(&self.scheme) {
             return Err(err(

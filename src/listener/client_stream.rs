@@ -18,12 +18,12 @@
 //! registration per request) is off for connections under the adapter.
 //!
 //! The connection also keeps the last verified session ([`SessionMemo`]), which the proxy takes
-//! for the length of a request ([`take_memo`], [`put_memo`]).
+//! for the length of a request (`listener/session.rs`).
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -37,37 +37,92 @@ use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
     TimingDigest, UniqueID, UniqueIDType, ALPN,
 };
-use pingora::proxy::Session;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::conn_metrics;
+use super::h2::PREFACE;
 use crate::answer::Answer;
-use crate::config::LimitsConfig;
+use crate::telemetry::ClientCert;
 use crate::verify::SessionMemo;
 
 const HEAD: u8 = 0;
-const REQUEST: u8 = 1;
-const IDLE: u8 = 2;
+pub(super) const REQUEST: u8 = 1;
+pub(super) const IDLE: u8 = 2;
+/// An HTTP/2 connection: the head deadline covers its preface and first SETTINGS only; requests
+/// are counted in `h2_active` (see `listener/h2.rs`).
+const H2: u8 = 3;
 
 /// What the adapter and the proxy phases share about one connection.
-#[derive(Default)]
-pub(super) struct Conn {
+pub(crate) struct Conn {
     /// [`HEAD`] (reading a head, the deadline runs), [`REQUEST`] (head read: body and response,
     /// pingora's per-read body timeout applies), [`IDLE`] (between requests: the next byte read
-    /// starts a head).
-    phase: AtomicU8,
+    /// starts a head), or [`H2`] for good.
+    pub(super) phase: AtomicU8,
     /// Signalled once the head deadline passed.
     pub(super) expired: Notify,
     /// `keepalive_timeout` of the last request, in ms (0: none set; pingora closes the connection
     /// after the response anyway).
-    idle_ms: AtomicU64,
+    pub(super) idle_ms: AtomicU64,
     /// The last session verified on this connection.
-    memo: Mutex<SessionMemo>,
+    pub(super) memo: Mutex<SessionMemo>,
+    /// The client certificate verified in the TLS handshake.
+    pub(super) client_cert: Option<Arc<ClientCert>>,
+    /// HTTP/2: requests in flight, and since when (ms after `born`) none has been.
+    pub(super) h2_active: AtomicUsize,
+    h2_idle_since_ms: AtomicU64,
+    born: Instant,
+}
+
+impl Default for Conn {
+    fn default() -> Conn {
+        Conn::new(None, false)
+    }
 }
 
 impl Conn {
+    pub(super) fn new(client_cert: Option<Arc<ClientCert>>, h2: bool) -> Conn {
+        Conn {
+            phase: AtomicU8::new(if h2 { H2 } else { HEAD }),
+            expired: Notify::new(),
+            idle_ms: AtomicU64::new(0),
+            memo: Mutex::default(),
+            client_cert,
+            h2_active: AtomicUsize::new(0),
+            h2_idle_since_ms: AtomicU64::new(0),
+            born: Instant::now(),
+        }
+    }
+
+    fn is_h2(&self) -> bool {
+        self.phase.load(Ordering::Relaxed) == H2
+    }
+
+    fn age_ms(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// How much longer an HTTP/2 connection may idle (zero: it has idled `keepalive`); `None`
+    /// while a request is in flight.
+    pub(super) fn h2_idle_left(&self, keepalive: Duration) -> Option<Duration> {
+        if self.h2_active.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let since = self.h2_idle_since_ms.load(Ordering::Acquire);
+        let idle = Duration::from_millis(self.age_ms().saturating_sub(since));
+        Some(keepalive.saturating_sub(idle))
+    }
+
+    /// An HTTP/2 request ended: the idle time starts now if it was the last.
+    pub(super) fn h2_request_ended(&self) {
+        // Written before the count drops, so an idle check never pairs "none in flight" with
+        // an older idle start.
+        self.h2_idle_since_ms
+            .store(self.age_ms(), Ordering::Release);
+        self.h2_active.fetch_sub(1, Ordering::AcqRel);
+    }
+
     fn idle_timeout(&self) -> Option<Duration> {
         match self.idle_ms.load(Ordering::Relaxed) {
             0 => None,
@@ -79,7 +134,7 @@ impl Conn {
 /// An accepted client stream with the head deadline enforced on its reads.
 pub(crate) struct ClientStream {
     inner: Stream,
-    conn: Arc<Conn>,
+    pub(super) conn: Arc<Conn>,
     header_timeout: Duration,
     /// The timer: armed no later than `due`, and no later than any deadline set from now on
     /// (see [`ClientStream::set_due`]). pingora's timer (10 ms resolution, one thread for the
@@ -96,12 +151,28 @@ pub(crate) struct ClientStream {
     /// browser socket that never sent anything is closed silently).
     head_started: bool,
     expired: bool,
+    /// HTTP/2: the preface and the first frame's header as read so far, and how many bytes end
+    /// the first SETTINGS frame (known once its header is in).
+    h2_hello: Vec<u8>,
+    h2_hello_end: usize,
+    h2_seen: usize,
+    /// With `h2c`, the listener read the first bytes and decided: HTTP/2 or not.
+    sniffed: Option<bool>,
 }
 
+/// The preface and a frame header: the first SETTINGS frame's length is then known.
+const H2_HELLO_HEAD: usize = 24 + 9;
+
 impl ClientStream {
-    pub(super) fn new(inner: Stream, conn: Arc<Conn>, header_timeout: Duration) -> ClientStream {
-        // The first request's head is due within the timeout from the accept.
-        let due = Instant::now() + header_timeout;
+    /// `started`: when the first head's deadline starts (the accept, or the end of the TLS
+    /// handshake).
+    pub(super) fn new(
+        inner: Stream,
+        conn: Arc<Conn>,
+        header_timeout: Duration,
+        started: Instant,
+    ) -> ClientStream {
+        let due = started + header_timeout;
         ClientStream {
             inner,
             conn,
@@ -112,6 +183,36 @@ impl ClientStream {
             idle_started: false,
             head_started: false,
             expired: false,
+            h2_hello: Vec::new(),
+            h2_hello_end: H2_HELLO_HEAD,
+            h2_seen: 0,
+            sniffed: None,
+        }
+    }
+
+    /// The listener already told HTTP/2 from HTTP/1.1 by the first bytes (`listener/h2.rs`).
+    pub(super) fn sniffed(&mut self, h2: bool) {
+        self.sniffed = Some(h2);
+    }
+
+    /// Counts HTTP/2 bytes read until the first SETTINGS frame is complete, then ends the
+    /// deadline. (A first frame that is not SETTINGS ends the count at its header: the HTTP/2
+    /// codec refuses it and closes.)
+    fn h2_hello_read(&mut self, bytes: &[u8]) {
+        let had = self.h2_hello.len();
+        let take = bytes.len().min(H2_HELLO_HEAD - had);
+        self.h2_hello.extend_from_slice(&bytes[..take]);
+        self.h2_seen += bytes.len();
+        if self.h2_hello.len() < H2_HELLO_HEAD {
+            return;
+        }
+        if had < H2_HELLO_HEAD {
+            let h = &self.h2_hello[24..];
+            let len = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
+            self.h2_hello_end = if h[3] == 0x4 { H2_HELLO_HEAD + len } else { 0 };
+        }
+        if self.h2_seen >= self.h2_hello_end {
+            self.due = None;
         }
     }
 
@@ -167,8 +268,10 @@ impl ClientStream {
         }
         self.expired = true;
         conn_metrics().header_timeouts.inc();
-        tracing::debug!(target: "extoken::listener", started = self.head_started, "request head not complete within client_header_timeout; closing");
-        if self.head_started {
+        tracing::debug!(target: "extoken::listener", started = self.head_started, h2 = self.conn.is_h2(), "request head (or HTTP/2 preface and SETTINGS) not complete within client_header_timeout; closing");
+        // Never an HTTP/1.1 answer inside an HTTP/2 connection: a late preface or SETTINGS is
+        // closed silently.
+        if self.head_started && !self.conn.is_h2() {
             // What the client sent and we did not read would turn our close into a reset,
             // which can destroy the 408 before the client reads it.
             let mut scratch = [0u8; 4096];
@@ -228,6 +331,24 @@ impl AsyncRead for ClientStream {
         let before = buf.filled().len();
         match this.conn.phase.load(Ordering::Acquire) {
             REQUEST => Pin::new(&mut this.inner).poll_read(cx, buf),
+            H2 if this.due.is_none() => Pin::new(&mut this.inner).poll_read(cx, buf),
+            H2 => {
+                if this.expired || this.due_passed(cx) {
+                    return this.expire(cx);
+                }
+                let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+                this.h2_hello_read(&buf.filled()[before..]);
+                if !PREFACE.starts_with(&this.h2_hello[..this.h2_hello.len().min(PREFACE.len())]) {
+                    // pingora logs an ERROR for every HTTP/2 handshake that fails; a client that
+                    // negotiated h2 and sends something else is closed here instead.
+                    tracing::debug!(target: "extoken::listener", "no HTTP/2 preface after ALPN h2; closing");
+                    this.expired = true;
+                    let _ = Pin::new(&mut this.inner).poll_shutdown(cx);
+                    this.conn.expired.notify_one();
+                    return Poll::Pending;
+                }
+                r
+            }
             IDLE => {
                 if !this.idle_started {
                     // The first read after a response: the connection idles from now.
@@ -357,143 +478,20 @@ impl GetSocketDigest for ClientStream {
 
 #[async_trait]
 impl Peek for ClientStream {
+    /// pingora peeks for the HTTP/2 preface when `h2c` is on, reading until it has 24 bytes with
+    /// no deadline (an HTTP/1.0 request may be shorter: it would wait forever). The listener has
+    /// decided already, under the head deadline; pingora only compares what it peeked with the
+    /// preface, so it is given the preface or bytes that are not.
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-        self.inner.try_peek(buf).await
-    }
-}
-
-/// The adapter under a proxy session (HTTP/1 on the proxy listener; `None` elsewhere).
-fn client_stream(session: &Session) -> Option<&ClientStream> {
-    let stream = session.as_downstream().stream()?;
-    // `**`: the concrete type behind the box, not the box itself.
-    (**stream).as_any().downcast_ref::<ClientStream>()
-}
-
-/// The request head was read (`early_request_filter`): the head deadline ends; the request's body
-/// may pause at most `client_body_timeout` between reads; after the response the connection may
-/// idle `keepalive_timeout` (unless it is closing anyway: `Connection: close`, HTTP/1.0, draining).
-pub(crate) fn head_complete(session: &mut Session, limits: &LimitsConfig) {
-    let adapter = client_stream(session).map(|s| {
-        s.conn.phase.store(REQUEST, Ordering::Release);
-        let ms = u64::try_from(limits.keepalive_timeout.0.as_millis()).unwrap_or(u64::MAX);
-        s.conn.idle_ms.store(ms.max(1), Ordering::Relaxed);
-    });
-    session.set_read_timeout(Some(limits.client_body_timeout.0));
-    // pingora turns keep-alive on "forever" for an HTTP/1.1 request without a Connection header.
-    // Under the adapter it stays so (the adapter ends the idle connection); elsewhere pingora's
-    // own timer does.
-    if session.get_keepalive().is_some() {
-        let secs = if adapter.is_some() {
-            0
-        } else {
-            limits.keepalive_timeout.0.as_secs().max(1)
-        };
-        session.set_keepalive(Some(secs));
-    }
-}
-
-/// The connection's last verified session (an empty memo off the proxy listener's adapter).
-pub(crate) fn take_memo(session: &Session) -> SessionMemo {
-    client_stream(session)
-        .and_then(|s| s.conn.memo.lock().ok().map(|mut m| std::mem::take(&mut *m)))
-        .unwrap_or_default()
-}
-
-/// Gives the memo back to the connection for its next request.
-pub(crate) fn put_memo(session: &Session, memo: SessionMemo) {
-    if let Some(mut m) = client_stream(session).and_then(|s| s.conn.memo.lock().ok()) {
-        *m = memo;
-    }
-}
-
-/// The request is over (`logging`): the next byte read on this connection starts a new head.
-pub(crate) fn request_done(session: &Session) {
-    if let Some(s) = client_stream(session) {
-        s.conn.phase.store(IDLE, Ordering::Release);
+        match self.sniffed {
+            Some(true) if buf.len() == PREFACE.len() => buf.copy_from_slice(PREFACE),
+            Some(_) => buf.fill(0),
+            None => return self.inner.try_peek(buf).await,
+        }
+        Ok(true)
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    #[test]
-    fn the_reply_is_a_complete_408() {
-        let r = String::from_utf8(timeout_reply(Duration::from_secs(10))).unwrap();
-        let (head, body) = r.split_once("\r\n\r\n").unwrap();
-        assert!(
-            head.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
-            "{head}"
-        );
-        assert!(head.contains("connection: close"));
-        assert!(head.contains(&format!("content-length: {}", body.len())));
-        let j: serde_json::Value = serde_json::from_str(body).unwrap();
-        assert_eq!(j["error"], "request_timeout");
-        assert!(j["error_description"].as_str().unwrap().contains("10s"));
-    }
-
-    /// A client stream over an in-memory pipe: the adapter, the peer's end, the shared state.
-    fn pipe(timeout: Duration) -> (ClientStream, tokio::io::DuplexStream, Arc<Conn>) {
-        let (ours, theirs) = tokio::io::duplex(4096);
-        let conn = Arc::new(Conn::default());
-        let s = ClientStream::new(Box::new(ours), conn.clone(), timeout);
-        (s, theirs, conn)
-    }
-
-    /// Reads until the adapter says the deadline passed (the read itself must stay pending);
-    /// false if that did not happen within 5 s.
-    async fn until_expired(s: &mut ClientStream, conn: &Conn) -> bool {
-        let mut buf = [0u8; 64];
-        tokio::select! {
-            _ = conn.expired.notified() => true,
-            r = s.read(&mut buf) => panic!("the read returned {r:?}"),
-            _ = tokio::time::sleep(Duration::from_secs(5)) => false,
-        }
-    }
-
-    const SHORT: Duration = Duration::from_millis(200);
-
-    #[tokio::test]
-    async fn a_late_head_gets_408_and_a_silent_client_nothing() {
-        let (mut s, mut peer, conn) = pipe(SHORT);
-        peer.write_all(b"GET / HT").await.unwrap();
-        let mut buf = [0u8; 64];
-        assert_eq!(s.read(&mut buf).await.unwrap(), 8);
-        assert!(until_expired(&mut s, &conn).await);
-        let mut out = Vec::new();
-        peer.read_to_end(&mut out).await.unwrap();
-        assert!(out.starts_with(b"HTTP/1.1 408 "), "{out:?}");
-
-        let (mut s, mut peer, conn) = pipe(SHORT);
-        assert!(until_expired(&mut s, &conn).await);
-        let mut out = Vec::new();
-        peer.read_to_end(&mut out).await.unwrap();
-        assert!(out.is_empty(), "nothing was asked, nothing is answered");
-    }
-
-    #[tokio::test]
-    async fn bodies_and_idle_waits_have_no_head_deadline() {
-        let (mut s, mut peer, conn) = pipe(SHORT);
-        conn.phase.store(REQUEST, Ordering::Release);
-        tokio::time::sleep(SHORT * 2).await;
-        peer.write_all(b"body").await.unwrap();
-        let mut buf = [0u8; 64];
-        assert_eq!(s.read(&mut buf).await.unwrap(), 4);
-
-        // Between requests: no deadline until the first byte, then one from that byte.
-        conn.phase.store(IDLE, Ordering::Release);
-        let (n, _) = tokio::join!(s.read(&mut buf), async {
-            tokio::time::sleep(SHORT * 2).await;
-            peer.write_all(b"G").await.unwrap();
-        });
-        assert_eq!(n.unwrap(), 1);
-        assert_eq!(conn.phase.load(Ordering::Acquire), HEAD);
-        let started = Instant::now();
-        assert!(until_expired(&mut s, &conn).await);
-        assert!(started.elapsed() >= SHORT / 2, "{:?}", started.elapsed());
-        let mut out = [0u8; 13];
-        peer.read_exact(&mut out).await.unwrap();
-        assert_eq!(&out, b"HTTP/1.1 408 ");
-    }
-}
+#[path = "client_stream_tests.rs"]
+mod tests;

@@ -79,6 +79,8 @@ pub(crate) struct RequestLog {
     upstream_start: Option<Instant>,
     upstream_status: Option<u16>,
     upstream_time: Option<Duration>,
+    /// The client certificate verified in the connection's TLS handshake.
+    pub(crate) client_cert: Option<Arc<super::ClientCert>>,
 }
 
 impl Default for RequestLog {
@@ -92,6 +94,7 @@ impl Default for RequestLog {
             upstream_start: None,
             upstream_status: None,
             upstream_time: None,
+            client_cert: None,
         }
     }
 }
@@ -190,6 +193,7 @@ pub(crate) fn log_request(
             duration,
             upstream_status: log.upstream_status,
             upstream_time: log.upstream_time,
+            client_cert: log.client_cert.as_deref(),
         });
     }
 }
@@ -212,6 +216,7 @@ struct Line<'a> {
     duration: Duration,
     upstream_status: Option<u16>,
     upstream_time: Option<Duration>,
+    client_cert: Option<&'a super::ClientCert>,
 }
 
 impl Line<'_> {
@@ -247,6 +252,12 @@ impl Line<'_> {
         if let Some(t) = self.upstream_time {
             b.extend_from_slice(b" upstream_ms=");
             millis(b, t);
+        }
+        if let Some(c) = self.client_cert {
+            b.extend_from_slice(b" client_cert_subject=");
+            quoted(b, &c.subject);
+            b.extend_from_slice(b" client_cert_sha256=");
+            quoted(b, &c.sha256);
         }
         b.push(b'\n');
     }
@@ -285,6 +296,12 @@ impl Line<'_> {
         if let Some(t) = self.upstream_time {
             b.extend_from_slice(b",\"upstream_ms\":");
             millis(b, t);
+        }
+        if let Some(c) = self.client_cert {
+            b.extend_from_slice(b",\"client_cert_subject\":");
+            quoted(b, &c.subject);
+            b.extend_from_slice(b",\"client_cert_sha256\":");
+            quoted(b, &c.sha256);
         }
         b.extend_from_slice(b",\"target\":\"extoken::access\"}\n");
     }

@@ -20,6 +20,7 @@ fn line<'a>(path: &'a str, reason: Option<&'a str>, upstream: Option<u16>) -> Li
         duration: Duration::from_micros(12_345),
         upstream_status: upstream,
         upstream_time: upstream.map(|_| Duration::from_micros(7)),
+        client_cert: None,
     }
 }
 
@@ -193,4 +194,28 @@ fn request_ids_are_believed_only_from_trusted_proxies() {
         32,
         "not sane, even from a trusted proxy: {insane}"
     );
+}
+
+#[test]
+fn a_client_certificate_is_named_by_subject_and_fingerprint() {
+    let cert = crate::telemetry::ClientCert {
+        subject: "CN=alice \"x\",O=Example".into(),
+        sha256: "ab".repeat(32),
+    };
+    let l = Line {
+        client_cert: Some(&cert),
+        ..line("/api/x", None, Some(200))
+    };
+    let now = Duration::new(1_795_804_741, 0);
+    let t = text(&l, now);
+    assert!(
+        t.ends_with(&format!(
+            " client_cert_subject=\"CN=alice \\\"x\\\",O=Example\" client_cert_sha256=\"{}\"\n",
+            "ab".repeat(32)
+        )),
+        "{t}"
+    );
+    let j = json(&l, now);
+    assert_eq!(j["client_cert_subject"], "CN=alice \"x\",O=Example");
+    assert_eq!(j["client_cert_sha256"], "ab".repeat(32));
 }

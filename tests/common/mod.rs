@@ -11,6 +11,7 @@
 //! - [`endpoint`]: minting-connector rigs ([`Project`], [`TokenEndpoint`], [`Rig`]).
 //! - [`sts`]: a strict RFC 8693 token exchange server ([`Sts`]) for the `token_exchange` connector.
 //! - [`te_rig`]: that server, a backend and a gateway with `token_exchange` connectors ([`TeRig`]).
+//! - [`tls`]: test CAs and certificates, a rustls client, an HTTPS backend ([`TestCa`], [`TlsClient`], [`TlsBackend`]).
 
 // Each `tests/*.rs` is a crate of its own that compiles this whole harness and uses a part of it
 // (cli.rs starts no JWKS server, only the connector tests use `endpoint`, only the session tests
@@ -36,11 +37,13 @@ mod setup;
 mod sts;
 #[allow(dead_code)]
 mod te_rig;
+#[allow(dead_code)]
+mod tls;
 
 #[allow(unused_imports)]
 pub use {
     backend::*, config::*, endpoint::*, jwks::*, keys::*, net::*, process::*, setup::*, sts::*,
-    te_rig::*,
+    te_rig::*, tls::*,
 };
 
 use std::path::{Path, PathBuf};
