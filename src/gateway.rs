@@ -176,6 +176,7 @@ impl Gateway {
             value,
             cache_key: obtained.cache_key,
             identity: self.identity_headers(route, &session)?,
+            session_exp: session.exp,
         })
     }
 

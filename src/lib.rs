@@ -33,6 +33,7 @@ pub mod target;
 pub mod telemetry;
 pub mod tls;
 pub mod verify;
+pub(crate) mod websocket;
 
 #[cfg(test)]
 mod architecture;

@@ -92,6 +92,18 @@ impl Signals {
                     }
                     std::thread::sleep(Duration::from_millis(25));
                 }
+                // `shutdown_grace` is over: what is still open (a WebSocket never "finishes")
+                // is closed by the exit, counted and logged once.
+                let upgraded = crate::websocket::metrics().open.get().max(0);
+                crate::websocket::metrics()
+                    .closed_at_shutdown
+                    .inc_by(upgraded as u64);
+                tracing::info!(target: "extoken::lifecycle", in_flight = drain.in_flight(), upgraded, "shutdown_grace is over: closing what is still open and exiting");
+                remove_pid_file(pid_file.as_deref());
+                if let Some(l) = &log {
+                    l.flush();
+                }
+                std::process::exit(0);
             });
         if let Err(e) = spawned {
             tracing::warn!(target: "extoken::lifecycle", "cannot watch the drain: {e}");

@@ -38,7 +38,7 @@ mod session;
 
 use client_stream::{ClientStream, Conn};
 pub(crate) use h2::{Conns, InFlight};
-pub(crate) use session::{client_cert, head_complete, put_memo, request_done, take_memo};
+pub(crate) use session::{client_cert, head_complete, put_memo, request_done, take_memo, upgraded};
 
 /// File descriptors kept out of the derived `max_connections` besides the upstream pool:
 /// listeners, admin connections, the JWKS/connector/OAuth HTTP clients, log files, and each

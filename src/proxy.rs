@@ -28,6 +28,7 @@ use crate::rewrite::{self, Rewrite};
 use crate::route::Route;
 use crate::target::{self, BadTarget, Decided};
 use crate::telemetry::{self, AccessLog, RequestLog};
+use crate::websocket;
 
 /// Bytes of a request head as it would go upstream: request line plus `name: value\r\n` lines.
 pub fn request_head_bytes(req: &RequestHeader) -> usize {
@@ -362,6 +363,12 @@ impl ProxyHttp for Proxy {
         _end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if let (Some(b), Some(up)) = (body.as_ref(), ctx.log.upgraded.as_mut()) {
+            // After the `101` these are the socket's bytes, not a body: never bounded by size.
+            up.0 += b.len() as u64;
+            websocket::carried("from_client", b.len());
+            return Ok(());
+        }
         let (Some(len), Some(limit)) = (
             body.as_ref().map(bytes::Bytes::len),
             ctx.route.as_ref().and_then(|r| r.max_body_bytes),
@@ -380,10 +387,14 @@ impl ProxyHttp for Proxy {
         Ok(())
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         ctx.log.upstream_started();
         match &ctx.route {
-            Some(r) => Ok(r.peer()),
+            Some(r) => {
+                let mut peer = r.peer();
+                websocket::idle_bound(session, &mut peer, &r.websocket);
+                Ok(peer)
+            }
             None => Error::e_explain(ErrorType::InternalError, "no route chosen"),
         }
     }
@@ -496,7 +507,29 @@ impl ProxyHttp for Proxy {
     ) -> Result<()> {
         self.drain.close_if_draining(session);
         rewrite::stamp_request_id(upstream_response, ctx.log.request_id_value.as_ref());
+        if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            if let (Some(route), Some(gw)) = (&ctx.route, &ctx.gateway) {
+                let exp = ctx.rewrite.as_ref().map(|r| r.session_exp);
+                websocket::opened(session, &route.websocket, exp, gw.config.descope.leeway.0);
+                ctx.log.upgraded = Some((0, 0));
+            }
+        }
         Ok(())
+    }
+
+    /// Bytes an upgraded connection carries to the client.
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<std::time::Duration>> {
+        if let (Some(b), Some(up)) = (body.as_ref(), ctx.log.upgraded.as_mut()) {
+            up.1 += b.len() as u64;
+            websocket::carried("to_client", b.len());
+        }
+        Ok(None)
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
@@ -521,6 +554,9 @@ impl ProxyHttp for Proxy {
 
     /// One access line per request, and the request metrics.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if ctx.log.upgraded.is_some() {
+            websocket::closed();
+        }
         listener::request_done(session);
         telemetry::log_request(session, e, &ctx.log, self.access.as_ref());
     }

@@ -75,6 +75,8 @@ pub struct Rewrite {
     pub cache_key: Option<crate::exchange::TokenRef>,
     /// The route's identity headers for this session (and their signed assertion).
     pub identity: Vec<(HeaderName, HeaderValue)>,
+    /// The session's `exp` (Unix seconds): an upgraded connection it opened may end then.
+    pub session_exp: u64,
 }
 
 /// Who sent the request, and where, as extoken saw it.

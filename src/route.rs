@@ -40,6 +40,8 @@ pub struct Route {
     pub retries: u32,
     /// Largest request body forwarded (the route's `max_body_bytes`, else the limits').
     pub(crate) max_body_bytes: Option<u64>,
+    /// After a `101`.
+    pub(crate) websocket: crate::config::WebSocketConfig,
     /// Who may pass (`require:`), compiled.
     pub(crate) rules: Rules,
     /// What the backend is told about the session (`identity_headers`), compiled.
@@ -308,6 +310,7 @@ impl RouteTable {
             strip_cookies: strip_list(descope_cookies, r.strip_cookies.as_deref()),
             retries: r.retries,
             max_body_bytes: None,
+            websocket: r.websocket,
             peer,
             addrs,
             upstream,

@@ -23,6 +23,34 @@ pub enum UpstreamProtocol {
     H2,
 }
 
+/// `routes[].websocket`: what bounds a connection after a `101`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WebSocketConfig {
+    /// The only idle bound after the `101`, both ways (replaces `client_body_timeout` and the
+    /// route's `read_timeout`/`write_timeout`).
+    #[serde(default = "d_ws_idle")]
+    pub idle_timeout: Dur,
+    /// Close the socket when the session that opened it expires (plus `descope.leeway`).
+    #[serde(default)]
+    pub close_at_session_expiry: bool,
+}
+
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        WebSocketConfig {
+            idle_timeout: d_ws_idle(),
+            close_at_session_expiry: false,
+        }
+    }
+}
+
+/// Envoy's stream idle timeout is 1 h by default; nginx's 60 s `proxy_read_timeout` cuts quiet
+/// chat and dashboard sockets, which is what this default exists to avoid.
+fn d_ws_idle() -> Dur {
+    Dur::secs(3600)
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
@@ -69,6 +97,9 @@ pub struct RouteConfig {
     pub upstream_protocol: UpstreamProtocol,
     /// Largest request body forwarded on this route (overrides `limits.max_body_bytes`).
     pub max_body_bytes: Option<u64>,
+    /// Upgraded connections (WebSocket after a `101`).
+    #[serde(default)]
+    pub websocket: WebSocketConfig,
     /// Who may pass (checked after the session is verified, before any connector is called).
     pub require: Option<RequireConfig>,
     /// Header name → dotted claim path, sent to the backend (client copies removed everywhere).

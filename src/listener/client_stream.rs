@@ -53,6 +53,9 @@ pub(super) const IDLE: u8 = 2;
 /// An HTTP/2 connection: the head deadline covers its preface and first SETTINGS only; requests
 /// are counted in `h2_active` (see `listener/h2.rs`).
 const H2: u8 = 3;
+/// Upgraded (WebSocket after a `101`): bytes pass both ways; the only deadline is the opening
+/// session's expiry, when `close_at_session_expiry` set one (`close_at_ms`).
+pub(super) const UPGRADED: u8 = 4;
 
 /// What the adapter and the proxy phases share about one connection.
 pub(crate) struct Conn {
@@ -72,6 +75,8 @@ pub(crate) struct Conn {
     /// HTTP/2: requests in flight, and since when (ms after `born`) none has been.
     pub(super) h2_active: AtomicUsize,
     h2_idle_since_ms: AtomicU64,
+    /// Upgraded: when (ms after `born`) the socket is closed, 0 for never.
+    pub(super) close_at_ms: AtomicU64,
     born: Instant,
 }
 
@@ -91,12 +96,20 @@ impl Conn {
             client_cert,
             h2_active: AtomicUsize::new(0),
             h2_idle_since_ms: AtomicU64::new(0),
+            close_at_ms: AtomicU64::new(0),
             born: Instant::now(),
         }
     }
 
     fn is_h2(&self) -> bool {
         self.phase.load(Ordering::Relaxed) == H2
+    }
+
+    /// `at` as the ms-after-birth `close_at_ms` holds (at least 1: 0 means never).
+    pub(super) fn ms_at(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.born).as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1)
     }
 
     fn age_ms(&self) -> u64 {
@@ -158,6 +171,10 @@ pub(crate) struct ClientStream {
     h2_seen: usize,
     /// With `h2c`, the listener read the first bytes and decided: HTTP/2 or not.
     sniffed: Option<bool>,
+    /// Upgraded: the server's frames as written, so a close frame goes between two of them;
+    /// and whether the socket's deadline was taken from `close_at_ms`.
+    frames: crate::websocket::FrameTracker,
+    upgraded_due: bool,
 }
 
 /// The preface and a frame header: the first SETTINGS frame's length is then known.
@@ -187,6 +204,8 @@ impl ClientStream {
             h2_hello_end: H2_HELLO_HEAD,
             h2_seen: 0,
             sniffed: None,
+            frames: crate::websocket::FrameTracker::default(),
+            upgraded_due: false,
         }
     }
 
@@ -294,6 +313,47 @@ impl ClientStream {
     }
 }
 
+impl ClientStream {
+    /// An upgraded socket's read: at the opening session's expiry (if one was set) the socket is
+    /// ended: a 1008 close frame if no server frame is half written, the write side closed, and
+    /// an error, so pingora ends both sides of the tunnel at once.
+    fn poll_read_upgraded(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.upgraded_due {
+            self.upgraded_due = true;
+            let at = self.conn.close_at_ms.load(Ordering::Acquire);
+            self.set_due((at > 0).then(|| self.conn.born + Duration::from_millis(at)));
+        }
+        if self.expired || self.due_passed(cx) {
+            if !self.expired {
+                self.expired = true;
+                crate::websocket::metrics().session_expired.inc();
+                tracing::debug!(target: "extoken::listener", "the session that opened this WebSocket expired; closing it");
+                if self.frames.at_boundary() {
+                    let frame = crate::websocket::close_frame();
+                    let mut inner = Pin::new(&mut self.inner);
+                    if let Poll::Ready(Ok(_)) = inner.as_mut().poll_write(cx, &frame) {
+                        let _ = inner.as_mut().poll_flush(cx);
+                    }
+                }
+                let _ = Pin::new(&mut self.inner).poll_shutdown(cx);
+            }
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the session that opened the upgraded connection expired",
+            )));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+
+    fn upgraded(&self) -> bool {
+        self.conn.phase.load(Ordering::Relaxed) == UPGRADED
+    }
+}
+
 /// The raw `408` written when a head is late. Written by the adapter, not through pingora:
 /// pingora's session is still inside its read of that head.
 fn timeout_reply(header_timeout: Duration) -> Vec<u8> {
@@ -331,6 +391,7 @@ impl AsyncRead for ClientStream {
         let before = buf.filled().len();
         match this.conn.phase.load(Ordering::Acquire) {
             REQUEST => Pin::new(&mut this.inner).poll_read(cx, buf),
+            UPGRADED => this.poll_read_upgraded(cx, buf),
             H2 if this.due.is_none() => Pin::new(&mut this.inner).poll_read(cx, buf),
             H2 => {
                 if this.expired || this.due_passed(cx) {
@@ -391,7 +452,14 @@ impl AsyncWrite for ClientStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            if this.upgraded() {
+                this.frames.feed(&buf[..n]);
+            }
+        }
+        r
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -407,7 +475,21 @@ impl AsyncWrite for ClientStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(mut n)) = r {
+            if this.upgraded() {
+                for b in bufs {
+                    let take = n.min(b.len());
+                    this.frames.feed(&b[..take]);
+                    n -= take;
+                    if n == 0 {
+                        break;
+                    }
+                }
+            }
+        }
+        r
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use pingora::proxy::Session;
 
-use super::client_stream::{ClientStream, Conn, IDLE, REQUEST};
+use super::client_stream::{ClientStream, Conn, IDLE, REQUEST, UPGRADED};
 use super::h2::{Conns, InFlight};
 use crate::config::LimitsConfig;
 use crate::telemetry::ClientCert;
@@ -85,4 +85,20 @@ pub(crate) fn request_done(session: &Session) {
     if let Some(s) = client_stream(session) {
         s.conn.phase.store(IDLE, Ordering::Release);
     }
+}
+
+/// The connection was upgraded (a `101` went to the client): the adapter stops treating its bytes
+/// as requests, and, when `close_at` is set, ends the socket then (the opening session's expiry).
+/// `false` where there is no adapter (the caller falls back to a plain close).
+pub(crate) fn upgraded(session: &Session, close_at: Option<tokio::time::Instant>) -> bool {
+    let Some(s) = client_stream(session) else {
+        return false;
+    };
+    if let Some(at) = close_at {
+        s.conn
+            .close_at_ms
+            .store(s.conn.ms_at(at), Ordering::Release);
+    }
+    s.conn.phase.store(UPGRADED, Ordering::Release);
+    true
 }

@@ -72,6 +72,7 @@ fn apply_sets_header_and_cleans_cookies() {
         value: auth_value("", &tok).unwrap(),
         cache_key: None,
         identity: vec![],
+        session_exp: u64::MAX,
     };
     let (h, s) = (host(), strip());
     let mut p = plan(&h, Some(&rw), &s);
@@ -151,6 +152,7 @@ fn identity_headers_are_the_gateways_alone() {
             value: auth_value("Bearer", &tok).unwrap(),
             cache_key: None,
             identity: vec![(names[0].clone(), HeaderValue::from_static("U2real"))],
+            session_exp: u64::MAX,
         };
         let mut m = spoofed();
         p.token = Some(&rw);

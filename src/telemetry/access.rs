@@ -81,6 +81,8 @@ pub(crate) struct RequestLog {
     upstream_time: Option<Duration>,
     /// The client certificate verified in the connection's TLS handshake.
     pub(crate) client_cert: Option<Arc<super::ClientCert>>,
+    /// An upgraded connection (WebSocket after a `101`): bytes from the client, bytes to it.
+    pub(crate) upgraded: Option<(u64, u64)>,
 }
 
 impl Default for RequestLog {
@@ -95,6 +97,7 @@ impl Default for RequestLog {
             upstream_status: None,
             upstream_time: None,
             client_cert: None,
+            upgraded: None,
         }
     }
 }
@@ -194,6 +197,7 @@ pub(crate) fn log_request(
             upstream_status: log.upstream_status,
             upstream_time: log.upstream_time,
             client_cert: log.client_cert.as_deref(),
+            upgraded: log.upgraded,
         });
     }
 }
@@ -217,6 +221,7 @@ struct Line<'a> {
     upstream_status: Option<u16>,
     upstream_time: Option<Duration>,
     client_cert: Option<&'a super::ClientCert>,
+    upgraded: Option<(u64, u64)>,
 }
 
 impl Line<'_> {
@@ -258,6 +263,12 @@ impl Line<'_> {
             quoted(b, &c.subject);
             b.extend_from_slice(b" client_cert_sha256=");
             quoted(b, &c.sha256);
+        }
+        if let Some((from_client, to_client)) = self.upgraded {
+            b.extend_from_slice(b" upgraded=true bytes_from_client=");
+            digits(b, from_client, 1);
+            b.extend_from_slice(b" bytes_to_client=");
+            digits(b, to_client, 1);
         }
         b.push(b'\n');
     }
@@ -302,6 +313,12 @@ impl Line<'_> {
             quoted(b, &c.subject);
             b.extend_from_slice(b",\"client_cert_sha256\":");
             quoted(b, &c.sha256);
+        }
+        if let Some((from_client, to_client)) = self.upgraded {
+            b.extend_from_slice(b",\"upgraded\":true,\"bytes_from_client\":");
+            digits(b, from_client, 1);
+            b.extend_from_slice(b",\"bytes_to_client\":");
+            digits(b, to_client, 1);
         }
         b.extend_from_slice(b",\"target\":\"extoken::access\"}\n");
     }

@@ -21,6 +21,7 @@ fn line<'a>(path: &'a str, reason: Option<&'a str>, upstream: Option<u16>) -> Li
         upstream_status: upstream,
         upstream_time: upstream.map(|_| Duration::from_micros(7)),
         client_cert: None,
+        upgraded: None,
     }
 }
 
