@@ -35,6 +35,7 @@ use crate::gateway::Gateway;
 mod client_stream;
 mod h2;
 mod session;
+mod ws_frames;
 
 use client_stream::{ClientStream, Conn};
 pub(crate) use h2::{Conns, InFlight};
@@ -95,6 +96,7 @@ struct ConnMetrics {
     max: IntGauge,
     refused: IntCounter,
     header_timeouts: IntCounter,
+    upgraded_session_expired: IntCounter,
 }
 
 fn conn_metrics() -> &'static ConnMetrics {
@@ -122,12 +124,18 @@ fn conn_metrics() -> &'static ConnMetrics {
                 "Client connections closed because a request head took longer than client_header_timeout.",
             )
             .expect("static metric definition"),
+            upgraded_session_expired: IntCounter::new(
+                "extoken_upgraded_session_expired_total",
+                "Upgraded connections closed because the session that opened them expired.",
+            )
+            .expect("static metric definition"),
         };
         for c in [
             Box::new(m.open.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(m.max.clone()),
             Box::new(m.refused.clone()),
             Box::new(m.header_timeouts.clone()),
+            Box::new(m.upgraded_session_expired.clone()),
         ] {
             // Fresh names in a registry of our own: this only fails on a programming error.
             if let Err(e) = r.register(c) {

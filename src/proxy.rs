@@ -139,6 +139,12 @@ async fn send_grpc_answer(session: &mut Session, a: &Answer, log: &RequestLog) -
     if let Some(r) = a.retry_after {
         h.insert_header("retry-after", r.to_string())?;
     }
+    // pingora's `write_response_header` sends an HTTP/2 header block without END_STREAM and an
+    // empty DATA frame to end the stream, which gRPC clients read as a broken call ("Stream
+    // removed"): a Trailers-Only answer must end the stream on its one HEADERS frame.
+    if let pingora::protocols::http::ServerSession::H2(h2) = session.as_downstream_mut() {
+        return h2.write_response_header(Box::new(h), true);
+    }
     session.write_response_header(Box::new(h), true).await?;
     Ok(())
 }

@@ -173,7 +173,7 @@ pub(crate) struct ClientStream {
     sniffed: Option<bool>,
     /// Upgraded: the server's frames as written, so a close frame goes between two of them;
     /// and whether the socket's deadline was taken from `close_at_ms`.
-    frames: crate::websocket::FrameTracker,
+    frames: super::ws_frames::FrameTracker,
     upgraded_due: bool,
 }
 
@@ -204,7 +204,7 @@ impl ClientStream {
             h2_hello_end: H2_HELLO_HEAD,
             h2_seen: 0,
             sniffed: None,
-            frames: crate::websocket::FrameTracker::default(),
+            frames: super::ws_frames::FrameTracker::default(),
             upgraded_due: false,
         }
     }
@@ -330,10 +330,10 @@ impl ClientStream {
         if self.expired || self.due_passed(cx) {
             if !self.expired {
                 self.expired = true;
-                crate::websocket::metrics().session_expired.inc();
+                conn_metrics().upgraded_session_expired.inc();
                 tracing::debug!(target: "extoken::listener", "the session that opened this WebSocket expired; closing it");
                 if self.frames.at_boundary() {
-                    let frame = crate::websocket::close_frame();
+                    let frame = super::ws_frames::close_frame();
                     let mut inner = Pin::new(&mut self.inner);
                     if let Poll::Ready(Ok(_)) = inner.as_mut().poll_write(cx, &frame) {
                         let _ = inner.as_mut().poll_flush(cx);

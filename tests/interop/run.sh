@@ -3,8 +3,8 @@
 # components a user has: PyJWT, PostgreSQL with Supabase-style roles and RLS, firebase-admin and the
 # Firebase Auth emulator. See tests/interop/README.md.
 #
-# Idempotent: installs only what is missing (PostgreSQL, nginx-light, redis-server and Tomcat 10
-# from Debian packages, a Python venv in tests/interop/.venv, firebase-tools, express and
+# Idempotent: installs only what is missing (PostgreSQL, nginx-light, redis-server, Tomcat 10 and
+# curl from Debian packages, a Python venv in tests/interop/.venv, firebase-tools, express and
 # method-override in tests/interop/node_modules), builds the gateway (debug),
 # starts a throwaway PostgreSQL cluster and the Auth emulator on loopback ports, runs pytest, and
 # stops what it started on exit. Exit code = pytest's.
@@ -26,6 +26,8 @@ ROOT="$(cd "$HERE/../.." && pwd)"
 VENV="$HERE/.venv"
 export NO_UPDATE_NOTIFIER=1 NPM_CONFIG_UPDATE_NOTIFIER=false PIP_DISABLE_PIP_VERSION_CHECK=1
 export DEBIAN_FRONTEND=noninteractive
+# grpcio's fork handlers abort a gateway forked (then exec'd) while gRPC threads run.
+export GRPC_ENABLE_FORK_SUPPORT=false
 
 log() { printf '[interop] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 2; }
@@ -143,6 +145,16 @@ fi
 export INTEROP_CATALINA_HOME="$CATALINA_HOME_DIR"
 export INTEROP_JAVA="$(command -v java)" INTEROP_JAVAC="$(command -v javac)"
 log "Tomcat: $CATALINA_HOME_DIR ($(dpkg-query -W -f='tomcat10-common ${Version}' tomcat10-common 2>/dev/null || echo 'not from dpkg')), $("$INTEROP_JAVAC" -version 2>&1) ($((SECONDS - tc_t0))s)"
+
+# ---------------------------------------------------------------- curl (1 GiB bodies in test_streams.py)
+# test_streams.py uploads and downloads 1 GiB through the gateway with curl (and checks gRPC
+# refusals with curl --http2-prior-knowledge). Required: never a reason to skip.
+if ! command -v curl >/dev/null 2>&1; then
+  apt_install curl
+  command -v curl >/dev/null 2>&1 || die "curl installed but not on PATH"
+fi
+curl --version | head -n1 | grep -q nghttp2 || die "$(command -v curl) has no HTTP/2 (nghttp2)"
+log "curl: $(curl --version | head -n1 | cut -d' ' -f1-2)"
 
 # ---------------------------------------------------------------- Python venv
 PY="${PYTHON:-}"
