@@ -42,15 +42,22 @@ pub(crate) fn opened(
     let close_at = session_exp
         .filter(|_| ws.close_at_session_expiry)
         .map(|exp| {
-            // Milliseconds: whole seconds would close up to a second late.
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap_or_default();
-            let left = Duration::from_secs(exp).saturating_sub(now) + leeway;
-            tokio::time::Instant::now() + left
+            tokio::time::Instant::now() + time_left(exp, now, leeway)
         });
     crate::listener::upgraded(session, close_at);
     metrics().open.inc();
+}
+
+/// How long a socket opened by a session expiring at `exp` (Unix seconds) may stay open, `now`
+/// being the time since the epoch: to `exp` plus the leeway, to the millisecond (whole seconds
+/// would close up to a second late), zero for a session already past it.
+fn time_left(exp: u64, now: Duration, leeway: Duration) -> Duration {
+    Duration::from_secs(exp)
+        .saturating_add(leeway)
+        .saturating_sub(now)
 }
 
 /// The upgraded connection ended (the `logging` phase).
@@ -110,4 +117,22 @@ pub(crate) fn metrics() -> &'static WsMetrics {
         }
         m
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_socket_may_live_until_its_session_expires_plus_the_leeway() {
+        let ms = Duration::from_millis;
+        let now = Duration::from_secs(1_000) + ms(250);
+        assert_eq!(time_left(1_003, now, ms(1_000)), ms(3_750));
+        assert_eq!(time_left(1_003, now, Duration::ZERO), ms(2_750));
+        // Expired already, and within or past the leeway.
+        assert_eq!(time_left(1_000, now, ms(1_000)), ms(750));
+        assert_eq!(time_left(990, now, ms(1_000)), Duration::ZERO);
+        // No overflow, whatever `exp` says.
+        assert!(time_left(u64::MAX, now, ms(1_000)) > Duration::from_secs(1 << 40));
+    }
 }
