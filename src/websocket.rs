@@ -45,7 +45,9 @@ pub(crate) fn opened(
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap_or_default();
-            tokio::time::Instant::now() + time_left(exp, now, leeway)
+            // Capped (a century) so no `exp` can overflow the `Instant` arithmetic.
+            let left = time_left(exp, now, leeway).min(Duration::from_secs(100 * 365 * 86_400));
+            tokio::time::Instant::now() + left
         });
     crate::listener::upgraded(session, close_at);
     metrics().open.inc();
