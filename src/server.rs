@@ -30,6 +30,8 @@ pub enum StartError {
     Config(#[from] ConfigError),
     #[error("cannot create the HTTP client: {0}")]
     Client(#[from] reqwest::Error),
+    #[error(transparent)]
+    Decision(#[from] crate::decision::grpc::GrpcError),
 }
 
 /// A server ready to run, with a handle on the live gateway (for reloads and tests).
@@ -90,6 +92,7 @@ pub fn build(cfg: Config, log: Option<LogLevel>) -> Result<Built, StartError> {
     let mut proxy = Service::new("Pingora HTTP Proxy Service".to_string(), app);
     proxy.add_tcp(&listen);
     server.add_service(proxy);
+    crate::decision::add_services(&mut server, &state, threads)?;
     if let Some(addr) = admin {
         server.add_service(crate::admin::service(&addr, state.clone(), drain.clone()));
     }

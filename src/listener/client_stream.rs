@@ -37,7 +37,9 @@ use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
     TimingDigest, UniqueID, UniqueIDType, ALPN,
 };
-use pingora::proxy::Session;
+// The proxy's `Session` derefs to it: the HTTP apps of the proxy and decision listeners share
+// these helpers.
+use pingora::protocols::http::ServerSession as Session;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -364,7 +366,7 @@ impl Peek for ClientStream {
 
 /// The adapter under a proxy session (HTTP/1 on the proxy listener; `None` elsewhere).
 fn client_stream(session: &Session) -> Option<&ClientStream> {
-    let stream = session.as_downstream().stream()?;
+    let stream = session.stream()?;
     // `**`: the concrete type behind the box, not the box itself.
     (**stream).as_any().downcast_ref::<ClientStream>()
 }
