@@ -76,6 +76,17 @@ pub(crate) struct Decision {
     pub(crate) path: Option<String>,
 }
 
+impl Decision {
+    /// Refused before a route was looked for (untrusted peer, unreadable original request).
+    pub(crate) fn refused(answer: Answer) -> Decision {
+        Decision {
+            verdict: Err(answer),
+            route: None,
+            path: None,
+        }
+    }
+}
+
 /// `Ok` when `peer` may ask for decisions (it is in `decision.trusted_proxies`).
 pub(crate) fn trusted(gw: &Gateway, peer: Option<IpAddr>) -> Result<(), Answer> {
     let blocks = gw

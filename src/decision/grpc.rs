@@ -103,11 +103,7 @@ impl Authorization for DecisionGrpc {
             .and_then(|()| original::from_grpc(&http.method, &http.path, &http.host, headers))
         {
             Ok(o) => super::decide(&gw, o, &mut SessionMemo::default()).await,
-            Err(answer) => Decision {
-                verdict: Err(answer),
-                route: None,
-                path: None,
-            },
+            Err(answer) => Decision::refused(answer),
         };
         super::report(
             &Report {

@@ -43,42 +43,33 @@ impl ServeHttp for DecisionHttp {
         listener::head_complete(s, &gw.config.limits);
         let request_id = request_id(s.req_header().headers.get(&X_REQUEST_ID));
         let peer = s.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
-        let method = s.req_header().method.clone();
-        let (protocol, decision) = match super::trusted(&gw, peer).and_then(|()| {
-            let req = s.req_header();
-            let prefix = gw
-                .config
-                .decision
-                .as_ref()
-                .map_or("/envoy", |d| d.envoy_path_prefix.as_str());
-            original::from_http(&req.method, req.raw_path(), &req.headers, prefix)
-        }) {
-            Ok((protocol, original)) => {
-                let method = original.method.clone();
+        let prefix = gw
+            .config
+            .decision
+            .as_ref()
+            .map_or("/envoy", |d| d.envoy_path_prefix.as_str());
+        let req = s.req_header();
+        let protocol = original::protocol_of(req.raw_path(), &req.headers, prefix);
+        let mut method = req.method.clone();
+        let asked = super::trusted(&gw, peer)
+            .and_then(|()| original::from_http(&req.method, req.raw_path(), &req.headers, prefix));
+        let decision = match asked {
+            Ok((_, original)) => {
+                method = original.method.clone();
                 let mut memo = listener::take_memo(s);
                 let d = super::decide(&gw, original, &mut memo).await;
                 listener::put_memo(s, memo);
-                (protocol, (d, method))
+                d
             }
-            Err(answer) => {
-                let d = Decision {
-                    verdict: Err(answer),
-                    route: None,
-                    path: None,
-                };
-                (super::Protocol::Traefik, (d, method))
-            }
+            Err(answer) => Decision::refused(answer),
         };
-        let (decision, method) = decision;
-        super::report(
-            &Report {
-                protocol,
-                request_id: request_id.to_str().unwrap_or(""),
-                method: method.as_str(),
-                started,
-            },
-            &decision,
-        );
+        let report = Report {
+            protocol,
+            request_id: request_id.to_str().unwrap_or(""),
+            method: method.as_str(),
+            started,
+        };
+        super::report(&report, &decision);
         listener::request_done(s);
         match decision.verdict {
             Ok(forward) => allow(&forward, request_id),

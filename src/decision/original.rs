@@ -22,6 +22,17 @@ const X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
 const X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
+/// Which ingress a decision request on the HTTP listener comes from (by its path and headers).
+pub(crate) fn protocol_of(target: &[u8], headers: &HeaderMap, envoy_prefix: &str) -> Protocol {
+    if under_prefix(target, envoy_prefix.as_bytes()).is_some() {
+        Protocol::EnvoyHttp
+    } else if headers.contains_key(X_ORIGINAL_URI) {
+        Protocol::Nginx
+    } else {
+        Protocol::Traefik
+    }
+}
+
 /// The original request of a decision request (`method`, raw `target`, `headers`), or the 400
 /// to answer.
 pub(crate) fn from_http(
