@@ -17,6 +17,10 @@ use serde_json::{json, Value};
 struct Decider {
     project: Project,
     backend: Backend,
+    /// The connector endpoint of route `down`, failing every call (kept alive for it).
+    _down: TokenEndpoint,
+    /// The config the gateway runs (to reload an edited one).
+    config: ConfigBuilder,
     gw: GatewayProcess,
     http: String,
     grpc: String,
@@ -26,10 +30,13 @@ async fn decider(trusted: &str) -> Decider {
     let project = Project::start().await;
     let backend = Backend::start().await;
     let up = backend.url();
+    let down = TokenEndpoint::start(Mode::Status(500)).await;
     let (http_port, grpc_port) = (free_port(), free_port());
     let config = project
         .config()
         .ext_connector()
+        .connector("down", down.connector())
+        .route(RouteSpec::new("/down", &up).name("down").connector("down"))
         .route(RouteSpec::new("/public", &up).name("public").auth_none())
         .route(
             RouteSpec::new("/admin", &up)
@@ -44,12 +51,7 @@ async fn decider(trusted: &str) -> Decider {
                 .set("require", json!({"methods": ["GET", "PUT"]}))
                 .set("identity_headers", json!({"X-User-Id": "sub"})),
         )
-        .set(
-            "decision",
-            json!({"listen": format!("127.0.0.1:{http_port}"),
-                   "grpc_listen": format!("127.0.0.1:{grpc_port}"),
-                   "trusted_proxies": [trusted]}),
-        );
+        .set("decision", decision_block(http_port, grpc_port, trusted));
     let how = Launch {
         admin: true,
         ..Launch::default()
@@ -64,10 +66,18 @@ async fn decider(trusted: &str) -> Decider {
     Decider {
         project,
         backend,
+        _down: down,
+        config,
         gw,
         http: format!("http://{http}"),
         grpc: format!("http://127.0.0.1:{grpc_port}"),
     }
+}
+
+fn decision_block(http: u16, grpc: u16, trusted: &str) -> Value {
+    json!({"listen": format!("127.0.0.1:{http}"),
+           "grpc_listen": format!("127.0.0.1:{grpc}"),
+           "trusted_proxies": [trusted]})
 }
 
 /// How one ingress asks about `method path` with the client's `headers`.
@@ -272,6 +282,12 @@ async fn every_ingress_gets_the_proxys_decision() {
         ("GET", "/elsewhere", vec![]),
         // limits.path_parameters: routed as /admin/x.
         ("GET", "/admin;x=1/x", vec![]),
+        // A connector that fails: 503, fail closed.
+        (
+            "GET",
+            "/down/x",
+            vec![("authorization", bearer_alice.as_str())],
+        ),
         // A method override judged by require.methods, as on the proxy.
         (
             "GET",
@@ -282,12 +298,14 @@ async fn every_ingress_gets_the_proxys_decision() {
             ],
         ),
     ];
+    let mut statuses = std::collections::BTreeSet::new();
     for (method, path, headers) in &cases {
         let mut req = d.gw.client.request(method.parse().unwrap(), d.gw.url(path));
         for (n, v) in headers {
             req = req.header(*n, *v);
         }
         let proxied = d.gw.send(req).await;
+        statuses.insert(proxied.status);
         for how in ALL {
             let asked = d.ask(how, method, path, headers).await;
             let what = format!("{how:?} {method} {path} {headers:?}");
@@ -309,6 +327,11 @@ async fn every_ingress_gets_the_proxys_decision() {
             }
         }
     }
+    // The cases cover every kind of answer.
+    assert_eq!(
+        statuses.into_iter().collect::<Vec<_>>(),
+        [200, 400, 401, 403, 404, 503]
+    );
     // Nothing but the proxied requests reached the backend.
     let allowed = d.backend.count();
     assert_eq!(allowed, 4, "proxied allows only");
@@ -413,4 +436,82 @@ async fn only_trusted_proxies_are_believed_and_ambiguity_is_refused() {
         d.gw.log().contains("decision"),
         "an access line per decision"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_applies_to_both_listeners() {
+    let d = decider("127.0.0.0/8").await;
+    let alice = d
+        .project
+        .session("U2alice", &[("externalToken", json!("ext-alice"))]);
+    let bearer = format!("Bearer {alice}");
+    let headers = [("authorization", bearer.as_str())];
+    for how in ALL {
+        assert_eq!(
+            d.ask(how, "GET", "/api/x", &headers).await.status,
+            200,
+            "{how:?}"
+        );
+    }
+    // Same listeners (bound at start), trusted_proxies changed: nobody here is trusted any more.
+    let cfg = d.config.clone().set(
+        "decision",
+        decision_block(port_of(&d.http), port_of(&d.grpc), "10.0.0.0/8"),
+    );
+    d.gw.write_config(&cfg.to_yaml());
+    d.gw.signal(libc::SIGHUP);
+    let applied = eventually(std::time::Duration::from_secs(10), || async {
+        metric_sample(
+            &d.gw.metrics().await,
+            "extoken_config_reloads_total{result=\"ok\"}",
+        ) >= 1.0
+    })
+    .await;
+    assert!(applied, "reload not applied:\n{}", d.gw.log());
+    for how in ALL {
+        let a = d.ask(how, "GET", "/api/x", &headers).await;
+        assert_eq!(a.status, 403, "{how:?}: {a:?}");
+    }
+}
+
+fn port_of(url: &str) -> u16 {
+    url.rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("a port")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_decision_listener_has_the_client_limits() {
+    let d = decider("127.0.0.0/8").await;
+    // A head that never ends is cut at client_header_timeout (read from the live config at each
+    // accept), with the 408 the proxy listener gives.
+    let cfg = d
+        .config
+        .clone()
+        .set("limits", json!({"client_header_timeout": "1s"}));
+    d.gw.write_config(&cfg.to_yaml());
+    d.gw.signal(libc::SIGHUP);
+    let applied = eventually(std::time::Duration::from_secs(10), || async {
+        metric_sample(
+            &d.gw.metrics().await,
+            "extoken_config_reloads_total{result=\"ok\"}",
+        ) >= 1.0
+    })
+    .await;
+    assert!(applied, "reload not applied:\n{}", d.gw.log());
+    let mut s = tokio::net::TcpStream::connect(d.http.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    use tokio::io::AsyncWriteExt;
+    s.write_all(b"GET /auth HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let (status, _) =
+        tokio::time::timeout(std::time::Duration::from_secs(5), read_response(&mut s))
+            .await
+            .expect("the decision listener never cut the slow head");
+    assert_eq!(status, 408);
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
 }
