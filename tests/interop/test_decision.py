@@ -238,7 +238,8 @@ def test_a_session_gets_through_with_the_external_token(ingress, backend, descop
     for creds in ({"Authorization": f"Bearer {session}"},
                   {"Cookie": f"theme=dark; DS={session}; DSR=refresh"}):
         p = unique("/api/x")
-        status, _, body = ingress.request(p, {**creds, "X-User-Id": "U2mallory"})
+        spoofs = {"X-User-Id": "U2mallory", "x_user_id": "U2mallory"}
+        status, _, body = ingress.request(p, {**creds, **spoofs})
         assert status == 200, f"{ingress.kind}: {status} {body[:300]!r}"
         rec = backend.find(p)
         assert rec is not None, f"{ingress.kind}: {p} not forwarded"
@@ -246,6 +247,8 @@ def test_a_session_gets_through_with_the_external_token(ingress, backend, descop
         assert h.get("authorization") == "Bearer ext-alice", f"{ingress.kind}: {h}"
         assert session not in str(rec["all_headers"]), f"{ingress.kind}: the session passed"
         assert [v for k, v in rec["all_headers"] if k == "x-user-id"] == ["U2alice"], ingress.kind
+        # A CGI/WSGI backend reads x_user_id as X-User-Id.
+        assert "x_user_id" not in h, f"{ingress.kind}: {h}"
         if "Cookie" in creds:
             assert h.get("cookie") == "theme=dark", f"{ingress.kind}: {h}"
 
@@ -253,12 +256,14 @@ def test_a_session_gets_through_with_the_external_token(ingress, backend, descop
 def test_a_public_route_passes_without_descope_cookies(ingress, backend, descope):
     session = descope.mint("U2bob", externalToken="ext-bob")
     p = unique("/public/x")
-    status, _, _ = ingress.request(p, {"Cookie": f"DS={session}", "X-User-Id": "U2mallory"})
+    spoofs = {"X-User-Id": "U2mallory", "x_user_id": "U2mallory"}
+    status, _, _ = ingress.request(p, {"Cookie": f"DS={session}", **spoofs})
     assert status == 200, f"{ingress.kind}: {status}"
     rec = backend.find(p)
     assert rec is not None
     assert "cookie" not in rec["headers"], f"{ingress.kind}: {rec['headers']}"
     assert "x-user-id" not in rec["headers"], f"{ingress.kind}: {rec['headers']}"
+    assert "x_user_id" not in rec["headers"], f"{ingress.kind}: {rec['headers']}"
     p = unique("/public/x")
     status, _, _ = ingress.request(p, {"Cookie": f"DS={session}; theme=dark"})
     assert status == 200
