@@ -335,3 +335,58 @@ fn loopback(addr: SocketAddr) -> SocketAddr {
         _ => addr,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::verify::KeyStore;
+
+    fn gateway(http: u16, grpc: u16) -> Gateway {
+        crate::gateway::install_crypto_provider();
+        let c = Config::parse(
+            &format!(
+                "descope: {{project_id: P2x, jwks_url: 'http://127.0.0.1:1/k'}}\n\
+                 connectors: {{ext: {{type: claim}}}}\n\
+                 routes: [{{upstream: 'http://127.0.0.1:1', connector: ext}}]\n\
+                 decision: {{listen: '0.0.0.0:{http}', grpc_listen: '127.0.0.1:{grpc}', \
+                 trusted_proxies: [10.0.0.0/8]}}\n"
+            ),
+            &|_| None,
+        )
+        .unwrap();
+        let client = Gateway::http_client().unwrap();
+        let keys = Arc::new(KeyStore::new(&c.descope, client, crate::clock::system()));
+        Gateway::build(c, keys).unwrap()
+    }
+
+    #[tokio::test]
+    async fn readiness_needs_every_decision_listener() {
+        let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let grpc = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (hp, gp) = (
+            http.local_addr().unwrap().port(),
+            grpc.local_addr().unwrap().port(),
+        );
+        drop(grpc);
+        let gw = gateway(hp, gp);
+        let err = listeners_ready(&gw).await.unwrap_err();
+        assert!(err.contains("decision.grpc_listen"), "{err}");
+        let _grpc = std::net::TcpListener::bind(("127.0.0.1", gp)).unwrap();
+        // `0.0.0.0` is probed on loopback.
+        assert_eq!(listeners_ready(&gw).await, Ok(()));
+        drop(http);
+        let err = listeners_ready(&gw).await.unwrap_err();
+        assert!(err.contains("decision.listen"), "{err}");
+    }
+
+    #[test]
+    fn only_trusted_peers_may_ask() {
+        let gw = gateway(1, 2);
+        assert!(trusted(&gw, Some("10.1.2.3".parse().unwrap())).is_ok());
+        assert!(trusted(&gw, Some("::ffff:10.1.2.3".parse().unwrap())).is_ok());
+        let a = trusted(&gw, Some("127.0.0.1".parse().unwrap())).unwrap_err();
+        assert_eq!((a.status, a.reason), (403, "untrusted_peer"));
+        assert!(trusted(&gw, None).is_err(), "no address, no trust");
+    }
+}
