@@ -284,6 +284,7 @@ fn duration_ms(d: Duration) -> f64 {
 pub(crate) fn add_services(
     server: &mut pingora::server::Server,
     state: &Arc<arc_swap::ArcSwap<Gateway>>,
+    drain: &crate::drain::Drain,
     threads: usize,
 ) -> Result<(), grpc::GrpcError> {
     let Some(d) = state.load().config.decision.clone() else {
@@ -291,7 +292,7 @@ pub(crate) fn add_services(
     };
     if let Some(addr) = d.listen {
         let app = crate::listener::ClientLimits::new(
-            http_app::DecisionHttp::new(state.clone()),
+            http_app::DecisionHttp::new(state.clone(), drain.clone()),
             state.clone(),
             threads,
         );
@@ -300,7 +301,7 @@ pub(crate) fn add_services(
         server.add_service(svc);
     }
     if let Some(addr) = d.grpc_listen {
-        grpc::spawn(addr, state.clone())?;
+        grpc::spawn(addr, state.clone(), drain.clone())?;
     }
     Ok(())
 }

@@ -92,7 +92,7 @@ pub fn build(cfg: Config, log: Option<LogLevel>) -> Result<Built, StartError> {
     let mut proxy = Service::new("Pingora HTTP Proxy Service".to_string(), app);
     proxy.add_tcp(&listen);
     server.add_service(proxy);
-    crate::decision::add_services(&mut server, &state, threads)?;
+    crate::decision::add_services(&mut server, &state, &drain, threads)?;
     if let Some(addr) = admin {
         server.add_service(crate::admin::service(&addr, state.clone(), drain.clone()));
     }

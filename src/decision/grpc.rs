@@ -25,6 +25,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::{original, Decision, Protocol, Report};
 use crate::answer::Answer;
+use crate::drain::Drain;
 use crate::gateway::Gateway;
 use crate::rewrite::decision::Forward;
 use crate::verify::SessionMemo;
@@ -42,11 +43,16 @@ pub enum GrpcError {
 
 pub(crate) struct DecisionGrpc {
     state: Arc<ArcSwap<Gateway>>,
+    drain: Drain,
 }
 
 /// Binds `addr` now (so a taken port fails the start, not a later request) and serves `Check` on
 /// a thread of its own (a two-worker tokio runtime) for the life of the process.
-pub(crate) fn spawn(addr: SocketAddr, state: Arc<ArcSwap<Gateway>>) -> Result<(), GrpcError> {
+pub(crate) fn spawn(
+    addr: SocketAddr,
+    state: Arc<ArcSwap<Gateway>>,
+    drain: Drain,
+) -> Result<(), GrpcError> {
     let bind = |source| GrpcError::Bind { addr, source };
     let listener = std::net::TcpListener::bind(addr).map_err(bind)?;
     listener.set_nonblocking(true).map_err(bind)?;
@@ -68,7 +74,7 @@ pub(crate) fn spawn(addr: SocketAddr, state: Arc<ArcSwap<Gateway>>) -> Result<()
                     }
                 };
                 let incoming = tonic::transport::server::TcpIncoming::from(listener);
-                let svc = AuthorizationServer::new(DecisionGrpc { state });
+                let svc = AuthorizationServer::new(DecisionGrpc { state, drain });
                 let served = tonic::transport::Server::builder()
                     .add_service(svc)
                     .serve_with_incoming(incoming)
@@ -89,6 +95,8 @@ impl Authorization for DecisionGrpc {
         request: tonic::Request<CheckRequest>,
     ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
         let started = Instant::now();
+        // A graceful shutdown waits for the decision, as for a proxied request.
+        let _in_flight = self.drain.enter();
         let gw = self.state.load_full();
         let peer = request.remote_addr().map(|a| a.ip());
         let check = request.into_inner();

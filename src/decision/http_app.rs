@@ -16,6 +16,7 @@ use pingora::protocols::http::ServerSession;
 
 use super::{original, Decision, Report};
 use crate::answer::Answer;
+use crate::drain::Drain;
 use crate::gateway::Gateway;
 use crate::listener;
 use crate::rewrite::decision::Forward;
@@ -27,11 +28,12 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 pub(crate) struct DecisionHttp {
     state: Arc<ArcSwap<Gateway>>,
+    drain: Drain,
 }
 
 impl DecisionHttp {
-    pub(crate) fn new(state: Arc<ArcSwap<Gateway>>) -> DecisionHttp {
-        DecisionHttp { state }
+    pub(crate) fn new(state: Arc<ArcSwap<Gateway>>, drain: Drain) -> DecisionHttp {
+        DecisionHttp { state, drain }
     }
 }
 
@@ -39,6 +41,8 @@ impl DecisionHttp {
 impl ServeHttp for DecisionHttp {
     async fn response(&self, s: &mut ServerSession) -> Response<Vec<u8>> {
         let started = Instant::now();
+        // A graceful shutdown waits for the decision, as for a proxied request.
+        let _in_flight = self.drain.enter();
         let gw = self.state.load_full();
         listener::head_complete(s, &gw.config.limits);
         let request_id = request_id(s.req_header().headers.get(&X_REQUEST_ID));
