@@ -409,6 +409,7 @@ fn plan<'a>(
             addr: Some(std::net::IpAddr::from([203, 0, 113, 7])),
             trusted: false,
             tls: false,
+            port: Some(8443),
         },
         request_id: Some(&BENCH_REQUEST_ID),
     }

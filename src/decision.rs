@@ -157,11 +157,7 @@ async fn decide_into(
         strip_cookies: &route.strip_cookies,
         strip_headers: gw.routes.identity_names(),
         drop_underscore_headers: gw.config.limits.underscore_headers == UnderscoreHeaders::Drop,
-        peer: rewrite::Peer {
-            addr: None,
-            trusted: false,
-            tls: false,
-        },
+        peer: rewrite::Peer::new(None, None, &[]),
         request_id: None,
     };
     Ok(rewrite::decision::forward(&req.headers, &plan))

@@ -45,6 +45,9 @@ pub struct Metrics {
     pub cache_lookups_total: IntCounterVec,
     /// `connector`.
     pub cache_entries: IntGaugeVec,
+    /// `connector`, `result` (evicted, suppressed, stale): what an upstream 401 did to the cached
+    /// token it was sent with.
+    pub token_evictions_total: IntCounterVec,
     /// `op` (get, lock, set, unlock, delete, publish, subscribe), `result` (hit, miss, ok,
     /// acquired, held, undecryptable, error, timeout, skipped).
     pub shared_cache_operations_total: IntCounterVec,
@@ -183,6 +186,12 @@ impl Metrics {
                 "External tokens cached, by connector.",
                 &["connector"],
             ),
+            token_evictions_total: counter(
+                &r,
+                "token_evictions_total",
+                "Upstream 401s to a cached token: evicted, suppressed (within cache.evict_min_interval), stale (no longer the cached token).",
+                &["connector", "result"],
+            ),
             shared_cache_operations_total: counter(
                 &r,
                 "shared_cache_operations_total",
@@ -278,6 +287,9 @@ mod tests {
             .observe(0.1);
         m.cache_lookups_total.with_label_values(&["c", "hit"]).inc();
         m.cache_entries.with_label_values(&["c"]).set(1);
+        m.token_evictions_total
+            .with_label_values(&["c", "suppressed"])
+            .inc();
         m.shared_cache_operations_total
             .with_label_values(&["get", "hit"])
             .inc();
@@ -299,6 +311,7 @@ mod tests {
             "extoken_connector_duration_seconds_bucket",
             "extoken_cache_lookups_total",
             "extoken_cache_entries",
+            "extoken_token_evictions_total",
             "extoken_shared_cache_operations_total",
             "extoken_shared_cache_operation_duration_seconds_bucket",
             "extoken_upstream_responses_total",

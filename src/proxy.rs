@@ -1,7 +1,9 @@
-//! Step 5: pingora's `ProxyHttp` phases, kept thin. Each phase calls one plain function: the
-//! canonical target ([`target::decide`]), route lookup and [`Gateway::authorize`] in
-//! `request_filter`, the peer in `upstream_peer`, [`rewrite::apply_to_request`] in
-//! `upstream_request_filter`. Every answer extoken writes itself goes through [`send_answer`].
+//! Step 5: pingora's `ProxyHttp` phases, kept thin. Each phase calls one plain function: who
+//! sent the request ([`rewrite::Peer::new`], once: the request id and the forwarding headers
+//! follow the same trust decision) in `early_request_filter`, the canonical target
+//! ([`target::decide`]), route lookup and [`Gateway::authorize`] in `request_filter`, the upstream
+//! peer in `upstream_peer`, [`rewrite::apply_to_request`] in `upstream_request_filter`. Every
+//! answer extoken writes itself goes through [`send_answer`].
 //! Nothing here parses config or keys.
 
 use std::sync::Arc;
@@ -75,6 +77,9 @@ pub(crate) struct Ctx {
     grpc: bool,
     /// Request body bytes read so far, against the route's `max_body_bytes`.
     body_bytes: u64,
+    /// Who sent the request (and whether it is a trusted proxy), decided once when the head is
+    /// read: the request id and the forwarding headers follow the same decision.
+    peer: Option<rewrite::Peer>,
     /// Request id, timings and outcome for the access line and metrics.
     log: RequestLog,
 }
@@ -297,11 +302,25 @@ impl ProxyHttp for Proxy {
         Ok(false)
     }
 
-    /// The request id: the client's `X-Request-Id` if sane, else a new one. The head is read:
-    /// its deadline ends, the body and keep-alive timeouts of the request are set.
+    /// The peer, and the request id: a trusted proxy's `X-Request-Id` if sane, else a new one
+    /// (a client's own would let it forge or collide with other requests' log lines). The head
+    /// is read: its deadline ends, the body and keep-alive timeouts of the request are set.
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
-        ctx.log.begin(session.req_header());
-        listener::head_complete(session, &self.state.load().config.limits);
+        let gw = self.state.load();
+        let peer = rewrite::Peer::new(
+            session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip()),
+            session
+                .server_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.port()),
+            &gw.config.trusted_proxies,
+        );
+        ctx.log.begin(session.req_header(), peer.trusted);
+        ctx.peer = Some(peer);
+        listener::head_complete(session, &gw.config.limits);
         Ok(())
     }
 
@@ -396,17 +415,15 @@ impl ProxyHttp for Proxy {
 
     async fn upstream_request_filter(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         upstream_request: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let (Some(gw), Some(route), Some(host)) = (&ctx.gateway, &ctx.route, &ctx.host) else {
+        let (Some(gw), Some(route), Some(host), Some(peer)) =
+            (&ctx.gateway, &ctx.route, &ctx.host, ctx.peer)
+        else {
             return Error::e_explain(ErrorType::InternalError, "no route chosen");
         };
-        let addr = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
         let plan = rewrite::Plan {
             host,
             token: ctx.rewrite.as_ref(),
@@ -414,12 +431,7 @@ impl ProxyHttp for Proxy {
             strip_cookies: &route.strip_cookies,
             strip_headers: gw.routes.identity_names(),
             drop_underscore_headers: gw.config.limits.underscore_headers == UnderscoreHeaders::Drop,
-            peer: rewrite::Peer {
-                addr,
-                trusted: addr
-                    .is_some_and(|ip| gw.config.trusted_proxies.iter().any(|c| c.contains(ip))),
-                tls: false,
-            },
+            peer,
             request_id: ctx.log.request_id_value.as_ref(),
         };
         rewrite::apply_to_request(upstream_request, &plan);
@@ -427,7 +439,9 @@ impl ProxyHttp for Proxy {
     }
 
     /// A 401 from the upstream to a minted token means the backend no longer accepts it (rotated
-    /// secret, revoked user): forget it so the next request mints a fresh one.
+    /// secret, revoked user): forget it so the next request mints a fresh one. Only that token
+    /// (not one minted since), and a key at most once per `cache.evict_min_interval`: a client
+    /// that can provoke 401s must not get a mint for each.
     async fn upstream_response_filter(
         &self,
         _session: &mut Session,

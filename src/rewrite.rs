@@ -11,14 +11,21 @@
 //! * Identity headers: a client's copies of any route's identity header names (and their `_`
 //!   twins, even with `underscore_headers: allow`) are removed on every route, then the route's
 //!   own values (computed by the gateway from the verified session) are set.
-//! * `X-Forwarded-*`, `X-Real-IP` and `Forwarded` say what extoken saw, unless the peer is a
-//!   trusted proxy (then the peer is appended to the chain).
+//! * `X-Forwarded-*`, `X-Real-IP` and `Forwarded` say what extoken saw, and the rest of the
+//!   forwarding family (`X-Original-URL`, `X-Forwarded-Prefix`, ...) is removed, unless the peer
+//!   is a trusted proxy (then they are kept and the peer is appended to the chain):
+//!   [`forwarding`].
+//! * `X-Request-Id` is the request's id (a client's own only from a trusted proxy: the proxy
+//!   decides, `crate::telemetry` keeps it).
+
+mod forwarding;
 
 use std::net::IpAddr;
 
 use http::header::{AUTHORIZATION, COOKIE, HOST};
 use http::{HeaderName, HeaderValue};
 
+use crate::config::Cidr;
 use crate::exchange::ExternalToken;
 use crate::extract::cookie_pairs;
 
@@ -63,19 +70,35 @@ pub(crate) fn strip_cookies(value: &HeaderValue, strip: &[String]) -> Option<Hea
 pub struct Rewrite {
     pub header: HeaderName,
     pub value: HeaderValue,
-    /// The cache entry the token came from, to evict if the upstream answers 401.
-    pub cache_key: Option<crate::exchange::CacheKey>,
+    /// The token and the cache entry it came from, to evict (if still that token) when the
+    /// upstream answers 401.
+    pub cache_key: Option<crate::exchange::TokenRef>,
     /// The route's identity headers for this session (and their signed assertion).
     pub identity: Vec<(HeaderName, HeaderValue)>,
 }
 
-/// Who sent the request, as extoken saw it.
+/// Who sent the request, and where, as extoken saw it.
 #[derive(Debug, Clone, Copy)]
 pub struct Peer {
     pub addr: Option<IpAddr>,
-    /// The peer is in `trusted_proxies`: its forwarding headers are kept and extended.
+    /// The peer is in `trusted_proxies`: its forwarding headers (and request id) are kept.
     pub trusted: bool,
     pub tls: bool,
+    /// The local port of the listener the request came in on (`X-Forwarded-Port`).
+    pub port: Option<u16>,
+}
+
+impl Peer {
+    /// The peer at `addr` that reached the listener on `port`, trusted when `trusted_proxies`
+    /// holds it. Decided once per request, for the request id and the forwarding headers alike.
+    pub fn new(addr: Option<IpAddr>, port: Option<u16>, trusted_proxies: &[Cidr]) -> Peer {
+        Peer {
+            addr,
+            trusted: addr.is_some_and(|ip| trusted_proxies.iter().any(|c| c.contains(ip))),
+            tls: false,
+            port,
+        }
+    }
 }
 
 /// Everything decided about one upstream request.
@@ -93,11 +116,6 @@ pub struct Plan<'a> {
     pub request_id: Option<&'a HeaderValue>,
 }
 
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
-const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Applies a plan to a header set. Generic over the setter so it serves pingora's
@@ -120,7 +138,7 @@ pub fn apply<H: Headers>(req: &mut H, plan: &Plan<'_>) {
     if !plan.strip_cookies.is_empty() {
         strip_cookie_headers(req, plan.strip_cookies);
     }
-    forwarding(req, plan);
+    forwarding::forwarding(req, plan);
     if let Some(id) = plan.request_id {
         req.set(X_REQUEST_ID, id.clone());
     }
@@ -151,149 +169,6 @@ fn underscore_twin(n: &HeaderName, name: &HeaderName) -> bool {
             .all(|(x, y)| x == y || (*x == b'_' && *y == b'-'))
 }
 
-/// `X-Forwarded-For`, `-Proto`, `-Host`, `X-Real-IP`, `Forwarded` (nginx `real_ip` and Envoy
-/// `xff_num_trusted_hops` are the models): from an untrusted peer, replaced by what extoken saw;
-/// from a trusted proxy, kept, with the peer appended to `X-Forwarded-For` and `Forwarded`.
-fn forwarding<H: Headers>(req: &mut H, plan: &Plan<'_>) {
-    let peer = plan.peer;
-    let ip = peer.addr.map(|a| match a {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(a, IpAddr::V4),
-        v4 => v4,
-    });
-    let ip_text = ip.map(IpText::new);
-    let proto = if peer.tls { "https" } else { "http" };
-    if peer.trusted {
-        if let Some(t) = &ip_text {
-            append_list(req, X_FORWARDED_FOR, t.as_ref());
-            if !req.get_all(&FORWARDED).is_empty() {
-                let mut node = Vec::with_capacity(t.as_ref().len() + 8);
-                forwarded_node(&mut node, t);
-                append_list(req, FORWARDED, &node);
-            }
-        }
-        if req.get_all(&X_FORWARDED_PROTO).is_empty() {
-            req.set(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-        }
-        if req.get_all(&X_FORWARDED_HOST).is_empty() {
-            req.set(X_FORWARDED_HOST, plan.host.clone());
-        }
-        return;
-    }
-    // `set` replaces whatever the client sent; only a peer without an IP needs a removal.
-    // The address is one shared allocation for both headers (an IP is always a valid value).
-    match ip_text.and_then(|t| HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(t)).ok()) {
-        Some(v) => {
-            req.set(X_FORWARDED_FOR, v.clone());
-            req.set(X_REAL_IP, v);
-        }
-        None => {
-            req.remove(&X_FORWARDED_FOR);
-            req.remove(&X_REAL_IP);
-        }
-    }
-    req.set(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    req.set(X_FORWARDED_HOST, plan.host.clone());
-    // RFC 7239: `for=<node>;host="<host>";proto=<proto>`, built without `format!`.
-    let mut f = Vec::with_capacity(64 + plan.host.len());
-    if let Some(t) = &ip_text {
-        forwarded_node(&mut f, t);
-        f.push(b';');
-    }
-    f.extend_from_slice(b"host=\"");
-    f.extend_from_slice(plan.host.as_bytes());
-    f.extend_from_slice(b"\";proto=");
-    f.extend_from_slice(proto.as_bytes());
-    match HeaderValue::from_maybe_shared(bytes::Bytes::from(f)) {
-        Ok(v) => req.set(FORWARDED, v),
-        Err(_) => req.remove(&FORWARDED),
-    }
-}
-
-/// `for=1.2.3.4` or `for="[2001:db8::1]"` (RFC 7239 quotes IPv6 nodes), appended to `out`.
-fn forwarded_node(out: &mut Vec<u8>, ip: &IpText) {
-    out.extend_from_slice(b"for=");
-    if ip.v6 {
-        out.extend_from_slice(b"\"[");
-        out.extend_from_slice(ip.as_ref());
-        out.extend_from_slice(b"]\"");
-    } else {
-        out.extend_from_slice(ip.as_ref());
-    }
-}
-
-/// An address as text, on the stack; IPv4 (nearly every peer) without the formatting machinery.
-#[derive(Clone, Copy)]
-struct IpText {
-    buf: [u8; 45],
-    len: u8,
-    v6: bool,
-}
-
-impl IpText {
-    fn new(ip: IpAddr) -> IpText {
-        let mut t = IpText {
-            buf: [0; 45],
-            len: 0,
-            v6: ip.is_ipv6(),
-        };
-        match ip {
-            IpAddr::V4(v4) => {
-                for (i, o) in v4.octets().into_iter().enumerate() {
-                    if i > 0 {
-                        t.push(b'.');
-                    }
-                    if o >= 100 {
-                        t.push(b'0' + o / 100);
-                    }
-                    if o >= 10 {
-                        t.push(b'0' + o / 10 % 10);
-                    }
-                    t.push(b'0' + o % 10);
-                }
-            }
-            IpAddr::V6(v6) => {
-                use std::io::Write as _;
-                let mut w = &mut t.buf[..];
-                // 45 bytes hold the longest form (`ffff:...:255.255.255.255`).
-                let _ = write!(w, "{v6}");
-                let left = w.len();
-                t.len = u8::try_from(45 - left).unwrap_or(0);
-            }
-        }
-        t
-    }
-
-    fn push(&mut self, b: u8) {
-        self.buf[usize::from(self.len)] = b;
-        self.len += 1;
-    }
-}
-
-impl AsRef<[u8]> for IpText {
-    fn as_ref(&self) -> &[u8] {
-        &self.buf[..usize::from(self.len)]
-    }
-}
-
-/// An address as text (the tests' view of [`IpText`]).
-#[cfg(test)]
-fn ip_text(ip: IpAddr) -> String {
-    String::from_utf8_lossy(IpText::new(ip).as_ref()).into_owned()
-}
-
-/// Appends `item` to a comma-separated list header (all its lines joined into one).
-fn append_list<H: Headers>(req: &mut H, name: HeaderName, item: &[u8]) {
-    let mut joined: Vec<u8> = Vec::new();
-    for v in req.get_all(&name) {
-        joined.extend_from_slice(v.as_bytes());
-        joined.extend_from_slice(b", ");
-    }
-    joined.extend_from_slice(item);
-    if let Ok(v) = HeaderValue::from_bytes(&joined) {
-        req.set(name, v);
-    }
-}
-
 fn strip_cookie_headers<H: Headers>(req: &mut H, strip: &[String]) {
     let cookies = req.get_all(&COOKIE);
     if cookies.is_empty() {
@@ -315,6 +190,7 @@ fn strip_cookie_headers<H: Headers>(req: &mut H, strip: &[String]) {
 /// The few header operations the rewrite needs.
 pub trait Headers {
     fn get_all(&self, name: &HeaderName) -> Vec<HeaderValue>;
+    fn contains(&self, name: &HeaderName) -> bool;
     fn set(&mut self, name: HeaderName, value: HeaderValue);
     fn append(&mut self, name: HeaderName, value: HeaderValue);
     fn remove(&mut self, name: &HeaderName);
@@ -343,9 +219,9 @@ pub fn apply_to_request(req: &mut pingora::http::RequestHeader, plan: &Plan<'_>)
     let placeholder = pingora::http::RequestHeader::from(http::Request::new(()).into_parts().0);
     let mut parts: http::request::Parts = std::mem::replace(req, placeholder).into();
     // Room for what `apply` may add, so the map grows (allocates and rehashes) once at most:
-    // the token, the five forwarding headers, the request id, the identity headers.
+    // the token, the six forwarding headers, the request id, the identity headers.
     let identity = plan.token.map_or(0, |t| t.identity.len());
-    let _ = parts.headers.try_reserve(7 + identity);
+    let _ = parts.headers.try_reserve(8 + identity);
     apply(&mut parts.headers, plan);
     *req = pingora::http::RequestHeader::from(parts);
     if let Some(e) = end_stream {
@@ -390,6 +266,9 @@ impl Headers for http::HeaderMap {
             .cloned()
             .collect()
     }
+    fn contains(&self, name: &HeaderName) -> bool {
+        self.contains_key(name)
+    }
     fn set(&mut self, name: HeaderName, value: HeaderValue) {
         self.insert(name, value);
     }
@@ -410,6 +289,9 @@ impl Headers for http::HeaderMap {
 impl Headers for pingora::http::RequestHeader {
     fn get_all(&self, name: &HeaderName) -> Vec<HeaderValue> {
         self.headers.get_all(name).iter().cloned().collect()
+    }
+    fn contains(&self, name: &HeaderName) -> bool {
+        self.headers.contains_key(name)
     }
     fn set(&mut self, name: HeaderName, value: HeaderValue) {
         // Only fails for invalid names/values, which both types rule out.

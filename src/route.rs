@@ -114,6 +114,19 @@ fn peer(upstream: &Upstream, addr: SocketAddr, r: &RouteConfig) -> HttpPeer {
 /// Concurrent requests pingora multiplexes on one h2 upstream connection.
 const H2_STREAMS_PER_CONNECTION: usize = 100;
 
+/// The cookies a route removes: the Descope session and refresh cookies always (every visitor's
+/// long-lived refresh token must reach no backend, whatever a route says), then the route's own
+/// `strip_cookies`, each name once.
+fn strip_list(descope: &[String], route: Option<&[String]>) -> Vec<String> {
+    let mut list = descope.to_vec();
+    for c in route.into_iter().flatten() {
+        if !list.contains(c) {
+            list.push(c.clone());
+        }
+    }
+    list
+}
+
 /// Every address an upstream host name resolves to (A and AAAA), used in turn. Never empty: a
 /// failed or empty resolution leaves the last good set in place.
 #[derive(Debug)]
@@ -210,13 +223,17 @@ impl RouteTable {
         resolve: &mut dyn FnMut(&str, u16) -> std::io::Result<Vec<SocketAddr>>,
     ) -> Result<RouteTable, ConfigError> {
         let max_body = cfg.limits.max_body_bytes;
-        let default_strip = vec![
-            cfg.descope.session_cookie.clone(),
-            cfg.descope.refresh_cookie.clone(),
-        ];
+        // Descope's own names too when the config renames them: a browser may still hold them.
+        let descope_cookies = strip_list(
+            &[
+                cfg.descope.session_cookie.clone(),
+                cfg.descope.refresh_cookie.clone(),
+            ],
+            Some(&["DS".to_string(), "DSR".to_string()]),
+        );
         let mut routes = Vec::with_capacity(cfg.routes.len());
         for (i, r) in cfg.routes.iter().enumerate() {
-            let mut route = Self::route(i, r, &default_strip, resolve)?;
+            let mut route = Self::route(i, r, &descope_cookies, resolve)?;
             route.max_body_bytes = r.max_body_bytes.or(max_body);
             routes.push((i, Arc::new(route)));
         }
@@ -244,7 +261,7 @@ impl RouteTable {
     fn route(
         i: usize,
         r: &RouteConfig,
-        default_strip: &[String],
+        descope_cookies: &[String],
         resolve: &mut dyn FnMut(&str, u16) -> std::io::Result<Vec<SocketAddr>>,
     ) -> Result<Route, ConfigError> {
         let upstream = r.upstream.clone();
@@ -283,10 +300,7 @@ impl RouteTable {
             host_override: (!r.preserve_host).then(|| upstream.host_header()).flatten(),
             header: r.header.clone(),
             scheme: r.scheme.clone(),
-            strip_cookies: r
-                .strip_cookies
-                .clone()
-                .unwrap_or_else(|| default_strip.to_vec()),
+            strip_cookies: strip_list(descope_cookies, r.strip_cookies.as_deref()),
             retries: r.retries,
             max_body_bytes: None,
             peer: peer(&upstream, peer_addr, r),
@@ -352,6 +366,24 @@ mod tests {
         assert_eq!(name(Some("other.com"), "/api").as_deref(), Some("api"));
         assert_eq!(name(None, "/apix").as_deref(), Some("root"));
         assert_eq!(name(None, "/api/v2/users").as_deref(), Some("v2"));
+    }
+
+    /// A route's `strip_cookies` adds to the Descope cookies, never replaces them.
+    #[test]
+    fn descope_cookies_are_stripped_on_every_route() {
+        let t = table(
+            "  - {name: own, path_prefix: /a, upstream: 'http://127.0.0.1:1', connector: ext, strip_cookies: [legacy_sid, DSR]}\n\
+             \x20 - {name: empty, path_prefix: /b, upstream: 'http://127.0.0.1:1', connector: ext, strip_cookies: []}\n\
+             \x20 - {name: default, path_prefix: /c, upstream: 'http://127.0.0.1:1', connector: ext}\n",
+        );
+        let strip = |p: &str| t.find(None, p).map(|r| r.strip_cookies.clone());
+        assert_eq!(strip("/a").unwrap(), ["DS", "DSR", "legacy_sid"]);
+        assert_eq!(strip("/b").unwrap(), ["DS", "DSR"]);
+        assert_eq!(strip("/c").unwrap(), ["DS", "DSR"]);
+        let text = "descope: {project_id: P, jwks_url: 'http://127.0.0.1:1/k', session_cookie: S, refresh_cookie: R}\nconnectors: {ext: {type: claim}}\nroutes:\n  - {upstream: 'http://127.0.0.1:1', connector: ext, strip_cookies: [x]}\n";
+        let t = RouteTable::build(&Config::parse(text, &|_| None).unwrap()).unwrap();
+        let r = t.find(None, "/").unwrap();
+        assert_eq!(r.strip_cookies, ["S", "R", "DS", "DSR", "x"]);
     }
 
     #[test]

@@ -95,6 +95,9 @@ pub struct Target {
     /// The path with every segment's `;params` removed, when the path has any (routes match on
     /// it); `None` (no allocation) for the usual path without `;`.
     routing: Option<Box<str>>,
+    /// The path as received had a raw `;` (even one canonicalization removed: `/;x/api`,
+    /// `/a;x/../b`): what `path_parameters: reject` refuses.
+    raw_parameters: bool,
 }
 
 impl Target {
@@ -119,12 +122,14 @@ impl Target {
     /// Applies `limits.path_parameters`: `Keep` changes nothing, `Strip` forwards the routing
     /// path, `Reject` refuses a path with parameters.
     pub fn apply_parameters(&mut self, mode: PathParameters) -> Result<(), BadTarget> {
+        if mode == PathParameters::Reject && self.raw_parameters {
+            return Err(BadTarget::PathParameters);
+        }
         let Some(routing) = self.routing.take() else {
             return Ok(());
         };
         match mode {
-            PathParameters::Keep => self.routing = Some(routing),
-            PathParameters::Reject => return Err(BadTarget::PathParameters),
+            PathParameters::Keep | PathParameters::Reject => self.routing = Some(routing),
             PathParameters::Strip => {
                 let mut bytes =
                     Vec::with_capacity(routing.len() + self.bytes.len() - self.path_len);
@@ -197,6 +202,7 @@ pub fn parse(raw: &[u8], slashes: EscapedSlashes) -> Result<Parsed<'_>, BadTarge
             bytes,
             path_len,
             routing,
+            raw_parameters: path.contains(&b';'),
         },
         authority,
     })
@@ -247,6 +253,13 @@ pub fn canonical_path(path: &[u8], slashes: EscapedSlashes) -> Result<Vec<u8>, B
             Some(i) => &seg[..i],
             None => &seg[..],
         };
+        // A segment that is only `;params` is an empty segment to a servlet container (its
+        // parameters removed, the `//` left merged): dropped here too, so it can neither be
+        // routed nor take a `..` away from the segment before it.
+        if name.is_empty() {
+            trailing_slash = last && !out.is_empty();
+            continue;
+        }
         let dots = name == b"." || name == b"..";
         if dots && name.len() != seg.len() {
             return Err(BadTarget::DotParams);

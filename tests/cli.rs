@@ -264,6 +264,19 @@ fn check_names_broken_connector_keys() {
             json!({"type": "firebase", "service_account_json": "{}", "claims": {"firebase": "dct"}}),
             "connectors.c.claims.firebase",
         ),
+        // A claim the client set itself (`nsec`) never becomes a claim the gateway signs.
+        (
+            json!({"type": "supabase", "jwt_secret": "s", "claims": {"app_metadata.plan": "nsec.plan"}}),
+            "connectors.c.claims.app_metadata.plan: nsec holds claims set by the client",
+        ),
+        (
+            json!({"type": "jwt", "key_file": "bad.pem", "issuer": "x", "claims": {"tier": "nsec.x"}}),
+            "connectors.c.claims.tier: nsec holds claims set by the client",
+        ),
+        (
+            json!({"type": "firebase", "service_account_json": "{}", "claims": {"plan": "nsec"}}),
+            "connectors.c.claims.plan: nsec holds claims set by the client",
+        ),
     ];
     for (connector, want) in cases {
         let config = ConfigBuilder::new("P", "http://127.0.0.1:1/k")

@@ -1,6 +1,6 @@
 //! The request edge, tried as an attacker would over raw sockets against the real binary: one
 //! canonical target and host decide the route and are what the backend gets; no Descope
-//! credential reaches a backend; forwarding headers say what extoken saw.
+//! credential reaches a backend. (Forwarding headers and request ids: tests/forwarding.rs.)
 
 mod common;
 
@@ -353,49 +353,4 @@ async fn underscore_headers_can_be_refused() {
     assert_eq!(r.status, 400, "{r:?}");
     assert_eq!(backend.count(), 0);
     assert_eq!(gw.get("/x").await.status, 200);
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn forwarding_headers_say_what_extoken_saw() {
-    let spoofed = [
-        ("X-Forwarded-For", "10.9.9.9"),
-        ("X-Real-IP", "10.9.9.9"),
-        ("X-Forwarded-Host", "admin.example.com"),
-        ("X-Forwarded-Proto", "https"),
-        ("Forwarded", "for=10.9.9.9"),
-    ];
-    for trusted in [false, true] {
-        let backend = Backend::start().await;
-        let proxies = if trusted { "127.0.0.0/8" } else { "10.0.0.0/8" };
-        let config = ConfigBuilder::new(PROJECT, "http://127.0.0.1:1/k")
-            .ext_connector()
-            .set("trusted_proxies", json!([proxies]))
-            .route(RouteSpec::new("/", &backend.url()).auth_none());
-        let gw = GatewayProcess::start(&config.to_yaml()).await;
-        let mut req = gw.client.get(gw.url("/x"));
-        for (k, v) in spoofed {
-            req = req.header(k, v);
-        }
-        assert_eq!(gw.send(req).await.status, 200);
-        let seen = backend.only();
-        let host = format!("127.0.0.1:{}", gw.addr.port());
-        if trusted {
-            assert_eq!(seen.header("x-forwarded-for"), Some("10.9.9.9, 127.0.0.1"));
-            assert_eq!(seen.header("x-real-ip"), Some("10.9.9.9"));
-            assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
-            assert_eq!(
-                seen.header("forwarded"),
-                Some("for=10.9.9.9, for=127.0.0.1")
-            );
-        } else {
-            assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
-            assert_eq!(seen.header("x-real-ip"), Some("127.0.0.1"));
-            assert_eq!(seen.header("x-forwarded-host"), Some(host.as_str()));
-            assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
-            assert_eq!(
-                seen.header("forwarded"),
-                Some(format!("for=127.0.0.1;host=\"{host}\";proto=http").as_str())
-            );
-        }
-    }
 }

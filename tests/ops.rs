@@ -107,33 +107,29 @@ async fn probes_metrics_and_request_ids() {
     let good = session_token(&key, "U2ops", 600);
     let expired = session_token(&key, "U2old", -600);
 
-    // Forwarded, with the client's request id.
-    let r = gw
-        .client
-        .get(gw.url("/api/a"))
-        .bearer_auth(&good)
-        .header("x-request-id", "ops-test-42")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.headers()["x-request-id"], "ops-test-42");
-    assert_eq!(last_request_id(&up).as_deref(), Some("ops-test-42"));
-
-    // An insane id is replaced by a generated one, forwarded and returned.
-    let r = gw
-        .client
-        .get(gw.url("/api/b"))
-        .bearer_auth(&good)
-        .header("x-request-id", "x".repeat(200))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
-    assert_eq!(rid.len(), 32, "{rid}");
-    assert!(rid.bytes().all(|b| b.is_ascii_hexdigit()), "{rid}");
-    assert_eq!(last_request_id(&up).as_deref(), Some(rid.as_str()));
+    // A client's own id (not a trusted proxy's: tests/forwarding.rs) is replaced by a generated
+    // one, forwarded and returned; each request gets its own.
+    let mut ids = Vec::new();
+    for (path, sent) in [
+        ("/api/a", "ops-test-42".to_string()),
+        ("/api/b", "x".repeat(200)),
+    ] {
+        let r = gw
+            .client
+            .get(gw.url(path))
+            .bearer_auth(&good)
+            .header("x-request-id", sent)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
+        assert_eq!(rid.len(), 32, "{rid}");
+        assert!(rid.bytes().all(|b| b.is_ascii_hexdigit()), "{rid}");
+        assert_eq!(last_request_id(&up).as_deref(), Some(rid.as_str()));
+        ids.push(rid);
+    }
+    assert_ne!(ids[0], ids[1]);
 
     // Refusals carry an id too.
     let r = gw.get_bearer("/api/c", &expired).await;

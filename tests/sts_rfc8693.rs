@@ -287,6 +287,21 @@ async fn the_test_server_verifies_subject_jwts_against_the_descope_jwks() {
         (400, "invalid_grant".to_string()),
         "a session is no token the server issued"
     );
+    // A step-up policy judges each subject token: the same user without `mfa` in `amr` is
+    // refused, with it accepted.
+    sts.setup(|s| s.required_amr = Some("mfa".into()));
+    for (amr, want) in [
+        (json!(["pwd"]), 400),
+        (json!([]), 400),
+        (json!("mfa"), 400),
+        (json!(["pwd", "mfa"]), 200),
+    ] {
+        let subject = project.session("U2nina", &[("amr", amr.clone())]);
+        let got = outcome(post(&sts, &basic, &exchange_form(&subject, &[])).await).await;
+        assert_eq!(got.0, want, "amr {amr}: {got:?}");
+    }
+    let got = outcome(post(&sts, &basic, &exchange_form(&good, &[])).await).await;
+    assert_eq!(got, (400, "invalid_grant".to_string()), "amr [\"email\"]");
 }
 
 #[tokio::test(flavor = "multi_thread")]

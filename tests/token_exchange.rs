@@ -1,136 +1,16 @@
 //! The `token_exchange` connector (RFC 8693) end to end: a strict token exchange server on
 //! loopback ([`Sts`], itself tested in `tests/sts_rfc8693.rs`), the real gateway, a recording
-//! backend. Covers each client authentication, what is sent (the session as subject token,
-//! audience, resource, scope), the cache (a refreshed session with the same claims reuses the
-//! token, changed roles do not), `invalid_grant` as a 401, server errors, timeouts and oversized
-//! replies as 503, chaining through `subject: {external_token: ...}`, and config errors.
+//! backend ([`TeRig`]). Covers each client authentication, what is sent (the session as subject
+//! token, audience, resource, scope), `invalid_grant` as a 401, server errors, timeouts and
+//! oversized replies as 503, chaining through `subject: {external_token: ...}`, and config errors.
+//! What keys its cache: `tests/token_exchange_cache.rs`.
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
-
-const AUDIENCE: &str = "legacy-api";
-const RESOURCE: &str = "https://legacy.example.com/api";
-const SCOPES: [&str; 2] = ["orders.read", "orders.write"];
-const BASIC_SECRET: &str = "b4sic secret&=";
-const POST_SECRET: &str = "p0st-secret";
-
-// ---------------------------------------------------------------------------------------------
-// The gateway with token_exchange connectors
-
-/// Project + STS + backend + gateway. Routes: `/basic`, `/post`, `/jwt` (one connector per client
-/// authentication), `/chain` (exchanges the `/basic` connector's token again), `/claim-chain`
-/// (exchanges the session's `externalToken` claim).
-struct TeRig {
-    project: Project,
-    sts: Sts,
-    backend: Backend,
-    gw: GatewayProcess,
-}
-
-/// A token_exchange connector with the exchange parameters the STS expects.
-fn connector(client_auth: Value) -> Value {
-    json!({
-        "type": "token_exchange",
-        "client_auth": client_auth,
-        "audience": AUDIENCE,
-        "resource": [RESOURCE],
-        "scope": SCOPES,
-        "timeout": "1s",
-    })
-}
-
-async fn te_rig() -> TeRig {
-    let project = Project::start().await;
-    let backend = Backend::start().await;
-    let pem = extoken::mint::generate_pem().unwrap();
-    let encoding = jsonwebtoken::EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap();
-    let jwk = jsonwebtoken::jwk::Jwk::from_encoding_key(&encoding, jsonwebtoken::Algorithm::RS256)
-        .unwrap();
-    let mut jwk = serde_json::to_value(jwk).unwrap();
-    jwk["kid"] = "client-key-1".into();
-    let sts = Sts::start(StsSetup {
-        clients: HashMap::from([
-            ("gw-basic".into(), ClientCred::Basic(BASIC_SECRET.into())),
-            ("gw-post".into(), ClientCred::Post(POST_SECRET.into())),
-            ("gw-jwt".into(), ClientCred::PrivateKeyJwt(jwk)),
-        ]),
-        jwks_url: Some(project.jwks.url()),
-        project: CONNECTOR_PROJECT.into(),
-        audience: vec![AUDIENCE.into()],
-        resource: vec![RESOURCE.into()],
-        scope: Some(SCOPES.join(" ")),
-        refused_users: ["U2mallory".to_string()].into(),
-        expires_in: 600,
-    })
-    .await;
-    let with_url = |mut c: Value| {
-        c["token_url"] = sts.url().into();
-        c
-    };
-    let basic =
-        json!({"client_secret_basic": {"client_id": "gw-basic", "client_secret": BASIC_SECRET}});
-    let mut chain = with_url(connector(basic.clone()));
-    chain["subject"] = json!({"external_token": "basic"});
-    let mut claim_chain = with_url(connector(basic.clone()));
-    claim_chain["subject"] = json!({"external_token": "ext"});
-    let route = |p: &str, c: &str| RouteSpec::new(p, &backend.url()).name(c).connector(c);
-    let config = project
-        .config()
-        .ext_connector()
-        .connector("basic", with_url(connector(basic)))
-        .connector(
-            "post",
-            with_url(connector(json!({"client_secret_post": {"client_id": "gw-post", "client_secret": POST_SECRET}}))),
-        )
-        .connector(
-            "jwt",
-            with_url(connector(json!({"private_key_jwt": {"client_id": "gw-jwt", "key_file": "client.pem", "kid": "client-key-1"}}))),
-        )
-        .connector("chain", chain)
-        .connector("claim_chain", claim_chain)
-        .set("cache", json!({"negative_ttl": "1s"}))
-        .route(route("/basic", "basic"))
-        .route(route("/post", "post"))
-        .route(route("/jwt", "jwt"))
-        .route(route("/chain", "chain"))
-        .route(route("/claim-chain", "claim_chain"));
-    let files = [("client.pem", pem.as_str())];
-    let how = Launch {
-        files: &files,
-        admin: true,
-        ..Launch::default()
-    };
-    let gw = project.gateway(&config, how).await;
-    TeRig {
-        project,
-        sts,
-        backend,
-        gw,
-    }
-}
-
-impl TeRig {
-    /// A session for `user` with `extra` claims, issued `age` seconds ago (so two sessions with
-    /// the same claims but another age are two different JWTs, as after a refresh).
-    fn session(&self, user: &str, age: u64, extra: &[(&str, Value)]) -> String {
-        let mut all = vec![("iat", json!(now() - age))];
-        all.extend(extra.iter().cloned());
-        self.project.session(user, &all)
-    }
-
-    /// Nothing secret of the exchange is in the gateway's log.
-    fn assert_log_clean(&self, secrets: &[&str]) {
-        let log = self.gw.log();
-        for s in secrets.iter().chain([&BASIC_SECRET, &POST_SECRET]) {
-            assert!(!log.contains(s), "{s} is in the log:\n{log}");
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn each_client_authentication_exchanges_the_session_and_forwards_the_token() {
@@ -174,67 +54,6 @@ async fn each_client_authentication_exchanges_the_session_and_forwards_the_token
     }
     let refs: Vec<&str> = minted.iter().map(String::as_str).collect();
     r.assert_log_clean(&refs);
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn the_token_is_cached_on_the_claims_not_the_session_jwt() {
-    let r = te_rig().await;
-    let claims = [
-        ("roles", json!(["reader"])),
-        ("dct", json!("T1")),
-        ("tenants", json!({"T1": {"roles": ["member"]}})),
-    ];
-    let first = r.session("U2carol", 30, &claims);
-    assert_eq!(r.gw.get_bearer("/basic/a", &first).await.status, 200);
-    assert_eq!(r.gw.get_bearer("/basic/b", &first).await.status, 200);
-    assert_eq!(
-        r.sts.issued_count(),
-        1,
-        "the second request is served from the cache"
-    );
-
-    let refreshed = r.session("U2carol", 0, &claims);
-    assert_ne!(first, refreshed);
-    assert_eq!(r.gw.get_bearer("/basic/c", &refreshed).await.status, 200);
-    assert_eq!(
-        r.sts.issued_count(),
-        1,
-        "a refreshed session with the same claims reuses it"
-    );
-    let auths = r.backend.authorizations();
-    assert_eq!(auths, vec!["Bearer sts-U2carol-1"; 3]);
-
-    let promoted = r.session(
-        "U2carol",
-        0,
-        &[
-            ("roles", json!(["reader", "admin"])),
-            claims[1].clone(),
-            claims[2].clone(),
-        ],
-    );
-    assert_eq!(r.gw.get_bearer("/basic/d", &promoted).await.status, 200);
-    assert_eq!(r.sts.issued_count(), 2, "changed roles: a new exchange");
-    let tenant_role = r.session(
-        "U2carol",
-        0,
-        &[
-            claims[0].clone(),
-            claims[1].clone(),
-            ("tenants", json!({"T1": {"roles": ["owner"]}})),
-        ],
-    );
-    assert_eq!(r.gw.get_bearer("/basic/e", &tenant_role).await.status, 200);
-    assert_eq!(
-        r.sts.issued_count(),
-        3,
-        "changed tenant roles: a new exchange"
-    );
-    assert_eq!(
-        r.sts.calls()[2].all("subject_token"),
-        [tenant_role.as_str()],
-        "the new exchange sends the current session"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -383,7 +202,7 @@ fn check(connectors: Value) -> (Option<i32>, String) {
 
 fn te(extra: Value) -> Value {
     let mut c =
-        connector(json!({"client_secret_basic": {"client_id": "gw", "client_secret": "s"}}));
+        te_connector(json!({"client_secret_basic": {"client_id": "gw", "client_secret": "s"}}));
     c["token_url"] = "https://idp.example.com/token".into();
     for (k, v) in extra.as_object().unwrap() {
         c[k] = v.clone();
@@ -411,6 +230,18 @@ fn config_errors_name_their_key() {
         (
             json!({"a": te(json!({"scope": ["a b"]}))}),
             "connectors.a.scope[0]",
+        ),
+        (
+            json!({"a": te(json!({"cache_key": []}))}),
+            "connectors.a.cache_key: ",
+        ),
+        (
+            json!({"a": te(json!({"cache_key": ["sub", "nsec.level"]}))}),
+            "connectors.a.cache_key[1]: nsec holds claims set by the client",
+        ),
+        (
+            json!({"a": te(json!({"cache_key": ["tenants..roles"]}))}),
+            "connectors.a.cache_key[0]: ",
         ),
         (
             json!({"a": te(json!({"client_auth": {"private_key_jwt": {"client_id": "gw", "key_file": "missing.pem"}}}))}),

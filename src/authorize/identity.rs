@@ -74,7 +74,9 @@ impl Assertions {
 }
 
 /// Headers extoken itself owns or that change how a message is framed: never identity headers.
-const RESERVED: [&str; 20] = [
+/// The forwarding family (`crate::rewrite`'s, which removes or sets all of it) is owned too: an
+/// identity header of that name would be dropped from an untrusted peer's request.
+const RESERVED: [&str; 30] = [
     "host",
     "authorization",
     "proxy-authorization",
@@ -95,6 +97,16 @@ const RESERVED: [&str; 20] = [
     "x-real-ip",
     "forwarded",
     "x-request-id",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-forwarded-ssl",
+    "x-forwarded-uri",
+    "x-forwarded-method",
+    "x-original-url",
+    "x-original-uri",
+    "x-original-method",
+    "x-rewrite-url",
 ];
 
 /// A dotted claim path, split.

@@ -18,7 +18,7 @@ mod tests;
 #[cfg(test)]
 pub(crate) use identity::ASSERTION_LIFETIME_SECS;
 pub(crate) use identity::{Assertions, IdentityHeaders};
-pub(crate) use rules::{Denied, Rules};
+pub(crate) use rules::{claim_path, Denied, Rules};
 
 use crate::config::{Config, ConfigError};
 

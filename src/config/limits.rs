@@ -22,6 +22,10 @@ pub struct CacheConfig {
     /// How long a connector failure is remembered per key (no call during it).
     #[serde(default = "d_negative_ttl")]
     pub negative_ttl: Dur,
+    /// At most one eviction per key this often: an upstream 401 within it leaves the token
+    /// cached, so a client cannot turn each 401 it provokes into a mint (`0s`: every 401 evicts).
+    #[serde(default = "d_evict_min_interval")]
+    pub evict_min_interval: Dur,
     /// `cache.shared`: a Redis second level shared by replicas (absent: each process alone).
     #[serde(default)]
     pub shared: Option<RawSharedCache>,
@@ -52,6 +56,9 @@ fn d_min_margin() -> Dur {
 fn d_negative_ttl() -> Dur {
     Dur::secs(1)
 }
+fn d_evict_min_interval() -> Dur {
+    Dur::secs(30)
+}
 
 impl Default for CacheConfig {
     fn default() -> Self {
@@ -61,6 +68,7 @@ impl Default for CacheConfig {
             margin: d_margin(),
             min_margin: d_min_margin(),
             negative_ttl: d_negative_ttl(),
+            evict_min_interval: d_evict_min_interval(),
             shared: None,
         }
     }

@@ -106,8 +106,11 @@ impl Authorization for DecisionGrpc {
             .and_then(|r| r.http)
             .unwrap_or_default();
         let headers = client_headers(&http.headers);
-        let request_id = super::http_app::request_id(headers.get("x-request-id"));
-        let decision = match super::trusted(&gw, peer)
+        let trust = super::trusted(&gw, peer);
+        // Envoy's request id (it passes a client's own only when configured to trust it).
+        let offered = headers.get("x-request-id").filter(|_| trust.is_ok());
+        let request_id = super::http_app::request_id(offered);
+        let decision = match trust
             .and_then(|()| original::from_grpc(&http.method, &http.path, &http.host, headers))
         {
             Ok(o) => super::decide(&gw, o, &mut SessionMemo::default()).await,

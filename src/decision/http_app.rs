@@ -45,8 +45,11 @@ impl ServeHttp for DecisionHttp {
         let _in_flight = self.drain.enter();
         let gw = self.state.load_full();
         listener::head_complete(s, &gw.config.limits);
-        let request_id = request_id(s.req_header().headers.get(&X_REQUEST_ID));
         let peer = s.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        let trust = super::trusted(&gw, peer);
+        // A caller's own request id only from a trusted proxy, as on the proxy listener.
+        let offered = s.req_header().headers.get(&X_REQUEST_ID);
+        let request_id = request_id(offered.filter(|_| trust.is_ok()));
         let prefix = gw
             .config
             .decision
@@ -55,7 +58,7 @@ impl ServeHttp for DecisionHttp {
         let req = s.req_header();
         let protocol = original::protocol_of(req.raw_path(), &req.headers, prefix);
         let mut method = req.method.clone();
-        let asked = super::trusted(&gw, peer)
+        let asked = trust
             .and_then(|()| original::from_http(&req.method, req.raw_path(), &req.headers, prefix));
         let decision = match asked {
             Ok((_, original)) => {

@@ -13,6 +13,8 @@
 //!   as it can be served.
 //! * With `cache.shared`, a miss and a refresh-ahead go through the second level (Redis, shared by
 //!   the replicas: `shared.rs`) instead of straight to the connector.
+//! * An upstream 401 evicts only the token it was sent with, and a key at most once per
+//!   `evict_min_interval` (`evict.rs`), so provoked 401s cannot become a mint each.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,6 +23,8 @@ use std::time::{Duration, Instant};
 
 use moka::ops::compute::Op;
 
+pub(crate) use evict::Eviction;
+pub use evict::TokenRef;
 pub(crate) use fill::{Fill, Margin};
 
 use super::shared::{Listener, SharedCache};
@@ -165,6 +169,9 @@ struct Inner {
     failures: moka::sync::Cache<CacheKey, Failure>,
     margin: Margin,
     negative_ttl: Duration,
+    /// When each key was last evicted by an upstream 401 (by `clock`; moka only bounds it).
+    evictions: moka::sync::Cache<CacheKey, Instant>,
+    evict_min_interval: Duration,
     shared: Option<Arc<SharedCache>>,
 }
 
@@ -201,6 +208,11 @@ impl TokenCache {
                     .build(),
                 margin: Self::margin_of(cfg),
                 negative_ttl,
+                evictions: moka::sync::Cache::builder()
+                    .max_capacity(cfg.max_entries)
+                    .time_to_live(cfg.evict_min_interval.0 + STORAGE_SLACK)
+                    .build(),
+                evict_min_interval: cfg.evict_min_interval.0,
                 shared: shared.map(Arc::new),
             }),
         }
@@ -360,16 +372,6 @@ impl TokenCache {
         });
     }
 
-    /// Forgets a token (the upstream answered 401 to it), here and, with a shared cache, in
-    /// Redis and on every replica (in the background: the response does not wait for Redis).
-    pub(crate) async fn evict(&self, key: &CacheKey) {
-        self.inner.tokens.invalidate(key).await;
-        if let Some(shared) = &self.inner.shared {
-            let (shared, key) = (shared.clone(), key.clone());
-            tokio::spawn(async move { shared.evict(&key).await });
-        }
-    }
-
     /// The shared cache's `lock_ttl`, if there is one (a reload keeps the cache only when the
     /// connectors still fit in it).
     pub(crate) fn lock_ttl(&self) -> Option<Duration> {
@@ -398,6 +400,9 @@ impl Listener for Inner {
     }
 }
 
+mod evict;
+#[cfg(test)]
+mod evict_tests;
 mod fill;
 #[cfg(test)]
 mod tests;

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::cache::{CacheKey, Lookup, TokenCache};
+use super::cache::{CacheKey, Eviction, Lookup, TokenCache, TokenRef};
 use super::claim::ClaimConnector;
 use super::connector_config::{parse_all, ConnectorConfig};
 use super::firebase::Firebase;
@@ -86,6 +86,9 @@ struct Connector {
     /// `extoken_cache_lookups_total{connector, result}`, one handle per [`Lookup`], resolved once
     /// (a `with_label_values` per request hashes both labels and takes the vector's lock).
     lookups: [prometheus::IntCounter; 6],
+    /// `extoken_token_evictions_total{connector, result}`, one handle per [`Eviction`] (resolved
+    /// once, so each series is exported from the start, at 0).
+    evictions: [prometheus::IntCounter; 3],
 }
 
 impl Connector {
@@ -136,12 +139,14 @@ impl Connector {
     }
 
     fn new(name: &str, kind: ConnectorKind, cfg: &ConnectorConfig, loaded: &[u8]) -> Connector {
-        let counters = &crate::metrics::metrics().cache_lookups_total;
+        let m = crate::metrics::metrics();
+        let (lookups, evictions) = (&m.cache_lookups_total, &m.token_evictions_total);
         Connector {
             name: name.into(),
             kind,
             settings: fingerprint(cfg, loaded),
-            lookups: Lookup::ALL.map(|l| counters.with_label_values(&[name, l.label()])),
+            lookups: Lookup::ALL.map(|l| lookups.with_label_values(&[name, l.label()])),
+            evictions: Eviction::ALL.map(|e| evictions.with_label_values(&[name, e.label()])),
         }
     }
 }
@@ -177,11 +182,12 @@ pub(super) fn shared_config(
     SharedCacheConfig::parse(raw, &slowest).map(Some)
 }
 
-/// The token a request gets, and the cache key to forget it by if the upstream refuses it.
+/// The token a request gets, and (when it came from the cache) the token and its cache key, to
+/// forget it by if the upstream refuses it.
 #[derive(Debug, Clone)]
 pub(crate) struct Obtained {
     pub(crate) token: ExternalToken,
-    pub(crate) cache_key: Option<CacheKey>,
+    pub(crate) cache_key: Option<TokenRef>,
 }
 
 /// The configured connectors, by name, with the token cache they share.
@@ -285,17 +291,27 @@ impl Connectors {
                 let key = CacheKey::new(c.name.clone(), &c.settings, &m.cache_inputs(&inputs));
                 let (result, how) = self.cache.get_or_mint(&key, m, &inputs).await;
                 c.lookups[how as usize].inc();
+                let token = result?;
                 Ok(Obtained {
-                    token: result?,
-                    cache_key: Some(key),
+                    cache_key: Some(TokenRef {
+                        key,
+                        token: token.clone(),
+                    }),
+                    token,
                 })
             }
         }
     }
 
-    /// Forgets a cached token (the upstream answered 401 to it).
-    pub(crate) async fn evict(&self, key: &CacheKey) {
-        self.cache.evict(key).await;
+    /// The upstream answered 401 to `sent`: forgets it unless it is no longer cached or its key
+    /// was evicted within `cache.evict_min_interval` (see `cache/evict.rs`), and counts which.
+    pub(crate) async fn evict(&self, sent: &TokenRef) -> Eviction {
+        let outcome = self.cache.evict(sent).await;
+        // The key was made by this configuration's connector: it is there.
+        if let Some(c) = self.by_name.get(&*sent.key.connector) {
+            c.evictions[outcome as usize].inc();
+        }
+        outcome
     }
 
     /// `{"keys":[...]}` of the `jwt` connectors' public keys, if any are configured.

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 
 use super::ExchangeError;
+use crate::authorize::claim_path;
 use crate::config::ConfigError;
 use crate::verify::{ClaimSource, ClaimsKept, VerifiedSession};
 
@@ -16,7 +17,8 @@ pub(crate) type ClaimMap = BTreeMap<String, String>;
 /// Claims a mapping of a connector that signs JWTs may not set: the connector owns them.
 pub(crate) const JWT_RESERVED: &[&str] = &["sub", "exp", "iat", "nbf", "iss", "aud"];
 
-/// Checks a `claims:` mapping (at `{path}.claims`): well-formed paths, no `reserved` target.
+/// Checks a `claims:` mapping (at `{path}.claims`): well-formed paths, no `reserved` target, no
+/// source in `nsec`.
 pub(crate) fn check_claim_map(
     path: &str,
     m: &ClaimMap,
@@ -37,6 +39,9 @@ pub(crate) fn check_claim_map(
         if source.is_empty() || source.split('.').any(str::is_empty) {
             return Err(ConfigError::key(key, "invalid session claim path"));
         }
+        // The check `require` and `identity_headers` use (one function): a claim the client set
+        // itself (`nsec`) must never become a claim of a token the gateway signs.
+        claim_path(source).map_err(|m| ConfigError::key(key, m))?;
     }
     Ok(())
 }

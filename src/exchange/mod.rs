@@ -29,8 +29,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use cache::CacheKey;
 pub(crate) use cache::TokenCache;
+pub use cache::{CacheKey, TokenRef};
 pub use connector_config::validate;
 pub use connectors::Connectors;
 pub use firebase::FIREBASE_AUDIENCE;
@@ -56,6 +56,12 @@ impl ExternalToken {
     }
     pub(crate) fn as_str(&self) -> &str {
         &self.0
+    }
+    /// Whether `other` is this very token, compared in constant time (what a request sent against
+    /// what is cached: neither may leak through timing).
+    pub(crate) fn same_as(&self, other: &ExternalToken) -> bool {
+        aws_lc_rs::constant_time::verify_slices_are_equal(self.0.as_bytes(), other.0.as_bytes())
+            .is_ok()
     }
 }
 
@@ -165,5 +171,14 @@ mod tests {
         }
         let t = ExternalToken::new("secret").unwrap();
         assert!(!format!("{t:?}").contains("secret"));
+    }
+
+    #[test]
+    fn same_as_compares_the_whole_token() {
+        let t = |s: &str| ExternalToken::new(s).unwrap();
+        assert!(t("tok-1").same_as(&t("tok-1")));
+        for other in ["tok-2", "tok-", "tok-10", "TOK-1"] {
+            assert!(!t("tok-1").same_as(&t(other)), "{other}");
+        }
     }
 }

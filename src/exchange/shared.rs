@@ -6,14 +6,17 @@
 //! here. On a miss the entry is read from Redis; if it is not there, one replica takes a short
 //! lock and mints while the others wait for its value (`lock.rs`). Names and values are HMACs and
 //! AES-256-GCM (`crypto.rs`). Redis is never needed to answer: whatever fails or is slow is a local
-//! mint, counted and logged once (`ops.rs`). An upstream 401 deletes the entry and tells the other
-//! replicas, through a pub/sub channel, to drop it from their first level (`pubsub.rs`).
+//! mint, counted and logged once (`ops.rs`). An upstream 401 that the first level evicted deletes
+//! the entry — if it still holds the refused token, at most once per `evict_min_interval` for the
+//! fleet (`evict.rs`) — and tells the other replicas, through a pub/sub channel, to drop it from
+//! their first level (`pubsub.rs`).
 //! `config.rs` checks `cache.shared`; `connection.rs` reaches one server, a Cluster or a Sentinel's
 //! master.
 
 mod config;
 mod connection;
 mod crypto;
+mod evict;
 mod lock;
 mod ops;
 mod pubsub;
@@ -30,7 +33,7 @@ use crate::clock::SharedClock;
 use crate::config::ConfigError;
 use connection::Connection;
 use crypto::Keys;
-use ops::{Op, Ops};
+use ops::Ops;
 
 /// Redis key names of one cache entry.
 pub(crate) struct Names {
@@ -115,24 +118,6 @@ impl SharedCache {
     /// The local key of entry `id`, if this replica has looked it up.
     pub(crate) fn local_key(&self, id: &str) -> Option<CacheKey> {
         self.known.get(id)
-    }
-
-    /// Forgets `key` in Redis and tells the other replicas to forget it too (the upstream
-    /// answered 401 to its token).
-    pub(crate) async fn evict(&self, key: &CacheKey) {
-        let names = self.names(key);
-        let del = redis::Cmd::del(&names.value);
-        if self
-            .ops
-            .run::<i64>(Op::Delete, &del, |_| "ok")
-            .await
-            .is_err()
-        {
-            return;
-        }
-        let msg = format!("{}:{}", self.instance, names.id);
-        let publish = redis::Cmd::publish(self.channel(), msg);
-        let _ = self.ops.run::<i64>(Op::Publish, &publish, |_| "ok").await;
     }
 }
 

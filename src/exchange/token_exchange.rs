@@ -6,16 +6,21 @@
 //! credential leaves the gateway". Or it is the token another connector makes for the session
 //! (`subject: {external_token: <name>}`), obtained first by [`super::Connectors`].
 //!
-//! The cache key is what the minted token depends on: the user, tenant, project and tenant roles
-//! and permissions (plus the connector's settings fingerprint, which covers every exchange
-//! parameter) — not the session JWT, so a refreshed session with unchanged claims reuses the
-//! token. A chained subject token is part of the key (hashed, like all of it).
+//! The cache key (besides the connector's settings fingerprint, which covers every exchange
+//! parameter) is the SHA-256 of the subject token: RFC 8693 makes the provider the decision point
+//! for each subject token, and it may refuse one session of a user (no `mfa` in `amr`, a revoked
+//! session) while accepting another, so one session must never be served the token exchanged for
+//! another. A refreshed session is therefore a new exchange. An operator who accepts per-user
+//! reuse opts in with `cache_key: [claims]`: the user id and those claims then key the token
+//! instead, and the provider is asked again only when one of them changes.
 //!
 //! Errors follow RFC 6749 §5.2: `invalid_grant` means the provider refused the subject (401:
 //! log in again); anything else, 5xx, a timeout or an oversized reply is the connector being
 //! unavailable (503). Neither the subject token, the client secret, the minted token nor the
 //! provider's `error_description` is ever put in an error message.
 
+#[cfg(test)]
+mod cache_key_tests;
 mod config;
 #[cfg(test)]
 mod tests;
@@ -31,7 +36,7 @@ pub(crate) use config::{check_subjects, TokenExchangeConfig};
 use config::{list, AssertionAlg, ClientAuth};
 
 use super::http_endpoint::{form_encode, jwt_lifetime};
-use super::identity::user_id;
+use super::identity::{lookup, user_id};
 use super::signing::Signer;
 use super::{ExchangeError, ExternalToken, Mint, Minted, RequestInfo, MAX_REPLY_BYTES};
 use crate::bounded::read_body;
@@ -131,6 +136,8 @@ pub(crate) struct TokenExchange {
     subject_from: Option<String>,
     timeout: Duration,
     default_lifetime: Option<Duration>,
+    /// `cache_key`: the claims that, with the user, key the cache instead of the subject token.
+    cache_claims: Option<Vec<String>>,
 }
 
 impl TokenExchange {
@@ -165,6 +172,7 @@ impl TokenExchange {
             subject_from: c.subject_connector().map(str::to_string),
             timeout: c.timeout.0,
             default_lifetime: c.default_lifetime.map(|d| d.0),
+            cache_claims: c.cache_key.clone(),
         };
         Ok((connector, loaded))
     }
@@ -277,40 +285,60 @@ fn form(pairs: &[(&str, &str)]) -> String {
 
 #[async_trait::async_trait]
 impl Mint for TokenExchange {
+    /// The subject token (the session, unless another connector's token is bound later) and,
+    /// with `cache_key`, the user and the listed claims (absent ones as `null`).
     fn inputs(&self, s: &VerifiedSession, req: RequestInfo<'_>) -> Result<Value, ExchangeError> {
-        let c = &s.claims;
-        let tenant = c.get("dct").and_then(Value::as_str);
-        let entry = tenant.and_then(|t| c.get("tenants")?.get(t));
-        let of_tenant = |k: &str| entry.and_then(|e| e.get(k)).cloned();
-        let mut v = json!({
-            "user": user_id(s)?,
-            "tenant": tenant,
-            "roles": c.get("roles"),
-            "permissions": c.get("permissions"),
-            "tenant_roles": of_tenant("roles"),
-            "tenant_permissions": of_tenant("permissions"),
-        });
-        if self.subject_from.is_none() {
-            v["subject_token"] = req.session_token.into();
+        let mut v = Map::new();
+        if let Some(paths) = &self.cache_claims {
+            let claims: Map<String, Value> = paths
+                .iter()
+                .map(|p| {
+                    (
+                        p.clone(),
+                        lookup(&s.claims, p).cloned().unwrap_or(Value::Null),
+                    )
+                })
+                .collect();
+            v.insert("user".into(), user_id(s)?.into());
+            v.insert("claims".into(), claims.into());
         }
-        Ok(v)
+        if self.subject_from.is_none() {
+            v.insert("subject_token".into(), req.session_token.into());
+        }
+        Ok(Value::Object(v))
     }
+
+    /// By default only a session's own JWT reads its cached token; with `cache_key`, the user's
+    /// listed claims.
     fn claims_read(&self, kept: &mut ClaimsKept) {
-        for c in ["sub", "dsub", "dct", "roles", "permissions", "tenants"] {
-            kept.read(c);
+        if let Some(paths) = &self.cache_claims {
+            kept.read("sub");
+            kept.read("dsub");
+            for p in paths {
+                kept.read(p);
+            }
         }
     }
 
-    /// Without the session JWT: a refreshed session with the same claims reuses the token. A
-    /// chained subject token stays in (its refresh means a new exchange).
+    /// The subject token's SHA-256 (the key hashes its inputs again, but the token itself is not
+    /// even part of what is hashed); with `cache_key`, the user and the listed claims, without the
+    /// subject.
     fn cache_inputs(&self, inputs: &Value) -> Value {
-        let mut v = inputs.clone();
-        if self.subject_from.is_none() {
-            if let Some(o) = v.as_object_mut() {
-                o.remove("subject_token");
+        match &self.cache_claims {
+            Some(_) => {
+                let mut v = inputs.clone();
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("subject_token");
+                }
+                v
+            }
+            None => {
+                let subject = inputs["subject_token"].as_str().unwrap_or_default();
+                let digest =
+                    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, subject.as_bytes());
+                json!({"subject_sha256": URL_SAFE_NO_PAD.encode(digest.as_ref())})
             }
         }
-        v
     }
 
     fn subject_connector(&self) -> Option<&str> {

@@ -64,20 +64,18 @@ fn sessions_keep_only_the_claims_the_config_reads() {
         kept_for("{c: {type: supabase, jwt_secret: s, claims: {plan: custom.plan}}}"),
         only(&["custom", "dct", "dsub", "email", "phone", "sub"])
     );
+    // token_exchange is keyed by the subject token: it reads no claim, unless `cache_key` names
+    // claims (and then the user id too).
+    let token_exchange = |extra: &str| {
+        kept_for(&format!(
+            "{{c: {{type: claim}}, t: {{type: token_exchange, token_url: 'http://127.0.0.1:1/t', \
+             client_auth: {{client_secret_post: {{client_id: g, client_secret: s}}}}{extra}}}}}"
+        ))
+    };
+    assert_eq!(token_exchange(""), only(&["dct", "externalToken"]));
     assert_eq!(
-        kept_for(
-            "{c: {type: claim}, t: {type: token_exchange, token_url: 'http://127.0.0.1:1/t', \
-             client_auth: {client_secret_post: {client_id: g, client_secret: s}}}}"
-        ),
-        only(&[
-            "dct",
-            "dsub",
-            "externalToken",
-            "permissions",
-            "roles",
-            "sub",
-            "tenants"
-        ])
+        token_exchange(", cache_key: [amr, tenants.T1.roles]"),
+        only(&["amr", "dct", "dsub", "externalToken", "sub", "tenants"])
     );
     // The http connector sends every custom claim: only standard ones it does not send go.
     let skipped = [

@@ -104,11 +104,7 @@ mod tests {
             strip_cookies: cookies,
             strip_headers: names,
             drop_underscore_headers: false,
-            peer: Peer {
-                addr: None,
-                trusted: false,
-                tls: false,
-            },
+            peer: Peer::new(None, None, &[]),
             request_id: None,
         }
     }

@@ -97,10 +97,12 @@ impl Default for RequestLog {
 }
 
 impl RequestLog {
-    /// Takes the client's `X-Request-Id` if sane, else makes one.
-    pub(crate) fn begin(&mut self, req: &RequestHeader) {
+    /// Takes the `X-Request-Id` a trusted proxy sent (`peer_trusted`) if sane, else makes one:
+    /// a client's own is never the id (Envoy's `preserve_external_request_id: false`), or any
+    /// client could make its requests' lines pass for another's.
+    pub(crate) fn begin(&mut self, req: &RequestHeader, peer_trusted: bool) {
         self.request_id_value = Some(match req.headers.get(REQUEST_ID) {
-            Some(v) if sane_request_id(v.as_bytes()) => v.clone(),
+            Some(v) if peer_trusted && sane_request_id(v.as_bytes()) => v.clone(),
             _ => new_request_id_value(),
         });
     }

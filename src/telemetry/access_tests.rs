@@ -171,3 +171,26 @@ fn digits_are_what_the_formatter_writes() {
     millis(&mut b, Duration::from_micros(7));
     assert_eq!(b, b"12.3450.007");
 }
+
+/// A client's `X-Request-Id` is kept only from a trusted proxy (and only when sane); otherwise
+/// the request gets a new id.
+#[test]
+fn request_ids_are_believed_only_from_trusted_proxies() {
+    let id = |sent: &str, trusted: bool| {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("x-request-id", sent).unwrap();
+        let mut log = RequestLog::default();
+        log.begin(&req, trusted);
+        log.request_id().to_string()
+    };
+    assert_eq!(id("attacker-id", true), "attacker-id");
+    let fresh = id("attacker-id", false);
+    assert_eq!(fresh.len(), 32, "{fresh}");
+    assert!(fresh.bytes().all(|b| b.is_ascii_hexdigit()), "{fresh}");
+    let insane = id("has space", true);
+    assert_eq!(
+        insane.len(),
+        32,
+        "not sane, even from a trusted proxy: {insane}"
+    );
+}

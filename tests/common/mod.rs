@@ -10,6 +10,7 @@
 //! - [`setup`]: one gateway, one backend, one key set, for the session tests ([`Setup`]).
 //! - [`endpoint`]: minting-connector rigs ([`Project`], [`TokenEndpoint`], [`Rig`]).
 //! - [`sts`]: a strict RFC 8693 token exchange server ([`Sts`]) for the `token_exchange` connector.
+//! - [`te_rig`]: that server, a backend and a gateway with `token_exchange` connectors ([`TeRig`]).
 
 // Each `tests/*.rs` is a crate of its own that compiles this whole harness and uses a part of it
 // (cli.rs starts no JWKS server, only the connector tests use `endpoint`, only the session tests
@@ -33,10 +34,13 @@ mod process;
 mod setup;
 #[allow(dead_code)]
 mod sts;
+#[allow(dead_code)]
+mod te_rig;
 
 #[allow(unused_imports)]
 pub use {
     backend::*, config::*, endpoint::*, jwks::*, keys::*, net::*, process::*, setup::*, sts::*,
+    te_rig::*,
 };
 
 use std::path::{Path, PathBuf};

@@ -9,7 +9,8 @@
 //!   `exp`, a `jti` never seen before); failures are `401 invalid_client` + `WWW-Authenticate`;
 //! - `grant_type` token exchange, `subject_token` + `subject_token_type`: a `jwt` subject is
 //!   verified against the Descope JWKS endpoint (fetched on every call, like a fresh key cache),
-//!   an `access_token` subject must be one this server issued and still valid;
+//!   an `access_token` subject must be one this server issued and still valid; a policy may refuse
+//!   a `jwt` subject whose `amr` lacks a method (`required_amr`, decided per subject token);
 //! - `audience`, `resource`, `scope` exactly as the server is set up to expect (absent when it
 //!   expects none): `invalid_target` / `invalid_scope` otherwise;
 //! - errors are RFC 6749 §5.2 bodies, successes RFC 8693 §2.2.1 bodies with `Cache-Control:
@@ -67,6 +68,9 @@ pub struct StsSetup {
     pub scope: Option<String>,
     /// Users (`sub`) whose subject tokens are refused with `invalid_grant`.
     pub refused_users: HashSet<String>,
+    /// An authentication method a `jwt` subject's `amr` must list (e.g. `mfa`), else
+    /// `invalid_grant`: a policy decided per subject token, not per user.
+    pub required_amr: Option<String>,
     pub expires_in: u64,
 }
 
@@ -373,7 +377,17 @@ async fn exchange(
     }
     let setup = st.lock().unwrap().setup.clone();
     let sub = match kind {
-        JWT_TOKEN_TYPE => verify_session(&setup, subject).await?,
+        JWT_TOKEN_TYPE => {
+            let (sub, amr) = verify_session(&setup, subject).await?;
+            if setup
+                .required_amr
+                .as_ref()
+                .is_some_and(|m| !amr.contains(m))
+            {
+                return Err((400, "invalid_grant"));
+            }
+            sub
+        }
         ACCESS_TOKEN_TYPE => {
             let s = st.lock().unwrap();
             match s.issued.get(subject) {
@@ -415,8 +429,8 @@ async fn exchange(
     }))
 }
 
-/// A Descope session JWT verified against the project's JWKS endpoint: its `sub`.
-async fn verify_session(setup: &StsSetup, token: &str) -> Result<String, Refusal> {
+/// A Descope session JWT verified against the project's JWKS endpoint: its `sub` and `amr`.
+async fn verify_session(setup: &StsSetup, token: &str) -> Result<(String, Vec<String>), Refusal> {
     const BAD: Refusal = (400, "invalid_grant");
     let url = setup.jwks_url.as_deref().ok_or(BAD)?;
     let set: jsonwebtoken::jwk::JwkSet = reqwest::Client::builder()
@@ -443,7 +457,17 @@ async fn verify_session(setup: &StsSetup, token: &str) -> Result<String, Refusal
     if iss != setup.project && !iss.ends_with(&format!("/{}", setup.project)) {
         return Err(BAD);
     }
-    claims["sub"].as_str().map(str::to_string).ok_or(BAD)
+    let amr = claims["amr"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    let sub = claims["sub"].as_str().map(str::to_string).ok_or(BAD)?;
+    Ok((sub, amr))
 }
 
 /// application/x-www-form-urlencoded pairs; `None` if malformed.

@@ -9,6 +9,8 @@ Sentinel) on free loopback ports, several ``extoken run`` processes sharing it, 
 * Redis stopped in the middle of the load: every request still 200 (local mints), counted and
   logged once; Redis back: shared again.
 * A 401 from the backend on replica A: replica B mints anew (the eviction reaches it by pub/sub).
+* One session provoking 401s on both replicas: one Redis delete and publish for the fleet per
+  ``evict_min_interval``, a handful of mints at most.
 * What Redis holds: no user id and no token in any key or value.
 * A replica with another encryption_key: it mints for itself, no client sees an error.
 * A value that does not decrypt (moved to another name) is a miss.
@@ -391,6 +393,48 @@ def test_upstream_401_on_one_replica_makes_the_others_mint_anew(
         b.logs()
     assert forward_token(a, backend, session) == (200, "tok-U2revoked-2"), "A reads B's new token"
     assert token_service.count("U2revoked") == 2, "the next request anywhere mints once"
+
+
+def counter(g, name: str, **labels: str) -> float:
+    want = [f'{k}="{v}"' for k, v in labels.items()]
+    total = 0.0
+    for line in metrics(g).splitlines():
+        if line.startswith(f"extoken_{name}{{") and all(w in line for w in want):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_provoked_401s_cost_the_fleet_one_eviction_per_interval(
+        fleet, redis_servers, token_service, backend, descope):
+    redis = redis_servers()
+    gws = fleet(2, shared_block(redis))
+    session = descope.mint("U2provoker")
+    for g in gws:
+        assert forward_token(g, backend, session) == (200, "tok-U2provoker-1")
+        assert eventually(lambda: 'op="subscribe",result="ok"' in metrics(g), 10), metrics(g)
+    # One session, 40 rounds spread over both replicas: a path the backend answers 401, then one
+    # it answers 200.
+    auth = {"Authorization": f"Bearer {session}"}
+    for i in range(40):
+        assert gws[i % 2].request(f"/status/401/{i}", auth)[0] == 401
+        assert forward_token(gws[(i + 1) % 2], backend, session)[0] == 200
+    mints = token_service.count("U2provoker")
+    print(f"40 provoked 401s over 2 replicas: {mints} connector calls")
+    assert mints <= 3, f"{mints} connector calls"
+    # Evictions happen in the background of the response: let the last ones finish.
+    time.sleep(0.5)
+    ops = lambda op, result: sum(counter(g, "shared_cache_operations_total", op=op,
+                                         result=result) for g in gws)
+    assert ops("delete", "ok") == 1, [metrics(g) for g in gws]
+    assert ops("publish", "ok") == 1
+    assert ops("evict_guard", "acquired") == 1
+    evictions = lambda result: sum(counter(g, "token_evictions_total", result=result)
+                                   for g in gws)
+    assert evictions("evicted") <= 2, "at most once per replica in the interval"
+    assert evictions("evicted") + evictions("suppressed") + evictions("stale") == 40
+    guards = [k for k in redis.keys() if k.endswith(b":evicted")]
+    assert len(guards) == 1, redis.keys()
+    assert 0 < int(redis.cli("PTTL", guards[0].decode())) <= 30_000
 
 
 def test_a_replica_with_another_encryption_key_mints_for_itself(

@@ -74,6 +74,7 @@ fn config_errors_name_their_key() {
         (", identity_headers: {}", "routes[1].identity_headers: no header given"),
         (", identity_headers: {Host: sub}", "routes[1].identity_headers.Host: \"Host\" is a header extoken sets"),
         (", identity_headers: {Authorization: sub}", "routes[1].identity_headers.Authorization: \"Authorization\" is a header extoken sets"),
+        (", identity_headers: {X-Original-URL: sub}", "routes[1].identity_headers.X-Original-URL: \"X-Original-URL\" is a header extoken sets"),
         (", header: X-Legacy, identity_headers: {x-legacy: sub}", "routes[1].identity_headers.x-legacy: \"x-legacy\" is a header extoken sets"),
         (", identity_headers: {X_User: sub}", "routes[1].identity_headers.X_User: \"X_User\": use - rather than _"),
         (", identity_headers: {'X User': sub}", "routes[1].identity_headers.X User: \"X User\" is not a header name"),

@@ -25,6 +25,8 @@ pub(crate) enum Op {
     Lock,
     Set,
     Unlock,
+    /// The fleet's spacing of evictions (`SET <name>:evicted NX PX evict_min_interval`).
+    EvictGuard,
     Delete,
     Publish,
     Subscribe,
@@ -37,6 +39,7 @@ impl Op {
             Op::Lock => "lock",
             Op::Set => "set",
             Op::Unlock => "unlock",
+            Op::EvictGuard => "evict_guard",
             Op::Delete => "delete",
             Op::Publish => "publish",
             Op::Subscribe => "subscribe",

@@ -89,6 +89,10 @@ pub(crate) struct TokenExchangeConfig {
     pub(super) timeout: Dur,
     /// Lifetime of a token whose reply has no `expires_in` and that is not a JWT with `exp`.
     pub(super) default_lifetime: Option<Dur>,
+    /// Opt-in per-user reuse: session claims (dotted paths) that, with the user id, key the cache
+    /// instead of the subject token's digest. Absent: one exchange per subject token, so the
+    /// provider decides for each session (RFC 8693 §2.1: it is the decision point).
+    pub(super) cache_key: Option<Vec<String>>,
 }
 
 fn d_requested() -> String {
@@ -129,6 +133,9 @@ impl Settings for TokenExchangeConfig {
         positive(format!("{path}.timeout"), self.timeout)?;
         if let Some(d) = self.default_lifetime {
             positive(format!("{path}.default_lifetime"), d)?;
+        }
+        if let Some(claims) = &self.cache_key {
+            check_cache_key(&format!("{path}.cache_key"), claims)?;
         }
         Ok(())
     }
@@ -212,6 +219,33 @@ impl TokenExchangeConfig {
         }
         Ok(())
     }
+}
+
+/// `cache_key`: at least one claim, each a dotted path outside `nsec` (claims the client sets
+/// itself: never a reason to hand one session another's token).
+fn check_cache_key(key: &str, claims: &[String]) -> Result<(), ConfigError> {
+    if claims.is_empty() {
+        return Err(ConfigError::key(
+            key,
+            "name at least one session claim, or leave cache_key out (one exchange per session)",
+        ));
+    }
+    for (i, c) in claims.iter().enumerate() {
+        let k = format!("{key}[{i}]");
+        if c.split('.').any(str::is_empty) {
+            return Err(ConfigError::key(
+                k,
+                format!("{c:?} is not a dotted claim path"),
+            ));
+        }
+        if c.split('.').next() == Some("nsec") {
+            return Err(ConfigError::key(
+                k,
+                "nsec holds claims set by the client: never a basis for reusing a token",
+            ));
+        }
+    }
+    Ok(())
 }
 
 pub(super) fn list(v: &Option<OneOrMany>) -> Vec<String> {

@@ -1,6 +1,7 @@
 //! The `token_exchange` connector without a network: its settings (defaults, errors that name
-//! their key, subject chains), the form body per client authentication, how replies are read,
-//! and what keys the cache. The exchange against a real RFC 8693 server is `tests/token_exchange.rs`.
+//! their key, subject chains), the form body per client authentication, and how replies are read
+//! (what keys the cache: `cache_key_tests.rs`). The exchange against a real RFC 8693 server is
+//! `tests/token_exchange.rs`.
 
 use std::collections::BTreeMap;
 
@@ -28,14 +29,14 @@ fn settings(yaml: &str) -> TokenExchangeConfig {
 }
 
 /// The block with `extra` keys, client_secret_basic auth.
-fn block(extra: &str) -> String {
+pub(super) fn block(extra: &str) -> String {
     format!(
         "{{type: token_exchange, token_url: '{URL}', \
           client_auth: {{client_secret_basic: {{client_id: gw, client_secret: 's3 cr&t'}}}}{extra}}}"
     )
 }
 
-fn build(yaml: &str) -> TokenExchange {
+pub(super) fn build(yaml: &str) -> TokenExchange {
     let clock: SharedClock = ManualClock::new();
     let (t, loaded) = TokenExchange::build(
         "idp",
@@ -49,7 +50,7 @@ fn build(yaml: &str) -> TokenExchange {
     t
 }
 
-fn key_error(name: &str, yaml: &str) -> (String, String) {
+pub(super) fn key_error(name: &str, yaml: &str) -> (String, String) {
     match parse(name, yaml) {
         Err(ConfigError::Key { path, message }) => (path, message),
         other => panic!("expected a key error, got {other:?}"),
@@ -396,12 +397,12 @@ fn success_replies() {
     assert!(e.to_string().contains("default_lifetime"), "{e}");
 }
 
-fn session(claims: Value) -> VerifiedSession {
+pub(super) fn session(claims: Value) -> VerifiedSession {
     let Value::Object(m) = claims else { panic!() };
     VerifiedSession::for_test(m)
 }
 
-fn info(session_token: &str) -> RequestInfo<'_> {
+pub(super) fn info(session_token: &str) -> RequestInfo<'_> {
     RequestInfo {
         session_token,
         route: "api",
@@ -409,67 +410,4 @@ fn info(session_token: &str) -> RequestInfo<'_> {
         path: "/x",
         query: b"",
     }
-}
-
-#[test]
-fn the_cache_key_is_the_claims_not_the_session_jwt() {
-    let t = build(&block(""));
-    let claims = json!({
-        "sub": "U1", "dct": "T1", "roles": ["r"], "permissions": ["p"],
-        "tenants": {"T1": {"roles": ["tr"], "permissions": ["tp"]}, "T2": {"roles": ["x"]}},
-        "email": "a@b",
-    });
-    let a = t
-        .inputs(&session(claims.clone()), info("jwt.one.x"))
-        .unwrap();
-    assert_eq!(
-        a["subject_token"], "jwt.one.x",
-        "the session is the subject"
-    );
-    assert_eq!(
-        t.cache_inputs(&a),
-        json!({"user": "U1", "tenant": "T1", "roles": ["r"], "permissions": ["p"],
-               "tenant_roles": ["tr"], "tenant_permissions": ["tp"]})
-    );
-    let refreshed = t
-        .inputs(&session(claims.clone()), info("jwt.two.y"))
-        .unwrap();
-    assert_eq!(t.cache_inputs(&a), t.cache_inputs(&refreshed));
-    for (k, v) in [
-        ("roles", json!(["r", "admin"])),
-        ("permissions", json!([])),
-        ("dct", json!("T2")),
-        ("sub", json!("U2")),
-        (
-            "tenants",
-            json!({"T1": {"roles": ["tr", "owner"], "permissions": ["tp"]}}),
-        ),
-    ] {
-        let mut c = claims.clone();
-        c[k] = v;
-        let other = t.inputs(&session(c), info("jwt.one.x")).unwrap();
-        assert_ne!(t.cache_inputs(&a), t.cache_inputs(&other), "{k}");
-    }
-    // Another tenant's entry, or a claim the key does not cover, does not split the cache.
-    let mut c = claims.clone();
-    c["tenants"]["T2"]["roles"] = json!(["y"]);
-    c["email"] = json!("new@b");
-    let same = t.inputs(&session(c), info("jwt.three.z")).unwrap();
-    assert_eq!(t.cache_inputs(&a), t.cache_inputs(&same));
-    let anonymous = t.inputs(&session(json!({"dct": "T1"})), info("j"));
-    assert!(matches!(anonymous, Err(ExchangeError::MissingClaim { .. })));
-}
-
-#[test]
-fn a_chained_subject_is_bound_and_keyed() {
-    let t = build(&block(", subject: {external_token: inner}"));
-    assert_eq!(t.subject_connector(), Some("inner"));
-    let s = session(json!({"sub": "U1"}));
-    let mut a = t.inputs(&s, info("the.session.jwt")).unwrap();
-    assert!(a.get("subject_token").is_none(), "not the session");
-    let mut b = a.clone();
-    t.bind_subject(&mut a, &ExternalToken::new("inner-1").unwrap());
-    t.bind_subject(&mut b, &ExternalToken::new("inner-2").unwrap());
-    assert_eq!(a["subject_token"], "inner-1");
-    assert_ne!(t.cache_inputs(&a), t.cache_inputs(&b));
 }
