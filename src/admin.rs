@@ -63,6 +63,13 @@ fn text(status: u16, body: impl Into<Vec<u8>>, content_type: &str) -> Response<V
 }
 
 impl Admin {
+    /// [`readiness`], and the decision listeners accept connections.
+    async fn ready(&self) -> Result<(), String> {
+        let gw = self.state.load_full();
+        readiness(&gw, &self.drain)?;
+        crate::decision::listeners_ready(&gw).await
+    }
+
     fn metrics_text(&self) -> Vec<u8> {
         let gw = self.state.load();
         let keys = &gw.verifier.keys;
@@ -91,7 +98,7 @@ impl ServeHttp for Admin {
         }
         match req.uri.path() {
             "/healthz" => text(200, "ok\n", "text/plain; charset=utf-8"),
-            "/readyz" => match readiness(&self.state.load(), &self.drain) {
+            "/readyz" => match self.ready().await {
                 Ok(()) => text(200, "ready\n", "text/plain; charset=utf-8"),
                 Err(why) => text(
                     503,

@@ -211,6 +211,19 @@ impl Answer {
         }
     }
 
+    /// 403 on a decision listener: the peer is not in `decision.trusted_proxies`, so its word on
+    /// the original request is not taken (no challenge: no credential would help).
+    pub(crate) fn untrusted_peer() -> Answer {
+        Answer {
+            status: 403,
+            www_authenticate: None,
+            retry_after: None,
+            body: json_body("forbidden", "this peer is not in decision.trusted_proxies"),
+            outcome: "refused",
+            reason: "untrusted_peer",
+        }
+    }
+
     pub(crate) fn no_route() -> Answer {
         Answer {
             status: 404,

@@ -15,6 +15,7 @@ pub mod authorize;
 pub(crate) mod bounded;
 pub mod clock;
 pub mod config;
+pub(crate) mod decision;
 pub mod demo;
 pub(crate) mod dns;
 pub(crate) mod drain;

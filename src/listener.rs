@@ -292,6 +292,14 @@ impl<A> ClientLimits<A> {
         }
     }
 
+    /// The same limits for a listener that speaks only cleartext HTTP/1.1 (the decision
+    /// listener): no TLS handshake, no h2c sniffing, whatever the proxy listener does.
+    pub(crate) fn plain_http1(mut self) -> Self {
+        self.tls_listen = None;
+        self.h2c = false;
+        self
+    }
+
     /// Whether `stream` arrived on the TLS listener (the config keeps its port apart from
     /// `listen`'s).
     fn arrived_on_tls(&self, stream: &Stream) -> bool {

@@ -179,8 +179,11 @@ fn bad_target(e: BadTarget) -> Answer {
 
 /// What is refused before routing: oversized heads, an ambiguous target or host, two
 /// `Authorization` headers, underscore header names when `reject`. `Ok` is the canonical target
-/// and host.
-fn screen(req: &RequestHeader, limits: &LimitsConfig) -> std::result::Result<Decided, Answer> {
+/// and host. Decision mode screens the original request it rebuilds with it too.
+pub(crate) fn screen(
+    req: &RequestHeader,
+    limits: &LimitsConfig,
+) -> std::result::Result<Decided, Answer> {
     // pingora itself reads heads up to 1 MB, which backends commonly refuse or choke on.
     if request_head_bytes(req) > limits.max_header_bytes {
         return Err(Answer::headers_too_large());
@@ -354,7 +357,7 @@ impl ProxyHttp for Proxy {
         peer.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         ctx.log.begin(session.req_header(), peer.trusted);
         ctx.peer = Some(peer);
-        ctx.h2 = listener::head_complete(session, &gw.config.limits, &self.conns);
+        ctx.h2 = listener::head_complete(session, &gw.config.limits, Some(&self.conns));
         ctx.log.client_cert = listener::client_cert(session, ctx.h2.as_ref());
         Ok(())
     }

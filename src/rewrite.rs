@@ -313,5 +313,7 @@ impl Headers for pingora::http::RequestHeader {
     }
 }
 
+pub(crate) mod decision;
+
 #[cfg(test)]
 mod tests;

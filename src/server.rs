@@ -31,6 +31,8 @@ pub enum StartError {
     Config(#[from] ConfigError),
     #[error("cannot create the HTTP client: {0}")]
     Client(#[from] reqwest::Error),
+    #[error(transparent)]
+    Decision(#[from] crate::decision::grpc::GrpcError),
 }
 
 /// A server ready to run, with a handle on the live gateway (for reloads and tests).
@@ -97,6 +99,7 @@ pub fn build(cfg: Config, log: Option<LogLevel>) -> Result<Built, StartError> {
         proxy.add_tcp(addr);
     }
     server.add_service(proxy);
+    crate::decision::add_services(&mut server, &state, &drain, threads)?;
     if let Some(addr) = admin {
         server.add_service(crate::admin::service(&addr, state.clone(), drain.clone()));
     }

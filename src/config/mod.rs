@@ -6,6 +6,7 @@
 //! open, not our source.
 
 mod connectors;
+mod decision;
 mod descope;
 mod duration;
 mod expand;
@@ -23,6 +24,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use connectors::*;
+pub use decision::DecisionConfig;
 pub use descope::*;
 pub use duration::{parse_duration, Dur};
 pub use limits::*;
@@ -111,6 +113,10 @@ pub struct Config {
     /// services and cloud load balancers change while the gateway runs).
     #[serde(default = "d_dns_refresh")]
     pub dns_refresh: Dur,
+    /// Decision mode: extoken answers an ingress's auth subrequests (see `decision.rs`). Its
+    /// listeners are bound at start; a reload applies the rest of the block.
+    #[serde(default)]
+    pub decision: Option<DecisionConfig>,
 }
 
 fn d_dns_refresh() -> Dur {
@@ -190,6 +196,9 @@ impl Config {
         }
         for (i, r) in self.routes.iter().enumerate() {
             r.validate(&format!("routes[{i}]"), self)?;
+        }
+        if let Some(d) = &self.decision {
+            d.validate()?;
         }
         Ok(())
     }

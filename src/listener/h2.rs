@@ -23,9 +23,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use pingora::protocols::http::ServerSession as Session;
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::{GetSocketDigest, Stream};
-use pingora::proxy::Session;
 use pingora::server::ShutdownWatch;
 use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
@@ -148,7 +148,7 @@ impl Conns {
 
     /// The connection of an HTTP/2 session.
     pub(super) fn find(&self, session: &Session) -> Option<Arc<Conn>> {
-        let digest = session.as_downstream().digest()?.socket_digest.as_ref()?;
+        let digest = session.digest()?.socket_digest.as_ref()?;
         let key = Arc::as_ptr(digest) as usize;
         self.map.lock().ok()?.get(&key).cloned()
     }

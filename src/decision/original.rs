@@ -1,0 +1,369 @@
+//! The original request, read from what each ingress sends on the HTTP decision listener:
+//!
+//! * under `decision.envoy_path_prefix` (Envoy `ext_authz` HTTP, Istio `envoyExtAuthzHttp`): the
+//!   request line itself, the path after the prefix, and `Host`;
+//! * elsewhere (nginx `auth_request`, Traefik ForwardAuth): `X-Original-Method` /
+//!   `X-Original-URI` (set by the documented nginx config), `X-Forwarded-Method` /
+//!   `X-Forwarded-Uri` (Traefik), and the host in `X-Forwarded-Host`.
+//!
+//! Every source present must agree: a request whose sources disagree is refused (400), never
+//! settled by precedence, because an ingress passes the client's own copies of the headers it
+//! does not set (nginx passes a client's `X-Forwarded-Uri` beside the `X-Original-URI` it set),
+//! and whichever one won, a client could pick the path that is decided on.
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+
+use super::{Original, Protocol};
+use crate::answer::Answer;
+
+const X_ORIGINAL_URI: HeaderName = HeaderName::from_static("x-original-uri");
+const X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");
+const X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
+const X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Which ingress a decision request on the HTTP listener comes from (by its path and headers).
+pub(crate) fn protocol_of(target: &[u8], headers: &HeaderMap, envoy_prefix: &str) -> Protocol {
+    if under_prefix(target, envoy_prefix.as_bytes()).is_some() {
+        Protocol::EnvoyHttp
+    } else if headers.contains_key(X_ORIGINAL_URI) {
+        Protocol::Nginx
+    } else {
+        Protocol::Traefik
+    }
+}
+
+/// The original request of a decision request (`method`, raw `target`, `headers`), or the 400
+/// to answer.
+pub(crate) fn from_http(
+    method: &Method,
+    target: &[u8],
+    headers: &HeaderMap,
+    envoy_prefix: &str,
+) -> Result<(Protocol, Original), Answer> {
+    if let Some(rest) = under_prefix(target, envoy_prefix.as_bytes()) {
+        let target = if rest.first() == Some(&b'/') {
+            rest.to_vec()
+        } else {
+            [b"/", rest].concat()
+        };
+        // Headers Envoy does not set are the client's (if `allowed_headers` lets them through):
+        // they may only repeat what the request line says.
+        let method = agree(
+            &[
+                Some(method.as_str().as_bytes()),
+                one(headers, &X_ORIGINAL_METHOD)?,
+                one(headers, &X_FORWARDED_METHOD)?,
+            ],
+            "method",
+        )?;
+        let uri = agree(
+            &[
+                Some(&target[..]),
+                one(headers, &X_ORIGINAL_URI)?,
+                one(headers, &X_FORWARDED_URI)?,
+            ],
+            "uri",
+        )?;
+        let host = one(headers, &http::header::HOST)?;
+        return original(Protocol::EnvoyHttp, method, uri, host, headers);
+    }
+    let nginx = one(headers, &X_ORIGINAL_URI)?;
+    let method = agree(
+        &[
+            one(headers, &X_ORIGINAL_METHOD)?,
+            one(headers, &X_FORWARDED_METHOD)?,
+        ],
+        "method",
+    )?;
+    let uri = agree(&[nginx, one(headers, &X_FORWARDED_URI)?], "uri")?;
+    let host = one(headers, &X_FORWARDED_HOST)?;
+    let protocol = if nginx.is_some() {
+        Protocol::Nginx
+    } else {
+        Protocol::Traefik
+    };
+    original(protocol, method, uri, host, headers)
+}
+
+/// The original request of an Envoy `ext_authz` gRPC `CheckRequest`: `method`, `path` (with the
+/// query) and `host` from `attributes.request.http`, the client's headers from its `headers` map
+/// (pseudo-headers left out). A client's `X-Original-*`/`X-Forwarded-Uri|Method` may only repeat
+/// them, as on the Envoy HTTP path.
+pub(crate) fn from_grpc(
+    method: &str,
+    path: &str,
+    host: &str,
+    headers: HeaderMap,
+) -> Result<Original, Answer> {
+    let nonempty = |s: &str| (!s.is_empty()).then(|| s.as_bytes().to_vec());
+    let (method_v, path_v, host_v) = (nonempty(method), nonempty(path), nonempty(host));
+    let method = agree(
+        &[
+            method_v.as_deref(),
+            one(&headers, &X_ORIGINAL_METHOD)?,
+            one(&headers, &X_FORWARDED_METHOD)?,
+        ],
+        "method",
+    )?;
+    let uri = agree(
+        &[
+            path_v.as_deref(),
+            one(&headers, &X_ORIGINAL_URI)?,
+            one(&headers, &X_FORWARDED_URI)?,
+        ],
+        "uri",
+    )?;
+    original(
+        Protocol::EnvoyGrpc,
+        method,
+        uri,
+        host_v.as_deref(),
+        &headers,
+    )
+    .map(|(_, o)| o)
+}
+
+fn original(
+    protocol: Protocol,
+    method: Option<&[u8]>,
+    uri: Option<&[u8]>,
+    host: Option<&[u8]>,
+    headers: &HeaderMap,
+) -> Result<(Protocol, Original), Answer> {
+    let missing = |what: &str| {
+        Answer::bad_request(
+            &format!("the decision request does not say the original {what}"),
+            "original_missing",
+        )
+    };
+    let method = method.ok_or_else(|| missing("method"))?;
+    let method = Method::from_bytes(method).map_err(|_| {
+        Answer::bad_request("the original method is not a valid method", "bad_method")
+    })?;
+    let target = uri.ok_or_else(|| missing("request target"))?.to_vec();
+    let host = host.ok_or_else(|| missing("host"))?;
+    let host = HeaderValue::from_bytes(host)
+        .map_err(|_| Answer::bad_request("the original host is not valid", "bad_host"))?;
+    let original = Original {
+        method,
+        target,
+        host,
+        headers: headers.clone(),
+    };
+    Ok((protocol, original))
+}
+
+/// The rest of `target` when it is `prefix` or under it (`/envoy`, `/envoy/...`, `/envoy?...`).
+fn under_prefix<'a>(target: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
+    let rest = target.strip_prefix(prefix)?;
+    matches!(rest.first(), None | Some(b'/') | Some(b'?')).then_some(rest)
+}
+
+/// The one value of `name`, `None` when absent; two lines are refused (which one would count?).
+fn one<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Result<Option<&'a [u8]>, Answer> {
+    let mut all = headers.get_all(name).iter();
+    let first = all.next();
+    if all.next().is_some() {
+        return Err(Answer::bad_request(
+            &format!("more than one {name} header"),
+            "ambiguous_original",
+        ));
+    }
+    Ok(first.map(HeaderValue::as_bytes))
+}
+
+/// The value every present source gives, `None` when none is present; sources that disagree are
+/// refused.
+fn agree<'a>(sources: &[Option<&'a [u8]>], what: &str) -> Result<Option<&'a [u8]>, Answer> {
+    let mut present = sources.iter().flatten();
+    let Some(first) = present.next() else {
+        return Ok(None);
+    };
+    if present.any(|v| v != first) {
+        return Err(Answer::bad_request(
+            &format!("the original {what} is given twice, differently"),
+            "ambiguous_original",
+        ));
+    }
+    Ok(Some(first))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn read(
+        target: &str,
+        pairs: &[(&str, &str)],
+    ) -> Result<(Protocol, String, String, String), String> {
+        from_http(&Method::GET, target.as_bytes(), &headers(pairs), "/envoy")
+            .map(|(p, o)| {
+                (
+                    p,
+                    o.method.to_string(),
+                    String::from_utf8(o.target).unwrap(),
+                    o.host.to_str().unwrap().to_owned(),
+                )
+            })
+            .map_err(|a| a.reason.to_owned())
+    }
+
+    #[test]
+    fn each_ingress_is_read_from_its_own_headers() {
+        let nginx = read(
+            "/auth",
+            &[
+                ("x-original-method", "POST"),
+                ("x-original-uri", "/api/x?q=1"),
+                ("x-forwarded-host", "app.example"),
+            ],
+        );
+        assert_eq!(
+            nginx,
+            Ok((
+                Protocol::Nginx,
+                "POST".into(),
+                "/api/x?q=1".into(),
+                "app.example".into()
+            ))
+        );
+        let traefik = read(
+            "/",
+            &[
+                ("x-forwarded-method", "DELETE"),
+                ("x-forwarded-uri", "/api/y"),
+                ("x-forwarded-host", "app.example"),
+                ("x-forwarded-proto", "https"),
+            ],
+        );
+        assert_eq!(
+            traefik,
+            Ok((
+                Protocol::Traefik,
+                "DELETE".into(),
+                "/api/y".into(),
+                "app.example".into()
+            ))
+        );
+        let envoy = read("/envoy/api/z?x=1", &[("host", "app.example")]);
+        assert_eq!(
+            envoy,
+            Ok((
+                Protocol::EnvoyHttp,
+                "GET".into(),
+                "/api/z?x=1".into(),
+                "app.example".into()
+            ))
+        );
+        assert_eq!(
+            read("/envoy", &[("host", "h")]).map(|r| r.2),
+            Ok("/".into())
+        );
+        assert_eq!(
+            read("/envoy?a", &[("host", "h")]).map(|r| r.2),
+            Ok("/?a".into())
+        );
+        // `/envoyx` is not under the prefix: it needs the headers.
+        assert_eq!(
+            read("/envoyx", &[("host", "h")]),
+            Err("original_missing".into())
+        );
+    }
+
+    #[test]
+    fn sources_that_disagree_are_refused_not_ranked() {
+        let base = [("x-forwarded-host", "h"), ("x-original-method", "GET")];
+        let spoofed = [
+            &base[..],
+            &[
+                ("x-original-uri", "/api/admin"),
+                ("x-forwarded-uri", "/public"),
+            ],
+        ]
+        .concat();
+        assert_eq!(read("/auth", &spoofed), Err("ambiguous_original".into()));
+        let same = [
+            &base[..],
+            &[("x-original-uri", "/api"), ("x-forwarded-uri", "/api")],
+        ]
+        .concat();
+        assert_eq!(read("/auth", &same).map(|r| r.2), Ok("/api".into()));
+        let methods = [
+            ("x-forwarded-host", "h"),
+            ("x-original-uri", "/"),
+            ("x-original-method", "GET"),
+            ("x-forwarded-method", "POST"),
+        ];
+        assert_eq!(read("/auth", &methods), Err("ambiguous_original".into()));
+        let twice = [
+            ("x-forwarded-host", "h"),
+            ("x-original-method", "GET"),
+            ("x-original-uri", "/a"),
+            ("x-original-uri", "/b"),
+        ];
+        assert_eq!(read("/auth", &twice), Err("ambiguous_original".into()));
+        // Envoy's request line against a client's header that Envoy let through.
+        assert_eq!(
+            read(
+                "/envoy/api",
+                &[("host", "h"), ("x-forwarded-uri", "/public")]
+            ),
+            Err("ambiguous_original".into())
+        );
+        assert_eq!(
+            read(
+                "/envoy/api",
+                &[("host", "h"), ("x-original-method", "POST")]
+            ),
+            Err("ambiguous_original".into())
+        );
+    }
+
+    #[test]
+    fn what_is_missing_is_refused() {
+        assert_eq!(
+            read(
+                "/auth",
+                &[("x-original-uri", "/a"), ("x-forwarded-host", "h")]
+            ),
+            Err("original_missing".into())
+        );
+        assert_eq!(
+            read(
+                "/auth",
+                &[("x-original-method", "GET"), ("x-forwarded-host", "h")]
+            ),
+            Err("original_missing".into())
+        );
+        assert_eq!(
+            read(
+                "/auth",
+                &[("x-original-method", "GET"), ("x-original-uri", "/a")]
+            ),
+            Err("original_missing".into())
+        );
+        assert_eq!(
+            read(
+                "/auth",
+                &[
+                    ("x-original-method", "G ET"),
+                    ("x-original-uri", "/a"),
+                    ("x-forwarded-host", "h")
+                ]
+            ),
+            Err("bad_method".into())
+        );
+    }
+}
