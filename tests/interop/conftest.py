@@ -55,6 +55,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def read_case_log(path: Path) -> dict[str, list[str]]:
+    """Case id -> the lines a server logged for it (each line starts with the case id)."""
+    seen: dict[str, list[str]] = {}
+    if path.exists():
+        for line in path.read_text(errors="replace").splitlines():
+            case_id, _, rest = line.partition(" ")
+            seen.setdefault(case_id, []).append(rest)
+    return seen
+
+
+def stop_process(proc: subprocess.Popen, log, grace: float) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds; closes the process's log file."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+    log.close()
+
+
 def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 

@@ -59,7 +59,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EXTOKEN_BIN, HERE, Gateway, _die_with_parent, free_port
+from conftest import (EXTOKEN_BIN, HERE, Gateway, _die_with_parent, free_port, read_case_log,
+                      stop_process)
 
 NGINX_ENV = "INTEROP_NGINX_BIN"
 ROUTES = ("public", "api", "root", "admin")
@@ -148,22 +149,10 @@ class Nginx:
 
     def received(self) -> dict[str, list[str]]:
         """Case id -> access-log lines of the requests nginx received for it."""
-        seen: dict[str, list[str]] = {}
-        if self.access_log.exists():
-            for line in self.access_log.read_text(errors="replace").splitlines():
-                case_id, _, rest = line.partition(" ")
-                seen.setdefault(case_id, []).append(rest)
-        return seen
+        return read_case_log(self.access_log)
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self.log.close()
+        stop_process(self.proc, self.log, 10)
 
 
 @pytest.fixture(scope="module")

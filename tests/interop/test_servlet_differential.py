@@ -47,7 +47,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EXTOKEN_BIN, HERE, Gateway, _die_with_parent, free_port
+from conftest import (EXTOKEN_BIN, HERE, Gateway, _die_with_parent, free_port, read_case_log,
+                      stop_process)
 from test_nginx_differential import (
     Case,
     Reply,
@@ -153,22 +154,10 @@ class Tomcat:
 
     def received(self) -> dict[str, list[str]]:
         """Case id -> the probe servlet's log lines for it."""
-        seen: dict[str, list[str]] = {}
-        if self.probe_log.exists():
-            for line in self.probe_log.read_text(errors="replace").splitlines():
-                case_id, _, rest = line.partition(" ")
-                seen.setdefault(case_id, []).append(rest)
-        return seen
+        return read_case_log(self.probe_log)
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self.log.close()
+        stop_process(self.proc, self.log, 15)
 
 
 @pytest.fixture(scope="module")
