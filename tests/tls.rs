@@ -248,7 +248,20 @@ async fn handshakes_are_bounded_counted_and_quiet() {
         .unwrap();
     assert_eq!(http_get(&mut s, "api.test", "/").await.unwrap().status, 200);
 
-    // No ERROR line for a failed handshake.
+    // A client that handshakes, sends part of a head and leaves (and one in cleartext).
+    let mut s = TlsClient::trusting(&ca)
+        .connect(r.tls, "api.test")
+        .await
+        .unwrap();
+    s.write_all(b"GET / HT").await.unwrap();
+    s.shutdown().await.unwrap();
+    drop(s);
+    let mut plain = TcpStream::connect(r.gw.addr).await.unwrap();
+    plain.write_all(b"GET / HT").await.unwrap();
+    drop(plain);
+    // The log writer is a thread of its own: give a line time to arrive.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // No ERROR line for a failed handshake, nor for a head cut short.
     assert_eq!(error_lines(&r.gw.log()), Vec::<&str>::new());
 }
 

@@ -352,6 +352,17 @@ impl ClientStream {
     fn upgraded(&self) -> bool {
         self.conn.phase.load(Ordering::Relaxed) == UPGRADED
     }
+
+    /// Ends the connection without a word, and without pingora seeing an error (it would log
+    /// one): the write side closed, [`ClientLimits`] told to drop the task. Stays pending.
+    fn close_quietly(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.expired {
+            self.expired = true;
+            let _ = Pin::new(&mut self.inner).poll_shutdown(cx);
+            self.conn.expired.notify_one();
+        }
+        Poll::Pending
+    }
 }
 
 /// The raw `408` written when a head is late. Written by the adapter, not through pingora:
@@ -403,10 +414,7 @@ impl AsyncRead for ClientStream {
                     // pingora logs an ERROR for every HTTP/2 handshake that fails; a client that
                     // negotiated h2 and sends something else is closed here instead.
                     tracing::debug!(target: "extoken::listener", "no HTTP/2 preface after ALPN h2; closing");
-                    this.expired = true;
-                    let _ = Pin::new(&mut this.inner).poll_shutdown(cx);
-                    this.conn.expired.notify_one();
-                    return Poll::Pending;
+                    return this.close_quietly(cx);
                 }
                 r
             }
@@ -439,6 +447,17 @@ impl AsyncRead for ClientStream {
                 let r = Pin::new(&mut this.inner).poll_read(cx, buf);
                 if buf.filled().len() > before {
                     this.head_started = true;
+                }
+                let ended = match &r {
+                    Poll::Ready(Ok(())) => buf.filled().len() == before,
+                    Poll::Ready(Err(_)) => true,
+                    Poll::Pending => false,
+                };
+                if ended && this.head_started {
+                    // The client went away in the middle of a head. pingora would log an ERROR
+                    // for it (one per scanner connection): it is closed here, quietly.
+                    tracing::debug!(target: "extoken::listener", "client closed in the middle of a request head");
+                    return this.close_quietly(cx);
                 }
                 r
             }

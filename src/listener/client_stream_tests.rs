@@ -139,3 +139,25 @@ async fn h2_a_wrong_preface_is_closed_at_once_and_silently() {
     peer.read_to_end(&mut out).await.unwrap();
     assert!(out.is_empty(), "{out:?}");
 }
+
+#[tokio::test]
+async fn a_client_gone_mid_head_is_closed_quietly() {
+    // pingora logs an ERROR for a head cut short: the adapter ends the connection itself.
+    let (mut s, mut peer, conn) = pipe(Duration::from_secs(60));
+    peer.write_all(b"GET / HT").await.unwrap();
+    AsyncWriteExt::shutdown(&mut peer).await.unwrap();
+    let mut buf = [0u8; 64];
+    assert_eq!(s.read(&mut buf).await.unwrap(), 8);
+    assert!(
+        until_expired(&mut s, &conn).await,
+        "closed long before the deadline"
+    );
+    let mut out = Vec::new();
+    peer.read_to_end(&mut out).await.unwrap();
+    assert!(out.is_empty(), "{out:?}");
+
+    // Before any byte, an end of stream is pingora's to see (it closes quietly).
+    let (mut s, mut peer, _conn) = pipe(Duration::from_secs(60));
+    AsyncWriteExt::shutdown(&mut peer).await.unwrap();
+    assert_eq!(s.read(&mut buf).await.unwrap(), 0);
+}
