@@ -215,6 +215,19 @@ impl Verifier {
         Ok(session)
     }
 
+    /// Verifies a refresh token (`drn: DSR`) as a session is verified (size, key by `kid`,
+    /// signature, `exp`, `iss`, `aud`), returning its `exp`. Never cached: the session cache is
+    /// keyed by the token alone, and a refresh token must never be served as a session.
+    pub async fn verify_refresh(&self, token: &str) -> Result<u64, VerifyError> {
+        if token.len() > self.max_token_bytes {
+            return Err(AuthError::TooLong.into());
+        }
+        let jws = CompactJws::parse(token)?;
+        let key = self.pick_key(&jws, self.keys.current()).await?;
+        let claims = check_signature(jws, key).await?;
+        Ok(self.rules.check_refresh(&claims, self.clock.unix())?)
+    }
+
     /// [`Verifier::verify`], first asking the connection's memo. A keep-alive client resends the
     /// same token, and comparing its bytes with the remembered ones skips the SHA-256 of the cache
     /// key (0.45 µs for a 724-byte token) and the lookup. The memo's session passes the same checks
