@@ -97,9 +97,7 @@ impl Answer {
                 reason: "refresh_refused",
                 ..Self::from_verify(original)
             },
-            RefreshError::Unavailable => {
-                Self::invalid_token(&e.to_string(), "refresh_unavailable")
-            }
+            RefreshError::Unavailable => Self::invalid_token(&e.to_string(), "refresh_unavailable"),
         }
     }
 

@@ -116,9 +116,10 @@ impl Gateway {
         routes.claims_read(&mut kept);
         let (verifier, keys_kept) = verifier(&config, kept);
         let assertions = Assertions::new(config.cache.max_entries);
-        let refresher = routes.iter().any(|r| r.refresh_session).then(|| {
-            Refresher::new(&config.descope, client.clone(), crate::clock::system())
-        });
+        let refresher = routes
+            .iter()
+            .any(|r| r.refresh_session)
+            .then(|| Refresher::new(&config.descope, client.clone(), crate::clock::system()));
         let gateway = Gateway {
             config: Arc::new(config),
             routes,

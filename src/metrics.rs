@@ -11,8 +11,8 @@ use std::sync::OnceLock;
 pub(crate) use per_route::RouteMetrics;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Buckets (seconds) for request and connector latencies: 1 ms .. 30 s.

@@ -24,7 +24,7 @@ use crate::clock::SharedClock;
 use crate::config::{CookieConfig, DescopeConfig};
 use crate::extract::{Found, Source};
 use crate::metrics::metrics;
-use crate::verify::{AuthError, VerifyError, Verifier};
+use crate::verify::{AuthError, Verifier, VerifyError};
 
 /// How long Descope being unreachable (or answering nonsense) is remembered for one refresh
 /// token: long enough to spare an outage the retries of a page's assets, short enough that a user

@@ -244,7 +244,10 @@ pub(crate) fn stamp_request_id(resp: &mut pingora::http::ResponseHeader, id: Opt
 /// The response to a request whose session extoken refreshed: the new cookies, and
 /// `Cache-Control: private` (no shared cache may store a `Set-Cookie` with a session): a backend's
 /// `public` and `s-maxage` are removed, its other directives kept.
-pub(crate) fn refreshed_response(resp: &mut pingora::http::ResponseHeader, set_cookie: &[HeaderValue]) {
+pub(crate) fn refreshed_response(
+    resp: &mut pingora::http::ResponseHeader,
+    set_cookie: &[HeaderValue],
+) {
     edit_response(resp, |h| refreshed_headers(h, set_cookie));
 }
 
@@ -258,7 +261,12 @@ pub fn refreshed_headers(h: &mut http::HeaderMap, set_cookie: &[HeaderValue]) {
     for v in h.get_all(CACHE_CONTROL) {
         for d in String::from_utf8_lossy(v.as_bytes()).split(',') {
             let d = d.trim();
-            let name = d.split('=').next().unwrap_or("").trim().to_ascii_lowercase();
+            let name = d
+                .split('=')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
             if !d.is_empty() && name != "public" && name != "s-maxage" && name != "private" {
                 kept.push(d.to_string());
             }
@@ -288,7 +296,10 @@ fn set_response_header(
 }
 
 /// Edits the headers of the response pingora sends to the client (see [`set_response_header`]).
-fn edit_response(resp: &mut pingora::http::ResponseHeader, edit: impl FnOnce(&mut http::HeaderMap)) {
+fn edit_response(
+    resp: &mut pingora::http::ResponseHeader,
+    edit: impl FnOnce(&mut http::HeaderMap),
+) {
     let reason = resp
         .get_reason_phrase()
         .filter(|r| Some(*r) != resp.status.canonical_reason())

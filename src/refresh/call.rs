@@ -104,7 +104,12 @@ impl Refresher {
     ) -> Result<Refreshed, CallError> {
         let reply: serde_json::Map<String, Value> =
             serde_json::from_slice(body).map_err(|_| CallError::Reply("the reply is not JSON"))?;
-        let text = |k: &str| reply.get(k).and_then(Value::as_str).filter(|s| !s.is_empty());
+        let text = |k: &str| {
+            reply
+                .get(k)
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+        };
         let number = |k: &str| reply.get(k).and_then(Value::as_u64).filter(|n| *n > 0);
         let session_jwt = text("sessionJwt").ok_or(CallError::Reply("no sessionJwt"))?;
         let session = verifier

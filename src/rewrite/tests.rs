@@ -265,7 +265,10 @@ fn a_refreshed_response_is_private_and_sets_the_cookies() {
         (Some("public, max-age=600"), "private, max-age=600"),
         (Some("s-maxage=60, max-age=5"), "private, max-age=5"),
         (Some("no-store"), "private, no-store"),
-        (Some("Private, S-MaxAge=1,  must-revalidate"), "private, must-revalidate"),
+        (
+            Some("Private, S-MaxAge=1,  must-revalidate"),
+            "private, must-revalidate",
+        ),
     ] {
         let mut m = HeaderMap::new();
         m.append(SET_COOKIE, HeaderValue::from_static("theme=dark"));
@@ -276,6 +279,9 @@ fn a_refreshed_response_is_private_and_sets_the_cookies() {
         assert_eq!(m.get_all(CACHE_CONTROL).iter().count(), 1);
         assert_eq!(m.get(CACHE_CONTROL).unwrap(), want, "{backend:?}");
         let set: Vec<_> = m.get_all(SET_COOKIE).iter().collect();
-        assert_eq!(set, ["theme=dark", "DS=new; Path=/", "DSR=r; Path=/; HttpOnly"]);
+        assert_eq!(
+            set,
+            ["theme=dark", "DS=new; Path=/", "DSR=r; Path=/; HttpOnly"]
+        );
     }
 }

@@ -36,6 +36,8 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 pub(crate) use claims::issuer_matches;
+#[cfg(test)]
+pub(crate) use keys::parse_jwks;
 pub use keys::{Key, KeySet, KeySetError};
 pub use keystore::{FetchError, KeyStore};
 pub(crate) use session::{ClaimSource, Claims};
