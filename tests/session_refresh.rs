@@ -309,3 +309,34 @@ async fn descope_hanging_is_a_401_that_says_so_within_the_timeout() {
     assert_eq!(r.status, 200, "{r:?}");
     println!("refresh endpoint hung: answered 401 after {took:?}");
 }
+
+/// Not a test: the refresh endpoint above as a process of its own, for the interop suite
+/// (`tests/interop/test_session_refresh.py` runs this test binary with `--ignored --exact`), so the
+/// Descope Python SDK is a client of this very endpoint. Signs with the `extoken mint` dev key at
+/// `INTEROP_REFRESH_KEY` (its JWKS beside it), writes its URL to `INTEROP_REFRESH_URL_FILE`, and
+/// serves until killed (at most 30 minutes). Without those variables it returns at once.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "a server for tests/interop, started by it"]
+async fn interop_refresh_endpoint() {
+    let (Ok(key), Ok(project), Ok(url_file)) = (
+        std::env::var("INTEROP_REFRESH_KEY"),
+        std::env::var("INTEROP_REFRESH_PROJECT"),
+        std::env::var("INTEROP_REFRESH_URL_FILE"),
+    ) else {
+        return;
+    };
+    let pem = std::fs::read(&key).unwrap();
+    let jwks_path = std::path::Path::new(&key).with_extension("jwks.json");
+    let jwks: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(jwks_path).unwrap()).unwrap();
+    let jwk = jwks["keys"][0].clone();
+    let key = TestKey {
+        kid: jwk["kid"].as_str().unwrap().to_string(),
+        alg: Algorithm::RS256,
+        encoding: jsonwebtoken::EncodingKey::from_rsa_pem(&pem).unwrap(),
+        jwk,
+    };
+    let endpoint = RefreshEndpoint::start(&project, &key, REFRESH_OK).await;
+    std::fs::write(&url_file, endpoint.url()).unwrap();
+    tokio::time::sleep(Duration::from_secs(1800)).await;
+}

@@ -5,7 +5,8 @@
 //! signed by the project's key, unexpired and `drn: DSR`, else 401 as Descope answers a revoked
 //! or expired one. The answer: `sessionJwt` (a new session of the token's `sub`, with
 //! `externalToken` `refreshed-<sub>-<n>`), `refreshJwt` when rotating, `cookieMaxAge`,
-//! `cookieExpiration`, `cookieDomain`, `cookiePath`, `user`, `firstSeen`.
+//! `cookieExpiration`, `cookieDomain`, `cookiePath`, `user`, `firstSeen`. It also serves the
+//! project's keys at `GET /v2/keys/<project_id>`, where the SDK fetches them.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -112,6 +113,10 @@ async fn answer(
         response(status, "application/json", b.to_string())
     };
     let (parts, body) = req.into_parts();
+    // The SDK checks a refresh token locally first, with the keys from here.
+    if parts.method == "GET" && parts.uri.path() == format!("/v2/keys/{project}") {
+        return response(200, "application/json", super::keys::jwks(&[key]));
+    }
     let body = body
         .collect()
         .await
