@@ -144,3 +144,82 @@ impl RefreshConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, ConfigError};
+
+    fn parse(descope_extra: &str, route_extra: &str) -> Result<Config, ConfigError> {
+        let text = format!(
+            "descope: {{project_id: P2x, jwks_url: 'http://127.0.0.1:1/k'{descope_extra}}}\n\
+             connectors: {{ext: {{type: claim}}}}\n\
+             routes: [{{upstream: 'http://127.0.0.1:1', connector: ext{route_extra}}}]\n"
+        );
+        Config::parse(&text, &|_| None)
+    }
+
+    fn error(descope_extra: &str, route_extra: &str) -> String {
+        parse(descope_extra, route_extra).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_are_off_secure_lax_root_two_seconds() {
+        let c = parse("", "").unwrap();
+        let r = &c.descope.refresh;
+        assert!(!r.enabled && r.cookie.secure && !r.cookie.http_only);
+        assert_eq!(r.cookie.same_site, super::SameSite::Lax);
+        assert_eq!(
+            (r.cookie.path.as_str(), r.cookie.domain.as_ref()),
+            ("/", None)
+        );
+        assert_eq!(r.timeout.0, std::time::Duration::from_secs(2));
+        assert_eq!(r.reuse.0, std::time::Duration::from_secs(10));
+        assert_eq!(c.routes[0].refresh_session, None);
+        let c = parse(
+            ", refresh: {enabled: true, timeout: 500ms, cookie: {domain: example.com, same_site: strict}}",
+            ", refresh_session: false",
+        )
+        .unwrap();
+        assert!(c.descope.refresh.enabled);
+        assert_eq!(
+            c.descope.refresh.cookie.domain.as_deref(),
+            Some("example.com")
+        );
+        assert_eq!(c.routes[0].refresh_session, Some(false));
+    }
+
+    #[test]
+    fn errors_name_their_keys() {
+        for (extra, want) in [
+            (
+                ", refresh: {timeout: 0s}",
+                "descope.refresh.timeout: must be more than 0",
+            ),
+            (
+                ", refresh: {reuse: 0s}",
+                "descope.refresh.reuse: must be more than 0",
+            ),
+            (
+                ", refresh: {cookie: {same_site: none, secure: false}}",
+                "descope.refresh.cookie.same_site: none needs cookie.secure: true",
+            ),
+            (
+                ", refresh: {cookie: {path: app}}",
+                "descope.refresh.cookie.path: \"app\"",
+            ),
+            (
+                ", refresh: {cookie: {domain: 'a.com; x=1'}}",
+                "descope.refresh.cookie.domain: \"a.com; x=1\"",
+            ),
+            (
+                ", refresh: {enable: true}",
+                "descope.refresh.enable: unknown field `enable`",
+            ),
+        ] {
+            let e = error(extra, "");
+            assert!(e.starts_with(want), "{extra}: {e}");
+        }
+        let e = error("", ", auth: none, refresh_session: true");
+        assert!(e.starts_with("routes[0].refresh_session: "), "{e}");
+    }
+}
