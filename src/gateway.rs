@@ -65,7 +65,11 @@ impl Gateway {
     /// for `gateway.verifier.keys`.
     pub(crate) fn rebuild(&self, config: Config) -> Result<(Gateway, bool), ConfigError> {
         let old = &self.config;
-        let same_keys = old.descope == config.descope;
+        // `descope.refresh` is not about keys: changing it keeps them (the refresher is rebuilt).
+        let same_keys = crate::config::DescopeConfig {
+            refresh: config.descope.refresh.clone(),
+            ..old.descope.clone()
+        } == config.descope;
         let same_bounds = old.limits.max_token_bytes == config.limits.max_token_bytes
             && old.cache.verified_sessions == config.cache.verified_sessions;
         let cache = (old.cache == config.cache).then(|| self.connectors.cache().clone());

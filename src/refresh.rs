@@ -121,7 +121,8 @@ impl Refresher {
             // Only a bound: moka's clock is its own, so freshness is decided by `Flight::live`.
             flights: moka::future::Cache::builder()
                 .max_capacity(MAX_FLIGHTS)
-                .time_to_live(r.reuse.0 + Duration::from_secs(1))
+                // A flight in the air lives at most `timeout`: it is never dropped mid-call.
+                .time_to_live(r.reuse.0 + r.timeout.0 + Duration::from_secs(1))
                 .build(),
         }
     }
