@@ -288,6 +288,19 @@ async fn a_refused_refresh_is_the_usual_401_and_remembered() {
     );
 }
 
+/// A revoked refresh token: the endpoint's 401 with Descope's error body, not a session.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_refresh_token_is_refused() {
+    let rig = Rig::start(REFRESH_OK).await;
+    let revoked = refresh_token(&rig.key, PROJECT, &format!("{REVOKED_PREFIX}1"), 3600);
+    let r = rig.get("/", &format!("DSR={revoked}")).await;
+    assert_eq!(r.status, 401, "{r:?}");
+    assert_eq!(r.header("www-authenticate"), Some(REALM_CHALLENGE));
+    assert_eq!(rig.endpoint.calls(), 1);
+    assert_eq!(rig.backend.count(), 0);
+    assert_eq!(rig.refresh_metric("refused").await, 1.0);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn descope_hanging_is_a_401_that_says_so_within_the_timeout() {
     let rig = Rig::start(RefreshMode::Hang).await;

@@ -3,7 +3,7 @@
 //! `Authorization: Bearer <project_id>:<refresh_jwt>`, `x-descope-project-id`. A request that is
 //! not exactly that gets a 400 (so a test expecting a session fails). The refresh token must be
 //! signed by the project's key, unexpired and `drn: DSR`, else 401 as Descope answers a revoked
-//! or expired one. The answer: `sessionJwt` (a new session of the token's `sub`, with
+//! or expired one (and so are the tokens of users whose id starts with [`REVOKED_PREFIX`]). The answer: `sessionJwt` (a new session of the token's `sub`, with
 //! `externalToken` `refreshed-<sub>-<n>`), `refreshJwt` when rotating, `cookieMaxAge`,
 //! `cookieExpiration`, `cookieDomain`, `cookiePath`, `user`, `firstSeen`. It also serves the
 //! project's keys at `GET /v2/keys/<project_id>`, where the SDK fetches them.
@@ -39,6 +39,9 @@ pub const REFRESH_OK: RefreshMode = RefreshMode::Ok {
     delay: Duration::ZERO,
     rotate: false,
 };
+
+/// Refresh tokens of users whose id starts with this are revoked (a 401, as Descope answers).
+pub const REVOKED_PREFIX: &str = "U2revoked";
 
 /// Seconds Descope says the cookies live (`cookieMaxAge`).
 pub const COOKIE_MAX_AGE: u64 = 2_419_200;
@@ -141,6 +144,13 @@ async fn answer(
     let Some(claims) = valid_refresh(dsr, key, project) else {
         return error(401, "E061005", "refresh token is invalid or expired");
     };
+    // The endpoint's revocation list: every refresh token of a user whose id says so.
+    if claims["sub"]
+        .as_str()
+        .is_some_and(|s| s.starts_with(REVOKED_PREFIX))
+    {
+        return error(401, "E061004", "refresh token revoked");
+    }
     match mode {
         RefreshMode::Status(s) => error(s, "E061005", "refresh token revoked"),
         RefreshMode::Hang => {

@@ -137,3 +137,126 @@ def test_extoken_refreshes_with_the_endpoint(endpoint, descope, backend, tmp_pat
         assert unverified(new_ds)[1]["externalToken"] == rec["headers"]["authorization"][7:]
     finally:
         gw.stop()
+
+
+# --------------------------------------------------------------------------- a real browser
+
+CHROMIUM = os.environ.get("INTEROP_CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("INTEROP_CHROMEDRIVER", "/usr/bin/chromedriver")
+
+
+class PageBackend:
+    """A server-rendered app: each page shows the token the backend received (the external token,
+    never the session) and records the request's path and cookies."""
+
+    def __init__(self):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        import threading
+        self.seen: list[dict] = []
+        pages = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self):
+                pages.seen.append({"path": self.path, "cookie": self.headers.get("cookie", ""),
+                                   "authorization": self.headers.get("authorization", "")})
+                token = self.headers.get("authorization", "").removeprefix("Bearer ")
+                body = (f"<html><head><title>app</title></head><body><h1 id='who'>{token}</h1>"
+                        f"<a href='/page/next'>next</a></body></html>").encode()
+                self.send_response(200)
+                self.send_header("content-type", "text/html; charset=utf-8")
+                self.send_header("cache-control", "public, max-age=60")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _browser():
+    webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium")
+    from selenium.webdriver.chrome.service import Service
+    assert Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists(), \
+        "run.sh installs Debian's chromium and chromium-driver"
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]:
+        opts.add_argument(flag)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+
+
+def _metric(gw: Gateway, series: str) -> float:
+    import urllib.request
+    text = urllib.request.urlopen(f"http://127.0.0.1:{gw.admin_port}/metrics", timeout=10).read()
+    for line in text.decode().splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_a_browser_with_an_expired_session_gets_the_page_and_keeps_the_new_cookie(
+        endpoint, descope, tmp_path):
+    url, project = endpoint
+    app = PageBackend()
+    cfg = {
+        "descope": {"project_id": project, "base_url": url,
+                    "refresh": {"enabled": True, "cookie": {"secure": False}}},
+        "connectors": {"ext": {"type": "claim", "claim": "externalToken"}},
+        "routes": [{"name": "app", "path_prefix": "/", "upstream": app.url, "connector": "ext"}],
+    }
+    gw = Gateway(tmp_path, cfg)
+    driver = _browser()
+    try:
+        origin = f"http://127.0.0.1:{gw.port}"
+        stale = descope.mint("U2browser", ttl="-10m", externalToken="stale")
+        dsr = mint_refresh(descope, "U2browser")
+        deadline = time.monotonic() + 20
+        while gw.request("/warmup", {"Cookie": f"DS={stale}; DSR={mint_refresh(descope, 'U2w')}"})[0] == 503:
+            assert time.monotonic() < deadline, "the gateway never loaded its keys"
+            time.sleep(0.1)
+        before = _metric(gw, 'extoken_session_refresh_total{result="refreshed"}')
+        driver.get(f"{origin}/robots.txt")  # on the origin, to set its cookies
+        driver.add_cookie({"name": "DS", "value": stale, "path": "/"})
+        driver.add_cookie({"name": "DSR", "value": dsr, "path": "/"})
+
+        driver.get(f"{origin}/page/1")
+        who = driver.find_element("id", "who").text
+        assert who.startswith("refreshed-U2browser-"), driver.page_source[:500]
+        new_ds = driver.get_cookie("DS")
+        assert new_ds is not None and new_ds["value"] != stale
+        assert unverified(new_ds["value"])[1]["externalToken"] == who
+        assert new_ds["sameSite"] == "Lax" and not new_ds["httpOnly"]
+
+        # The next navigation carries the new session: no refresh, the same external token.
+        driver.find_element("link text", "next").click()
+        assert driver.find_element("id", "who").text == who
+        assert driver.get_cookie("DS")["value"] == new_ds["value"]
+        assert _metric(gw, 'extoken_session_refresh_total{result="refreshed"}') == before + 1
+        assert _metric(gw, 'extoken_session_refresh_total{result="reused"}') == 0
+        pages = [s for s in app.seen if s["path"].startswith("/page/")]
+        assert [p["path"] for p in pages] == ["/page/1", "/page/next"]
+        assert all("DS" not in p["cookie"] for p in pages), pages
+
+        # A revoked refresh token: the 401, no page, the stale cookie left as it was.
+        driver.delete_all_cookies()
+        driver.add_cookie({"name": "DS", "value": stale, "path": "/"})
+        driver.add_cookie({"name": "DSR", "value": mint_refresh(descope, "U2revokedUser"), "path": "/"})
+        driver.get(f"{origin}/page/revoked")
+        assert "token has expired" in driver.page_source, driver.page_source[:500]
+        assert not any(s["path"] == "/page/revoked" for s in app.seen)
+        assert driver.get_cookie("DS")["value"] == stale
+    finally:
+        driver.quit()
+        gw.stop()
+        app.close()
