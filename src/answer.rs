@@ -8,6 +8,7 @@ use bytes::Bytes;
 
 use crate::authorize::Denied;
 use crate::exchange::ExchangeError;
+use crate::refresh::RefreshError;
 use crate::verify::{AuthError, VerifyError};
 
 mod grpc;
@@ -79,6 +80,24 @@ impl Answer {
                 "connector_unavailable",
             ),
             ExchangeError::Forbidden { rule, .. } => Self::forbidden(&e.to_string(), rule),
+        }
+    }
+
+    /// A request whose session could not be refreshed: `original` is why its own session was
+    /// refused. A refresh token that does not verify, or that Descope refused, gets the usual
+    /// answer to `original` (the stale session stays refused); Descope unreachable gets a 401
+    /// saying so (a 5xx would be retried by load balancers, and the client can sign in again).
+    pub(crate) fn refresh_failed(e: &RefreshError, original: &VerifyError) -> Answer {
+        match e {
+            RefreshError::Invalid(VerifyError::KeysUnavailable) => {
+                Self::from_verify(&VerifyError::KeysUnavailable)
+            }
+            RefreshError::Invalid(_) => Self::from_verify(original),
+            RefreshError::Refused => Answer {
+                reason: "refresh_refused",
+                ..Self::from_verify(original)
+            },
+            RefreshError::Unavailable => Self::invalid_token(&e.to_string(), "refresh_unavailable"),
         }
     }
 
@@ -347,6 +366,27 @@ mod tests {
                 r#"Bearer error="insufficient_scope", error_description="the session does not meet require.claims.plan of this route""#
             )
         );
+    }
+
+    #[test]
+    fn refresh_failures_keep_the_usual_401_unless_descope_is_down() {
+        let expired = VerifyError::Invalid(AuthError::Expired);
+        let usual = Answer::from_verify(&expired);
+        let invalid = RefreshError::Invalid(AuthError::BadSignature.into());
+        assert_eq!(Answer::refresh_failed(&invalid, &expired), usual);
+        let refused = Answer::refresh_failed(&RefreshError::Refused, &expired);
+        assert_eq!((refused.status, refused.reason), (401, "refresh_refused"));
+        assert_eq!(refused.www_authenticate, usual.www_authenticate);
+        let down = Answer::refresh_failed(&RefreshError::Unavailable, &expired);
+        assert_eq!((down.status, down.retry_after), (401, None));
+        assert_eq!(
+            down.www_authenticate.as_deref(),
+            Some(
+                r#"Bearer error="invalid_token", error_description="the session expired and could not be refreshed""#
+            )
+        );
+        let keys = RefreshError::Invalid(VerifyError::KeysUnavailable);
+        assert_eq!(Answer::refresh_failed(&keys, &expired).status, 503);
     }
 
     #[test]

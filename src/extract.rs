@@ -106,6 +106,28 @@ pub(crate) fn unverified_issuer_is(token: &str, is_ours: impl Fn(&str) -> bool) 
         .unwrap_or(false)
 }
 
+/// Whether a JWT's (unverified) payload has the string claim `name` equal to `value`; like
+/// [`unverified_issuer_is`], for a token whose signature was checked, or to decide nothing.
+pub(crate) fn unverified_claim_is(token: &str, name: &str, value: &str) -> bool {
+    use base64::Engine as _;
+    let Some(payload) = token.split('.').nth(1) else {
+        return false;
+    };
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&b).ok())
+        .is_some_and(|c| c.get(name).and_then(|v| v.as_str()) == Some(value))
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers (the first non-empty one).
+pub(crate) fn named_cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .find_map(|v| cookie(v.as_bytes(), name))
+}
+
 /// The value of cookie `name` in one `Cookie` header (`a=1; DS=...; b=2`): the first non-empty
 /// one, quotes removed; `None` unless it is ASCII.
 fn cookie<'a>(v: &'a [u8], name: &str) -> Option<&'a str> {

@@ -15,10 +15,13 @@ use crate::clock::SharedClock;
 use crate::config::{AuthMode, Config, ConfigError};
 use crate::exchange::{Connectors, RequestInfo, TokenCache};
 use crate::extract;
+use crate::refresh::{self, Refreshed, Refresher};
 use crate::rewrite::{self, Rewrite};
 use crate::route::{Route, RouteTable};
 use crate::tls::ServerTls;
-use crate::verify::{AuthError, ClaimsKept, KeyStore, SessionMemo, VerifiedSession, Verifier};
+use crate::verify::{
+    AuthError, ClaimsKept, KeyStore, SessionMemo, VerifiedSession, Verifier, VerifyError,
+};
 
 pub struct Gateway {
     pub config: Arc<Config>,
@@ -31,6 +34,16 @@ pub struct Gateway {
     assertions: Assertions,
     /// The TLS listener's certificates and client CAs as read for this config (`tls:`).
     pub tls: Option<Arc<ServerTls>>,
+    /// Refreshes expired sessions, when a route does (`refresh_session`).
+    refresher: Option<Refresher>,
+}
+
+/// The session a request goes on with: its own (`token` is a slice of its headers), or one
+/// Descope issued for its refresh cookie just now (`refreshed`).
+struct RequestSession<'h> {
+    verified: Arc<VerifiedSession>,
+    token: Option<&'h str>,
+    refreshed: Option<Arc<Refreshed>>,
 }
 
 impl Gateway {
@@ -52,7 +65,11 @@ impl Gateway {
     /// for `gateway.verifier.keys`.
     pub(crate) fn rebuild(&self, config: Config) -> Result<(Gateway, bool), ConfigError> {
         let old = &self.config;
-        let same_keys = old.descope == config.descope;
+        // `descope.refresh` is not about keys: changing it keeps them (the refresher is rebuilt).
+        let same_keys = crate::config::DescopeConfig {
+            refresh: config.descope.refresh.clone(),
+            ..old.descope.clone()
+        } == config.descope;
         let same_bounds = old.limits.max_token_bytes == config.limits.max_token_bytes
             && old.cache.verified_sessions == config.cache.verified_sessions;
         let cache = (old.cache == config.cache).then(|| self.connectors.cache().clone());
@@ -103,6 +120,10 @@ impl Gateway {
         routes.claims_read(&mut kept);
         let (verifier, keys_kept) = verifier(&config, kept);
         let assertions = Assertions::new(config.cache.max_entries);
+        let refresher = routes
+            .iter()
+            .any(|r| r.refresh_session)
+            .then(|| Refresher::new(&config.descope, client.clone(), crate::clock::system()));
         let gateway = Gateway {
             config: Arc::new(config),
             routes,
@@ -111,6 +132,7 @@ impl Gateway {
             clock: crate::clock::system(),
             assertions,
             tls: tls.map(Arc::new),
+            refresher,
         };
         Ok((gateway, keys_kept))
     }
@@ -136,13 +158,11 @@ impl Gateway {
         memo: &mut SessionMemo,
     ) -> Result<Rewrite, Answer> {
         debug_assert_eq!(route.auth, AuthMode::Required);
-        let found = extract::session_token(headers, &self.config.descope.session_cookie)
-            .ok_or_else(|| Answer::unauthorized(&AuthError::Missing))?;
-        let session = self
-            .verifier
-            .verify_remembered(found.token, memo)
-            .await
-            .map_err(|e| Answer::from_verify(&e))?;
+        let RequestSession {
+            verified: session,
+            token,
+            refreshed,
+        } = self.session(route, headers, memo).await?;
         route
             .rules
             .check(&session.claims, info.method)
@@ -152,7 +172,9 @@ impl Gateway {
             .connector_for(session.str_claim("dct"))
             .ok_or_else(|| Answer::unavailable("route has no connector", "misconfigured"))?;
         let info = RequestInfo {
-            session_token: found.token,
+            session_token: refreshed
+                .as_ref()
+                .map_or(token.unwrap_or(""), |r| r.session_jwt.as_str()),
             ..info
         };
         let obtained = self
@@ -177,6 +199,56 @@ impl Gateway {
             cache_key: obtained.cache_key,
             identity: self.identity_headers(route, &session)?,
             session_exp: session.exp,
+            set_cookie: match (&self.refresher, &refreshed) {
+                (Some(r), Some(new)) => r.set_cookies(new),
+                _ => Vec::new(),
+            },
+        })
+    }
+
+    /// The request's session: the one it carries if valid; else, on a refreshing route, a new one
+    /// for its refresh cookie (see [`refresh::may_refresh`] for when).
+    async fn session<'h>(
+        &self,
+        route: &Route,
+        headers: &'h HeaderMap,
+        memo: &mut SessionMemo,
+    ) -> Result<RequestSession<'h>, Answer> {
+        let found = extract::session_token(headers, &self.config.descope.session_cookie);
+        let error = match found {
+            Some(f) => match self.verifier.verify_remembered(f.token, memo).await {
+                Ok(verified) => {
+                    return Ok(RequestSession {
+                        verified,
+                        token: Some(f.token),
+                        refreshed: None,
+                    })
+                }
+                Err(e) => e,
+            },
+            None => VerifyError::Invalid(AuthError::Missing),
+        };
+        let refresher = match &self.refresher {
+            Some(r) if route.refresh_session => r,
+            _ => return Err(Answer::from_verify(&error)),
+        };
+        let dsr = extract::named_cookie(headers, refresher.refresh_cookie())
+            .filter(|_| refresh::may_refresh(found, &error, &self.config.descope.project_id))
+            .ok_or_else(|| Answer::from_verify(&error))?;
+        let new = refresher
+            .refresh(dsr, &self.verifier)
+            .await
+            .map_err(|e| Answer::refresh_failed(&e, &error))?;
+        // A cache hit: the flight verified it; this checks it is still unexpired, its key published.
+        let verified = self
+            .verifier
+            .verify(&new.session_jwt)
+            .await
+            .map_err(|e| Answer::from_verify(&e))?;
+        Ok(RequestSession {
+            verified,
+            token: None,
+            refreshed: Some(new),
         })
     }
 

@@ -27,6 +27,7 @@ pub(crate) mod listener;
 pub(crate) mod metrics;
 pub mod mint;
 pub mod proxy;
+pub(crate) mod refresh;
 pub mod rewrite;
 pub mod route;
 pub mod server;

@@ -11,8 +11,8 @@ use std::sync::OnceLock;
 pub(crate) use per_route::RouteMetrics;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Buckets (seconds) for request and connector latencies: 1 ms .. 30 s.
@@ -59,9 +59,26 @@ pub struct Metrics {
     pub config_reloads_total: IntCounterVec,
     /// `result`: ok, empty, error (lookups of upstream host names by the DNS refresher).
     pub dns_resolutions_total: IntCounterVec,
+    /// `result`: what a request that needed a refreshed session got ([`REFRESH_RESULTS`]).
+    pub session_refresh_total: IntCounterVec,
+    /// One call to Descope's refresh endpoint.
+    pub session_refresh_seconds: Histogram,
     /// `version`; always 1.
     pub build_info: IntGaugeVec,
 }
+
+/// `session_refresh_total`'s results: `refreshed` (this request's call gave a session), `reused`
+/// (another request's did), `refused` and `unavailable` (this request's call failed so),
+/// `rate_limited` (another's call for the same refresh token failed: no call), `invalid` (the
+/// refresh token did not verify locally: no call).
+pub const REFRESH_RESULTS: [&str; 6] = [
+    "refreshed",
+    "reused",
+    "refused",
+    "unavailable",
+    "rate_limited",
+    "invalid",
+];
 
 /// The process's metrics (created and registered on first use).
 pub fn metrics() -> &'static Metrics {
@@ -223,6 +240,24 @@ impl Metrics {
                 "Upstream host name lookups by the DNS refresher, by result.",
                 &["result"],
             ),
+            session_refresh_total: counter(
+                &r,
+                "session_refresh_total",
+                "Requests that needed an expired session refreshed, by result.",
+                &["result"],
+            ),
+            session_refresh_seconds: {
+                let h = Histogram::with_opts(
+                    HistogramOpts::new(
+                        "extoken_session_refresh_seconds",
+                        "Duration of calls to Descope's refresh endpoint.",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                )
+                .expect("static metric definition");
+                register(&r, Box::new(h.clone()));
+                h
+            },
             build_info: gauge_vec(
                 &r,
                 "build_info",
@@ -240,6 +275,9 @@ impl Metrics {
         }
         for result in ["ok", "empty", "error"] {
             m.dns_resolutions_total.with_label_values(&[result]);
+        }
+        for result in REFRESH_RESULTS {
+            m.session_refresh_total.with_label_values(&[result]);
         }
         m
     }
@@ -317,6 +355,8 @@ mod tests {
             "extoken_upstream_responses_total",
             "extoken_config_reloads_total",
             "extoken_dns_resolutions_total",
+            "extoken_session_refresh_total{result=\"rate_limited\"}",
+            "extoken_session_refresh_seconds_bucket",
             "extoken_build_info",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");

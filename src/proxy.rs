@@ -296,7 +296,9 @@ impl Proxy {
             let mut memo = listener::take_memo(session, ctx.h2.as_ref());
             let authorized = gw.authorize(&route, &req.headers, info, &mut memo).await;
             listener::put_memo(session, ctx.h2.as_ref(), memo);
-            ctx.rewrite = Some(authorized?);
+            let authorized = authorized?;
+            ctx.log.session_refreshed = !authorized.set_cookie.is_empty();
+            ctx.rewrite = Some(authorized);
             ctx.drop_authorization = authorization.is_some_and(extract::has_bearer_scheme);
         } else {
             ctx.drop_authorization = authorization
@@ -522,6 +524,9 @@ impl ProxyHttp for Proxy {
                 websocket::opened(session, &route.websocket, exp, gw.config.descope.leeway.0);
                 ctx.log.upgraded = Some((0, 0));
             }
+        }
+        if let Some(rw) = ctx.rewrite.as_ref().filter(|rw| !rw.set_cookie.is_empty()) {
+            rewrite::refreshed_response(upstream_response, &rw.set_cookie);
         }
         Ok(())
     }

@@ -77,6 +77,9 @@ pub struct Rewrite {
     pub identity: Vec<(HeaderName, HeaderValue)>,
     /// The session's `exp` (Unix seconds): an upgraded connection it opened may end then.
     pub session_exp: u64,
+    /// The session was refreshed: these `Set-Cookie` values go to the client with the response
+    /// ([`refreshed_response`]).
+    pub set_cookie: Vec<HeaderValue>,
 }
 
 /// Who sent the request, and where, as extoken saw it.
@@ -238,6 +241,46 @@ pub(crate) fn stamp_request_id(resp: &mut pingora::http::ResponseHeader, id: Opt
     }
 }
 
+/// The response to a request whose session extoken refreshed: the new cookies, and
+/// `Cache-Control: private` (no shared cache may store a `Set-Cookie` with a session): a backend's
+/// `public` and `s-maxage` are removed, its other directives kept.
+pub(crate) fn refreshed_response(
+    resp: &mut pingora::http::ResponseHeader,
+    set_cookie: &[HeaderValue],
+) {
+    edit_response(resp, |h| refreshed_headers(h, set_cookie));
+}
+
+/// [`refreshed_response`] on a plain header map.
+pub fn refreshed_headers(h: &mut http::HeaderMap, set_cookie: &[HeaderValue]) {
+    use http::header::{CACHE_CONTROL, SET_COOKIE};
+    for c in set_cookie {
+        h.append(SET_COOKIE, c.clone());
+    }
+    let mut kept: Vec<String> = Vec::new();
+    for v in h.get_all(CACHE_CONTROL) {
+        for d in String::from_utf8_lossy(v.as_bytes()).split(',') {
+            let d = d.trim();
+            let name = d
+                .split('=')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            if !d.is_empty() && name != "public" && name != "s-maxage" && name != "private" {
+                kept.push(d.to_string());
+            }
+        }
+    }
+    kept.insert(0, "private".into());
+    // Directives come from a valid header value, joined with ", ": still one.
+    if let Ok(v) = HeaderValue::from_str(&kept.join(", ")) {
+        h.insert(CACHE_CONTROL, v);
+    } else {
+        h.insert(CACHE_CONTROL, HeaderValue::from_static("private"));
+    }
+}
+
 /// Sets one header on the response pingora sends to the client, on its plain `http::HeaderMap`
 /// for the reason [`apply_to_request`] gives (−2.9k instructions per request against
 /// `insert_header`). The backend's reason phrase is kept; names the backend sent go to the client
@@ -247,13 +290,23 @@ fn set_response_header(
     name: HeaderName,
     value: HeaderValue,
 ) {
+    edit_response(resp, |h| {
+        h.insert(name, value);
+    });
+}
+
+/// Edits the headers of the response pingora sends to the client (see [`set_response_header`]).
+fn edit_response(
+    resp: &mut pingora::http::ResponseHeader,
+    edit: impl FnOnce(&mut http::HeaderMap),
+) {
     let reason = resp
         .get_reason_phrase()
         .filter(|r| Some(*r) != resp.status.canonical_reason())
         .map(str::to_owned);
     let placeholder = pingora::http::ResponseHeader::from(http::Response::new(()).into_parts().0);
     let mut parts: http::response::Parts = std::mem::replace(resp, placeholder).into();
-    parts.headers.insert(name, value);
+    edit(&mut parts.headers);
     *resp = pingora::http::ResponseHeader::from(parts);
     if let Some(r) = reason {
         // Only fails for phrases pingora itself would refuse; it accepts any today.

@@ -42,6 +42,9 @@ pub struct Route {
     pub(crate) max_body_bytes: Option<u64>,
     /// After a `101`.
     pub(crate) websocket: crate::config::WebSocketConfig,
+    /// An expired session is refreshed with the refresh cookie (`refresh_session`, else
+    /// `descope.refresh.enabled`).
+    pub(crate) refresh_session: bool,
     /// Who may pass (`require:`), compiled.
     pub(crate) rules: Rules,
     /// What the backend is told about the session (`identity_headers`), compiled.
@@ -237,6 +240,8 @@ impl RouteTable {
         for (i, r) in cfg.routes.iter().enumerate() {
             let mut route = Self::route(i, r, &descope_cookies, resolve)?;
             route.max_body_bytes = r.max_body_bytes.or(max_body);
+            route.refresh_session = r.auth == AuthMode::Required
+                && r.refresh_session.unwrap_or(cfg.descope.refresh.enabled);
             routes.push((i, Arc::new(route)));
         }
         routes.sort_by(|(ia, a), (ib, b)| {
@@ -311,6 +316,7 @@ impl RouteTable {
             retries: r.retries,
             max_body_bytes: None,
             websocket: r.websocket,
+            refresh_session: false,
             peer,
             addrs,
             upstream,

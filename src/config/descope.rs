@@ -31,6 +31,9 @@ pub struct DescopeConfig {
     pub session_cookie: String,
     #[serde(default = "d_dsr")]
     pub refresh_cookie: String,
+    /// Refreshing expired sessions with the refresh cookie (`descope.refresh:`).
+    #[serde(default)]
+    pub refresh: super::RefreshConfig,
 }
 
 fn d_leeway() -> Dur {
@@ -79,6 +82,14 @@ pub enum KeySource {
 }
 
 impl DescopeConfig {
+    /// `base_url`, else the default (regional) one, without a trailing `/`.
+    pub fn base_url(&self) -> String {
+        match &self.base_url {
+            Some(b) => b.trim_end_matches('/').to_string(),
+            None => default_base_url(&self.project_id),
+        }
+    }
+
     /// `jwks_file`, else `jwks_url`, else `{base}/v2/keys/{projectId}` with the regional host
     /// Descope uses for project ids of 32 characters or more.
     pub fn key_source(&self) -> KeySource {
@@ -88,11 +99,7 @@ impl DescopeConfig {
         if let Some(u) = &self.jwks_url {
             return KeySource::Url(u.clone());
         }
-        let base = match &self.base_url {
-            Some(b) => b.trim_end_matches('/').to_string(),
-            None => default_base_url(&self.project_id),
-        };
-        KeySource::Url(format!("{base}/v2/keys/{}", self.project_id))
+        KeySource::Url(format!("{}/v2/keys/{}", self.base_url(), self.project_id))
     }
 }
 
@@ -156,6 +163,6 @@ impl DescopeConfig {
                 ));
             }
         }
-        Ok(())
+        self.refresh.validate()
     }
 }

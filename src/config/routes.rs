@@ -111,6 +111,8 @@ pub struct RouteConfig {
     /// How an `https://` upstream is verified (private CA, name) and the client certificate
     /// shown to it.
     pub upstream_tls: Option<UpstreamTlsConfig>,
+    /// Refresh an expired session with the refresh cookie (default: `descope.refresh.enabled`).
+    pub refresh_session: Option<bool>,
 }
 
 fn d_connect_timeout() -> Dur {
@@ -197,6 +199,7 @@ impl RouteConfig {
                     self.identity_headers_signed_by.is_some(),
                 ),
                 ("identity_jws_header", self.identity_jws_header.is_some()),
+                ("refresh_session", self.refresh_session == Some(true)),
             ] {
                 if set {
                     return Err((key, no_session(key)));

@@ -168,3 +168,15 @@ fn rebuild_replaces_what_changed() {
         "cache: unchanged"
     );
 }
+
+/// Turning session refresh on is a reload that keeps the keys and verified sessions, and builds
+/// the refresher only when a route refreshes.
+#[test]
+fn a_refresh_setting_keeps_the_keys() {
+    let gw = gateway();
+    assert!(gw.refresher.is_none(), "no route refreshes");
+    let (next, kept) = gw.rebuild(cfg(", refresh: {enabled: true}")).unwrap();
+    assert!(kept && Arc::ptr_eq(&gw.verifier, &next.verifier));
+    assert!(next.refresher.is_some());
+    assert!(next.routes.iter().all(|r| r.refresh_session));
+}

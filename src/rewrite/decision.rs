@@ -135,6 +135,7 @@ mod tests {
                 HeaderValue::from_static("U1"),
             )],
             session_exp: u64::MAX,
+            set_cookie: vec![],
         };
         let cookies = ["DS".to_string(), "DSR".to_string()];
         let ids = [

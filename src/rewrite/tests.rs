@@ -1,3 +1,4 @@
+use http::header::{CACHE_CONTROL, SET_COOKIE};
 use http::HeaderMap;
 use proptest::prelude::*;
 
@@ -73,6 +74,7 @@ fn apply_sets_header_and_cleans_cookies() {
         cache_key: None,
         identity: vec![],
         session_exp: u64::MAX,
+        set_cookie: vec![],
     };
     let (h, s) = (host(), strip());
     let mut p = plan(&h, Some(&rw), &s);
@@ -153,6 +155,7 @@ fn identity_headers_are_the_gateways_alone() {
             cache_key: None,
             identity: vec![(names[0].clone(), HeaderValue::from_static("U2real"))],
             session_exp: u64::MAX,
+            set_cookie: vec![],
         };
         let mut m = spoofed();
         p.token = Some(&rw);
@@ -247,4 +250,38 @@ fn pingora_header_with_a_verbatim_target_keeps_everything() {
     let mut wire = bytes::BytesMut::new();
     req.header_to_h1_wire(&mut wire);
     assert!(String::from_utf8_lossy(&wire).contains("X-Custom-Name: v\r\n"));
+}
+
+/// A refreshed session's response: the cookies appended to the backend's own, and no shared cache
+/// may keep it (`public` and `s-maxage` go, `private` is first, other directives stay).
+#[test]
+fn a_refreshed_response_is_private_and_sets_the_cookies() {
+    let cookies = [
+        HeaderValue::from_static("DS=new; Path=/"),
+        HeaderValue::from_static("DSR=r; Path=/; HttpOnly"),
+    ];
+    for (backend, want) in [
+        (None, "private"),
+        (Some("public, max-age=600"), "private, max-age=600"),
+        (Some("s-maxage=60, max-age=5"), "private, max-age=5"),
+        (Some("no-store"), "private, no-store"),
+        (
+            Some("Private, S-MaxAge=1,  must-revalidate"),
+            "private, must-revalidate",
+        ),
+    ] {
+        let mut m = HeaderMap::new();
+        m.append(SET_COOKIE, HeaderValue::from_static("theme=dark"));
+        if let Some(b) = backend {
+            m.insert(CACHE_CONTROL, HeaderValue::from_static(b));
+        }
+        refreshed_headers(&mut m, &cookies);
+        assert_eq!(m.get_all(CACHE_CONTROL).iter().count(), 1);
+        assert_eq!(m.get(CACHE_CONTROL).unwrap(), want, "{backend:?}");
+        let set: Vec<_> = m.get_all(SET_COOKIE).iter().collect();
+        assert_eq!(
+            set,
+            ["theme=dark", "DS=new; Path=/", "DSR=r; Path=/; HttpOnly"]
+        );
+    }
 }

@@ -76,6 +76,8 @@ pub(crate) struct RequestLog {
     pub(crate) route: Option<Arc<RouteMetrics>>,
     pub(crate) outcome: Option<&'static str>,
     pub(crate) reason: Option<&'static str>,
+    /// The request went on with a session extoken refreshed for it (`session_refreshed=true`).
+    pub(crate) session_refreshed: bool,
     upstream_start: Option<Instant>,
     upstream_status: Option<u16>,
     upstream_time: Option<Duration>,
@@ -93,6 +95,7 @@ impl Default for RequestLog {
             route: None,
             outcome: None,
             reason: None,
+            session_refreshed: false,
             upstream_start: None,
             upstream_status: None,
             upstream_time: None,
@@ -198,6 +201,7 @@ pub(crate) fn log_request(
             upstream_time: log.upstream_time,
             client_cert: log.client_cert.as_deref(),
             upgraded: log.upgraded,
+            session_refreshed: log.session_refreshed,
         });
     }
 }
@@ -222,6 +226,7 @@ struct Line<'a> {
     upstream_time: Option<Duration>,
     client_cert: Option<&'a super::ClientCert>,
     upgraded: Option<(u64, u64)>,
+    session_refreshed: bool,
 }
 
 impl Line<'_> {
@@ -269,6 +274,9 @@ impl Line<'_> {
             digits(b, from_client, 1);
             b.extend_from_slice(b" bytes_to_client=");
             digits(b, to_client, 1);
+        }
+        if self.session_refreshed {
+            b.extend_from_slice(b" session_refreshed=true");
         }
         b.push(b'\n');
     }
@@ -319,6 +327,9 @@ impl Line<'_> {
             digits(b, from_client, 1);
             b.extend_from_slice(b",\"bytes_to_client\":");
             digits(b, to_client, 1);
+        }
+        if self.session_refreshed {
+            b.extend_from_slice(b",\"session_refreshed\":true");
         }
         b.extend_from_slice(b",\"target\":\"extoken::access\"}\n");
     }

@@ -22,6 +22,7 @@ fn line<'a>(path: &'a str, reason: Option<&'a str>, upstream: Option<u16>) -> Li
         upstream_time: upstream.map(|_| Duration::from_micros(7)),
         client_cert: None,
         upgraded: None,
+        session_refreshed: false,
     }
 }
 
@@ -77,6 +78,19 @@ fn json_has_tracing_subscribers_fields() {
     let r = json(&line("/api/x", Some("expired"), None), now);
     assert_eq!(r["reason"], "expired");
     assert!(r.get("upstream_status").is_none() && r.get("upstream_ms").is_none());
+    assert!(j.get("session_refreshed").is_none());
+}
+
+/// A request that went on with a refreshed session says so, last, in both formats.
+#[test]
+fn a_refreshed_session_is_a_field() {
+    let now = Duration::new(1_795_804_741, 5_000);
+    let l = Line {
+        session_refreshed: true,
+        ..line("/", None, Some(200))
+    };
+    assert!(text(&l, now).ends_with(" upstream_ms=0.007 session_refreshed=true\n"));
+    assert_eq!(json(&l, now)["session_refreshed"], true);
 }
 
 #[test]

@@ -41,13 +41,25 @@ impl ClaimRules {
     /// Checks the claims of a token whose signature is valid, at time `now` (Unix seconds).
     /// Returns its `exp`.
     pub(crate) fn check(&self, c: &Map<String, Value>, now: u64) -> Result<u64, AuthError> {
+        self.check_as(c, now, false)
+    }
+
+    /// The same rules for a refresh token: `drn` must be `DSR` (a session is not a refresh token).
+    pub(crate) fn check_refresh(&self, c: &Map<String, Value>, now: u64) -> Result<u64, AuthError> {
+        self.check_as(c, now, true)
+    }
+
+    fn check_as(&self, c: &Map<String, Value>, now: u64, refresh: bool) -> Result<u64, AuthError> {
         let exp = self.check_times(c, now)?;
         match c.get("iss").and_then(Value::as_str) {
             Some(iss) if issuer_matches(iss, &self.project_id) => {}
             _ => return Err(AuthError::WrongIssuer),
         }
-        if c.get("drn").and_then(Value::as_str) == Some("DSR") {
-            return Err(AuthError::RefreshToken);
+        let is_refresh = c.get("drn").and_then(Value::as_str) == Some("DSR");
+        match (refresh, is_refresh) {
+            (false, true) => return Err(AuthError::RefreshToken),
+            (true, false) => return Err(AuthError::Malformed("not a refresh token")),
+            _ => {}
         }
         self.check_audience(c.get("aud"))?;
         Ok(exp)

@@ -104,7 +104,7 @@ impl KeyStore {
     }
 
     /// Swaps `set` in as the next generation; returns how many keys it has.
-    pub(super) fn install(&self, mut set: KeySet) -> usize {
+    pub(crate) fn install(&self, mut set: KeySet) -> usize {
         let n = set.len();
         set.generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         self.current.store(Arc::new(set));

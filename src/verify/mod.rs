@@ -36,6 +36,8 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 pub(crate) use claims::issuer_matches;
+#[cfg(test)]
+pub(crate) use keys::parse_jwks;
 pub use keys::{Key, KeySet, KeySetError};
 pub use keystore::{FetchError, KeyStore};
 pub(crate) use session::{ClaimSource, Claims};
@@ -213,6 +215,19 @@ impl Verifier {
         });
         self.verified.insert(cache_key, session.clone());
         Ok(session)
+    }
+
+    /// Verifies a refresh token (`drn: DSR`) as a session is verified (size, key by `kid`,
+    /// signature, `exp`, `iss`, `aud`), returning its `exp`. Never cached: the session cache is
+    /// keyed by the token alone, and a refresh token must never be served as a session.
+    pub async fn verify_refresh(&self, token: &str) -> Result<u64, VerifyError> {
+        if token.len() > self.max_token_bytes {
+            return Err(AuthError::TooLong.into());
+        }
+        let jws = CompactJws::parse(token)?;
+        let key = self.pick_key(&jws, self.keys.current()).await?;
+        let claims = check_signature(jws, key).await?;
+        Ok(self.rules.check_refresh(&claims, self.clock.unix())?)
     }
 
     /// [`Verifier::verify`], first asking the connection's memo. A keep-alive client resends the

@@ -10,6 +10,7 @@
 //! - [`setup`]: one gateway, one backend, one key set, for the session tests ([`Setup`]).
 //! - [`endpoint`]: minting-connector rigs ([`Project`], [`TokenEndpoint`], [`Rig`]).
 //! - [`sts`]: a strict RFC 8693 token exchange server ([`Sts`]) for the `token_exchange` connector.
+//! - [`refresh`]: Descope's session refresh endpoint ([`RefreshEndpoint`]).
 //! - [`te_rig`]: that server, a backend and a gateway with `token_exchange` connectors ([`TeRig`]).
 //! - [`tls`]: test CAs and certificates, a rustls client, an HTTPS backend ([`TestCa`], [`TlsClient`], [`TlsBackend`]).
 
@@ -32,6 +33,8 @@ mod net;
 #[allow(dead_code)]
 mod process;
 #[allow(dead_code)]
+mod refresh;
+#[allow(dead_code)]
 mod setup;
 #[allow(dead_code)]
 mod sts;
@@ -42,8 +45,8 @@ mod tls;
 
 #[allow(unused_imports)]
 pub use {
-    backend::*, config::*, endpoint::*, jwks::*, keys::*, net::*, process::*, setup::*, sts::*,
-    te_rig::*, tls::*,
+    backend::*, config::*, endpoint::*, jwks::*, keys::*, net::*, process::*, refresh::*, setup::*,
+    sts::*, te_rig::*, tls::*,
 };
 
 use std::path::{Path, PathBuf};

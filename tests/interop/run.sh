@@ -157,6 +157,15 @@ fi
 curl --version | head -n1 | grep -q nghttp2 || die "$(command -v curl) has no HTTP/2 (nghttp2)"
 log "curl: $(curl --version | head -n1 | cut -d' ' -f1-2)"
 
+# ---------------------------------------------------------------- Chromium (session refresh in a browser)
+# test_session_refresh.py drives Debian's headless chromium through chromedriver (selenium from
+# requirements.txt). Required: a missing browser is installed here, never a reason to skip.
+if [ ! -x "${INTEROP_CHROMIUM:-/usr/bin/chromium}" ] || [ ! -x "${INTEROP_CHROMEDRIVER:-/usr/bin/chromedriver}" ]; then
+  apt_install chromium chromium-driver
+fi
+export INTEROP_CHROMIUM="${INTEROP_CHROMIUM:-/usr/bin/chromium}" INTEROP_CHROMEDRIVER="${INTEROP_CHROMEDRIVER:-/usr/bin/chromedriver}"
+log "Chromium: $("$INTEROP_CHROMIUM" --version 2>/dev/null || echo '?')"
+
 # ---------------------------------------------------------------- Python venv
 PY="${PYTHON:-}"
 if [ -z "$PY" ]; then
@@ -200,6 +209,8 @@ if [ -z "${EXTOKEN_BIN:-}" ]; then
     if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then . "$HOME/.cargo/env"; fi
     log "cargo build (debug)"
     (cd "$ROOT" && timeout 3000 cargo build --quiet)
+    # test_session_refresh.py runs the refresh endpoint of this test binary.
+    (cd "$ROOT" && timeout 3000 cargo test --quiet --no-run --test session_refresh)
   fi
   EXTOKEN_BIN="$ROOT/target/debug/extoken"
 fi
