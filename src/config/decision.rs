@@ -92,4 +92,22 @@ mod tests {
         .unwrap_err();
         assert!(e.contains("envoy_path_prefix"), "{e}");
     }
+
+    #[test]
+    fn check_names_the_decision_listeners() {
+        let c = crate::config::Config::parse(
+            "descope: {project_id: P2x, jwks_url: 'http://127.0.0.1:1/k'}\n\
+             connectors: {ext: {type: claim}}\n\
+             routes: [{upstream: 'http://127.0.0.1:1', connector: ext}]\n\
+             decision: {grpc_listen: '127.0.0.1:9192', trusted_proxies: [10.0.0.0/8, 192.168.0.0/16]}\n",
+            &|_| None,
+        )
+        .unwrap();
+        assert!(
+            c.summary()
+                .contains("decision: http off, grpc 127.0.0.1:9192, 2 trusted proxy block(s)\n"),
+            "{}",
+            c.summary()
+        );
+    }
 }

@@ -226,6 +226,17 @@ impl Config {
                 t.client_auth
             );
         }
+        if let Some(dc) = &self.decision {
+            let at =
+                |a: Option<std::net::SocketAddr>| a.map_or("off".to_string(), |a| a.to_string());
+            let _ = writeln!(
+                s,
+                "decision: http {}, grpc {}, {} trusted proxy block(s)",
+                at(dc.listen),
+                at(dc.grpc_listen),
+                dc.trusted_proxies.len()
+            );
+        }
         let _ = writeln!(s, "project:  {}", d.project_id);
         let keys = match d.key_source() {
             KeySource::Url(u) => format!(

@@ -203,8 +203,14 @@ def ingress(request, tmp_path_factory, decider, backend):
         p.stop()
 
 
+# The unique last segments of every path this module sent (the backend is shared with the suite).
+SENT: set[str] = set()
+
+
 def unique(path: str) -> str:
-    return f"{path}/{uuid.uuid4().hex}"
+    u = uuid.uuid4().hex
+    SENT.add(u)
+    return f"{path}/{u}"
 
 
 def test_no_unauthenticated_request_reaches_a_protected_location(ingress, backend, descope):
@@ -268,3 +274,15 @@ def test_a_public_route_passes_without_descope_cookies(ingress, backend, descope
     status, _, _ = ingress.request(p, {"Cookie": f"DS={session}; theme=dark"})
     assert status == 200
     assert backend.find(p)["headers"].get("cookie") == "theme=dark", ingress.kind
+
+
+def test_every_protected_request_the_backend_saw_carried_an_external_token(ingress, backend):
+    """The invariant over everything sent so far, through every ingress: the backend never saw a
+    request on the protected route without an external token, nor with a Descope session."""
+    ours = [r for r in backend.requests if r["path"].rsplit("/", 1)[-1] in SENT]
+    protected = [r for r in ours if r["path"].startswith("/api/")]
+    assert protected, "no protected request got through at all"
+    for r in protected:
+        auth = r["headers"].get("authorization", "")
+        assert auth.startswith("Bearer ext-"), f"{ingress.kind}: {r['path']} with {auth[:20]!r}"
+        assert "DS=" not in r["headers"].get("cookie", ""), f"{ingress.kind}: {r['path']}"
