@@ -48,25 +48,6 @@ async fn rig_with(
     }
 }
 
-/// Reads until the gateway closes the connection (EOF or reset), at most `limit`: what arrived,
-/// and after how long (from `since`) it was closed; `None` if it was still open at `limit`.
-async fn read_until_closed(
-    s: &mut TcpStream,
-    since: Instant,
-    limit: Duration,
-) -> (Vec<u8>, Option<Duration>) {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 8192];
-    loop {
-        let left = limit.saturating_sub(since.elapsed());
-        match tokio::time::timeout(left, s.read(&mut buf)).await {
-            Err(_) => return (got, None),
-            Ok(Ok(0)) | Ok(Err(_)) => return (got, Some(since.elapsed())),
-            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
-        }
-    }
-}
-
 /// The value of an unlabelled metric in `/metrics` text.
 fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines()

@@ -158,7 +158,7 @@ async fn h2_by_alpn_and_h2c_beside_http1_make_the_same_decisions() {
     // would wait for 24 bytes).
     let mut s = TcpStream::connect(r.gw.addr).await.unwrap();
     s.write_all(b"GET /short HTTP/1.0\r\n\r\n").await.unwrap();
-    let (got, closed) = drain(&mut s, Instant::now(), Duration::from_secs(5)).await;
+    let (got, closed) = read_until_closed(&mut s, Instant::now(), Duration::from_secs(5)).await;
     assert!(closed.is_some(), "no answer: {got:?}");
     assert!(
         got.starts_with(b"HTTP/1.0 200") || got.starts_with(b"HTTP/1.1 200"),
@@ -219,20 +219,6 @@ fn get_headers(stream: u32) -> Vec<u8> {
     frame(0x1, 0x5, stream, &block)
 }
 
-/// Everything the server sends until it closes: the frames (raw), and when it closed.
-async fn drain(s: &mut TcpStream, since: Instant, limit: Duration) -> (Vec<u8>, Option<Duration>) {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let left = limit.saturating_sub(since.elapsed());
-        match tokio::time::timeout(left, s.read(&mut buf)).await {
-            Err(_) => return (got, None),
-            Ok(Ok(0)) | Ok(Err(_)) => return (got, Some(since.elapsed())),
-            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
-        }
-    }
-}
-
 #[tokio::test]
 async fn h2_connections_keep_the_client_limits() {
     let limits = json!({"client_header_timeout": "1s", "keepalive_timeout": "2s",
@@ -243,7 +229,7 @@ async fn h2_connections_keep_the_client_limits() {
     // Part of the preface, then silence: closed at the head deadline, nothing written.
     let mut s = TcpStream::connect(r.gw.addr).await.unwrap();
     s.write_all(&PREFACE[..10]).await.unwrap();
-    let (got, closed) = drain(&mut s, Instant::now(), Duration::from_secs(5)).await;
+    let (got, closed) = read_until_closed(&mut s, Instant::now(), Duration::from_secs(5)).await;
     assert!(got.is_empty(), "{got:?}");
     assert!(
         closed.is_some_and(|t| t < Duration::from_secs(3)),
@@ -253,7 +239,7 @@ async fn h2_connections_keep_the_client_limits() {
     // The preface but no SETTINGS: closed at the deadline, and never an HTTP/1.1 answer.
     let mut s = TcpStream::connect(r.gw.addr).await.unwrap();
     s.write_all(PREFACE).await.unwrap();
-    let (got, closed) = drain(&mut s, Instant::now(), Duration::from_secs(5)).await;
+    let (got, closed) = read_until_closed(&mut s, Instant::now(), Duration::from_secs(5)).await;
     assert!(
         !String::from_utf8_lossy(&got).contains("HTTP/1.1"),
         "{got:?}"

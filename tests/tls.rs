@@ -60,16 +60,7 @@ fn tls_block(certs: &[(&str, &str)]) -> Value {
 
 /// A labelled sample of `/metrics` (0 when absent: counters appear with their first count).
 async fn sample(gw: &GatewayProcess, series: &str) -> f64 {
-    let text = gw.metrics().await;
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0.0)
+    metric_sample(&gw.metrics().await, series)
 }
 
 fn handshakes(result: &str) -> String {

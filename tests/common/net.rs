@@ -164,3 +164,23 @@ pub fn status_of(bytes: &[u8]) -> u16 {
         .and_then(|c| c.parse().ok())
         .unwrap_or(0)
 }
+
+/// Reads until the gateway closes the connection (EOF or reset), at most `limit`: what arrived,
+/// and after how long (from `since`) it was closed; `None` if it was still open at `limit`.
+#[allow(dead_code)] // not every test binary reads raw connections
+pub async fn read_until_closed(
+    s: &mut tokio::net::TcpStream,
+    since: Instant,
+    limit: Duration,
+) -> (Vec<u8>, Option<Duration>) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let left = limit.saturating_sub(since.elapsed());
+        match tokio::time::timeout(left, tokio::io::AsyncReadExt::read(s, &mut buf)).await {
+            Err(_) => return (got, None),
+            Ok(Ok(0)) | Ok(Err(_)) => return (got, Some(since.elapsed())),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
