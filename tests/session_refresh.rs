@@ -135,7 +135,7 @@ async fn an_expired_session_is_refreshed_and_the_browser_gets_the_new_one() {
     assert!(next.headers.get("set-cookie").is_none());
     assert_eq!(rig.endpoint.calls(), 1);
     // The access line says so; no token is in the log.
-    let log = rig.gw.log();
+    let log = rig.gw.log_with("path=/next").await;
     assert!(
         log.contains("path=/page") && log.contains("session_refreshed=true"),
         "{log}"

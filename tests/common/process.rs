@@ -186,6 +186,16 @@ impl GatewayProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The log once it holds `needle`: an access line is written after the reply has left,
+    /// so a test that reads the log right after its last request must wait for it.
+    pub async fn log_with(&self, needle: &str) -> String {
+        eventually(Duration::from_secs(5), || async {
+            self.log().contains(needle)
+        })
+        .await;
+        self.log()
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
