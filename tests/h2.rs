@@ -9,15 +9,13 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use common::*;
 use jsonwebtoken::Algorithm;
 use serde_json::{json, Value};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 const PROJECT: &str = "P2h2DownstreamProject00000";
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 struct Rig {
     gw: GatewayProcess,
@@ -70,50 +68,6 @@ async fn rig_with(limits: Value, backend: Backend, clients: Option<&TestCa>) -> 
         backend,
         _jwks: jwks,
     }
-}
-
-/// An HTTP/2 client over `io`; its connection is driven by a task of its own.
-async fn h2_client<T>(io: T) -> h2::client::SendRequest<Bytes>
-where
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let (send, conn) = h2::client::handshake(io).await.unwrap();
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    send
-}
-
-/// `GET uri` (with `headers`) on an HTTP/2 connection: status and body.
-async fn h2_get(
-    send: &mut h2::client::SendRequest<Bytes>,
-    uri: &str,
-    headers: &[(&str, &str)],
-) -> (u16, String) {
-    let mut req = http::Request::builder().uri(uri);
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let (resp, _) = send
-        .clone()
-        .ready()
-        .await
-        .unwrap()
-        .send_request(req.body(()).unwrap(), true)
-        .unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(10), resp)
-        .await
-        .expect("an answer within 10 s")
-        .unwrap();
-    let status = resp.status().as_u16();
-    let mut body = resp.into_body();
-    let mut text = Vec::new();
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk.unwrap();
-        let _ = body.flow_control().release_capacity(chunk.len());
-        text.extend_from_slice(&chunk);
-    }
-    (status, String::from_utf8_lossy(&text).into_owned())
 }
 
 #[tokio::test]
@@ -174,49 +128,6 @@ async fn h2_by_alpn_and_h2c_beside_http1_make_the_same_decisions() {
     // The log writer is a thread of its own: give a line time to arrive.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(error_lines(&r.gw.log()), Vec::<&str>::new());
-}
-
-/// A frame's header and payload.
-struct Frame {
-    kind: u8,
-    flags: u8,
-    stream: u32,
-    payload: Vec<u8>,
-}
-
-/// Reads one frame; `None` at the end of the stream (or after 10 s).
-async fn read_frame(s: &mut TcpStream) -> Option<Frame> {
-    let mut head = [0u8; 9];
-    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut head))
-        .await
-        .ok()?
-        .ok()?;
-    let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
-    let mut payload = vec![0u8; len];
-    s.read_exact(&mut payload).await.ok()?;
-    let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
-    Some(Frame {
-        kind: head[3],
-        flags: head[4],
-        stream,
-        payload,
-    })
-}
-
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len();
-    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-/// A GET on `stream` for `/` of `api.test`, HPACK without the dynamic table.
-fn get_headers(stream: u32) -> Vec<u8> {
-    // :method GET, :scheme http, :path / (static table); :authority literal, not indexed.
-    let mut block = vec![0x82, 0x86, 0x84, 0x01, 8];
-    block.extend_from_slice(b"api.test");
-    frame(0x1, 0x5, stream, &block)
 }
 
 #[tokio::test]

@@ -137,6 +137,11 @@ pub struct LimitsConfig {
     /// Longest pause between two reads of a request body.
     #[serde(default = "d_client_body_timeout", deserialize_with = "de_positive")]
     pub client_body_timeout: Dur,
+    /// Longest wait for the client to take a write of the response (nginx's `send_timeout`): a
+    /// reader that stops reading, or an HTTP/2 client that never opens its flow-control window,
+    /// would otherwise hold the stream and its upstream connection forever.
+    #[serde(default = "d_client_send_timeout", deserialize_with = "de_positive")]
+    pub client_send_timeout: Dur,
     /// Largest request body forwarded (a route may set its own); unset: no limit. A declared
     /// larger body is refused with `413` before anything is forwarded; a chunked one is cut at the
     /// limit, so the backend never receives it whole.
@@ -180,6 +185,9 @@ fn d_keepalive_timeout() -> Dur {
     Dur::secs(60)
 }
 fn d_client_body_timeout() -> Dur {
+    Dur::secs(60)
+}
+fn d_client_send_timeout() -> Dur {
     Dur::secs(60)
 }
 fn d_tls_handshake_timeout() -> Dur {
@@ -235,6 +243,7 @@ impl Default for LimitsConfig {
             client_header_timeout: d_client_header_timeout(),
             keepalive_timeout: d_keepalive_timeout(),
             client_body_timeout: d_client_body_timeout(),
+            client_send_timeout: d_client_send_timeout(),
             max_body_bytes: None,
             max_connections: None,
             tls_handshake_timeout: d_tls_handshake_timeout(),

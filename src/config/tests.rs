@@ -614,19 +614,21 @@ fn client_deadlines_and_connection_limit() {
     assert_eq!(l.client_header_timeout.0, Duration::from_secs(10));
     assert_eq!(l.keepalive_timeout.0, Duration::from_secs(60));
     assert_eq!(l.client_body_timeout.0, Duration::from_secs(60));
+    assert_eq!(l.client_send_timeout.0, Duration::from_secs(60));
     assert_eq!(
         l.max_connections, None,
         "derived from the open-file limit at start"
     );
     let l = parse(&format!(
         "{MINIMAL}limits: {{client_header_timeout: 1500ms, keepalive_timeout: 5s, \
-         client_body_timeout: 2m, max_connections: 20}}\n"
+         client_body_timeout: 2m, client_send_timeout: 3s, max_connections: 20}}\n"
     ))
     .unwrap()
     .limits;
     assert_eq!(l.client_header_timeout.0, Duration::from_millis(1500));
     assert_eq!(l.keepalive_timeout.0, Duration::from_secs(5));
     assert_eq!(l.client_body_timeout.0, Duration::from_secs(120));
+    assert_eq!(l.client_send_timeout.0, Duration::from_secs(3));
     assert_eq!(l.max_connections, Some(20));
     for (bad, key, says) in [
         (

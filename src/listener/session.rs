@@ -24,7 +24,8 @@ fn client_stream(session: &Session) -> Option<&ClientStream> {
 }
 
 /// The request head was read (`early_request_filter`): the head deadline ends; the request's body
-/// may pause at most `client_body_timeout` between reads; after the response the connection may
+/// may pause at most `client_body_timeout` between reads, the client may take at most
+/// `client_send_timeout` to take each write of the response; after the response the connection may
 /// idle `keepalive_timeout` (unless it is closing anyway: `Connection: close`, HTTP/1.0, draining).
 /// On an HTTP/2 connection: the request is counted in flight until the returned guard drops.
 pub(crate) fn head_complete(
@@ -38,6 +39,7 @@ pub(crate) fn head_complete(
         s.conn.idle_ms.store(ms.max(1), Ordering::Relaxed);
     });
     session.set_read_timeout(Some(limits.client_body_timeout.0));
+    session.set_write_timeout(Some(limits.client_send_timeout.0));
     if adapter.is_none() && session.is_http2() {
         return conns?.find(session).map(InFlight::new);
     }

@@ -12,6 +12,7 @@
 //! - [`sts`]: a strict RFC 8693 token exchange server ([`Sts`]) for the `token_exchange` connector.
 //! - [`refresh`]: Descope's session refresh endpoint ([`RefreshEndpoint`]).
 //! - [`te_rig`]: that server, a backend and a gateway with `token_exchange` connectors ([`TeRig`]).
+//! - [`h2frames`]: an HTTP/2 client and raw frames ([`h2_client`], [`frame`], [`read_frame`]).
 //! - [`tls`]: test CAs and certificates, a rustls client, an HTTPS backend ([`TestCa`], [`TlsClient`], [`TlsBackend`]).
 
 // Each `tests/*.rs` is a crate of its own that compiles this whole harness and uses a part of it
@@ -25,6 +26,8 @@ mod backend;
 mod config;
 #[allow(dead_code)]
 mod endpoint;
+#[allow(dead_code)]
+mod h2frames;
 #[allow(dead_code)]
 mod jwks;
 #[allow(dead_code)]
@@ -45,8 +48,8 @@ mod tls;
 
 #[allow(unused_imports)]
 pub use {
-    backend::*, config::*, endpoint::*, jwks::*, keys::*, net::*, process::*, refresh::*, setup::*,
-    sts::*, te_rig::*, tls::*,
+    backend::*, config::*, endpoint::*, h2frames::*, jwks::*, keys::*, net::*, process::*,
+    refresh::*, setup::*, sts::*, te_rig::*, tls::*,
 };
 
 use std::path::{Path, PathBuf};
