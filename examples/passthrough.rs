@@ -6,6 +6,10 @@
 //!
 //!   cargo run --release --example passthrough -- 127.0.0.1:8090 127.0.0.1:8091 [threads] [bounded]
 //!
+//! `PASSTHROUGH_TLS=cert.pem:key.pem` in the environment serves TLS on LISTEN instead, with ALPN
+//! `h2` and `http/1.1` (pingora's rustls "intermediate" settings): the floor of the TLS and HTTP/2
+//! load tests.
+//!
 //! `bounded` adds only what bounding every wait costs inside pingora, with extoken's default
 //! values: the upstream connect/read/write/idle timeouts on the peer and a 60 s keep-alive timeout
 //! on the client connection. It is not the floor the targets are measured against (that is the
@@ -74,7 +78,21 @@ fn main() {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let mut svc = http_proxy_service(&server.configuration, PassThrough { upstream, bounded });
-    svc.add_tcp(listen);
+    match std::env::var("PASSTHROUGH_TLS").ok().and_then(|v| {
+        let (cert, key) = v.split_once(':')?;
+        Some((cert.to_string(), key.to_string()))
+    }) {
+        Some((cert, key)) => {
+            let Ok(mut tls) = pingora::listeners::tls::TlsSettings::intermediate(&cert, &key)
+            else {
+                eprintln!("passthrough: cannot load {cert} / {key}");
+                std::process::exit(2);
+            };
+            tls.enable_h2();
+            svc.add_tls_with_settings(listen, None, tls);
+        }
+        None => svc.add_tcp(listen),
+    }
     server.add_service(svc);
     server.run_forever();
 }

@@ -2,7 +2,8 @@
 -- TOKENS_FILE (one JWT per line), requests pre-built in init() so wrk's per-request cost is one
 -- table lookup. done() prints one machine-readable line:
 --   WRKRESULT requests=.. duration_us=.. rps=.. p50_us=.. ... non2xx=..
--- Copied from shared/bench/scripts/rotate_tokens.lua (unchanged but for this comment).
+-- Copied from shared/bench/scripts/rotate_tokens.lua; WRK_CLOSE=1 adds "Connection: close" (a new
+-- connection, so a full TLS handshake, per request: run.sh PROTO=handshake).
 local reqs = {}
 local n = 0
 local idx = 0
@@ -16,12 +17,15 @@ function setup(thread)
 end
 
 function init(args)
+  local close = os.getenv("WRK_CLOSE") == "1"
   local path = os.getenv("TOKENS_FILE")
   if path and path ~= "" then
     for line in io.lines(path) do
       if #line > 0 then
         n = n + 1
-        reqs[n] = wrk.format(nil, nil, {["Authorization"] = "Bearer " .. line})
+        local h = {["Authorization"] = "Bearer " .. line}
+        if close then h["Connection"] = "close" end
+        reqs[n] = wrk.format(nil, nil, h)
       end
     end
   end

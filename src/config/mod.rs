@@ -220,10 +220,11 @@ impl Config {
         if let Some(t) = &self.tls {
             let _ = writeln!(
                 s,
-                "tls:      {} ({} certificate(s), client certificates {:?})",
+                "tls:      {} ({} certificate(s), client certificates {}, ALPN {})",
                 t.listen,
                 t.certificates.len(),
-                t.client_auth
+                format!("{:?}", t.client_auth).to_lowercase(),
+                t.alpn.join(", ")
             );
         }
         if let Some(dc) = &self.decision {
