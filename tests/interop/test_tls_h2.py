@@ -151,7 +151,8 @@ def test_tls_1_0_and_1_1_are_refused(edge):
         rc, text = s_client(edge.tls_port, "-servername", ALPHA, flag,
                             "-cipher", "DEFAULT:@SECLEVEL=0")
         assert rc != 0 and "Cipher is (NONE)" in text, f"{flag}: {text}"
-        after = edge.metric("extoken_tls_handshakes_total", 'result="incompatible"')
+        after = edge.metric_reaches("extoken_tls_handshakes_total", 'result="incompatible"',
+                                    before + 1)
         assert after == before + 1, f"{flag}: the gateway saw no incompatible handshake"
     for flag in ("-tls1_2", "-tls1_3"):
         rc, text = s_client(edge.tls_port, "-servername", ALPHA, flag)
@@ -201,8 +202,10 @@ def test_client_certificates(mode, tmp_path_factory, descope, recorder, pki):
             else:
                 assert "HTTP/1.1 200" in text, text
                 assert "client_cert" not in wait_access_line(gw, f"{tag}/anon")
-        refused = gw.metric("extoken_tls_handshakes_total", 'result="client_certificate"')
-        assert refused == (4 if mode == "required" else 2), refused
+        want = 4 if mode == "required" else 2  # (mallory, and anon if required) x 2 versions
+        refused = gw.metric_reaches("extoken_tls_handshakes_total", 'result="client_certificate"',
+                                    want)
+        assert refused == want, refused
     finally:
         gw.stop()
 
@@ -311,7 +314,9 @@ def test_h2_rapid_reset_gets_enhance_your_calm(edge, recorder):
     print(f"rapid reset: {sent} streams sent before the close, {reached} reached the backend, "
           f"GOAWAY {c.goaway}")
     assert c.goaway == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM, c.goaway
-    assert sent < 5000 and reached < 500, (sent, reached)
+    # Not `sent`: what the client wrote before the close depends on socket buffers, not on the
+    # gateway; the work it did is what reached the backend.
+    assert reached < 500, (sent, reached)
     a = h2c(edge.port).request("GET", "/after-rapid-reset", "alpha.test")
     assert a.status == 200, a
 

@@ -212,6 +212,15 @@ class TlsGateway(Gateway):
         return 0.0
 
 
+    def metric_reaches(self, name: str, labels: str, want: float, timeout: float = 3.0) -> float:
+        """The sample once it is ``want`` (a handshake is counted as it ends, which may be a
+        moment after the client gave up), or what it is at ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while (got := self.metric(name, labels)) != want and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return got
+
+
 def client_tls(ca: CA, alpn: list[str], tmp: Path) -> ssl.SSLContext:
     ctx = ssl.create_default_context(cafile=str(write_once(tmp / "client-trust.pem", ca.pem)))
     ctx.set_alpn_protocols(alpn)
