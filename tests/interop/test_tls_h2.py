@@ -75,24 +75,32 @@ def edge(tmp_path_factory, descope, recorder, pki):
 
 # --------------------------------------------------------------------------- sslyze
 
-def test_sslyze_mozilla_intermediate(edge, pki):
+@pytest.mark.parametrize("profile,key,min_version", [
+    ("intermediate", "ecdsa", None), ("intermediate", "rsa", None), ("modern", "ecdsa", "1.3")])
+def test_sslyze_mozilla_profile(profile, key, min_version, edge, pki, tmp_path_factory, descope,
+                                recorder):
+    """sslyze's check against Mozilla's "intermediate" (the default settings, with an ECDSA and
+    an RSA 2048 certificate) and "modern" (``min_version: "1.3"``) configurations."""
     sslyze = os.environ.get("INTEROP_SSLYZE")
     if not sslyze or not os.access(sslyze, os.X_OK):
         pytest.fail("INTEROP_SSLYZE is not set: run tests/interop/run.sh (it makes "
                     ".venv-sslyze from requirements-sslyze.txt)", pytrace=False)
-    out_json = pki["dir"] / "sslyze.json"
-    # host:port{ip}: SNI and certificate name alpha.test, connecting to 127.0.0.1.
-    target = f"{ALPHA}:{edge.tls_port}{{127.0.0.1}}"
-    t0 = time.monotonic()
-    out = subprocess.run([sslyze, "--mozilla_config=intermediate",
-                          f"--certinfo_ca_file={pki['dir'] / 'ca.pem'}", f"--json_out={out_json}",
-                          target], capture_output=True, text=True, timeout=120)
-    print(f"sslyze took {time.monotonic() - t0:.1f}s")
-    report = out.stdout[out.stdout.find("COMPLIANCE AGAINST"):]
-    assert f"{ALPHA}:{edge.tls_port}: OK - Compliant." in report, \
-        f"sslyze (exit {out.returncode}):\n{report or out.stdout[-3000:]}\n{out.stderr[-2000:]}"
-    assert out.returncode == 0, out.stderr[-2000:]
-    scan = json.loads(out_json.read_text())["server_scan_results"][0]["scan_result"]
+    gw = edge
+    if key == "rsa" or min_version:
+        cert, keyf = pki["ca"].server(ALPHA, rsa_bits=2048 if key == "rsa" else None).write(
+            pki["dir"], f"sslyze-{key}")
+        tls = {"certificates": [{"cert_file": str(cert), "key_file": str(keyf)}]}
+        if min_version:
+            tls["min_version"] = min_version
+        gw = TlsGateway(tmp_path_factory.mktemp("gw-sslyze"), {
+            "descope": {"project_id": descope.project_id, "jwks_file": str(descope.jwks_file)},
+            "routes": [{"name": "root", "path_prefix": "/", "auth": "none",
+                        "upstream": recorder.url}]}, tls)
+    try:
+        scan = run_sslyze(sslyze, profile, gw.tls_port, pki["dir"])
+    finally:
+        if gw is not edge:
+            gw.stop()
 
     def accepted(kind: str) -> list[str]:
         r = scan[f"{kind}_cipher_suites"]
@@ -102,11 +110,33 @@ def test_sslyze_mozilla_intermediate(edge, pki):
     for old in ("ssl_2_0", "ssl_3_0", "tls_1_0", "tls_1_1"):
         assert accepted(old) == [], f"{old} accepted"
     tls12 = accepted("tls_1_2")
-    assert tls12 and all(s.startswith("TLS_ECDHE_") and ("_GCM_" in s or "CHACHA20" in s)
-                         for s in tls12), tls12
+    kx = "TLS_ECDHE_RSA_" if key == "rsa" else "TLS_ECDHE_ECDSA_"
+    if min_version == "1.3":
+        assert tls12 == [], tls12
+    else:
+        assert tls12 and all(s.startswith(kx) and ("_GCM_" in s or "CHACHA20" in s)
+                             for s in tls12), tls12
     assert set(accepted("tls_1_3")) == {"TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384",
                                         "TLS_CHACHA20_POLY1305_SHA256"}
-    print("TLS 1.2 suites:", tls12)
+    print(f"{profile}/{key}: TLS 1.2 suites {tls12}")
+
+
+def run_sslyze(sslyze: str, profile: str, port: int, d) -> dict:
+    """Runs the CLI against alpha.test on ``port``; asserts the compliance verdict and returns
+    the JSON scan result."""
+    out_json = d / f"sslyze-{port}.json"
+    # host:port{ip}: SNI and certificate name alpha.test, connecting to 127.0.0.1.
+    t0 = time.monotonic()
+    out = subprocess.run([sslyze, f"--mozilla_config={profile}",
+                          f"--certinfo_ca_file={d / 'ca.pem'}", f"--json_out={out_json}",
+                          f"{ALPHA}:{port}{{127.0.0.1}}"], capture_output=True, text=True,
+                         timeout=120)
+    print(f"sslyze {profile} took {time.monotonic() - t0:.1f}s")
+    report = out.stdout[out.stdout.find("COMPLIANCE AGAINST"):]
+    assert f"{ALPHA}:{port}: OK - Compliant." in report, \
+        f"sslyze (exit {out.returncode}):\n{report or out.stdout[-3000:]}\n{out.stderr[-2000:]}"
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out_json.read_text())["server_scan_results"][0]["scan_result"]
 
 
 # --------------------------------------------------------------------------- openssl s_client

@@ -29,7 +29,7 @@ import h2.events
 import h2.exceptions
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from conftest import Gateway, free_port
@@ -50,7 +50,7 @@ def _validity(builder: x509.CertificateBuilder, days: int) -> x509.CertificateBu
 @dataclass
 class Issued:
     cert: x509.Certificate
-    key: ec.EllipticCurvePrivateKey
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
     @property
     def cert_pem(self) -> bytes:
@@ -90,10 +90,11 @@ class CA:
     def pem(self) -> bytes:
         return self.cert.public_bytes(serialization.Encoding.PEM)
 
-    def _issue(self, cn: str, sans: list[str], eku) -> Issued:
-        key = ec.generate_private_key(ec.SECP256R1())
+    def _issue(self, cn: str, sans: list[str], eku, rsa_bits: int | None = None) -> Issued:
+        key = (rsa.generate_private_key(public_exponent=65537, key_size=rsa_bits) if rsa_bits
+               else ec.generate_private_key(ec.SECP256R1()))
         usage = x509.KeyUsage(digital_signature=True, content_commitment=False,
-                              key_encipherment=False, data_encipherment=False,
+                              key_encipherment=bool(rsa_bits), data_encipherment=False,
                               key_agreement=False, key_cert_sign=False, crl_sign=False,
                               encipher_only=False, decipher_only=False)
         b = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(self.name)
@@ -108,8 +109,9 @@ class CA:
                                 critical=False)
         return Issued(_validity(b, 90).sign(self.key, hashes.SHA256()), key)
 
-    def server(self, *names: str) -> Issued:
-        return self._issue(names[0], list(names), ExtendedKeyUsageOID.SERVER_AUTH)
+    def server(self, *names: str, rsa_bits: int | None = None) -> Issued:
+        """A server leaf for ``names`` (the first is the CN): ECDSA P-256, or RSA."""
+        return self._issue(names[0], list(names), ExtendedKeyUsageOID.SERVER_AUTH, rsa_bits)
 
     def client(self, cn: str) -> Issued:
         return self._issue(cn, [], ExtendedKeyUsageOID.CLIENT_AUTH)
