@@ -64,10 +64,11 @@ def start(tmp_path_factory, descope, recorder, pki, tls_extra: dict | None = Non
 
 @pytest.fixture(scope="module")
 def edge(tmp_path_factory, descope, recorder, pki):
-    """Two certificates (alpha first = default), default ALPN, no client certificates, a 1 s
-    head deadline and at most 2 streams per HTTP/2 connection."""
+    """Two certificates (alpha first = default), default ALPN, no client certificates, 1 s for
+    a TLS handshake and for a head, at most 2 streams per HTTP/2 connection."""
     g = start(tmp_path_factory, descope, recorder, pki,
               limits={"client_header_timeout": f"{HEADER_TIMEOUT:g}s",
+                      "tls_handshake_timeout": f"{HEADER_TIMEOUT:g}s",
                       "h2_max_concurrent_streams": MAX_STREAMS})
     yield g
     g.stop()
@@ -187,6 +188,21 @@ def test_tls_1_0_and_1_1_are_refused(edge):
     for flag in ("-tls1_2", "-tls1_3"):
         rc, text = s_client(edge.tls_port, "-servername", ALPHA, flag)
         assert rc == 0 and "Cipher is (NONE)" not in text, f"{flag}: {text}"
+
+
+def test_a_stalled_tls_handshake_is_closed_at_the_deadline(edge):
+    before = edge.metric("extoken_tls_handshakes_total", 'result="timeout"')
+    with socket.create_connection(("127.0.0.1", edge.tls_port), timeout=5) as s:
+        t0 = time.monotonic()
+        s.sendall(b"\x16\x03\x01\x02\x00\x01")  # a ClientHello's first bytes, then silence
+        try:
+            got = s.recv(4096)
+        except ConnectionResetError:
+            got = b""
+        took = time.monotonic() - t0
+    assert got == b"" and HEADER_TIMEOUT - 0.2 < took < HEADER_TIMEOUT + 2, (got, took)
+    assert edge.metric_reaches("extoken_tls_handshakes_total", 'result="timeout"',
+                               before + 1) == before + 1
 
 
 def mtls_get(port: int, pki, path: str, who: str | None, version: str) -> tuple[int, str]:
