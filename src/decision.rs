@@ -37,6 +37,8 @@ pub(crate) mod original;
 pub(crate) enum Protocol {
     /// `X-Original-URI` / `X-Original-Method` (nginx `auth_request`).
     Nginx,
+    /// `X-Original-URL` / `X-Original-Method` (ingress-nginx's `auth-url`).
+    IngressNginx,
     /// `X-Forwarded-Uri` / `X-Forwarded-Method` (Traefik ForwardAuth).
     Traefik,
     /// Envoy `ext_authz` HTTP: the request line under `envoy_path_prefix`.
@@ -49,6 +51,7 @@ impl Protocol {
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Protocol::Nginx => "nginx",
+            Protocol::IngressNginx => "ingress_nginx",
             Protocol::Traefik => "traefik",
             Protocol::EnvoyHttp => "envoy_http",
             Protocol::EnvoyGrpc => "envoy_grpc",

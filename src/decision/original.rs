@@ -2,9 +2,10 @@
 //!
 //! * under `decision.envoy_path_prefix` (Envoy `ext_authz` HTTP, Istio `envoyExtAuthzHttp`): the
 //!   request line itself, the path after the prefix, and `Host`;
-//! * elsewhere (nginx `auth_request`, Traefik ForwardAuth): `X-Original-Method` /
-//!   `X-Original-URI` (set by the documented nginx config), `X-Forwarded-Method` /
-//!   `X-Forwarded-Uri` (Traefik), and the host in `X-Forwarded-Host`.
+//! * elsewhere (nginx `auth_request`, ingress-nginx, Traefik ForwardAuth): `X-Original-Method` /
+//!   `X-Original-URI` (set by the documented nginx config), `X-Original-URL` (ingress-nginx's
+//!   `$scheme://$http_host$request_uri`: its path and query are a target, its authority a host),
+//!   `X-Forwarded-Method` / `X-Forwarded-Uri` (Traefik), and the host in `X-Forwarded-Host`.
 //!
 //! Every source present must agree: a request whose sources disagree is refused (400), never
 //! settled by precedence, because an ingress passes the client's own copies of the headers it
@@ -21,11 +22,14 @@ const X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method
 const X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
 const X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_ORIGINAL_URL: HeaderName = HeaderName::from_static("x-original-url");
 
 /// Which ingress a decision request on the HTTP listener comes from (by its path and headers).
 pub(crate) fn protocol_of(target: &[u8], headers: &HeaderMap, envoy_prefix: &str) -> Protocol {
     if under_prefix(target, envoy_prefix.as_bytes()).is_some() {
         Protocol::EnvoyHttp
+    } else if headers.contains_key(X_ORIGINAL_URL) {
+        Protocol::IngressNginx
     } else if headers.contains_key(X_ORIGINAL_URI) {
         Protocol::Nginx
     } else {
@@ -57,18 +61,21 @@ pub(crate) fn from_http(
             ],
             "method",
         )?;
+        let (url_host, url_target) = original_url(headers)?;
         let uri = agree(
             &[
                 Some(&target[..]),
+                url_target,
                 one(headers, &X_ORIGINAL_URI)?,
                 one(headers, &X_FORWARDED_URI)?,
             ],
             "uri",
         )?;
-        let host = one(headers, &http::header::HOST)?;
+        let host = agree(&[one(headers, &http::header::HOST)?, url_host], "host")?;
         return original(Protocol::EnvoyHttp, method, uri, host, headers);
     }
     let nginx = one(headers, &X_ORIGINAL_URI)?;
+    let (url_host, url_target) = original_url(headers)?;
     let method = agree(
         &[
             one(headers, &X_ORIGINAL_METHOD)?,
@@ -76,9 +83,11 @@ pub(crate) fn from_http(
         ],
         "method",
     )?;
-    let uri = agree(&[nginx, one(headers, &X_FORWARDED_URI)?], "uri")?;
-    let host = one(headers, &X_FORWARDED_HOST)?;
-    let protocol = if nginx.is_some() {
+    let uri = agree(&[url_target, nginx, one(headers, &X_FORWARDED_URI)?], "uri")?;
+    let host = agree(&[url_host, one(headers, &X_FORWARDED_HOST)?], "host")?;
+    let protocol = if url_target.is_some() {
+        Protocol::IngressNginx
+    } else if nginx.is_some() {
         Protocol::Nginx
     } else {
         Protocol::Traefik
@@ -106,22 +115,18 @@ pub(crate) fn from_grpc(
         ],
         "method",
     )?;
+    let (url_host, url_target) = original_url(&headers)?;
     let uri = agree(
         &[
             path_v.as_deref(),
+            url_target,
             one(&headers, &X_ORIGINAL_URI)?,
             one(&headers, &X_FORWARDED_URI)?,
         ],
         "uri",
     )?;
-    original(
-        Protocol::EnvoyGrpc,
-        method,
-        uri,
-        host_v.as_deref(),
-        &headers,
-    )
-    .map(|(_, o)| o)
+    let host = agree(&[host_v.as_deref(), url_host], "host")?;
+    original(Protocol::EnvoyGrpc, method, uri, host, &headers).map(|(_, o)| o)
 }
 
 fn original(
@@ -152,6 +157,37 @@ fn original(
         headers: headers.clone(),
     };
     Ok((protocol, original))
+}
+
+/// A host and a target, each if given.
+type HostAndTarget<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
+
+/// The authority and the target (`/path[?query]`) of an `X-Original-URL`, each `None` when the
+/// header is absent. Anything but `http(s)://authority/...` is refused: a target that does not
+/// start with `/` right after the authority (`http://h?x/admin`, `http://h#/admin`) would make
+/// the split between host and path a guess, and a guess is what a client would aim at.
+fn original_url(headers: &HeaderMap) -> Result<HostAndTarget<'_>, Answer> {
+    let Some(url) = one(headers, &X_ORIGINAL_URL)? else {
+        return Ok((None, None));
+    };
+    let bad = || {
+        Answer::bad_request(
+            "X-Original-URL is not an absolute http(s) URL with a path",
+            "bad_original_url",
+        )
+    };
+    let rest = url
+        .strip_prefix(b"https://")
+        .or_else(|| url.strip_prefix(b"http://"))
+        .ok_or_else(bad)?;
+    let end = rest
+        .iter()
+        .position(|&b| matches!(b, b'/' | b'?' | b'#'))
+        .ok_or_else(bad)?;
+    if rest[end] != b'/' || end == 0 {
+        return Err(bad());
+    }
+    Ok((Some(&rest[..end]), Some(&rest[end..])))
 }
 
 /// The rest of `target` when it is `prefix` or under it (`/envoy`, `/envoy/...`, `/envoy?...`).
@@ -280,6 +316,58 @@ mod tests {
             read("/envoyx", &[("host", "h")]),
             Err("original_missing".into())
         );
+    }
+
+    #[test]
+    fn ingress_nginx_is_read_from_its_original_url() {
+        // What ingress-nginx's auth location sends (its `Host` is the auth service's).
+        let sent = [
+            ("host", "extoken.svc"),
+            ("x-original-url", "https://app.example/api/x;p?q=1"),
+            ("x-original-method", "PUT"),
+            ("x-auth-request-redirect", "/api/x;p?q=1"),
+        ];
+        assert_eq!(
+            read("/auth", &sent),
+            Ok((
+                Protocol::IngressNginx,
+                "PUT".into(),
+                "/api/x;p?q=1".into(),
+                "app.example".into()
+            ))
+        );
+        // A client's own copies, which ingress-nginx passes on, may only repeat it.
+        for spoof in [
+            ("x-original-uri", "/public/x"),
+            ("x-forwarded-uri", "/public/x"),
+            ("x-forwarded-host", "other.example"),
+            ("x-forwarded-method", "GET"),
+        ] {
+            let both = [&sent[..], &[spoof]].concat();
+            assert_eq!(
+                read("/auth", &both),
+                Err("ambiguous_original".into()),
+                "{spoof:?}"
+            );
+        }
+        let agreeing = [&sent[..], &[("x-forwarded-host", "app.example")]].concat();
+        assert!(read("/auth", &agreeing).is_ok());
+        for bad in [
+            "app.example/api",
+            "ftp://app.example/api",
+            "https://app.example",
+            "https:///api",
+            "https://app.example?x/api",
+            "https://app.example#/api",
+        ] {
+            let h = [("x-original-url", bad), ("x-original-method", "GET")];
+            assert_eq!(read("/auth", &h), Err("bad_original_url".into()), "{bad}");
+        }
+        // Beside Envoy's request line, a client's X-Original-URL must agree with it too.
+        let envoy = [("host", "h"), ("x-original-url", "http://h/public")];
+        assert_eq!(read("/envoy/api", &envoy), Err("ambiguous_original".into()));
+        let envoy = [("host", "h"), ("x-original-url", "http://other/api")];
+        assert_eq!(read("/envoy/api", &envoy), Err("ambiguous_original".into()));
     }
 
     #[test]
