@@ -29,6 +29,7 @@ use crate::route::Route;
 use crate::verify::SessionMemo;
 
 pub(crate) mod grpc;
+mod grpc_conn;
 pub(crate) mod http_app;
 pub(crate) mod original;
 
@@ -302,7 +303,7 @@ pub(crate) fn add_services(
         server.add_service(svc);
     }
     if let Some(addr) = d.grpc_listen {
-        grpc::spawn(addr, state.clone(), drain.clone())?;
+        grpc::spawn(addr, state.clone(), drain.clone(), threads)?;
     }
     Ok(())
 }

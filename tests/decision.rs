@@ -286,3 +286,36 @@ async fn the_decision_listener_has_the_client_limits() {
     assert_eq!(status, 408);
     assert!(started.elapsed() < std::time::Duration::from_secs(3));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_grpc_listener_caps_its_connections() {
+    let d = decider_with("127.0.0.0/8", |c| {
+        c.set("limits", json!({"max_connections": 2}))
+    })
+    .await;
+    let addr = d.grpc.trim_start_matches("http://").to_string();
+    let ok = d.ask(Ingress::EnvoyGrpc, "GET", "/public/x", &[]).await;
+    assert_eq!(ok.status, 200, "{ok:?}");
+    // Two connections held open (the cap) by peers that never speak...
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    // ... and a third is closed at accept, as the proxy listener does (the client it dropped may
+    // still be counted for a moment: poll until one is refused).
+    use tokio::io::AsyncReadExt;
+    let refused = eventually(std::time::Duration::from_secs(10), || async {
+        let mut third = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let mut buf = [0u8; 16];
+        let read =
+            tokio::time::timeout(std::time::Duration::from_millis(500), third.read(&mut buf)).await;
+        matches!(read, Ok(Ok(0)) | Ok(Err(_)))
+    })
+    .await;
+    assert!(refused, "a connection beyond max_connections stayed open");
+    // Once they go (the server sees their end at once), checks are served again.
+    drop(held);
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let again = d.ask(Ingress::EnvoyGrpc, "GET", "/public/x", &[]).await;
+    assert_eq!(again.status, 200, "{again:?}");
+}

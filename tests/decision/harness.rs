@@ -24,6 +24,14 @@ pub struct Decider {
 }
 
 pub async fn decider(trusted: &str) -> Decider {
+    decider_with(trusted, |c| c).await
+}
+
+/// [`decider`] with `extra` applied to its config (limits, ...).
+pub async fn decider_with(
+    trusted: &str,
+    extra: impl FnOnce(ConfigBuilder) -> ConfigBuilder,
+) -> Decider {
     let project = Project::start().await;
     let backend = Backend::start().await;
     let up = backend.url();
@@ -49,6 +57,7 @@ pub async fn decider(trusted: &str) -> Decider {
                 .set("identity_headers", json!({"X-User-Id": "sub"})),
         )
         .set("decision", decision_block(http_port, grpc_port, trusted));
+    let config = extra(config);
     let how = Launch {
         admin: true,
         ..Launch::default()
