@@ -185,7 +185,13 @@ async fn only_trusted_proxies_are_believed_and_ambiguity_is_refused() {
         assert_eq!(body["error"], "forbidden", "{how:?}");
     }
     let m = d.gw.metrics().await;
-    for p in ["nginx", "traefik", "envoy_http", "envoy_grpc"] {
+    for p in [
+        "nginx",
+        "ingress_nginx",
+        "traefik",
+        "envoy_http",
+        "envoy_grpc",
+    ] {
         let series =
             format!("extoken_decisions_total{{protocol=\"{p}\",result=\"refused\",route=\"-\"}}");
         assert!(metric_sample(&m, &series) >= 1.0, "{series} in\n{m}");

@@ -90,13 +90,16 @@ pub fn decision_block(http: u16, grpc: u16, trusted: &str) -> Value {
 #[derive(Clone, Copy, Debug)]
 pub enum Ingress {
     Nginx,
+    /// ingress-nginx's `auth-url`: `X-Original-URL` and `X-Original-Method` (its template).
+    IngressNginx,
     Traefik,
     EnvoyHttp,
     EnvoyGrpc,
 }
 
-pub const ALL: [Ingress; 4] = [
+pub const ALL: [Ingress; 5] = [
     Ingress::Nginx,
+    Ingress::IngressNginx,
     Ingress::Traefik,
     Ingress::EnvoyHttp,
     Ingress::EnvoyGrpc,
@@ -140,6 +143,13 @@ impl Decider {
                 .header("x-original-method", method)
                 .header("x-original-uri", path)
                 .header("x-forwarded-host", "app.example"),
+            Ingress::IngressNginx => c
+                .get(format!("{}/auth", self.http))
+                .header("host", "extoken-decision.extoken.svc")
+                .header("x-original-url", format!("https://app.example{path}"))
+                .header("x-original-method", method)
+                .header("x-auth-request-redirect", path)
+                .header("x-sent-from", "nginx-ingress-controller"),
             Ingress::Traefik => c
                 .get(format!("{}/", self.http))
                 .header("x-forwarded-method", method)
