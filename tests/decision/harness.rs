@@ -91,7 +91,7 @@ pub fn decision_block(http: u16, grpc: u16, trusted: &str) -> Value {
 pub enum Ingress {
     Nginx,
     /// ingress-nginx's `auth-url`: `X-Original-URL` and `X-Original-Method` (its template).
-    NginxIngress,
+    K8sNginx,
     Traefik,
     EnvoyHttp,
     EnvoyGrpc,
@@ -99,7 +99,7 @@ pub enum Ingress {
 
 pub const ALL: [Ingress; 5] = [
     Ingress::Nginx,
-    Ingress::NginxIngress,
+    Ingress::K8sNginx,
     Ingress::Traefik,
     Ingress::EnvoyHttp,
     Ingress::EnvoyGrpc,
@@ -143,7 +143,7 @@ impl Decider {
                 .header("x-original-method", method)
                 .header("x-original-uri", path)
                 .header("x-forwarded-host", "app.example"),
-            Ingress::NginxIngress => c
+            Ingress::K8sNginx => c
                 .get(format!("{}/auth", self.http))
                 .header("host", "extoken-decision.extoken.svc")
                 .header("x-original-url", format!("https://app.example{path}"))
