@@ -331,6 +331,26 @@ def test_a_session_gets_through_with_the_external_token(ingress, backend, descop
             assert h.get("cookie") == "theme=dark", f"{ingress.kind}: {h}"
 
 
+def test_a_spoofed_original_request_never_moves_a_session_to_another_route(ingress, backend,
+                                                                           descope):
+    """A session's request to /api with a client's own copy of another ingress's headers naming
+    /public: either the ingress set the header itself (the client's never counts) and /api was
+    decided, or extoken saw two sources and refused. Never /public's allow without the token."""
+    session = descope.mint("U2eve", externalToken="ext-eve")
+    spoofs = [{"X-Original-URI": "/public/x"}, {"X-Original-URL": "http://app.example/public/x"},
+              {"X-Forwarded-Uri": "/public/x"}, {"X-Forwarded-Host": "other.example"},
+              {"X-Original-Method": "POST"}]
+    for spoof in spoofs:
+        p = unique("/api/x")
+        status, _, body = ingress.request(p, {"Authorization": f"Bearer {session}", **spoof})
+        rec = backend.find(p)
+        if rec is None:
+            assert status >= 400, f"{ingress.kind}: {spoof} -> {status} but nothing forwarded"
+        else:
+            auth = rec["headers"].get("authorization")
+            assert auth == "Bearer ext-eve", f"{ingress.kind}: {spoof} forwarded with {auth!r}"
+
+
 def test_a_public_route_passes_without_descope_cookies(ingress, backend, descope):
     session = descope.mint("U2bob", externalToken="ext-bob")
     p = unique("/public/x")
