@@ -325,3 +325,39 @@ async fn the_grpc_listener_caps_its_connections() {
     let again = d.ask(Ingress::EnvoyGrpc, "GET", "/public/x", &[]).await;
     assert_eq!(again.status, 200, "{again:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_grpc_listener_cuts_a_connection_that_never_starts() {
+    let d = decider_with("127.0.0.0/8", |c| {
+        c.set("limits", json!({"client_header_timeout": "1s"}))
+    })
+    .await;
+    let addr = d.grpc.trim_start_matches("http://").to_string();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Silent, and stalled halfway through the preface: both are cut at client_header_timeout.
+    for sent in [&b""[..], &b"PRI * HTTP/2.0\r\n"[..]] {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(sent).await.unwrap();
+        let started = std::time::Instant::now();
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => continue, // the server's SETTINGS
+                }
+            }
+        })
+        .await;
+        assert!(read.is_ok(), "{sent:?}: the connection was never cut");
+        let took = started.elapsed();
+        assert!(
+            took >= std::time::Duration::from_millis(800)
+                && took < std::time::Duration::from_secs(3),
+            "{sent:?}: cut after {took:?}"
+        );
+    }
+    // A client that speaks is served past the deadline.
+    let ok = d.ask(Ingress::EnvoyGrpc, "GET", "/public/x", &[]).await;
+    assert_eq!(ok.status, 200, "{ok:?}");
+}

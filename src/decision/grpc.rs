@@ -77,7 +77,11 @@ pub(crate) fn spawn(
                         return;
                     }
                 };
-                let incoming = super::grpc_conn::incoming(listener, max);
+                let incoming = super::grpc_conn::incoming(
+                    listener,
+                    max,
+                    limits.client_header_timeout.0,
+                );
                 let svc = AuthorizationServer::new(DecisionGrpc { state, drain });
                 let served = super::grpc_conn::server(&limits)
                     .add_service(svc)

@@ -1,10 +1,13 @@
 //! The gRPC decision listener's client limits, the proxy listener's in tonic's terms: at most
 //! `limits.max_connections` open connections (more are closed at accept, as `listener.rs` does;
 //! the default is derived from the open-file limit the same way), HTTP/2 streams per connection
-//! (`limits.h2_max_concurrent_streams`), header bytes (`limits.max_header_bytes`), and dead peers
-//! found by HTTP/2 pings every `limits.keepalive_timeout`. The limits are read once, when the
+//! (`limits.h2_max_concurrent_streams`), header bytes (`limits.max_header_bytes`), a connection
+//! cut when its HTTP/2 preface is not in within `limits.client_header_timeout` (or a peer could
+//! hold a connection, and a place under the cap, by never starting), and dead peers found by
+//! HTTP/2 pings every `limits.keepalive_timeout`. The limits are read once, when the
 //! listener starts: a reload does not change them (as for the proxy listener's count).
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -23,11 +26,16 @@ use crate::config::LimitsConfig;
 const PING_TIMEOUT: Duration = Duration::from_secs(20);
 /// Pause after a failed accept (out of file descriptors): retrying at once would spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// Length of the HTTP/2 connection preface (RFC 9113 §3.4), the first bytes a client sends.
+const PREFACE_LEN: usize = 24;
 
 /// A connection of the gRPC listener, counted against `max_connections` while it is open.
 pub(super) struct Counted {
     io: TcpStream,
     _permit: OwnedSemaphorePermit,
+    /// Until the preface is in: when the connection is cut, and how many of its bytes came.
+    preface_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    preface_read: usize,
 }
 
 impl AsyncRead for Counted {
@@ -36,7 +44,30 @@ impl AsyncRead for Counted {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        let this = &mut *self;
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.io).poll_read(cx, buf);
+        let Some(deadline) = this.preface_deadline.as_mut() else {
+            return read;
+        };
+        match read {
+            Poll::Ready(Ok(())) => {
+                this.preface_read += buf.filled().len() - before;
+                if this.preface_read >= PREFACE_LEN {
+                    this.preface_deadline = None;
+                }
+                Poll::Ready(Ok(()))
+            }
+            // Waiting for the client: the deadline's timer wakes this read too.
+            Poll::Pending if deadline.as_mut().poll(cx).is_ready() => {
+                tracing::debug!(target: "extoken::decision", "gRPC decision connection closed: no preface within client_header_timeout");
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no HTTP/2 preface within client_header_timeout",
+                )))
+            }
+            other => other,
+        }
     }
 }
 
@@ -77,9 +108,10 @@ pub(super) fn max_connections(limits: &LimitsConfig, threads: usize) -> usize {
 pub(super) fn incoming(
     listener: TcpListener,
     max: usize,
+    preface_timeout: Duration,
 ) -> impl Stream<Item = io::Result<Counted>> + Send {
     let open = Arc::new(Semaphore::new(max.max(1)));
-    futures_util::stream::unfold((listener, open), |(listener, open)| async move {
+    futures_util::stream::unfold((listener, open), move |(listener, open)| async move {
         loop {
             let io = match listener.accept().await {
                 Ok((io, _)) => io,
@@ -98,6 +130,8 @@ pub(super) fn incoming(
             let conn = Counted {
                 io,
                 _permit: permit,
+                preface_deadline: Some(Box::pin(tokio::time::sleep(preface_timeout))),
+                preface_read: 0,
             };
             return Some((Ok(conn), (listener, open)));
         }
