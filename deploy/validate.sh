@@ -10,6 +10,9 @@
 #     raw files are validated instead and the ConfigMaps are not), every object validated strictly
 #     against the schemas of Kubernetes 1.30 and the newest shipped, plus consistency checks
 #     (selectors, ports, probes on the admin port, shutdown_grace < terminationGracePeriodSeconds).
+#     The decision-mode examples (deploy/examples/decision/*/): Istio, ingress-nginx and Gateway
+#     API objects against the CRD schemas vendored in deploy/schemas/ (validate_crds.py), and
+#     against each other and the example gateway.yaml (ports, path prefix, provider names).
 #  4. hadolint on deploy/Dockerfile.
 #  5. `extoken check` on every gateway.yaml the ConfigMaps carry (binary: $EXTOKEN_BIN, else
 #     target/debug/extoken or target/release/extoken; skipped with a notice when none is built),
@@ -65,6 +68,32 @@ if "$py" "$here/validate_manifests.py" --raw "$work/broken.yaml" >"$work/broken.
   exit 1
 fi
 grep -q "replicas" "$work/broken.out" && echo "  ok   rejected as expected"
+# ... and a broken custom resource (an ExternalAuth filter with a misspelt key and no http).
+cat >"$work/broken-route.yaml" <<'EOF'
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: broken, namespace: app}
+spec:
+  rules:
+    - filters:
+        - type: ExternalAuth
+          externalAuth:
+            protocol: HTTP
+            backendRef: {name: extoken-decision, port: 9191}
+            htpp: {path: /envoy}
+EOF
+if "$py" "$here/validate_manifests.py" --raw "$work/broken-route.yaml" >"$work/broken.out" 2>&1; then
+  cat "$work/broken.out"
+  echo "FAIL: the validator accepted a broken HTTPRoute"
+  exit 1
+fi
+if grep -q "htpp" "$work/broken.out" && grep -q "do not go together" "$work/broken.out"; then
+  echo "  ok   broken HTTPRoute rejected as expected"
+else
+  cat "$work/broken.out"
+  echo "FAIL: the broken HTTPRoute was rejected for another reason"
+  exit 1
+fi
 
 # ---- 3. manifests ------------------------------------------------------------------------------
 mapfile -t kdirs < <(find deploy/kubernetes -name kustomization.yaml -printf '%h\n' | sort)
@@ -99,6 +128,14 @@ fi
 step "schemas and consistency"
 mkdir -p "$work/configs"
 if ! "$py" "$here/validate_manifests.py" --extract-configs "$work/configs" "${bundles[@]}" --raw "${raw[@]}"; then
+  fail=1
+fi
+
+# ---- 3b. decision-mode examples (custom resources against deploy/schemas) --------------------
+step "decision-mode examples"
+mapfile -t decision < <(find deploy/examples/decision -mindepth 2 -name '*.yaml' | sort)
+if ! "$py" "$here/validate_manifests.py" --raw "${decision[@]}" \
+    --decision deploy/examples/decision/gateway.yaml; then
   fail=1
 fi
 

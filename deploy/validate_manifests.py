@@ -10,8 +10,15 @@
    probes use the admin port and the config lets kubelet reach it, shutdown_grace fits in
    terminationGracePeriodSeconds.
 
+4. Custom resources of the decision-mode examples (Istio AuthorizationPolicy, Gateway API
+   HTTPRoute/ReferenceGrant) against the CRD schemas in deploy/schemas/, and Istio's mesh config
+   (the `istio` ConfigMap) against its extension-provider schema (validate_crds.py); with
+   --decision GATEWAY.yaml, their ports, path prefix and provider names against each other and
+   against that extoken config.
+
 Usage:
   validate_manifests.py [--extract-configs DIR] BUNDLE.yaml... [--raw FILE.yaml...]
+                        [--decision GATEWAY.yaml]
   validate_manifests.py --required-env GATEWAY.yaml     # prints the ${VAR}s without a default
 
 Exit status 1 on any error.
@@ -25,6 +32,8 @@ import re
 import sys
 
 import yaml
+
+import validate_crds
 
 try:
     import kubernetes_validate
@@ -102,6 +111,14 @@ def schema_check(path: str, obj: dict) -> None:
             return
     if not (obj.get("metadata") or {}).get("name"):
         error(where, "metadata.name missing")
+    if validate_crds.known(obj):
+        for problem in validate_crds.check(obj):
+            error(where, f"CRD schema: {problem}")
+        if not any(e.startswith(where + ":") for e in errors):
+            print(f"  ok   {where} (CRD schema in deploy/schemas, strict)")
+        return
+    for problem in validate_crds.mesh_config(obj) or []:
+        error(where, f"mesh config: {problem}")
     for v in K8S_VERSIONS:
         version = kubernetes_validate.utils.latest_version() if v == "latest" else v
         try:
@@ -295,6 +312,8 @@ def main() -> int:
     ap.add_argument("--raw", nargs="*", default=[], help="single manifest files (schema only)")
     ap.add_argument("--extract-configs", metavar="DIR")
     ap.add_argument("--required-env", metavar="GATEWAY_YAML")
+    ap.add_argument("--decision", metavar="GATEWAY_YAML",
+                    help="check the raw files as decision-mode examples of this extoken config")
     a = ap.parse_args()
 
     if a.required_env:
@@ -318,6 +337,7 @@ def main() -> int:
             bundle_checks(path, objs)
         if a.extract_configs:
             extract_configs(path, objs, a.extract_configs)
+    raw_objs = []
     for path in a.raw:
         print(f"file {path}")
         objs = load_docs(path)
@@ -325,7 +345,12 @@ def main() -> int:
             error(path, "no Kubernetes objects")
         for o in objs:
             schema_check(path, o)
+            raw_objs.append((path, o))
             count += 1
+    if a.decision:
+        print(f"decision examples against {a.decision}")
+        for problem in validate_crds.decision_consistency(raw_objs, a.decision):
+            error("decision examples", problem)
     if errors:
         print(f"{len(errors)} problem(s) in the manifests")
         return 1

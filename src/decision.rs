@@ -29,6 +29,7 @@ use crate::route::Route;
 use crate::verify::SessionMemo;
 
 pub(crate) mod grpc;
+mod grpc_conn;
 pub(crate) mod http_app;
 pub(crate) mod original;
 
@@ -37,6 +38,8 @@ pub(crate) mod original;
 pub(crate) enum Protocol {
     /// `X-Original-URI` / `X-Original-Method` (nginx `auth_request`).
     Nginx,
+    /// `X-Original-URL` / `X-Original-Method` (ingress-nginx's `auth-url`).
+    IngressNginx,
     /// `X-Forwarded-Uri` / `X-Forwarded-Method` (Traefik ForwardAuth).
     Traefik,
     /// Envoy `ext_authz` HTTP: the request line under `envoy_path_prefix`.
@@ -49,6 +52,7 @@ impl Protocol {
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Protocol::Nginx => "nginx",
+            Protocol::IngressNginx => "ingress_nginx",
             Protocol::Traefik => "traefik",
             Protocol::EnvoyHttp => "envoy_http",
             Protocol::EnvoyGrpc => "envoy_grpc",
@@ -299,7 +303,7 @@ pub(crate) fn add_services(
         server.add_service(svc);
     }
     if let Some(addr) = d.grpc_listen {
-        grpc::spawn(addr, state.clone(), drain.clone())?;
+        grpc::spawn(addr, state.clone(), drain.clone(), threads)?;
     }
     Ok(())
 }

@@ -41,6 +41,10 @@ use client_stream::{ClientStream, Conn};
 pub(crate) use h2::{Conns, InFlight};
 pub(crate) use session::{client_cert, head_complete, put_memo, request_done, take_memo, upgraded};
 
+/// What an HTTP/2 client sends first (RFC 9113 §3.4): `h2.rs` sniffs for it, `client_stream.rs`
+/// replays it; here, so neither names the other for it.
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 /// File descriptors kept out of the derived `max_connections` besides the upstream pool:
 /// listeners, admin connections, the JWKS/connector/OAuth HTTP clients, log files, and each
 /// runtime's epoll and wake-up fds.

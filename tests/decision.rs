@@ -185,7 +185,13 @@ async fn only_trusted_proxies_are_believed_and_ambiguity_is_refused() {
         assert_eq!(body["error"], "forbidden", "{how:?}");
     }
     let m = d.gw.metrics().await;
-    for p in ["nginx", "traefik", "envoy_http", "envoy_grpc"] {
+    for p in [
+        "nginx",
+        "ingress_nginx",
+        "traefik",
+        "envoy_http",
+        "envoy_grpc",
+    ] {
         let series =
             format!("extoken_decisions_total{{protocol=\"{p}\",result=\"refused\",route=\"-\"}}");
         assert!(metric_sample(&m, &series) >= 1.0, "{series} in\n{m}");
@@ -285,4 +291,73 @@ async fn the_decision_listener_has_the_client_limits() {
             .expect("the decision listener never cut the slow head");
     assert_eq!(status, 408);
     assert!(started.elapsed() < std::time::Duration::from_secs(3));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_grpc_listener_caps_its_connections() {
+    let d = decider_with("127.0.0.0/8", |c| {
+        c.set("limits", json!({"max_connections": 2}))
+    })
+    .await;
+    let addr = d.grpc.trim_start_matches("http://").to_string();
+    let ok = d.ask(Ingress::EnvoyGrpc, "GET", "/public/x", &[]).await;
+    assert_eq!(ok.status, 200, "{ok:?}");
+    // Two connections held open (the cap) by peers that never speak...
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    // ... and a third is closed at accept, as the proxy listener does (the client it dropped may
+    // still be counted for a moment: poll until one is refused).
+    use tokio::io::AsyncReadExt;
+    let refused = eventually(std::time::Duration::from_secs(10), || async {
+        let mut third = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let mut buf = [0u8; 16];
+        let read =
+            tokio::time::timeout(std::time::Duration::from_millis(500), third.read(&mut buf)).await;
+        matches!(read, Ok(Ok(0)) | Ok(Err(_)))
+    })
+    .await;
+    assert!(refused, "a connection beyond max_connections stayed open");
+    // Once they go (the server sees their end at once), checks are served again.
+    drop(held);
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let again = d.ask(Ingress::EnvoyGrpc, "GET", "/public/x", &[]).await;
+    assert_eq!(again.status, 200, "{again:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_grpc_listener_cuts_a_connection_that_never_starts() {
+    let d = decider_with("127.0.0.0/8", |c| {
+        c.set("limits", json!({"client_header_timeout": "1s"}))
+    })
+    .await;
+    let addr = d.grpc.trim_start_matches("http://").to_string();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Silent, and stalled halfway through the preface: both are cut at client_header_timeout.
+    for sent in [&b""[..], &b"PRI * HTTP/2.0\r\n"[..]] {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(sent).await.unwrap();
+        let started = std::time::Instant::now();
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => continue, // the server's SETTINGS
+                }
+            }
+        })
+        .await;
+        assert!(read.is_ok(), "{sent:?}: the connection was never cut");
+        let took = started.elapsed();
+        assert!(
+            took >= std::time::Duration::from_millis(800)
+                && took < std::time::Duration::from_secs(3),
+            "{sent:?}: cut after {took:?}"
+        );
+    }
+    // A client that speaks is served past the deadline.
+    let ok = d.ask(Ingress::EnvoyGrpc, "GET", "/public/x", &[]).await;
+    assert_eq!(ok.status, 200, "{ok:?}");
 }

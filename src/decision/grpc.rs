@@ -47,17 +47,21 @@ pub(crate) struct DecisionGrpc {
 }
 
 /// Binds `addr` now (so a taken port fails the start, not a later request) and serves `Check` on
-/// a thread of its own (a two-worker tokio runtime) for the life of the process.
+/// a thread of its own for the life of the process: a tokio runtime with the proxy's number of
+/// worker `threads`, under the proxy listener's client limits (`grpc_conn.rs`).
 pub(crate) fn spawn(
     addr: SocketAddr,
     state: Arc<ArcSwap<Gateway>>,
     drain: Drain,
+    threads: usize,
 ) -> Result<(), GrpcError> {
     let bind = |source| GrpcError::Bind { addr, source };
     let listener = std::net::TcpListener::bind(addr).map_err(bind)?;
     listener.set_nonblocking(true).map_err(bind)?;
+    let limits = state.load().config.limits.clone();
+    let max = super::grpc_conn::max_connections(&limits, threads);
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(threads.max(1))
         .thread_name("extoken-grpc")
         .enable_all()
         .build()
@@ -73,9 +77,13 @@ pub(crate) fn spawn(
                         return;
                     }
                 };
-                let incoming = tonic::transport::server::TcpIncoming::from(listener);
+                let incoming = super::grpc_conn::incoming(
+                    listener,
+                    max,
+                    limits.client_header_timeout.0,
+                );
                 let svc = AuthorizationServer::new(DecisionGrpc { state, drain });
-                let served = tonic::transport::Server::builder()
+                let served = super::grpc_conn::server(&limits)
                     .add_service(svc)
                     .serve_with_incoming(incoming)
                     .await;

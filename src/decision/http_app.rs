@@ -44,6 +44,8 @@ impl ServeHttp for DecisionHttp {
         // A graceful shutdown waits for the decision, as for a proxied request.
         let _in_flight = self.drain.enter();
         let gw = self.state.load_full();
+        // No HTTP/2 connection registry: this listener speaks HTTP/1.1 only (`plain_http1`), so
+        // every request has its connection's adapter (deadlines, memo) and none is an h2 stream.
         listener::head_complete(s, &gw.config.limits, None);
         let peer = s.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
         let trust = super::trusted(&gw, peer);

@@ -2,9 +2,10 @@
 //!
 //! * under `decision.envoy_path_prefix` (Envoy `ext_authz` HTTP, Istio `envoyExtAuthzHttp`): the
 //!   request line itself, the path after the prefix, and `Host`;
-//! * elsewhere (nginx `auth_request`, Traefik ForwardAuth): `X-Original-Method` /
-//!   `X-Original-URI` (set by the documented nginx config), `X-Forwarded-Method` /
-//!   `X-Forwarded-Uri` (Traefik), and the host in `X-Forwarded-Host`.
+//! * elsewhere (nginx `auth_request`, ingress-nginx, Traefik ForwardAuth): `X-Original-Method` /
+//!   `X-Original-URI` (set by the documented nginx config), `X-Original-URL` (ingress-nginx's
+//!   `$scheme://$http_host$request_uri`: its path and query are a target, its authority a host),
+//!   `X-Forwarded-Method` / `X-Forwarded-Uri` (Traefik), and the host in `X-Forwarded-Host`.
 //!
 //! Every source present must agree: a request whose sources disagree is refused (400), never
 //! settled by precedence, because an ingress passes the client's own copies of the headers it
@@ -21,11 +22,14 @@ const X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method
 const X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
 const X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_ORIGINAL_URL: HeaderName = HeaderName::from_static("x-original-url");
 
 /// Which ingress a decision request on the HTTP listener comes from (by its path and headers).
 pub(crate) fn protocol_of(target: &[u8], headers: &HeaderMap, envoy_prefix: &str) -> Protocol {
     if under_prefix(target, envoy_prefix.as_bytes()).is_some() {
         Protocol::EnvoyHttp
+    } else if headers.contains_key(X_ORIGINAL_URL) {
+        Protocol::IngressNginx
     } else if headers.contains_key(X_ORIGINAL_URI) {
         Protocol::Nginx
     } else {
@@ -57,18 +61,21 @@ pub(crate) fn from_http(
             ],
             "method",
         )?;
+        let (url_host, url_target) = original_url(headers)?;
         let uri = agree(
             &[
                 Some(&target[..]),
+                url_target,
                 one(headers, &X_ORIGINAL_URI)?,
                 one(headers, &X_FORWARDED_URI)?,
             ],
             "uri",
         )?;
-        let host = one(headers, &http::header::HOST)?;
+        let host = agree(&[one(headers, &http::header::HOST)?, url_host], "host")?;
         return original(Protocol::EnvoyHttp, method, uri, host, headers);
     }
     let nginx = one(headers, &X_ORIGINAL_URI)?;
+    let (url_host, url_target) = original_url(headers)?;
     let method = agree(
         &[
             one(headers, &X_ORIGINAL_METHOD)?,
@@ -76,9 +83,11 @@ pub(crate) fn from_http(
         ],
         "method",
     )?;
-    let uri = agree(&[nginx, one(headers, &X_FORWARDED_URI)?], "uri")?;
-    let host = one(headers, &X_FORWARDED_HOST)?;
-    let protocol = if nginx.is_some() {
+    let uri = agree(&[url_target, nginx, one(headers, &X_FORWARDED_URI)?], "uri")?;
+    let host = agree(&[url_host, one(headers, &X_FORWARDED_HOST)?], "host")?;
+    let protocol = if url_target.is_some() {
+        Protocol::IngressNginx
+    } else if nginx.is_some() {
         Protocol::Nginx
     } else {
         Protocol::Traefik
@@ -106,22 +115,18 @@ pub(crate) fn from_grpc(
         ],
         "method",
     )?;
+    let (url_host, url_target) = original_url(&headers)?;
     let uri = agree(
         &[
             path_v.as_deref(),
+            url_target,
             one(&headers, &X_ORIGINAL_URI)?,
             one(&headers, &X_FORWARDED_URI)?,
         ],
         "uri",
     )?;
-    original(
-        Protocol::EnvoyGrpc,
-        method,
-        uri,
-        host_v.as_deref(),
-        &headers,
-    )
-    .map(|(_, o)| o)
+    let host = agree(&[host_v.as_deref(), url_host], "host")?;
+    original(Protocol::EnvoyGrpc, method, uri, host, &headers).map(|(_, o)| o)
 }
 
 fn original(
@@ -152,6 +157,37 @@ fn original(
         headers: headers.clone(),
     };
     Ok((protocol, original))
+}
+
+/// A host and a target, each if given.
+type HostAndTarget<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
+
+/// The authority and the target (`/path[?query]`) of an `X-Original-URL`, each `None` when the
+/// header is absent. Anything but `http(s)://authority/...` is refused: a target that does not
+/// start with `/` right after the authority (`http://h?x/admin`, `http://h#/admin`) would make
+/// the split between host and path a guess, and a guess is what a client would aim at.
+fn original_url(headers: &HeaderMap) -> Result<HostAndTarget<'_>, Answer> {
+    let Some(url) = one(headers, &X_ORIGINAL_URL)? else {
+        return Ok((None, None));
+    };
+    let bad = || {
+        Answer::bad_request(
+            "X-Original-URL is not an absolute http(s) URL with a path",
+            "bad_original_url",
+        )
+    };
+    let rest = url
+        .strip_prefix(b"https://")
+        .or_else(|| url.strip_prefix(b"http://"))
+        .ok_or_else(bad)?;
+    let end = rest
+        .iter()
+        .position(|&b| matches!(b, b'/' | b'?' | b'#'))
+        .ok_or_else(bad)?;
+    if rest[end] != b'/' || end == 0 {
+        return Err(bad());
+    }
+    Ok((Some(&rest[..end]), Some(&rest[end..])))
 }
 
 /// The rest of `target` when it is `prefix` or under it (`/envoy`, `/envoy/...`, `/envoy?...`).
@@ -190,180 +226,5 @@ fn agree<'a>(sources: &[Option<&'a [u8]>], what: &str) -> Result<Option<&'a [u8]
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
-    }
-
-    fn read(
-        target: &str,
-        pairs: &[(&str, &str)],
-    ) -> Result<(Protocol, String, String, String), String> {
-        from_http(&Method::GET, target.as_bytes(), &headers(pairs), "/envoy")
-            .map(|(p, o)| {
-                (
-                    p,
-                    o.method.to_string(),
-                    String::from_utf8(o.target).unwrap(),
-                    o.host.to_str().unwrap().to_owned(),
-                )
-            })
-            .map_err(|a| a.reason.to_owned())
-    }
-
-    #[test]
-    fn each_ingress_is_read_from_its_own_headers() {
-        let nginx = read(
-            "/auth",
-            &[
-                ("x-original-method", "POST"),
-                ("x-original-uri", "/api/x?q=1"),
-                ("x-forwarded-host", "app.example"),
-            ],
-        );
-        assert_eq!(
-            nginx,
-            Ok((
-                Protocol::Nginx,
-                "POST".into(),
-                "/api/x?q=1".into(),
-                "app.example".into()
-            ))
-        );
-        let traefik = read(
-            "/",
-            &[
-                ("x-forwarded-method", "DELETE"),
-                ("x-forwarded-uri", "/api/y"),
-                ("x-forwarded-host", "app.example"),
-                ("x-forwarded-proto", "https"),
-            ],
-        );
-        assert_eq!(
-            traefik,
-            Ok((
-                Protocol::Traefik,
-                "DELETE".into(),
-                "/api/y".into(),
-                "app.example".into()
-            ))
-        );
-        let envoy = read("/envoy/api/z?x=1", &[("host", "app.example")]);
-        assert_eq!(
-            envoy,
-            Ok((
-                Protocol::EnvoyHttp,
-                "GET".into(),
-                "/api/z?x=1".into(),
-                "app.example".into()
-            ))
-        );
-        assert_eq!(
-            read("/envoy", &[("host", "h")]).map(|r| r.2),
-            Ok("/".into())
-        );
-        assert_eq!(
-            read("/envoy?a", &[("host", "h")]).map(|r| r.2),
-            Ok("/?a".into())
-        );
-        // `/envoyx` is not under the prefix: it needs the headers.
-        assert_eq!(
-            read("/envoyx", &[("host", "h")]),
-            Err("original_missing".into())
-        );
-    }
-
-    #[test]
-    fn sources_that_disagree_are_refused_not_ranked() {
-        let base = [("x-forwarded-host", "h"), ("x-original-method", "GET")];
-        let spoofed = [
-            &base[..],
-            &[
-                ("x-original-uri", "/api/admin"),
-                ("x-forwarded-uri", "/public"),
-            ],
-        ]
-        .concat();
-        assert_eq!(read("/auth", &spoofed), Err("ambiguous_original".into()));
-        let same = [
-            &base[..],
-            &[("x-original-uri", "/api"), ("x-forwarded-uri", "/api")],
-        ]
-        .concat();
-        assert_eq!(read("/auth", &same).map(|r| r.2), Ok("/api".into()));
-        let methods = [
-            ("x-forwarded-host", "h"),
-            ("x-original-uri", "/"),
-            ("x-original-method", "GET"),
-            ("x-forwarded-method", "POST"),
-        ];
-        assert_eq!(read("/auth", &methods), Err("ambiguous_original".into()));
-        let twice = [
-            ("x-forwarded-host", "h"),
-            ("x-original-method", "GET"),
-            ("x-original-uri", "/a"),
-            ("x-original-uri", "/b"),
-        ];
-        assert_eq!(read("/auth", &twice), Err("ambiguous_original".into()));
-        // Envoy's request line against a client's header that Envoy let through.
-        assert_eq!(
-            read(
-                "/envoy/api",
-                &[("host", "h"), ("x-forwarded-uri", "/public")]
-            ),
-            Err("ambiguous_original".into())
-        );
-        assert_eq!(
-            read(
-                "/envoy/api",
-                &[("host", "h"), ("x-original-method", "POST")]
-            ),
-            Err("ambiguous_original".into())
-        );
-    }
-
-    #[test]
-    fn what_is_missing_is_refused() {
-        assert_eq!(
-            read(
-                "/auth",
-                &[("x-original-uri", "/a"), ("x-forwarded-host", "h")]
-            ),
-            Err("original_missing".into())
-        );
-        assert_eq!(
-            read(
-                "/auth",
-                &[("x-original-method", "GET"), ("x-forwarded-host", "h")]
-            ),
-            Err("original_missing".into())
-        );
-        assert_eq!(
-            read(
-                "/auth",
-                &[("x-original-method", "GET"), ("x-original-uri", "/a")]
-            ),
-            Err("original_missing".into())
-        );
-        assert_eq!(
-            read(
-                "/auth",
-                &[
-                    ("x-original-method", "G ET"),
-                    ("x-original-uri", "/a"),
-                    ("x-forwarded-host", "h")
-                ]
-            ),
-            Err("bad_method".into())
-        );
-    }
-}
+#[path = "original_tests.rs"]
+mod tests;

@@ -16,66 +16,23 @@
 //! * An upstream 401 evicts only the token it was sent with, and a key at most once per
 //!   `evict_min_interval` (`evict.rs`), so provoked 401s cannot become a mint each.
 
-use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use moka::ops::compute::Op;
 
-pub(crate) use evict::Eviction;
-pub use evict::TokenRef;
-pub(crate) use fill::{Fill, Margin};
-
+pub(crate) use super::cached::{CacheKey, Fill, Margin};
 use super::shared::{Listener, SharedCache};
 use super::{ExchangeError, ExternalToken, Mint};
 use crate::clock::SharedClock;
 use crate::config::CacheConfig;
+pub(crate) use evict::Eviction;
+pub use evict::TokenRef;
 
 /// Added to how long moka keeps what the clock says is still good, so moka (counting from its own
 /// insert, on its own clock) never drops an entry before it stops being served.
 const STORAGE_SLACK: Duration = Duration::from_secs(1);
-
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct CacheKey {
-    pub(crate) connector: Arc<str>,
-    digest: [u8; 32],
-}
-
-impl CacheKey {
-    /// `settings` fingerprints the connector's configuration, so a token minted under other
-    /// settings (another secret, claims mapping, lifetime) is never served after a reload.
-    pub(crate) fn new(
-        connector: Arc<str>,
-        settings: &[u8; 32],
-        inputs: &serde_json::Value,
-    ) -> CacheKey {
-        // serde_json's Map is ordered (BTreeMap), so equal inputs serialize to equal bytes.
-        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-        ctx.update(settings);
-        ctx.update(&serde_json::to_vec(inputs).unwrap_or_default());
-        let d = ctx.finish();
-        let mut digest = [0u8; 32];
-        digest.copy_from_slice(d.as_ref());
-        CacheKey { connector, digest }
-    }
-
-    /// SHA-256 of the settings fingerprint and the inputs (no token, no secret, but a user id
-    /// could be guessed from it: the shared cache names entries by an HMAC of it instead).
-    pub(crate) fn digest(&self) -> &[u8; 32] {
-        &self.digest
-    }
-}
-
-impl fmt::Debug for CacheKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{:02x}{:02x}{:02x}{:02x}",
-            self.connector, self.digest[0], self.digest[1], self.digest[2], self.digest[3]
-        )
-    }
-}
 
 /// A cached token and its windows, by the cache's clock.
 struct Entry {
@@ -403,6 +360,5 @@ impl Listener for Inner {
 mod evict;
 #[cfg(test)]
 mod evict_tests;
-mod fill;
 #[cfg(test)]
 mod tests;

@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use super::connector_config::Settings;
+use super::settings::Settings;
 use super::{ExchangeError, ExternalToken};
 use crate::config::ConfigError;
 use crate::verify::{ClaimsKept, VerifiedSession};

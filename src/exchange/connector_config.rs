@@ -13,16 +13,18 @@ use super::claim::ClaimConnectorConfig;
 use super::firebase::FirebaseConfig;
 use super::http_endpoint::HttpConnectorConfig;
 use super::jwt_template::JwtConnectorConfig;
+use super::settings::Settings;
+use super::shared::{SharedCacheConfig, Slowest};
 use super::supabase::SupabaseConfig;
 use super::token_exchange::{check_subjects, TokenExchangeConfig};
-use crate::config::{Config, ConfigError, Dur, RawConnector};
+use crate::config::{Config, ConfigError, RawConnector};
 
 /// Checks every connector block of `cfg`, and `cache.shared` against them, without reading files
 /// or the network (what `extoken reload` checks before it signals). Building the connectors checks
 /// the same and more.
 pub fn validate(cfg: &Config) -> Result<(), ConfigError> {
     let typed: Vec<(&str, ConnectorConfig)> = parse_all(cfg)?.into_iter().collect();
-    super::connectors::shared_config(cfg, &typed).map(|_| ())
+    shared_config(cfg, &typed).map(|_| ())
 }
 
 /// Every connector block of `cfg`, typed and checked, alone and together (the subjects of
@@ -32,23 +34,27 @@ pub(crate) fn parse_all(cfg: &Config) -> Result<BTreeMap<&str, ConnectorConfig>,
     for (name, raw) in &cfg.connectors {
         typed.insert(name.as_str(), ConnectorConfig::parse(name, raw)?);
     }
-    check_subjects(&typed)?;
+    let subjects = typed
+        .iter()
+        .map(|(&name, c)| (name, c.subject_connector()))
+        .collect();
+    check_subjects(&subjects)?;
     Ok(typed)
 }
 
-/// What every connector's settings provide.
-pub(crate) trait Settings {
-    /// Checks that need no file or network access; `path` is `connectors.<name>`.
-    fn validate(&self, path: &str) -> Result<(), ConfigError>;
-    /// The file paths in the settings (key files, service accounts): resolved against the config
-    /// file's directory, and left out of the connector's fingerprint (their contents count).
-    fn paths_mut(&mut self) -> Vec<&mut PathBuf> {
-        Vec::new()
-    }
-    /// The longest one mint can take (every attempt timing out, plus the pauses between them;
-    /// zero for a connector that signs locally): the shared cache's lock must outlive it, or a
-    /// second replica would mint while the first still waits for its reply.
-    fn worst_case(&self) -> Duration;
+/// `cache.shared` checked against the connectors (`lock_ttl` must outlive the slowest), if set.
+pub(super) fn shared_config(
+    cfg: &Config,
+    connectors: &[(&str, ConnectorConfig)],
+) -> Result<Option<SharedCacheConfig>, ConfigError> {
+    let Some(raw) = &cfg.cache.shared else {
+        return Ok(None);
+    };
+    let slowest: Slowest = connectors
+        .iter()
+        .map(|(name, c)| (name.to_string(), c.worst_case()))
+        .max_by_key(|(_, d)| *d);
+    SharedCacheConfig::parse(raw, &slowest).map(Some)
 }
 
 /// A connector produces the external token for a verified session.
@@ -137,45 +143,6 @@ impl ConnectorConfig {
             *p = PathBuf::new();
         }
         format!("{c:?}")
-    }
-}
-
-pub(super) fn check_url(key: String, u: &str) -> Result<(), ConfigError> {
-    if u.starts_with("http://") || u.starts_with("https://") {
-        Ok(())
-    } else {
-        Err(ConfigError::key(
-            key,
-            format!("{u:?} is not an http(s) URL"),
-        ))
-    }
-}
-
-/// Two keys of which exactly one must be set; the error names the key to act on.
-pub(super) fn exactly_one(
-    path: &str,
-    (a, a_set): (&str, bool),
-    (b, b_set): (&str, bool),
-    hint: &str,
-) -> Result<(), ConfigError> {
-    match (a_set, b_set) {
-        (false, false) => Err(ConfigError::key(
-            format!("{path}.{a}"),
-            format!("set {a} or {b}{hint}"),
-        )),
-        (true, true) => Err(ConfigError::key(
-            format!("{path}.{b}"),
-            format!("{a} and {b} are exclusive: set one"),
-        )),
-        _ => Ok(()),
-    }
-}
-
-pub(super) fn positive(key: String, d: Dur) -> Result<(), ConfigError> {
-    if d.0.is_zero() {
-        Err(ConfigError::key(key, "must be more than 0"))
-    } else {
-        Ok(())
     }
 }
 

@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use super::cache::{CacheKey, Eviction, Lookup, TokenCache, TokenRef};
 use super::claim::ClaimConnector;
-use super::connector_config::{parse_all, ConnectorConfig};
+use super::connector_config::{parse_all, shared_config, ConnectorConfig};
 use super::firebase::Firebase;
 use super::http_endpoint::HttpConnector;
 use super::jwt_template::JwtConnector;
-use super::shared::{SharedCache, SharedCacheConfig, Slowest};
+use super::shared::SharedCache;
 use super::supabase::Supabase;
 use super::token_exchange::TokenExchange;
 use super::{ExchangeError, ExternalToken, IdentitySigner, Mint, Minted, RequestInfo};
@@ -165,21 +165,6 @@ fn fingerprint(cfg: &ConnectorConfig, loaded: &[u8]) -> [u8; 32] {
     let mut out = [0u8; 32];
     out.copy_from_slice(ctx.finish().as_ref());
     out
-}
-
-/// `cache.shared` checked against the connectors (`lock_ttl` must outlive the slowest), if set.
-pub(super) fn shared_config(
-    cfg: &Config,
-    connectors: &[(&str, ConnectorConfig)],
-) -> Result<Option<SharedCacheConfig>, ConfigError> {
-    let Some(raw) = &cfg.cache.shared else {
-        return Ok(None);
-    };
-    let slowest: Slowest = connectors
-        .iter()
-        .map(|(name, c)| (name.to_string(), c.worst_case()))
-        .max_by_key(|(_, d)| *d);
-    SharedCacheConfig::parse(raw, &slowest).map(Some)
 }
 
 /// The token a request gets, and (when it came from the cache) the token and its cache key, to

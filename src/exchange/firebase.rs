@@ -11,8 +11,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::connector_config::{check_url, exactly_one, Settings};
 use super::identity::{check_claim_map, mapped, user_id, ClaimMap};
+use super::settings::{check_url, exactly_one, Settings};
 use super::signing::Signer;
 use super::{ExchangeError, ExternalToken, Mint, Minted, RequestInfo, MAX_REPLY_BYTES};
 use crate::bounded::read_body;

@@ -13,6 +13,7 @@
 //! the cache has a second level in Redis shared by the replicas ([`shared`]).
 
 mod cache;
+mod cached;
 mod claim;
 mod connector_config;
 mod connectors;
@@ -20,6 +21,7 @@ mod firebase;
 mod http_endpoint;
 mod identity;
 mod jwt_template;
+mod settings;
 mod shared;
 mod signing;
 mod supabase;
@@ -30,7 +32,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub(crate) use cache::TokenCache;
-pub use cache::{CacheKey, TokenRef};
+pub use cache::TokenRef;
+pub use cached::CacheKey;
 pub use connector_config::validate;
 pub use connectors::Connectors;
 pub use firebase::FIREBASE_AUDIENCE;

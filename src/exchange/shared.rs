@@ -28,7 +28,7 @@ use std::time::Duration;
 pub(crate) use config::{SharedCacheConfig, Slowest};
 pub(crate) use pubsub::Listener;
 
-use super::cache::{CacheKey, Margin};
+use super::cached::{CacheKey, Margin};
 use crate::clock::SharedClock;
 use crate::config::ConfigError;
 use connection::Connection;

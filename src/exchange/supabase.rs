@@ -12,8 +12,8 @@ use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::connector_config::{exactly_one, positive, Settings};
 use super::identity::{check_claim_map, mapped, merge, user_id, ClaimMap, JWT_RESERVED};
+use super::settings::{exactly_one, positive, Settings};
 use super::signing::Signer;
 use super::{ExchangeError, Mint, Minted, RequestInfo};
 use crate::clock::SharedClock;

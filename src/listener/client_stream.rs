@@ -42,7 +42,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::conn_metrics;
-use super::h2::PREFACE;
+use super::PREFACE;
 use crate::answer::Answer;
 use crate::telemetry::ClientCert;
 use crate::verify::SessionMemo;

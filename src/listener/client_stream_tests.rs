@@ -94,7 +94,7 @@ fn h2_pipe(timeout: Duration) -> (ClientStream, tokio::io::DuplexStream, Arc<Con
 async fn h2_the_deadline_ends_with_the_first_settings_and_no_408_is_written() {
     // The preface, then a SETTINGS frame of 6 bytes in two pieces: no deadline after it.
     let (mut s, mut peer, conn) = h2_pipe(SHORT);
-    let mut hello = crate::listener::h2::PREFACE.to_vec();
+    let mut hello = crate::listener::PREFACE.to_vec();
     hello.extend_from_slice(&[0, 0, 6, 0x4, 0, 0, 0, 0, 0, 0, 3, 0, 0]);
     peer.write_all(&hello).await.unwrap();
     let mut buf = [0u8; 64];
@@ -117,7 +117,7 @@ async fn h2_the_deadline_ends_with_the_first_settings_and_no_408_is_written() {
 
     // The preface alone: closed at the deadline, with nothing written.
     let (mut s, mut peer, conn) = h2_pipe(SHORT);
-    peer.write_all(crate::listener::h2::PREFACE).await.unwrap();
+    peer.write_all(crate::listener::PREFACE).await.unwrap();
     assert_eq!(s.read(&mut buf).await.unwrap(), 24);
     assert!(until_expired(&mut s, &conn).await);
     let mut out = Vec::new();

@@ -31,10 +31,8 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 
 use super::client_stream::Conn;
+use super::PREFACE;
 use crate::gateway::Gateway;
-
-/// What an HTTP/2 client sends first (RFC 9113 §3.4).
-pub(super) const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Why [`sniff`] gave no stream.
 pub(super) enum NotSniffed {

@@ -24,6 +24,14 @@ pub struct Decider {
 }
 
 pub async fn decider(trusted: &str) -> Decider {
+    decider_with(trusted, |c| c).await
+}
+
+/// [`decider`] with `extra` applied to its config (limits, ...).
+pub async fn decider_with(
+    trusted: &str,
+    extra: impl FnOnce(ConfigBuilder) -> ConfigBuilder,
+) -> Decider {
     let project = Project::start().await;
     let backend = Backend::start().await;
     let up = backend.url();
@@ -49,6 +57,7 @@ pub async fn decider(trusted: &str) -> Decider {
                 .set("identity_headers", json!({"X-User-Id": "sub"})),
         )
         .set("decision", decision_block(http_port, grpc_port, trusted));
+    let config = extra(config);
     let how = Launch {
         admin: true,
         ..Launch::default()
@@ -81,13 +90,16 @@ pub fn decision_block(http: u16, grpc: u16, trusted: &str) -> Value {
 #[derive(Clone, Copy, Debug)]
 pub enum Ingress {
     Nginx,
+    /// ingress-nginx's `auth-url`: `X-Original-URL` and `X-Original-Method` (its template).
+    K8sNginx,
     Traefik,
     EnvoyHttp,
     EnvoyGrpc,
 }
 
-pub const ALL: [Ingress; 4] = [
+pub const ALL: [Ingress; 5] = [
     Ingress::Nginx,
+    Ingress::K8sNginx,
     Ingress::Traefik,
     Ingress::EnvoyHttp,
     Ingress::EnvoyGrpc,
@@ -131,6 +143,13 @@ impl Decider {
                 .header("x-original-method", method)
                 .header("x-original-uri", path)
                 .header("x-forwarded-host", "app.example"),
+            Ingress::K8sNginx => c
+                .get(format!("{}/auth", self.http))
+                .header("host", "extoken-decision.extoken.svc")
+                .header("x-original-url", format!("https://app.example{path}"))
+                .header("x-original-method", method)
+                .header("x-auth-request-redirect", path)
+                .header("x-sent-from", "nginx-ingress-controller"),
             Ingress::Traefik => c
                 .get(format!("{}/", self.http))
                 .header("x-forwarded-method", method)

@@ -1,5 +1,7 @@
 """Decision mode against the real ingresses: nginx ``auth_request``, Envoy ``ext_authz`` (gRPC
-and HTTP) and Traefik ForwardAuth, each in front of the recording backend with extoken deciding.
+and HTTP) and Traefik ForwardAuth, each in front of the recording backend with extoken deciding;
+and ingress-nginx's ``auth-url``, as real nginx running what ingress-nginx renders for the
+example Ingress (its controller template's auth location, its ``auth-response-headers`` lines).
 
 Every ingress runs the example in ``deploy/examples/decision/`` as written: the test only
 replaces its addresses (ports, the backend, the JWKS file) and fails when an address it expects
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -28,6 +31,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -116,7 +120,7 @@ def decider(tmp_path_factory, backend, descope):
         p.stop()
 
 
-def start_nginx(wd: Path, port: int, decider: dict, backend) -> Proc:
+def start_nginx(wd: Path, port: int, decider: dict, backend, server: str | None = None) -> Proc:
     prefix = wd / "nginx"
     prefix.mkdir()
     nginx = binary("nginx")
@@ -124,11 +128,12 @@ def start_nginx(wd: Path, port: int, decider: dict, backend) -> Proc:
     temp = [f"client_body_temp_path {prefix}/client_body;"]
     temp += [f"{m}_temp_path {prefix}/{m};" for m in ("proxy", "fastcgi", "uwsgi", "scgi")
              if f"--without-http_{m}_module" not in built]
-    server = example("nginx.conf", {
-        "127.0.0.1:8000": f"127.0.0.1:{port}",
-        "127.0.0.1:9191": f"127.0.0.1:{decider['http']}",
-        "http://127.0.0.1:8081": backend.url,
-    })
+    if server is None:
+        server = example("nginx.conf", {
+            "127.0.0.1:8000": f"127.0.0.1:{port}",
+            "127.0.0.1:9191": f"127.0.0.1:{decider['http']}",
+            "http://127.0.0.1:8081": backend.url,
+        })
     conf = ("events { worker_connections 64; }\nhttp {\n" + "\n".join(temp)
             + "\naccess_log off;\n" + server + "\n}\n")
     (prefix / "nginx.conf").write_text(conf)
@@ -165,6 +170,63 @@ def start_traefik(wd: Path, port: int, decider: dict, backend) -> Proc:
     return Proc("traefik", [binary("traefik"), f"--configFile={wd / 'traefik.yaml'}"], wd)
 
 
+def annotation(text: str, name: str) -> str:
+    """An ``nginx.ingress.kubernetes.io/<name>`` annotation's value in the example Ingress."""
+    m = re.search(rf"^\s*nginx\.ingress\.kubernetes\.io/{name}:\s*\"?([^\"\n]*)\"?\s*$", text, re.M)
+    assert m, f"ingress-nginx/ingress.yaml has no {name} annotation: update the test with it"
+    return m.group(1)
+
+
+def start_ingress_nginx(wd: Path, port: int, decider: dict, backend) -> Proc:
+    """nginx with the server ingress-nginx renders for the example Ingress: the lines of its
+    controller template's ``location = /_external-auth-*`` (default settings: no auth-method,
+    no keepalive, no cache) and of ``buildAuthResponseHeaders``, for the example's
+    ``auth-url`` (its host and port replaced by the decider's) and ``auth-response-headers``."""
+    ingress = (EXAMPLES / "ingress-nginx" / "ingress.yaml").read_text()
+    url = annotation(ingress, "auth-url")
+    parts = urlsplit(url)
+    auth_url = f"http://127.0.0.1:{decider['http']}{parts.path or '/'}"
+    headers = [h.strip() for h in annotation(ingress, "auth-response-headers").split(",") if h.strip()]
+    response_lines = []
+    for i, h in enumerate(headers):
+        var = h.lower().replace("-", "_")
+        response_lines += [f"auth_request_set $authHeader{i} $upstream_http_{var};",
+                           f"proxy_set_header '{h}' $authHeader{i};"]
+    server = f"""
+server {{
+    listen 127.0.0.1:{port};
+    location / {{
+        auth_request /_external-auth-Lw-Prefix;
+        auth_request_set $auth_cookie $upstream_http_set_cookie;
+        add_header Set-Cookie $auth_cookie;
+        {chr(10).join(response_lines)}
+        proxy_pass {backend.url};
+    }}
+    location = /_external-auth-Lw-Prefix {{
+        internal;
+        proxy_intercept_errors      off;
+        proxy_pass_request_body     off;
+        proxy_set_header            Content-Length          "";
+        proxy_set_header            X-Forwarded-Proto       "";
+        proxy_set_header            X-Request-ID            $request_id;
+        proxy_set_header            Host                    {parts.hostname};
+        proxy_set_header            X-Original-URL          $scheme://$http_host$request_uri;
+        proxy_set_header            X-Original-Method       $request_method;
+        proxy_set_header            X-Sent-From             "nginx-ingress-controller";
+        proxy_set_header            X-Real-IP               $remote_addr;
+        proxy_set_header            X-Forwarded-For        $remote_addr;
+        proxy_set_header            X-Auth-Request-Redirect $request_uri;
+        proxy_ssl_server_name       on;
+        proxy_pass_request_headers  on;
+        proxy_http_version          1.1;
+        set $target "{auth_url}";
+        proxy_pass $target;
+    }}
+}}
+"""
+    return start_nginx(wd, port, decider, backend, server=server)
+
+
 class Ingress:
     def __init__(self, kind: str, port: int, proc: Proc):
         self.kind, self.port, self.proc = kind, port, proc
@@ -179,17 +241,25 @@ class Ingress:
             conn.close()
 
 
-@pytest.fixture(scope="module", params=["nginx", "envoy_grpc", "envoy_http", "traefik"])
+INGRESSES = ["nginx", "ingress_nginx", "envoy_grpc", "envoy_http", "traefik"]
+
+
+def start_ingress(kind: str, wd: Path, port: int, decider: dict, backend) -> Proc:
+    if kind == "nginx":
+        return start_nginx(wd, port, decider, backend)
+    if kind == "ingress_nginx":
+        return start_ingress_nginx(wd, port, decider, backend)
+    if kind.startswith("envoy"):
+        return start_envoy(wd, port, decider, backend, grpc=kind == "envoy_grpc")
+    return start_traefik(wd, port, decider, backend)
+
+
+@pytest.fixture(scope="module", params=INGRESSES)
 def ingress(request, tmp_path_factory, decider, backend):
     kind = request.param
     wd = tmp_path_factory.mktemp(kind)
     port = free_port()
-    if kind == "nginx":
-        p = start_nginx(wd, port, decider, backend)
-    elif kind.startswith("envoy"):
-        p = start_envoy(wd, port, decider, backend, grpc=kind == "envoy_grpc")
-    else:
-        p = start_traefik(wd, port, decider, backend)
+    p = start_ingress(kind, wd, port, decider, backend)
     ing = Ingress(kind, port, p)
     try:
         wait_port(port, p.proc, kind, p.log_path)
@@ -227,6 +297,8 @@ def test_no_unauthenticated_request_reaches_a_protected_location(ingress, backen
         ("/api/x", {"X-Forwarded-Uri": "/public/x"}),
         ("/api/x", {"X-Original-URI": "/public/x"}),
         ("/api/x", {"X-Original-Method": "GET", "X-Forwarded-Method": "POST"}),
+        ("/api/x", {"X-Original-URL": "http://app.example/public/x"}),
+        ("/api/x", {"X-Forwarded-Host": "other.example", "X-Original-URI": "/public/x"}),
     ]
     for path, headers in attempts:
         p = unique(path)
@@ -257,6 +329,26 @@ def test_a_session_gets_through_with_the_external_token(ingress, backend, descop
         assert "x_user_id" not in h, f"{ingress.kind}: {h}"
         if "Cookie" in creds:
             assert h.get("cookie") == "theme=dark", f"{ingress.kind}: {h}"
+
+
+def test_a_spoofed_original_request_never_moves_a_session_to_another_route(ingress, backend,
+                                                                           descope):
+    """A session's request to /api with a client's own copy of another ingress's headers naming
+    /public: either the ingress set the header itself (the client's never counts) and /api was
+    decided, or extoken saw two sources and refused. Never /public's allow without the token."""
+    session = descope.mint("U2eve", externalToken="ext-eve")
+    spoofs = [{"X-Original-URI": "/public/x"}, {"X-Original-URL": "http://app.example/public/x"},
+              {"X-Forwarded-Uri": "/public/x"}, {"X-Forwarded-Host": "other.example"},
+              {"X-Original-Method": "POST"}]
+    for spoof in spoofs:
+        p = unique("/api/x")
+        status, _, body = ingress.request(p, {"Authorization": f"Bearer {session}", **spoof})
+        rec = backend.find(p)
+        if rec is None:
+            assert status >= 400, f"{ingress.kind}: {spoof} -> {status} but nothing forwarded"
+        else:
+            auth = rec["headers"].get("authorization")
+            assert auth == "Bearer ext-eve", f"{ingress.kind}: {spoof} forwarded with {auth!r}"
 
 
 def test_a_public_route_passes_without_descope_cookies(ingress, backend, descope):

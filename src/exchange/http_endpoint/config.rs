@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::config::{ConfigError, Dur};
-use crate::exchange::connector_config::{check_url, positive, Settings};
+use crate::exchange::settings::{check_url, positive, Settings};
 
 /// How the HTTP connector authenticates to its endpoint.
 #[derive(Debug, Clone, Deserialize)]

@@ -12,7 +12,7 @@ use std::time::Duration;
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use aws_lc_rs::hmac;
 
-use crate::exchange::cache::CacheKey;
+use crate::exchange::cached::CacheKey;
 use crate::exchange::ExternalToken;
 
 /// First byte of every value: the format, so a later one can be told apart.

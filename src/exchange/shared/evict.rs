@@ -23,7 +23,7 @@ use redis::{Cmd, Value};
 
 use super::ops::Op;
 use super::SharedCache;
-use crate::exchange::cache::CacheKey;
+use crate::exchange::cached::CacheKey;
 use crate::exchange::ExternalToken;
 
 /// Deletes a key only if it still holds `ARGV[1]`.

@@ -18,7 +18,7 @@ use redis::{Cmd, Value};
 use super::crypto::SharedToken;
 use super::ops::{Op, Unavailable};
 use super::{Names, SharedCache};
-use crate::exchange::cache::{CacheKey, Fill};
+use crate::exchange::cached::{CacheKey, Fill};
 use crate::exchange::{ExchangeError, Mint};
 
 /// First pause of a replica waiting for another's mint; it doubles up to [`MAX_POLL`].

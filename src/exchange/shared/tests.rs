@@ -10,7 +10,7 @@ use serde_json::json;
 use super::config::{Servers, SharedCacheConfig, Slowest};
 use super::crypto::{Keys, SharedToken};
 use crate::config::{Config, RawSharedCache};
-use crate::exchange::cache::CacheKey;
+use crate::exchange::cached::CacheKey;
 use crate::exchange::ExternalToken;
 
 const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="; // bytes 0..32

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use crate::config::{ConfigError, Dur, OneOrMany};
-use crate::exchange::connector_config::{check_url, positive, ConnectorConfig, Settings};
+use crate::exchange::settings::{check_url, positive, Settings};
 
 /// RFC 8693 §3 token type of an OAuth 2.0 access token (the default `requested_token_type`).
 pub(crate) const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
@@ -268,10 +268,11 @@ fn absolute_uri(s: &str) -> bool {
 /// Every `subject: {external_token: <name>}` names another, existing connector, and following
 /// them never comes back to where it started. The error names the key of the connector that
 /// starts the broken chain.
-pub(crate) fn check_subjects(typed: &BTreeMap<&str, ConnectorConfig>) -> Result<(), ConfigError> {
-    let next = |name: &str| typed.get(name).and_then(ConnectorConfig::subject_connector);
-    for (&name, c) in typed {
-        let Some(first) = c.subject_connector() else {
+/// `subjects` maps each connector's name to the connector whose token it exchanges, if any.
+pub(crate) fn check_subjects(subjects: &BTreeMap<&str, Option<&str>>) -> Result<(), ConfigError> {
+    let next = |name: &str| subjects.get(name).copied().flatten();
+    for (&name, &subject) in subjects {
+        let Some(first) = subject else {
             continue;
         };
         let key = format!("connectors.{name}.subject.external_token");
@@ -281,7 +282,7 @@ pub(crate) fn check_subjects(typed: &BTreeMap<&str, ConnectorConfig>) -> Result<
                 "a connector cannot exchange its own token",
             ));
         }
-        if !typed.contains_key(first) {
+        if !subjects.contains_key(first) {
             return Err(ConfigError::key(
                 key,
                 format!("no connector named {first:?}"),

@@ -200,7 +200,10 @@ fn subject_chains_are_checked() {
     };
     let claim = parse("x", "{type: claim}").unwrap();
     let check = |pairs: Vec<(&'static str, ConnectorConfig)>| {
-        let m: BTreeMap<&str, ConnectorConfig> = pairs.into_iter().collect();
+        let m: BTreeMap<&str, Option<&str>> = pairs
+            .iter()
+            .map(|(name, c)| (*name, c.subject_connector()))
+            .collect();
         check_subjects(&m).map_err(|e| e.to_string())
     };
     assert!(check(vec![("a", te("b")), ("b", claim.clone())]).is_ok());
