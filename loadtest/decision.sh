@@ -146,6 +146,7 @@ sed -e "s|@RUN@|$RUN_DIR|g; s|@BACKEND_PORT@|${PORT[backend]}|g" "$HERE/conf/bac
   >"$RUN_DIR/conf/backend-nginx.conf"
 sed -e "s|@PORT@|${PORT[envoy-jwt]}|g; s|@ADMIN_PORT@|$((BASE_PORT+1001))|g" \
   -e "s|@BACKEND_PORT@|${PORT[backend]}|g; s|@JWKS@|$JWKS|g; s|@ISSUER@|$ISSUER|g; s|@AUDIENCE@|$AUDIENCE|g" \
+  -e "/^@ENVOY_TLS@$/d" \
   -e "s|^@CACHE_LINE@$|                  jwt_cache_config: {jwt_cache_size: $ENVOY_JWT_CACHE_SIZE}|" \
   "$HERE/conf/envoy.yaml.in" >"$RUN_DIR/conf/envoy-jwt.yaml"
 example() {  # example <file> <out> <from=to>...: an example with its addresses replaced (each must be there)
