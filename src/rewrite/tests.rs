@@ -29,6 +29,7 @@ fn plan<'a>(host: &'a HeaderValue, token: Option<&'a Rewrite>, strip: &'a [Strin
             port: Some(8443),
         },
         request_id: Some(&RID),
+        traceparent: None,
     }
 }
 

@@ -12,6 +12,7 @@
 //! - [`sts`]: a strict RFC 8693 token exchange server ([`Sts`]) for the `token_exchange` connector.
 //! - [`refresh`]: Descope's session refresh endpoint ([`RefreshEndpoint`]).
 //! - [`te_rig`]: that server, a backend and a gateway with `token_exchange` connectors ([`TeRig`]).
+//! - [`collector`]: an OTLP/HTTP trace receiver ([`Collector`], [`SpanRec`]).
 //! - [`tls`]: test CAs and certificates, a rustls client, an HTTPS backend ([`TestCa`], [`TlsClient`], [`TlsBackend`]).
 
 // Each `tests/*.rs` is a crate of its own that compiles this whole harness and uses a part of it
@@ -21,6 +22,8 @@
 // `unused_imports` on the re-exports, here and nowhere else.
 #[allow(dead_code)]
 mod backend;
+#[allow(dead_code)]
+mod collector;
 #[allow(dead_code)]
 mod config;
 #[allow(dead_code)]
@@ -45,8 +48,8 @@ mod tls;
 
 #[allow(unused_imports)]
 pub use {
-    backend::*, config::*, endpoint::*, jwks::*, keys::*, net::*, process::*, refresh::*, setup::*,
-    sts::*, te_rig::*, tls::*,
+    backend::*, collector::*, config::*, endpoint::*, jwks::*, keys::*, net::*, process::*,
+    refresh::*, setup::*, sts::*, te_rig::*, tls::*,
 };
 
 use std::path::{Path, PathBuf};

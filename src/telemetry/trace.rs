@@ -1,0 +1,467 @@
+//! OpenTelemetry traces (`tracing:`): a SERVER span per request, children for the steps that
+//! take time (verification, authorization, the external token, connector calls, JWKS fetches,
+//! shared-cache operations, the upstream request), W3C `traceparent` in and out.
+//!
+//! Spans are made with the OpenTelemetry API directly (not through `tracing`'s subscriber): a
+//! request that is not sampled then costs one span context and a `traceparent` for the backend,
+//! and with no `tracing:` block the proxy's only tracing work is a branch on an `Option`
+//! (`Gateway::tracing`). Steps deep in the request find their parent in the OpenTelemetry
+//! context the proxy attaches while a sampled request is admitted ([`Span::start`]); those
+//! helpers first read one process-wide flag, set once a `tracing:` block was ever built.
+//!
+//! What a span may carry: the same words as the logs and metrics (route and connector names,
+//! method, path without its query, statuses, outcome and reason words, error kinds). Never a
+//! header value, cookie, token, secret or claim value.
+
+mod export;
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use opentelemetry::context::FutureExt as _;
+use opentelemetry::propagation::TextMapPropagator as _;
+use opentelemetry::trace::{
+    Span as _, SpanContext, SpanKind, Status, TraceContextExt as _, Tracer as _,
+    TracerProvider as _,
+};
+use opentelemetry::{Context, KeyValue, Value};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
+use opentelemetry_sdk::Resource;
+
+use crate::config::TracingConfig;
+
+/// Set once a `tracing:` block was built: until then no helper looks for a current span.
+static SPANS: AtomicBool = AtomicBool::new(false);
+
+#[derive(Debug, thiserror::Error)]
+#[error("tracing: {0}")]
+pub struct TracingError(String);
+
+/// The traces of one `tracing:` block: the tracer and its export queue. Kept across a reload
+/// that does not change the block.
+pub struct Tracing {
+    config: TracingConfig,
+    tracer: SdkTracer,
+    queue: Arc<export::Queue>,
+    // Last: the provider shuts down (without waiting) when the last gateway holding it goes.
+    _provider: SdkTracerProvider,
+}
+
+/// The tracer, carried in the context of a sampled request so its steps can make children.
+#[derive(Clone)]
+struct TracerHandle(SdkTracer);
+
+impl Tracing {
+    /// Builds the exporter and starts its thread (call it outside pingora's runtimes or inside:
+    /// it needs neither).
+    pub fn build(config: &TracingConfig) -> Result<Tracing, TracingError> {
+        let resource = Resource::builder()
+            .with_service_name(config.service().to_string())
+            .build();
+        let queue = export::start(config, &resource).map_err(TracingError)?;
+        let provider = SdkTracerProvider::builder()
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+                config.sample_ratio,
+            ))))
+            .with_span_processor(export::Processor(queue.clone()))
+            .with_resource(resource)
+            .build();
+        let tracer = provider.tracer("extoken");
+        SPANS.store(true, Ordering::Relaxed);
+        Ok(Tracing {
+            config: config.clone(),
+            tracer,
+            queue,
+            _provider: provider,
+        })
+    }
+
+    /// The block it was built from (a reload with the same one keeps it).
+    pub fn config(&self) -> &TracingConfig {
+        &self.config
+    }
+
+    /// Sends what is queued, waiting at most `within`; `false` when it did not finish in time.
+    pub fn flush(&self, within: Duration) -> bool {
+        self.queue.flush(within)
+    }
+
+    /// Stops taking spans and sends what is queued, waiting at most `within`.
+    pub fn shutdown(&self, within: Duration) -> bool {
+        self.queue.stop(within)
+    }
+
+    /// The SERVER span of a request whose head was just read: the child of its `traceparent`
+    /// (if any, sampled or not), else a root sampled at `sample_ratio`. Named by the method
+    /// until the route is known.
+    pub(crate) fn request(
+        &self,
+        req: &pingora::http::RequestHeader,
+        client: Option<IpAddr>,
+        tls: bool,
+    ) -> RequestTrace {
+        let parent = TraceContextPropagator::new()
+            .extract(&opentelemetry_http::HeaderExtractor(&req.headers));
+        let span = self
+            .tracer
+            .span_builder(req.method.as_str().to_string())
+            .with_kind(SpanKind::Server)
+            .start_with_context(&self.tracer, &parent);
+        let sampled = span.span_context().is_sampled();
+        let mut cx = parent.with_span(span);
+        if sampled {
+            let span = cx.span();
+            span.set_attributes([
+                KeyValue::new("http.request.method", req.method.as_str().to_string()),
+                KeyValue::new("url.path", req.uri.path().to_string()),
+                KeyValue::new("url.scheme", if tls { "https" } else { "http" }),
+                KeyValue::new("network.protocol.version", protocol(req.version)),
+            ]);
+            if let Some(ip) = client {
+                span.set_attribute(KeyValue::new("client.address", ip.to_string()));
+            }
+            cx = cx.with_value(TracerHandle(self.tracer.clone()));
+        }
+        RequestTrace {
+            cx,
+            sampled,
+            upstream: None,
+        }
+    }
+}
+
+fn protocol(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "0.9",
+        http::Version::HTTP_10 => "1.0",
+        http::Version::HTTP_2 => "2",
+        http::Version::HTTP_3 => "3",
+        _ => "1.1",
+    }
+}
+
+/// One request's trace: its SERVER span, and the CLIENT span of the upstream attempt in flight.
+pub(crate) struct RequestTrace {
+    cx: Context,
+    sampled: bool,
+    upstream: Option<Context>,
+}
+
+impl RequestTrace {
+    /// The context its steps run in: only a sampled request's (an unsampled one has no
+    /// children to make).
+    pub(crate) fn context(&self) -> Option<&Context> {
+        self.sampled.then_some(&self.cx)
+    }
+
+    /// The trace and span ids for log lines: a sampled request's.
+    pub(crate) fn ids(&self) -> Option<SpanContext> {
+        self.sampled.then(|| self.cx.span().span_context().clone())
+    }
+
+    /// The route is known: the span is named `{method} {route}` (HTTP semantic conventions).
+    pub(crate) fn routed(&self, method: &str, route: &str, prefix: &str) {
+        if !self.sampled {
+            return;
+        }
+        let span = self.cx.span();
+        span.update_name(format!("{method} {route}"));
+        span.set_attribute(KeyValue::new("http.route", prefix.to_string()));
+        span.set_attribute(KeyValue::new("extoken.route", route.to_string()));
+    }
+
+    /// An upstream attempt begins: its CLIENT span (sampled requests only).
+    pub(crate) fn upstream_started(&mut self, method: &str, upstream: &crate::config::Upstream) {
+        if !self.sampled {
+            return;
+        }
+        self.upstream_ended(None, None);
+        let Some(handle) = self.cx.get::<TracerHandle>() else {
+            return;
+        };
+        let span = handle
+            .0
+            .span_builder(method.to_string())
+            .with_kind(SpanKind::Client)
+            .with_attributes([
+                KeyValue::new("http.request.method", method.to_string()),
+                KeyValue::new("server.address", upstream.host.clone()),
+                KeyValue::new("server.port", i64::from(upstream.port)),
+            ])
+            .start_with_context(&handle.0, &self.cx);
+        self.upstream = Some(self.cx.with_span(span));
+    }
+
+    /// The `traceparent` the backend gets: the upstream attempt's CLIENT span, or an unsampled
+    /// request's own span (so the backend follows the decision not to sample).
+    pub(crate) fn upstream_traceparent(&self) -> http::HeaderValue {
+        let cx = self.upstream.as_ref().unwrap_or(&self.cx);
+        traceparent(cx.span().span_context())
+    }
+
+    /// The upstream attempt's end: its status, or the error kind that ended it.
+    pub(crate) fn upstream_ended(&mut self, status: Option<u16>, error: Option<&'static str>) {
+        let Some(cx) = self.upstream.take() else {
+            return;
+        };
+        let span = cx.span();
+        if let Some(s) = status {
+            span.set_attribute(KeyValue::new("http.response.status_code", i64::from(s)));
+            if s >= 500 {
+                span.set_attribute(KeyValue::new("error.type", s.to_string()));
+                span.set_status(Status::error(""));
+            }
+        }
+        if let Some(e) = error {
+            span.set_attribute(KeyValue::new("error.type", e));
+            span.set_status(Status::error(""));
+        }
+        span.end();
+    }
+
+    /// The request is over: the status the client got, extoken's outcome and (for a refusal)
+    /// its reason, the same words as the metrics'.
+    pub(crate) fn end(
+        mut self,
+        status: u16,
+        outcome: &'static str,
+        reason: Option<&'static str>,
+        error: Option<&'static str>,
+    ) {
+        self.upstream_ended(None, error);
+        if !self.sampled {
+            return;
+        }
+        let span = self.cx.span();
+        if status > 0 {
+            span.set_attribute(KeyValue::new(
+                "http.response.status_code",
+                i64::from(status),
+            ));
+        }
+        span.set_attribute(KeyValue::new("extoken.outcome", outcome));
+        if let Some(r) = reason {
+            span.set_attribute(KeyValue::new("extoken.reason", r));
+        }
+        if status >= 500 || (status == 0 && error.is_some()) {
+            let kind = error.map_or_else(|| status.to_string(), str::to_string);
+            span.set_attribute(KeyValue::new("error.type", kind));
+            span.set_status(Status::error(""));
+        }
+        span.end();
+    }
+}
+
+/// `traceparent` of a span context: `00-{trace id}-{span id}-{flags}`, hex by hand.
+pub(crate) fn traceparent(sc: &SpanContext) -> http::HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut b = [0u8; 55];
+    b[..3].copy_from_slice(b"00-");
+    let mut put = |at: usize, bytes: &[u8]| {
+        for (i, x) in bytes.iter().enumerate() {
+            b[at + 2 * i] = HEX[usize::from(x >> 4)];
+            b[at + 2 * i + 1] = HEX[usize::from(x & 0xf)];
+        }
+    };
+    put(3, &sc.trace_id().to_bytes());
+    put(36, &sc.span_id().to_bytes());
+    put(53, &[sc.trace_flags().to_u8()]);
+    b[35] = b'-';
+    b[52] = b'-';
+    http::HeaderValue::from_bytes(&b).unwrap_or_else(|_| http::HeaderValue::from_static(""))
+}
+
+/// A child span of whatever span is current (see the module doc), or nothing: no `tracing:`
+/// block, no current span, or an unsampled one. Ends when dropped.
+pub(crate) struct Span(Option<Context>);
+
+impl Span {
+    /// A step inside extoken (`verify`, `authorize`, `external_token`).
+    #[inline]
+    pub(crate) fn internal(name: &'static str) -> Span {
+        Self::start(name, SpanKind::Internal)
+    }
+
+    /// A call out (a connector, a JWKS fetch, a Redis operation).
+    #[inline]
+    pub(crate) fn client(name: &'static str) -> Span {
+        Self::start(name, SpanKind::Client)
+    }
+
+    #[inline]
+    fn start(name: &'static str, kind: SpanKind) -> Span {
+        if !SPANS.load(Ordering::Relaxed) {
+            return Span(None);
+        }
+        Span(Self::child_of_current(name, kind))
+    }
+
+    #[inline(never)]
+    fn child_of_current(name: &'static str, kind: SpanKind) -> Option<Context> {
+        Context::map_current(|cx| {
+            let handle = cx.get::<TracerHandle>()?;
+            if !cx.span().span_context().is_sampled() {
+                return None;
+            }
+            let span = handle
+                .0
+                .span_builder(name)
+                .with_kind(kind)
+                .start_with_context(&handle.0, cx);
+            Some(cx.with_span(span))
+        })
+    }
+
+    pub(crate) fn is_recording(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Sets an attribute (pass `&'static str` or numbers: no work is done when not recording).
+    #[inline]
+    pub(crate) fn set(&self, key: &'static str, value: impl Into<Value>) {
+        if let Some(cx) = &self.0 {
+            cx.span().set_attribute(KeyValue::new(key, value));
+        }
+    }
+
+    /// The step failed: error status, and the reason word (as the metrics say it).
+    pub(crate) fn fail(&self, reason: &'static str) {
+        if let Some(cx) = &self.0 {
+            let span = cx.span();
+            span.set_attribute(KeyValue::new("extoken.reason", reason));
+            span.set_status(Status::error(""));
+        }
+    }
+
+    /// Runs `f` with this span current, so the steps inside it are its children.
+    pub(crate) async fn run<F: Future>(&self, f: F) -> F::Output {
+        match &self.0 {
+            Some(cx) => f.with_context(cx.clone()).await,
+            None => f.await,
+        }
+    }
+
+    /// The `traceparent` an outgoing call carries (none when not recording).
+    pub(crate) fn traceparent(&self) -> Option<http::HeaderValue> {
+        self.0
+            .as_ref()
+            .map(|cx| traceparent(cx.span().span_context()))
+    }
+
+    /// A reqwest call carrying this span's `traceparent`, the span's `http.request.method`,
+    /// `server.address` and `url.full` (without its query).
+    pub(crate) fn outgoing(
+        &self,
+        req: reqwest::RequestBuilder,
+        method: &'static str,
+        url: &str,
+    ) -> reqwest::RequestBuilder {
+        let Some(tp) = self.traceparent() else {
+            return req;
+        };
+        self.set("http.request.method", method);
+        if let Ok(u) = url.parse::<http::Uri>() {
+            if let Some(h) = u.host() {
+                self.set("server.address", h.to_string());
+            }
+            self.set("url.path", u.path().to_string());
+        }
+        req.header("traceparent", tp)
+    }
+
+    /// The reply's status (an error status from 500 on).
+    pub(crate) fn status(&self, status: u16) {
+        self.set("http.response.status_code", i64::from(status));
+        if status >= 500 {
+            self.fail("status");
+        }
+    }
+}
+
+impl Drop for Span {
+    fn drop(&mut self) {
+        if let Some(cx) = &self.0 {
+            cx.span().end();
+        }
+    }
+}
+
+/// Sends `req` (a `method` call to `url`) inside a CLIENT span named `name`, carrying its
+/// `traceparent`; the span ends when the reply's head is in.
+pub(crate) async fn send(
+    name: &'static str,
+    method: &'static str,
+    url: &str,
+    req: reqwest::RequestBuilder,
+) -> reqwest::Result<reqwest::Response> {
+    let span = Span::client(name);
+    let reply = span.outgoing(req, method, url).send().await;
+    match &reply {
+        Ok(r) => span.status(r.status().as_u16()),
+        Err(e) if e.is_timeout() => span.fail("timeout"),
+        Err(_) => span.fail("request_failed"),
+    }
+    reply
+}
+
+/// Sets an attribute on the current span (a step reporting how it went: a cache hit, a first
+/// sight). Nothing without a current sampled span.
+#[inline]
+pub(crate) fn note(key: &'static str, value: &'static str) {
+    if SPANS.load(Ordering::Relaxed) {
+        note_current(key, value);
+    }
+}
+
+#[inline(never)]
+fn note_current(key: &'static str, value: &'static str) {
+    Context::map_current(|cx| {
+        if cx.get::<TracerHandle>().is_some() {
+            cx.span().set_attribute(KeyValue::new(key, value));
+        }
+    });
+}
+
+/// The current span's trace and span id for a log line: inside a sampled request's steps.
+pub(crate) fn current_ids() -> Option<SpanContext> {
+    if !SPANS.load(Ordering::Relaxed) {
+        return None;
+    }
+    Context::map_current(|cx| {
+        let span = cx.span();
+        let sc = span.span_context();
+        (cx.get::<TracerHandle>().is_some() && sc.is_sampled()).then(|| sc.clone())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::{SpanId, TraceFlags, TraceId, TraceState};
+
+    #[test]
+    fn traceparent_is_w3c() {
+        let sc = SpanContext::new(
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+            SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::default(),
+        );
+        assert_eq!(
+            traceparent(&sc),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        );
+    }
+
+    #[test]
+    fn no_span_without_a_current_sampled_one() {
+        let s = Span::internal("verify");
+        assert!(!s.is_recording());
+        assert!(current_ids().is_none());
+    }
+}
