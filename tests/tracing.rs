@@ -193,6 +193,59 @@ async fn one_trace_from_the_client_through_the_connector_to_the_backend() {
     assert!(spans.iter().all(|s| s.name != "connector http"));
 }
 
+/// A line written during a sampled request's steps carries the ids of the span it was written
+/// in (JSON: two more fields); the access line those of the SERVER span.
+#[tokio::test(flavor = "multi_thread")]
+async fn log_lines_during_a_request_join_its_trace() {
+    let r = TraceRig::start().await;
+    r.endpoint.set_mode(Mode::Status(500));
+    let config = r
+        .config(Some(r.tracing(1.0)))
+        .set("log", json!({"format": "json"}));
+    let gw = r.gateway(&config).await;
+    let token = r.project.session("U2erin", &[]);
+    let reply = gw
+        .send(
+            gw.client
+                .get(gw.url("/fails"))
+                .bearer_auth(&token)
+                .header("traceparent", traceparent(CLIENT_TRACE, CLIENT_SPAN, "01")),
+        )
+        .await;
+    assert_eq!(reply.status, 503, "{}", reply.body);
+    let spans = r.collector.trace(CLIENT_TRACE, 4).await;
+    let server = one(&spans, "GET api");
+    let ext = one(&spans, "external_token");
+    assert_eq!(
+        (ext.status, ext.attr("extoken.reason")),
+        (2, Some("connector_unavailable"))
+    );
+    assert_eq!(server.attr("http.response.status_code"), Some("503"));
+    let log = gw.log_with("\"path\":\"/fails\"").await;
+    let lines: Vec<Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let warn = lines
+        .iter()
+        .find(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("no external token"))
+        })
+        .unwrap_or_else(|| panic!("{log}"));
+    assert_eq!(warn["trace_id"], CLIENT_TRACE, "{warn}");
+    assert_eq!(warn["span_id"], server.span_id.as_str(), "{warn}");
+    let access = lines.iter().find(|l| l["path"] == "/fails").unwrap();
+    assert_eq!(access["trace_id"], CLIENT_TRACE);
+    assert_eq!(access["span_id"], server.span_id.as_str());
+    // Lines outside any request carry no ids.
+    assert!(lines
+        .iter()
+        .filter(|l| l["target"] == "extoken::lifecycle")
+        .all(|l| l.get("trace_id").is_none()));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_refusal_carries_its_reason_and_a_root_is_sampled() {
     let r = TraceRig::start().await;
