@@ -421,7 +421,7 @@ impl ProxyHttp for Proxy {
         match &ctx.route {
             Some(r) => {
                 if let Some(t) = &mut ctx.trace {
-                    t.upstream_started(session.req_header().method.as_str(), &r.upstream);
+                    t.upstream_started(&session.req_header().method, &r.upstream);
                 }
                 let mut peer = r.peer();
                 websocket::idle_bound(session, &mut peer, &r.websocket);

@@ -232,9 +232,10 @@ pub fn apply_to_request(req: &mut pingora::http::RequestHeader, plan: &Plan<'_>)
     let placeholder = pingora::http::RequestHeader::from(http::Request::new(()).into_parts().0);
     let mut parts: http::request::Parts = std::mem::replace(req, placeholder).into();
     // Room for what `apply` may add, so the map grows (allocates and rehashes) once at most:
-    // the token, the six forwarding headers, the request id, the identity headers.
+    // the token, the six forwarding headers, the request id, the identity headers, `traceparent`.
     let identity = plan.token.map_or(0, |t| t.identity.len());
-    let _ = parts.headers.try_reserve(8 + identity);
+    let traceparent = usize::from(plan.traceparent.is_some());
+    let _ = parts.headers.try_reserve(8 + identity + traceparent);
     apply(&mut parts.headers, plan);
     *req = pingora::http::RequestHeader::from(parts);
     if let Some(e) = end_stream {

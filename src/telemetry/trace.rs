@@ -108,7 +108,7 @@ impl Tracing {
             .extract(&opentelemetry_http::HeaderExtractor(&req.headers));
         let span = self
             .tracer
-            .span_builder(req.method.as_str().to_string())
+            .span_builder(method_name(&req.method))
             .with_kind(SpanKind::Server)
             .start_with_context(&self.tracer, &parent);
         let sampled = span.span_context().is_sampled();
@@ -116,7 +116,7 @@ impl Tracing {
         if sampled {
             let span = cx.span();
             span.set_attributes([
-                KeyValue::new("http.request.method", req.method.as_str().to_string()),
+                KeyValue::new("http.request.method", method_name(&req.method)),
                 KeyValue::new("url.path", req.uri.path().to_string()),
                 KeyValue::new("url.scheme", if tls { "https" } else { "http" }),
                 KeyValue::new("network.protocol.version", protocol(req.version)),
@@ -131,6 +131,18 @@ impl Tracing {
             sampled,
             upstream: None,
         }
+    }
+}
+
+/// A span name for a method, without an allocation for the standard ones (an unsampled
+/// request's span is built and dropped: its name should cost nothing).
+fn method_name(m: &http::Method) -> std::borrow::Cow<'static, str> {
+    const STANDARD: [&str; 9] = [
+        "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    match STANDARD.iter().find(|s| **s == m.as_str()) {
+        Some(s) => std::borrow::Cow::Borrowed(s),
+        None => std::borrow::Cow::Owned(m.as_str().to_string()),
     }
 }
 
@@ -175,7 +187,11 @@ impl RequestTrace {
     }
 
     /// An upstream attempt begins: its CLIENT span (sampled requests only).
-    pub(crate) fn upstream_started(&mut self, method: &str, upstream: &crate::config::Upstream) {
+    pub(crate) fn upstream_started(
+        &mut self,
+        method: &http::Method,
+        upstream: &crate::config::Upstream,
+    ) {
         if !self.sampled {
             return;
         }
@@ -185,10 +201,10 @@ impl RequestTrace {
         };
         let span = handle
             .0
-            .span_builder(method.to_string())
+            .span_builder(method_name(method))
             .with_kind(SpanKind::Client)
             .with_attributes([
-                KeyValue::new("http.request.method", method.to_string()),
+                KeyValue::new("http.request.method", method_name(method)),
                 KeyValue::new("server.address", upstream.host.clone()),
                 KeyValue::new("server.port", i64::from(upstream.port)),
             ])
