@@ -3,8 +3,8 @@
 //! shared-cache operations, the upstream request), W3C `traceparent` in and out.
 //!
 //! Spans are made with the OpenTelemetry API directly (not through `tracing`'s subscriber): a
-//! request that is not sampled then costs one span context and a `traceparent` for the backend,
-//! and with no `tracing:` block the proxy's only tracing work is a branch on an `Option`
+//! request that is not sampled costs two random numbers and a `traceparent` for the backend
+//! (`propagation`), and with no `tracing:` block the proxy's only tracing work is a branch on an `Option`
 //! (`Gateway::tracing`). Steps deep in the request find their parent in the OpenTelemetry
 //! context the proxy attaches while a sampled request is admitted ([`Span::start`]); those
 //! helpers first read one process-wide flag, set once a `tracing:` block was ever built.
@@ -14,6 +14,7 @@
 //! header value, cookie, token, secret or claim value.
 
 mod export;
+mod propagation;
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -22,13 +23,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry::context::FutureExt as _;
-use opentelemetry::propagation::TextMapPropagator as _;
 use opentelemetry::trace::{
-    Span as _, SpanContext, SpanKind, Status, TraceContextExt as _, Tracer as _,
-    TracerProvider as _,
+    Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt as _, TraceFlags, TraceId,
+    Tracer as _, TracerProvider as _,
 };
 use opentelemetry::{Context, KeyValue, Value};
-use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
 use opentelemetry_sdk::Resource;
 
@@ -64,9 +63,9 @@ impl Tracing {
             .build();
         let queue = export::start(config, &resource).map_err(TracingError)?;
         let provider = SdkTracerProvider::builder()
-            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-                config.sample_ratio,
-            ))))
+            // The request's own sampling is decided before the SDK is asked (`request`): what
+            // reaches it is a sampled trace, and its steps follow their parent.
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
             .with_span_processor(export::Processor(queue.clone()))
             .with_resource(resource)
             .build();
@@ -95,42 +94,47 @@ impl Tracing {
         self.queue.stop(within)
     }
 
-    /// The SERVER span of a request whose head was just read: the child of its `traceparent`
-    /// (if any, sampled or not), else a root sampled at `sample_ratio`. Named by the method
-    /// until the route is known.
+    /// The trace of a request whose head was just read: the child of its `traceparent` (if
+    /// any: a sampled parent is followed, an unsampled one never), else a new trace, sampled at
+    /// `sample_ratio`. A sampled request gets its SERVER span, named by the method until the
+    /// route is known; an unsampled one only ids (see `propagation`).
     pub(crate) fn request(
         &self,
         req: &pingora::http::RequestHeader,
         client: Option<IpAddr>,
         tls: bool,
     ) -> RequestTrace {
-        let parent = TraceContextPropagator::new()
-            .extract(&opentelemetry_http::HeaderExtractor(&req.headers));
-        let span = self
+        let parent = propagation::parent(&req.headers);
+        let sampled = match &parent {
+            Some(p) => p.is_sampled(),
+            None => propagation::sample_root(self.config.sample_ratio),
+        };
+        if !sampled {
+            let trace_id = parent.map_or_else(propagation::trace_id, |p| p.trace_id());
+            return RequestTrace::Unsampled(trace_id, propagation::span_id());
+        }
+        let parent = match parent {
+            Some(p) => Context::new().with_remote_span_context(p),
+            None => Context::new(),
+        };
+        let mut span = self
             .tracer
             .span_builder(method_name(&req.method))
             .with_kind(SpanKind::Server)
-            .start_with_context(&self.tracer, &parent);
-        let sampled = span.span_context().is_sampled();
-        let mut cx = parent.with_span(span);
-        if sampled {
-            let span = cx.span();
-            span.set_attributes([
+            .with_attributes([
                 KeyValue::new("http.request.method", method_name(&req.method)),
                 KeyValue::new("url.path", req.uri.path().to_string()),
                 KeyValue::new("url.scheme", if tls { "https" } else { "http" }),
                 KeyValue::new("network.protocol.version", protocol(req.version)),
-            ]);
-            if let Some(ip) = client {
-                span.set_attribute(KeyValue::new("client.address", ip.to_string()));
-            }
-            cx = cx.with_value(TracerHandle(self.tracer.clone()));
+            ])
+            .start_with_context(&self.tracer, &parent);
+        if let Some(ip) = client {
+            span.set_attribute(KeyValue::new("client.address", ip.to_string()));
         }
-        RequestTrace {
-            cx,
-            sampled,
-            upstream: None,
-        }
+        let cx = parent
+            .with_span(span)
+            .with_value(TracerHandle(self.tracer.clone()));
+        RequestTrace::Sampled(Box::new(Sampled { cx, upstream: None }))
     }
 }
 
@@ -156,31 +160,45 @@ fn protocol(v: http::Version) -> &'static str {
     }
 }
 
-/// One request's trace: its SERVER span, and the CLIENT span of the upstream attempt in flight.
-pub(crate) struct RequestTrace {
+/// One request's trace.
+pub(crate) enum RequestTrace {
+    /// Not recorded: its trace id and its own span id, for the backend's `traceparent` (flag
+    /// `00`, so the backend follows the decision).
+    Unsampled(TraceId, SpanId),
+    Sampled(Box<Sampled>),
+}
+
+/// A recorded request: its SERVER span (in the context its steps run in), and the CLIENT span
+/// of the upstream attempt in flight.
+pub(crate) struct Sampled {
     cx: Context,
-    sampled: bool,
     upstream: Option<Context>,
 }
 
 impl RequestTrace {
-    /// The context its steps run in: only a sampled request's (an unsampled one has no
-    /// children to make).
+    fn sampled(&self) -> Option<&Sampled> {
+        match self {
+            RequestTrace::Sampled(s) => Some(s),
+            RequestTrace::Unsampled(..) => None,
+        }
+    }
+
+    /// The context its steps run in: a sampled request's (an unsampled one has no children).
     pub(crate) fn context(&self) -> Option<&Context> {
-        self.sampled.then_some(&self.cx)
+        self.sampled().map(|s| &s.cx)
     }
 
     /// The trace and span ids for log lines: a sampled request's.
     pub(crate) fn ids(&self) -> Option<SpanContext> {
-        self.sampled.then(|| self.cx.span().span_context().clone())
+        self.sampled().map(|s| s.cx.span().span_context().clone())
     }
 
     /// The route is known: the span is named `{method} {route}` (HTTP semantic conventions).
     pub(crate) fn routed(&self, method: &str, route: &str, prefix: &str) {
-        if !self.sampled {
+        let Some(s) = self.sampled() else {
             return;
-        }
-        let span = self.cx.span();
+        };
+        let span = s.cx.span();
         span.update_name(format!("{method} {route}"));
         span.set_attribute(KeyValue::new("http.route", prefix.to_string()));
         span.set_attribute(KeyValue::new("extoken.route", route.to_string()));
@@ -192,11 +210,11 @@ impl RequestTrace {
         method: &http::Method,
         upstream: &crate::config::Upstream,
     ) {
-        if !self.sampled {
-            return;
-        }
         self.upstream_ended(None, None);
-        let Some(handle) = self.cx.get::<TracerHandle>() else {
+        let RequestTrace::Sampled(s) = self else {
+            return;
+        };
+        let Some(handle) = s.cx.get::<TracerHandle>() else {
             return;
         };
         let span = handle
@@ -208,20 +226,29 @@ impl RequestTrace {
                 KeyValue::new("server.address", upstream.host.clone()),
                 KeyValue::new("server.port", i64::from(upstream.port)),
             ])
-            .start_with_context(&handle.0, &self.cx);
-        self.upstream = Some(self.cx.with_span(span));
+            .start_with_context(&handle.0, &s.cx);
+        s.upstream = Some(s.cx.with_span(span));
     }
 
     /// The `traceparent` the backend gets: the upstream attempt's CLIENT span, or an unsampled
-    /// request's own span (so the backend follows the decision not to sample).
+    /// request's own span id.
     pub(crate) fn upstream_traceparent(&self) -> http::HeaderValue {
-        let cx = self.upstream.as_ref().unwrap_or(&self.cx);
-        traceparent(cx.span().span_context())
+        match self {
+            RequestTrace::Unsampled(t, s) => {
+                propagation::traceparent(*t, *s, TraceFlags::default())
+            }
+            RequestTrace::Sampled(s) => {
+                traceparent(s.upstream.as_ref().unwrap_or(&s.cx).span().span_context())
+            }
+        }
     }
 
     /// The upstream attempt's end: its status, or the error kind that ended it.
     pub(crate) fn upstream_ended(&mut self, status: Option<u16>, error: Option<&'static str>) {
-        let Some(cx) = self.upstream.take() else {
+        let Some(cx) = (match self {
+            RequestTrace::Sampled(s) => s.upstream.take(),
+            RequestTrace::Unsampled(..) => None,
+        }) else {
             return;
         };
         let span = cx.span();
@@ -249,10 +276,10 @@ impl RequestTrace {
         error: Option<&'static str>,
     ) {
         self.upstream_ended(None, error);
-        if !self.sampled {
+        let Some(s) = self.sampled() else {
             return;
-        }
-        let span = self.cx.span();
+        };
+        let span = s.cx.span();
         if status > 0 {
             span.set_attribute(KeyValue::new(
                 "http.response.status_code",
@@ -272,23 +299,9 @@ impl RequestTrace {
     }
 }
 
-/// `traceparent` of a span context: `00-{trace id}-{span id}-{flags}`, hex by hand.
+/// `traceparent` of a span context.
 pub(crate) fn traceparent(sc: &SpanContext) -> http::HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut b = [0u8; 55];
-    b[..3].copy_from_slice(b"00-");
-    let mut put = |at: usize, bytes: &[u8]| {
-        for (i, x) in bytes.iter().enumerate() {
-            b[at + 2 * i] = HEX[usize::from(x >> 4)];
-            b[at + 2 * i + 1] = HEX[usize::from(x & 0xf)];
-        }
-    };
-    put(3, &sc.trace_id().to_bytes());
-    put(36, &sc.span_id().to_bytes());
-    put(53, &[sc.trace_flags().to_u8()]);
-    b[35] = b'-';
-    b[52] = b'-';
-    http::HeaderValue::from_bytes(&b).unwrap_or_else(|_| http::HeaderValue::from_static(""))
+    propagation::traceparent(sc.trace_id(), sc.span_id(), sc.trace_flags())
 }
 
 /// A child span of whatever span is current (see the module doc), or nothing: no `tracing:`
