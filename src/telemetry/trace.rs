@@ -22,7 +22,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use opentelemetry::context::FutureExt as _;
+use futures_util::future::Either;
+use opentelemetry::context::{FutureExt as _, WithContext};
 use opentelemetry::trace::{
     Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt as _, TraceFlags, TraceId,
     Tracer as _, TracerProvider as _,
@@ -111,7 +112,7 @@ impl Tracing {
         };
         if !sampled {
             let trace_id = parent.map_or_else(propagation::trace_id, |p| p.trace_id());
-            return RequestTrace::Unsampled(trace_id, propagation::span_id());
+            return RequestTrace::Unsampled(trace_id.to_bytes(), propagation::span_id().to_bytes());
         }
         let parent = match parent {
             Some(p) => Context::new().with_remote_span_context(p),
@@ -163,8 +164,9 @@ fn protocol(v: http::Version) -> &'static str {
 /// One request's trace.
 pub(crate) enum RequestTrace {
     /// Not recorded: its trace id and its own span id, for the backend's `traceparent` (flag
-    /// `00`, so the backend follows the decision).
-    Unsampled(TraceId, SpanId),
+    /// `00`, so the backend follows the decision). Bytes, not `TraceId`: a `u128` would give
+    /// the proxy's per-request context a 16-byte alignment.
+    Unsampled([u8; 16], [u8; 8]),
     Sampled(Box<Sampled>),
 }
 
@@ -234,9 +236,11 @@ impl RequestTrace {
     /// request's own span id.
     pub(crate) fn upstream_traceparent(&self) -> http::HeaderValue {
         match self {
-            RequestTrace::Unsampled(t, s) => {
-                propagation::traceparent(*t, *s, TraceFlags::default())
-            }
+            RequestTrace::Unsampled(t, s) => propagation::traceparent(
+                TraceId::from_bytes(*t),
+                SpanId::from_bytes(*s),
+                TraceFlags::default(),
+            ),
             RequestTrace::Sampled(s) => {
                 traceparent(s.upstream.as_ref().unwrap_or(&s.cx).span().span_context())
             }
@@ -366,11 +370,13 @@ impl Span {
         }
     }
 
-    /// Runs `f` with this span current, so the steps inside it are its children.
-    pub(crate) async fn run<F: Future>(&self, f: F) -> F::Output {
+    /// `f`, run with this span current, so the steps inside it are its children. Not an `async
+    /// fn`: one would hold `f` twice (its argument, then the future it awaits), and the futures
+    /// wrapped here are the request's largest; this is `f` itself when not recording.
+    pub(crate) fn run<F: Future>(&self, f: F) -> Either<WithContext<F>, F> {
         match &self.0 {
-            Some(cx) => f.with_context(cx.clone()).await,
-            None => f.await,
+            Some(cx) => Either::Left(f.with_context(cx.clone())),
+            None => Either::Right(f),
         }
     }
 
