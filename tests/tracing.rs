@@ -462,3 +462,31 @@ async fn reload(gw: &GatewayProcess, n: usize) {
     .await;
     assert!(done, "{}", gw.log());
 }
+
+/// A token signed with a key the gateway has not loaded yet: the refetch of the JWKS is a CLIENT
+/// span under `verify`, and the verification is a first sight.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_jwks_refetch_is_a_span_of_the_verification() {
+    let r = TraceRig::start().await;
+    let gw = r.gateway(&r.config(Some(r.tracing(1.0)))).await;
+    let k2 = TestKey::rsa("k2", jsonwebtoken::Algorithm::RS256);
+    r.project.jwks.set_keys(&[&r.project.key, &k2]);
+    let token = k2.sign(&session("U2frank", &[]));
+    let tid = "44444444444444444444444444444444";
+    let reply = gw
+        .send(
+            gw.client
+                .get(gw.url("/new-key"))
+                .bearer_auth(&token)
+                .header("traceparent", traceparent(tid, CLIENT_SPAN, "01")),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let spans = r.collector.trace(tid, 6).await;
+    let verify = one(&spans, "verify");
+    assert_eq!(verify.attr("extoken.verify.source"), Some("first_sight"));
+    let fetch = one(&spans, "jwks fetch");
+    assert_eq!((fetch.kind, &fetch.parent), (CLIENT, &verify.span_id));
+    assert_eq!(fetch.attr("http.request.method"), Some("GET"));
+    assert_eq!(fetch.attr("http.response.status_code"), Some("200"));
+}
