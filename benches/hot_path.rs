@@ -412,6 +412,7 @@ fn plan<'a>(
             port: Some(8443),
         },
         request_id: Some(&BENCH_REQUEST_ID),
+        traceparent: None,
     }
 }
 

@@ -20,6 +20,8 @@
 #   EXTOKEN_BIN=target/release/extoken loadtest/profile.sh
 #   MODE=callgrind REQUESTS=2000 loadtest/profile.sh
 #   MODE=callgrind TARGET=pingora loadtest/profile.sh
+#   MODE=callgrind EXTOKEN_CONFIG=loadtest/extoken-tracing.yaml OTLP_ENDPOINT=http://127.0.0.1:4318 \
+#       TRACE_RATIO=0.01 loadtest/profile.sh   (traces on; a collector must answer at the endpoint)
 #   MODE=callgrind SAME_TOKEN=1 loadtest/profile.sh   (one user: every request carries the same
 #                  token, as from one keep-alive client; default: the users in turn, as from a
 #                  front proxy multiplexing many clients)
@@ -32,6 +34,7 @@ MODE=${MODE:-perf}                    # perf | callgrind
 EXTOKEN_BIN=${EXTOKEN_BIN:-$REPO/target/release/extoken}
 PASSTHROUGH_BIN=${PASSTHROUGH_BIN:-$REPO/target/release/examples/passthrough}
 TARGET=${TARGET:-extoken}             # extoken | pingora (the bare pass-through)
+EXTOKEN_CONFIG=${EXTOKEN_CONFIG:-$HERE/extoken.yaml}
 DURATION=${DURATION:-10}              # perf: seconds sampled
 REQUESTS=${REQUESTS:-2000}            # callgrind: requests measured (after the warm-up)
 CONNECTIONS=${CONNECTIONS:-50}        # perf: wrk connections
@@ -100,7 +103,7 @@ else
   cp -f "$EXTOKEN_BIN" "$OUT/extoken"
   cmd=(env -u EXTOKEN_LOG GW_PORT="$GW_PORT" BACKEND_PORT="$BACKEND_PORT" JWKS_FILE="$JWKS"
        JWT_PROJECT_ID="$PROJECT_ID" JWT_AUDIENCE="$AUDIENCE" EXTOKEN_LOG_LEVEL="$EXTOKEN_LOG_LEVEL"
-       "$OUT/extoken" run --config "$HERE/extoken.yaml")
+       "$OUT/extoken" run --config "$EXTOKEN_CONFIG")
 fi
 if [[ $MODE == callgrind ]]; then
   # valgrind goes between `env` and the program, so the PID recorded is valgrind's (the program's).

@@ -163,6 +163,7 @@ async fn decide_into(
         drop_underscore_headers: gw.config.limits.underscore_headers == UnderscoreHeaders::Drop,
         peer: rewrite::Peer::new(None, None, &[]),
         request_id: None,
+        traceparent: None,
     };
     Ok(rewrite::decision::forward(&req.headers, &plan))
 }

@@ -18,6 +18,7 @@ use crate::extract;
 use crate::refresh::{self, Refreshed, Refresher};
 use crate::rewrite::{self, Rewrite};
 use crate::route::{Route, RouteTable};
+use crate::telemetry::trace::{self, Tracing};
 use crate::tls::ServerTls;
 use crate::verify::{
     AuthError, ClaimsKept, KeyStore, SessionMemo, VerifiedSession, Verifier, VerifyError,
@@ -36,6 +37,8 @@ pub struct Gateway {
     pub tls: Option<Arc<ServerTls>>,
     /// Refreshes expired sessions, when a route does (`refresh_session`).
     refresher: Option<Refresher>,
+    /// Traces (`tracing:`); `None` costs the proxy one branch per request.
+    pub tracing: Option<Arc<Tracing>>,
 }
 
 /// The session a request goes on with: its own (`token` is a slice of its headers), or one
@@ -50,7 +53,8 @@ impl Gateway {
     /// Builds the runtime. `keys` is passed in because the key store's refresh task outlives any
     /// one config (see [`Gateway::rebuild`]).
     pub fn build(config: Config, keys: Arc<KeyStore>) -> Result<Gateway, ConfigError> {
-        let (gateway, _) = Self::assemble(config, None, |c, kept| {
+        let tracing = Self::tracing(&config, None)?;
+        let (gateway, _) = Self::assemble(config, None, tracing, |c, kept| {
             (Self::verifier(c, keys, kept), true)
         })?;
         Ok(gateway)
@@ -73,7 +77,8 @@ impl Gateway {
         let same_bounds = old.limits.max_token_bytes == config.limits.max_token_bytes
             && old.cache.verified_sessions == config.cache.verified_sessions;
         let cache = (old.cache == config.cache).then(|| self.connectors.cache().clone());
-        Self::assemble(config, cache, |c, kept| {
+        let tracing = Self::tracing(&config, self.tracing.as_ref())?;
+        Self::assemble(config, cache, tracing, |c, kept| {
             if same_keys && same_bounds && self.verifier.kept() == &kept {
                 return (self.verifier.clone(), true);
             }
@@ -85,6 +90,24 @@ impl Gateway {
             };
             (Self::verifier(c, keys, kept), same_keys)
         })
+    }
+
+    /// The traces of `config.tracing`: the running ones when the block is unchanged (their queue
+    /// and export thread go on), else new ones (the old ones send what they hold and stop when
+    /// the last request on the old gateway is done).
+    fn tracing(
+        config: &Config,
+        running: Option<&Arc<Tracing>>,
+    ) -> Result<Option<Arc<Tracing>>, ConfigError> {
+        let Some(t) = &config.tracing else {
+            return Ok(None);
+        };
+        if let Some(r) = running.filter(|r| r.config() == t) {
+            return Ok(Some(r.clone()));
+        }
+        Tracing::build(t)
+            .map(|t| Some(Arc::new(t)))
+            .map_err(|e| ConfigError::key("tracing", e.to_string()))
     }
 
     fn verifier(config: &Config, keys: Arc<KeyStore>, kept: ClaimsKept) -> Arc<Verifier> {
@@ -105,6 +128,7 @@ impl Gateway {
     fn assemble(
         config: Config,
         cache: Option<TokenCache>,
+        tracing: Option<Arc<Tracing>>,
         verifier: impl FnOnce(&Config, ClaimsKept) -> (Arc<Verifier>, bool),
     ) -> Result<(Gateway, bool), ConfigError> {
         let routes = RouteTable::build(&config)?;
@@ -133,6 +157,7 @@ impl Gateway {
             assertions,
             tls: tls.map(Arc::new),
             refresher,
+            tracing,
         };
         Ok((gateway, keys_kept))
     }
@@ -158,16 +183,24 @@ impl Gateway {
         memo: &mut SessionMemo,
     ) -> Result<Rewrite, Answer> {
         debug_assert_eq!(route.auth, AuthMode::Required);
+        let span = trace::Span::internal("verify");
         let RequestSession {
             verified: session,
             token,
             refreshed,
-        } = self.session(route, headers, memo).await?;
+        } = span
+            .run(self.session(route, headers, memo))
+            .await
+            .inspect_err(|a| span.fail(a.reason))?;
+        drop(span);
+        let span = trace::Span::internal("authorize");
         route
             .rules
             .check(&session.claims, info.method)
             .and_then(|()| route.rules.check_overrides(headers, info.query))
-            .map_err(Answer::denied)?;
+            .map_err(Answer::denied)
+            .inspect_err(|a| span.fail(a.reason))?;
+        drop(span);
         let name = route
             .connector_for(session.str_claim("dct"))
             .ok_or_else(|| Answer::unavailable("route has no connector", "misconfigured"))?;
@@ -177,16 +210,22 @@ impl Gateway {
                 .map_or(token.unwrap_or(""), |r| r.session_jwt.as_str()),
             ..info
         };
-        let obtained = self
-            .connectors
-            .obtain(name, &session, info)
+        let span = trace::Span::internal("external_token");
+        if span.is_recording() {
+            span.set("extoken.connector", name.to_string());
+        }
+        let obtained = span
+            .run(self.connectors.obtain(name, &session, info))
             .await
             .map_err(|e| {
                 if let crate::exchange::ExchangeError::Unavailable { connector, reason } = &e {
                     tracing::warn!(target: "extoken::exchange", connector = %connector, "no external token: {reason}");
                 }
-                Answer::from_exchange(&e)
+                let answer = Answer::from_exchange(&e);
+                span.fail(answer.reason);
+                answer
             })?;
+        drop(span);
         let value = rewrite::auth_value(&route.scheme, &obtained.token).ok_or_else(|| {
             Answer::unavailable(
                 "external token is not a valid header value",

@@ -59,16 +59,24 @@ pub(crate) struct Signals {
     drain: Drain,
     /// Flushed before the process exits early.
     log: Option<LogLevel>,
+    /// The live gateway, whose queued trace spans are sent before the process exits.
+    state: Arc<ArcSwap<Gateway>>,
 }
 
 impl Signals {
-    pub(crate) fn new(cfg: &Config, drain: Drain, log: Option<LogLevel>) -> Signals {
+    pub(crate) fn new(
+        cfg: &Config,
+        drain: Drain,
+        log: Option<LogLevel>,
+        state: Arc<ArcSwap<Gateway>>,
+    ) -> Signals {
         Signals {
             delay: cfg.shutdown_delay.0,
             grace: cfg.shutdown_grace.0,
             pid_file: cfg.pid_file.clone(),
             drain,
             log,
+            state,
         }
     }
 
@@ -76,6 +84,7 @@ impl Signals {
     /// nothing is in flight (or lets pingora finish at the deadline).
     fn exit_when_drained(&self, deadline: Instant) {
         let (drain, pid_file, log) = (self.drain.clone(), self.pid_file.clone(), self.log.clone());
+        let state = self.state.clone();
         let spawned = std::thread::Builder::new()
             .name("extoken-drain".into())
             .spawn(move || {
@@ -84,6 +93,7 @@ impl Signals {
                 while Instant::now() < deadline {
                     if drain.in_flight() == 0 {
                         tracing::info!(target: "extoken::lifecycle", "no request in flight: exiting");
+                        flush_traces(&state, deadline);
                         remove_pid_file(pid_file.as_deref());
                         if let Some(l) = &log {
                             l.flush();
@@ -99,6 +109,8 @@ impl Signals {
                     .closed_at_shutdown
                     .inc_by(upgraded as u64);
                 tracing::info!(target: "extoken::lifecycle", in_flight = drain.in_flight(), upgraded, "shutdown_grace is over: closing what is still open and exiting");
+                // The grace is spent: the spans get a moment, not another grace.
+                flush_traces(&state, Instant::now() + Duration::from_millis(500));
                 remove_pid_file(pid_file.as_deref());
                 if let Some(l) = &log {
                     l.flush();
@@ -107,6 +119,16 @@ impl Signals {
             });
         if let Err(e) = spawned {
             tracing::warn!(target: "extoken::lifecycle", "cannot watch the drain: {e}");
+        }
+    }
+}
+
+/// Sends the trace spans still queued, until `deadline` at the latest.
+pub(crate) fn flush_traces(state: &ArcSwap<Gateway>, deadline: Instant) {
+    if let Some(t) = &state.load().tracing {
+        let within = deadline.saturating_duration_since(Instant::now());
+        if !t.shutdown(within) {
+            tracing::warn!(target: "extoken::lifecycle", "trace spans still queued at exit were not sent in time");
         }
     }
 }

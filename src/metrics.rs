@@ -11,8 +11,8 @@ use std::sync::OnceLock;
 pub(crate) use per_route::RouteMetrics;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Buckets (seconds) for request and connector latencies: 1 ms .. 30 s.
@@ -63,6 +63,11 @@ pub struct Metrics {
     pub session_refresh_total: IntCounterVec,
     /// One call to Descope's refresh endpoint.
     pub session_refresh_seconds: Histogram,
+    /// `reason`: queue_full (the export queue was full), export_failed (the collector refused
+    /// or did not answer the batch).
+    pub trace_spans_dropped_total: IntCounterVec,
+    /// Spans the collector accepted.
+    pub trace_spans_exported_total: IntCounter,
     /// `version`; always 1.
     pub build_info: IntGaugeVec,
 }
@@ -246,6 +251,21 @@ impl Metrics {
                 "Requests that needed an expired session refreshed, by result.",
                 &["result"],
             ),
+            trace_spans_dropped_total: counter(
+                &r,
+                "trace_spans_dropped_total",
+                "Trace spans not exported, by reason (queue_full, export_failed).",
+                &["reason"],
+            ),
+            trace_spans_exported_total: {
+                let c = IntCounter::new(
+                    "extoken_trace_spans_exported_total",
+                    "Trace spans the collector accepted.",
+                )
+                .expect("static metric definition");
+                register(&r, Box::new(c.clone()));
+                c
+            },
             session_refresh_seconds: {
                 let h = Histogram::with_opts(
                     HistogramOpts::new(
@@ -275,6 +295,9 @@ impl Metrics {
         }
         for result in ["ok", "empty", "error"] {
             m.dns_resolutions_total.with_label_values(&[result]);
+        }
+        for reason in ["queue_full", "export_failed"] {
+            m.trace_spans_dropped_total.with_label_values(&[reason]);
         }
         for result in REFRESH_RESULTS {
             m.session_refresh_total.with_label_values(&[result]);

@@ -27,6 +27,7 @@ use crate::listener;
 use crate::rewrite::{self, Rewrite};
 use crate::route::Route;
 use crate::target::{self, BadTarget, Decided};
+use crate::telemetry::trace::RequestTrace;
 use crate::telemetry::{self, AccessLog, RequestLog};
 use crate::websocket;
 
@@ -89,6 +90,8 @@ pub(crate) struct Ctx {
     log: RequestLog,
     /// An HTTP/2 request counted on its connection (dropped with the context).
     h2: Option<listener::InFlight>,
+    /// Its trace (with `tracing:` only): the SERVER span, the upstream attempt's CLIENT span.
+    trace: Option<RequestTrace>,
 }
 
 /// Writes an [`Answer`] to the client: the one place extoken writes a response of its own.
@@ -274,6 +277,10 @@ impl Proxy {
             .cloned()
             .ok_or_else(Answer::no_route)?;
         ctx.log.route(&route.metrics);
+        if let Some(t) = &ctx.trace {
+            let method = session.req_header().method.as_str();
+            t.routed(method, &route.name, route.prefix());
+        }
         check_declared_body(session.req_header(), &route)?;
         ctx.host = forwarded_host(&route, decided.host.take());
         if session.req_header().raw_path() != decided.target.as_bytes() {
@@ -330,7 +337,15 @@ impl ProxyHttp for Proxy {
                 .get(http::header::CONTENT_TYPE)
                 .map(HeaderValue::as_bytes),
         );
-        if let Err(answer) = self.admit(&gw, session, ctx).await {
+        // A sampled request's steps run in its trace's context (their spans are its children).
+        let admitted = match ctx.trace.as_ref().and_then(RequestTrace::context).cloned() {
+            None => self.admit(&gw, session, ctx).await,
+            Some(cx) => {
+                use opentelemetry::context::FutureExt as _;
+                self.admit(&gw, session, ctx).with_context(cx).await
+            }
+        };
+        if let Err(answer) = admitted {
             ctx.log.answered(answer.outcome, answer.reason);
             send_answer(session, &answer, ctx, self.drain.draining()).await?;
             return Ok(true);
@@ -358,6 +373,9 @@ impl ProxyHttp for Proxy {
         // The client's connection to us was TLS (the digest of its handshake).
         peer.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         ctx.log.begin(session.req_header(), peer.trusted);
+        if let Some(t) = &gw.tracing {
+            ctx.trace = Some(t.request(session.req_header(), peer.addr, peer.tls));
+        }
         ctx.peer = Some(peer);
         ctx.h2 = listener::head_complete(session, &gw.config.limits, Some(&self.conns));
         ctx.log.client_cert = listener::client_cert(session, ctx.h2.as_ref());
@@ -402,6 +420,9 @@ impl ProxyHttp for Proxy {
         ctx.log.upstream_started();
         match &ctx.route {
             Some(r) => {
+                if let Some(t) = &mut ctx.trace {
+                    t.upstream_started(&session.req_header().method, &r.upstream);
+                }
                 let mut peer = r.peer();
                 websocket::idle_bound(session, &mut peer, &r.websocket);
                 Ok(peer)
@@ -420,6 +441,9 @@ impl ProxyHttp for Proxy {
         mut e: Box<Error>,
     ) -> Box<Error> {
         ctx.failed_attempts += 1;
+        if let Some(t) = &mut ctx.trace {
+            t.upstream_ended(None, Some(e.etype().as_str()));
+        }
         let budget = ctx.route.as_ref().map_or(0, |r| r.retries);
         let idempotent = session.req_header().method.is_idempotent();
         e.set_retry(idempotent && ctx.failed_attempts <= budget);
@@ -449,6 +473,9 @@ impl ProxyHttp for Proxy {
             .is_none_or(|v| v == "0")
             && req.headers.get(http::header::TRANSFER_ENCODING).is_none();
         ctx.failed_attempts += 1;
+        if let Some(t) = &mut ctx.trace {
+            t.upstream_ended(None, Some(e.etype().as_str()));
+        }
         let budget = ctx.route.as_ref().map_or(0, |r| r.retries);
         let dead_pooled = client_reused
             && *e.esource() == ErrorSource::Upstream
@@ -483,6 +510,7 @@ impl ProxyHttp for Proxy {
             drop_underscore_headers: gw.config.limits.underscore_headers == UnderscoreHeaders::Drop,
             peer,
             request_id: ctx.log.request_id_value.as_ref(),
+            traceparent: ctx.trace.as_ref().map(RequestTrace::upstream_traceparent),
         };
         rewrite::apply_to_request(upstream_request, &plan);
         Ok(())
@@ -499,6 +527,9 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         ctx.log.upstream_answered(upstream_response.status.as_u16());
+        if let Some(t) = &mut ctx.trace {
+            t.upstream_ended(Some(upstream_response.status.as_u16()), None);
+        }
         if upstream_response.status == http::StatusCode::UNAUTHORIZED {
             if let (Some(gw), Some(key)) = (
                 &ctx.gateway,
@@ -548,6 +579,9 @@ impl ProxyHttp for Proxy {
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let status = failure_status(e);
+        if let Some(t) = &mut ctx.trace {
+            t.upstream_ended(None, Some(e.etype().as_str()));
+        }
         let outcome = *ctx.log.outcome.get_or_insert(match (status, e.esource()) {
             (_, ErrorSource::Downstream) => "client_error",
             (504, _) => "upstream_timeout",
@@ -572,7 +606,7 @@ impl ProxyHttp for Proxy {
             websocket::closed();
         }
         listener::request_done(session);
-        telemetry::log_request(session, e, &ctx.log, self.access.as_ref());
+        telemetry::log_request(session, e, &ctx.log, self.access.as_ref(), ctx.trace.take());
     }
 
     /// pingora's error lines print error contexts we do not vouch for; the access line carries the

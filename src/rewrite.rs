@@ -119,9 +119,14 @@ pub struct Plan<'a> {
     pub drop_underscore_headers: bool,
     pub peer: Peer,
     pub request_id: Option<&'a HeaderValue>,
+    /// With `tracing:`, the upstream request's W3C `traceparent` (its CLIENT span): it replaces
+    /// a client's, so the backend joins extoken's trace. `None` (no `tracing:`): what the
+    /// client sent passes unchanged.
+    pub traceparent: Option<HeaderValue>,
 }
 
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// Applies a plan to a header set. Generic over the setter so it serves pingora's
 /// `RequestHeader` and plain `http::HeaderMap` (tests, benches) alike.
@@ -146,6 +151,9 @@ pub fn apply<H: Headers>(req: &mut H, plan: &Plan<'_>) {
     forwarding::forwarding(req, plan);
     if let Some(id) = plan.request_id {
         req.set(X_REQUEST_ID, id.clone());
+    }
+    if let Some(tp) = &plan.traceparent {
+        req.set(TRACEPARENT, tp.clone());
     }
 }
 
@@ -224,9 +232,10 @@ pub fn apply_to_request(req: &mut pingora::http::RequestHeader, plan: &Plan<'_>)
     let placeholder = pingora::http::RequestHeader::from(http::Request::new(()).into_parts().0);
     let mut parts: http::request::Parts = std::mem::replace(req, placeholder).into();
     // Room for what `apply` may add, so the map grows (allocates and rehashes) once at most:
-    // the token, the six forwarding headers, the request id, the identity headers.
+    // the token, the six forwarding headers, the request id, the identity headers, `traceparent`.
     let identity = plan.token.map_or(0, |t| t.identity.len());
-    let _ = parts.headers.try_reserve(8 + identity);
+    let traceparent = usize::from(plan.traceparent.is_some());
+    let _ = parts.headers.try_reserve(8 + identity + traceparent);
     apply(&mut parts.headers, plan);
     *req = pingora::http::RequestHeader::from(parts);
     if let Some(e) = end_stream {

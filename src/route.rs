@@ -68,6 +68,11 @@ impl Route {
         peer
     }
 
+    /// Its `path_prefix` (a trace's `http.route`).
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// The resolved addresses of a host-name upstream, for the DNS refresher.
     pub(crate) fn upstream_addrs(&self) -> Option<&Arc<UpstreamAddrs>> {
         self.addrs.as_ref()

@@ -167,8 +167,17 @@ impl Built {
             lifecycle::write_pid_file(p)?;
         }
         self.server.run(RunArgs {
-            shutdown_signal: Box::new(Signals::new(&cfg, self.drain.clone(), log.clone())),
+            shutdown_signal: Box::new(Signals::new(
+                &cfg,
+                self.drain.clone(),
+                log.clone(),
+                self.state.clone(),
+            )),
         });
+        lifecycle::flush_traces(
+            &self.state,
+            std::time::Instant::now() + std::time::Duration::from_secs(2),
+        );
         lifecycle::remove_pid_file(cfg.pid_file.as_deref());
         if let Some(l) = &log {
             l.flush();

@@ -8,6 +8,7 @@
 //! dependencies are capped at `info` (their `debug`/`trace` lines can print request heads).
 
 mod access;
+pub mod trace;
 
 use std::sync::{Arc, Mutex};
 
@@ -111,12 +112,22 @@ pub fn init(cfg: &LogConfig) -> Result<LogLevel, TelemetryError> {
     let access = AccessLog::new(writer.clone(), cfg.format);
     let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
     let fmt = match cfg.format {
-        LogFormat::Text => fmt.with_ansi(false).boxed(),
+        LogFormat::Text => fmt
+            .with_ansi(false)
+            .map_event_format(|f| WithTraceIds {
+                inner: f,
+                json: false,
+            })
+            .boxed(),
         LogFormat::Json => fmt
             .json()
             .flatten_event(true)
             .with_current_span(false)
             .with_span_list(false)
+            .map_event_format(|f| WithTraceIds {
+                inner: f,
+                json: true,
+            })
             .boxed(),
     };
     tracing_subscriber::registry()
@@ -129,6 +140,46 @@ pub fn init(cfg: &LogConfig) -> Result<LogLevel, TelemetryError> {
         writer: Arc::new(Mutex::new(Some(guard))),
         access,
     })
+}
+
+/// A line's format, plus `trace_id` and `span_id` when it is written inside a sampled request's
+/// span (see `trace::current_ids`): the line as the inner format writes it, the two fields last.
+struct WithTraceIds<F> {
+    inner: F,
+    json: bool,
+}
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for WithTraceIds<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let Some(ids) = trace::current_ids() else {
+            return self.inner.format_event(ctx, writer, event);
+        };
+        let mut line = String::with_capacity(256);
+        self.inner.format_event(
+            ctx,
+            tracing_subscriber::fmt::format::Writer::new(&mut line),
+            event,
+        )?;
+        let line = line.trim_end_matches('\n');
+        let (trace_id, span_id) = (ids.trace_id(), ids.span_id());
+        match line.strip_suffix('}').filter(|_| self.json) {
+            Some(open) => writeln!(
+                writer,
+                "{open},\"trace_id\":\"{trace_id}\",\"span_id\":\"{span_id}\"}}"
+            ),
+            None => writeln!(writer, "{line} trace_id={trace_id} span_id={span_id}"),
+        }
+    }
 }
 
 /// A sane incoming request id: 1..=128 visible ASCII characters.

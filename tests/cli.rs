@@ -12,7 +12,9 @@ use serde_json::{json, Value};
 
 fn extoken(args: &[&str]) -> Output {
     let mut cmd = Command::new(BIN);
-    cmd.args(args).env_remove("EXTOKEN_TEST_UNSET_VAR");
+    cmd.args(args)
+        .env_remove("EXTOKEN_TEST_UNSET_VAR")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
     cmd.output().expect("run extoken")
 }
 
@@ -149,6 +151,23 @@ fn check_errors_name_the_key() {
             "bad listen",
             valid().set("listen", "port 80").to_yaml(),
             "listen:",
+        ),
+        (
+            "trace sample ratio out of range",
+            valid()
+                .set(
+                    "tracing",
+                    serde_json::json!({"otlp_endpoint": "http://127.0.0.1:4318", "sample_ratio": 2}),
+                )
+                .to_yaml(),
+            "tracing.sample_ratio: 2 is not between 0 and 1",
+        ),
+        (
+            "trace endpoint missing",
+            valid()
+                .set("tracing", serde_json::json!({"sample_ratio": 0.5}))
+                .to_yaml(),
+            "tracing.otlp_endpoint: required (or set OTEL_EXPORTER_OTLP_ENDPOINT)",
         ),
         (
             "not YAML",

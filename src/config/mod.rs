@@ -17,6 +17,7 @@ mod refresh;
 mod require;
 mod routes;
 mod tls;
+mod traces;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -35,6 +36,7 @@ pub use refresh::{CookieConfig, RefreshConfig, SameSite};
 pub use require::*;
 pub use routes::*;
 pub use tls::*;
+pub use traces::TracingConfig;
 
 pub use crate::target::{EscapedSlashes, PathParameters};
 
@@ -119,6 +121,9 @@ pub struct Config {
     /// listeners are bound at start; a reload applies the rest of the block.
     #[serde(default)]
     pub decision: Option<DecisionConfig>,
+    /// OpenTelemetry traces (absent: none). A reload applies a changed block.
+    #[serde(default)]
+    pub tracing: Option<TracingConfig>,
 }
 
 fn d_dns_refresh() -> Dur {
@@ -147,7 +152,7 @@ impl Config {
             serde_yaml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
         expand::expand_tree(&mut tree, &mut String::new(), env)
             .map_err(|(path, msg)| ConfigError::key(path, msg))?;
-        let cfg: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
+        let mut cfg: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
             let path = e.path().to_string();
             let msg = e.into_inner().to_string();
             if path == "." {
@@ -156,6 +161,9 @@ impl Config {
                 ConfigError::key(path, msg)
             }
         })?;
+        if let Some(t) = &mut cfg.tracing {
+            t.resolve(env);
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -202,6 +210,9 @@ impl Config {
         if let Some(d) = &self.decision {
             d.validate()?;
         }
+        if let Some(t) = &self.tracing {
+            t.validate()?;
+        }
         Ok(())
     }
 
@@ -236,6 +247,15 @@ impl Config {
                 at(dc.listen),
                 at(dc.grpc_listen),
                 dc.trusted_proxies.len()
+            );
+        }
+        if let Some(t) = &self.tracing {
+            let _ = writeln!(
+                s,
+                "traces:   {} as {:?}, {} of new traces sampled",
+                t.traces_url(),
+                t.service(),
+                t.sample_ratio
             );
         }
         let _ = writeln!(s, "project:  {}", d.project_id);

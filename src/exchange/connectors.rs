@@ -1,6 +1,7 @@
 //! The configured connectors, by name: built once per config from its typed blocks, then asked
 //! for a token per request (minting ones through the shared [`TokenCache`]).
 
+use crate::telemetry::trace;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -261,10 +262,13 @@ impl Connectors {
             .get(name)
             .ok_or_else(|| ExchangeError::unavailable(name, "no such connector"))?;
         match &c.kind {
-            ConnectorKind::Claim(cc) => Ok(Obtained {
-                token: cc.extract(session)?,
-                cache_key: None,
-            }),
+            ConnectorKind::Claim(cc) => {
+                trace::note("extoken.token.source", "claim");
+                Ok(Obtained {
+                    token: cc.extract(session)?,
+                    cache_key: None,
+                })
+            }
             ConnectorKind::Minting(m) => {
                 let mut inputs = m.inputs(session, req)?;
                 if let Some(subject) = m.subject_connector() {
@@ -276,6 +280,7 @@ impl Connectors {
                 let key = CacheKey::new(c.name.clone(), &c.settings, &m.cache_inputs(&inputs));
                 let (result, how) = self.cache.get_or_mint(&key, m, &inputs).await;
                 c.lookups[how as usize].inc();
+                trace::note("extoken.token.source", how.label());
                 let token = result?;
                 Ok(Obtained {
                     cache_key: Some(TokenRef {

@@ -5,6 +5,7 @@
 //! The web API key rides in the exchange URL's query string, so errors are reported with
 //! `without_url()` and never with the URL.
 
+use crate::telemetry::trace;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -219,12 +220,12 @@ impl Firebase {
             body["tenantId"] = t.clone().into();
         }
         let fail = |m: String| ExchangeError::unavailable(&self.name, m);
-        let resp = self
+        let req = self
             .client
             .post(&self.exchange_url)
             .timeout(self.timeout)
-            .json(&body)
-            .send()
+            .json(&body);
+        let resp = trace::send("connector firebase", "POST", &self.exchange_url, req)
             .await
             .map_err(|e| fail(format!("signInWithCustomToken: {}", e.without_url())))?;
         let status = resp.status();

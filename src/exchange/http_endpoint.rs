@@ -8,6 +8,7 @@
 
 mod config;
 
+use crate::telemetry::trace;
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -136,14 +137,14 @@ impl HttpConnector {
             .map(|(k, v)| format!("{k}={}", form_encode(v)))
             .collect::<Vec<_>>()
             .join("&");
-        let resp = self
+        let req = self
             .client
             .post(token_url)
             .timeout(self.timeout)
             .basic_auth(form_encode(id), Some(form_encode(secret)))
             .header("content-type", "application/x-www-form-urlencoded")
-            .body(body)
-            .send()
+            .body(body);
+        let resp = trace::send("connector oauth2 token", "POST", token_url, req)
             .await
             .map_err(|e| self.fail(format!("oauth2 token request failed: {}", e.without_url())))?;
         if !resp.status().is_success() {
@@ -193,7 +194,7 @@ impl HttpConnector {
                 req.header(header.as_str(), value.as_str())
             }
         };
-        req.send().await
+        trace::send("connector http", "POST", &self.url, req).await
     }
 
     async fn call(&self, body: bytes::Bytes) -> Result<reqwest::Response, ExchangeError> {

@@ -25,6 +25,7 @@ mod config;
 #[cfg(test)]
 mod tests;
 
+use crate::telemetry::trace;
 use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -363,7 +364,8 @@ impl Mint for TokenExchange {
         if let Auth::Basic(h) = &self.auth {
             req = req.header("authorization", h.as_str());
         }
-        let resp = req.send().await.map_err(|e| {
+        let sent = trace::send("connector token_exchange", "POST", &self.token_url, req).await;
+        let resp = sent.map_err(|e| {
             let kind = if e.is_timeout() {
                 "timed out"
             } else {

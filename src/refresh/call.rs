@@ -62,15 +62,15 @@ impl Refresher {
 
     /// The request; `Ok` is the reply's body and a `DSR` it set, if any.
     async fn post(&self, dsr: &str) -> Result<(Vec<u8>, Option<String>), CallError> {
-        let resp = self
+        let req = self
             .client
             .post(&self.url)
             .header(AUTHORIZATION, format!("Bearer {}:{dsr}", self.project_id))
             .header("x-descope-project-id", &self.project_id)
             .header(CONTENT_TYPE, "application/json")
             .body("{}")
-            .timeout(self.timeout)
-            .send()
+            .timeout(self.timeout);
+        let resp = crate::telemetry::trace::send("session refresh", "POST", &self.url, req)
             .await
             // `without_url`: the message must not carry the URL (nor anything else of ours).
             .map_err(|e| CallError::Transport(e.without_url().to_string()))?;

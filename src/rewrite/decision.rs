@@ -106,6 +106,7 @@ mod tests {
             drop_underscore_headers: false,
             peer: Peer::new(None, None, &[]),
             request_id: None,
+            traceparent: None,
         }
     }
 

@@ -37,6 +37,7 @@ fn plan(host: &HeaderValue) -> Plan<'_> {
             port: Some(8443),
         },
         request_id: None,
+        traceparent: None,
     }
 }
 

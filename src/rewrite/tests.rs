@@ -29,6 +29,7 @@ fn plan<'a>(host: &'a HeaderValue, token: Option<&'a Rewrite>, strip: &'a [Strin
             port: Some(8443),
         },
         request_id: Some(&RID),
+        traceparent: None,
     }
 }
 
@@ -284,4 +285,25 @@ fn a_refreshed_response_is_private_and_sets_the_cookies() {
             ["theme=dark", "DS=new; Path=/", "DSR=r; Path=/; HttpOnly"]
         );
     }
+}
+
+/// With traces on, the backend gets extoken's `traceparent` instead of the client's (one value,
+/// never both); without, the client's passes as it came.
+#[test]
+fn traceparent_replaces_the_clients() {
+    let ours = HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+    let theirs = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let (h, s) = (host(), strip());
+    let mut req = HeaderMap::new();
+    req.append("traceparent", HeaderValue::from_static(theirs));
+    req.append("traceparent", HeaderValue::from_static("junk"));
+    let mut off = req.clone();
+    apply(&mut off, &plan(&h, None, &s));
+    assert_eq!(all(&off, "traceparent"), [theirs, "junk"]);
+    let on = Plan {
+        traceparent: Some(ours.clone()),
+        ..plan(&h, None, &s)
+    };
+    apply(&mut req, &on);
+    assert_eq!(all(&req, "traceparent"), [ours.to_str().unwrap()]);
 }

@@ -145,12 +145,14 @@ impl RequestLog {
     }
 }
 
-/// The `logging` phase: one access line, and the request metrics, for a finished request.
+/// The `logging` phase: one access line, and the request metrics, for a finished request; the
+/// end of its trace's SERVER span, whose ids the line carries.
 pub(crate) fn log_request(
     session: &Session,
     e: Option<&Error>,
     log: &RequestLog,
     access: Option<&AccessLog>,
+    trace: Option<super::trace::RequestTrace>,
 ) {
     let req = session.req_header();
     let status = session
@@ -185,6 +187,11 @@ pub(crate) fn log_request(
     if let Some(s) = log.upstream_status {
         rm.upstream(s);
     }
+    let ids = trace.and_then(|t| {
+        let ids = t.ids();
+        t.end(status, outcome, log.reason, e.map(|e| e.etype().as_str()));
+        ids
+    });
 
     if let Some(access) = access {
         access.write(&Line {
@@ -202,6 +209,7 @@ pub(crate) fn log_request(
             client_cert: log.client_cert.as_deref(),
             upgraded: log.upgraded,
             session_refreshed: log.session_refreshed,
+            trace: ids.as_ref(),
         });
     }
 }
@@ -227,6 +235,8 @@ struct Line<'a> {
     client_cert: Option<&'a super::ClientCert>,
     upgraded: Option<(u64, u64)>,
     session_refreshed: bool,
+    /// A sampled request's SERVER span.
+    trace: Option<&'a opentelemetry::trace::SpanContext>,
 }
 
 impl Line<'_> {
@@ -277,6 +287,9 @@ impl Line<'_> {
         }
         if self.session_refreshed {
             b.extend_from_slice(b" session_refreshed=true");
+        }
+        if let Some(t) = self.trace {
+            let _ = write!(b, " trace_id={} span_id={}", t.trace_id(), t.span_id());
         }
         b.push(b'\n');
     }
@@ -330,6 +343,14 @@ impl Line<'_> {
         }
         if self.session_refreshed {
             b.extend_from_slice(b",\"session_refreshed\":true");
+        }
+        if let Some(t) = self.trace {
+            let _ = write!(
+                b,
+                ",\"trace_id\":\"{}\",\"span_id\":\"{}\"",
+                t.trace_id(),
+                t.span_id()
+            );
         }
         b.extend_from_slice(b",\"target\":\"extoken::access\"}\n");
     }

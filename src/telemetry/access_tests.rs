@@ -23,6 +23,7 @@ fn line<'a>(path: &'a str, reason: Option<&'a str>, upstream: Option<u16>) -> Li
         client_cert: None,
         upgraded: None,
         session_refreshed: false,
+        trace: None,
     }
 }
 
@@ -233,4 +234,27 @@ fn a_client_certificate_is_named_by_subject_and_fingerprint() {
     let j = json(&l, now);
     assert_eq!(j["client_cert_subject"], "CN=alice \"x\",O=Example");
     assert_eq!(j["client_cert_sha256"], "ab".repeat(32));
+}
+
+/// A sampled request's line names its trace and SERVER span, last, in both formats.
+#[test]
+fn a_traced_request_names_its_trace() {
+    use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+    let sc = SpanContext::new(
+        TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+        SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+        TraceFlags::SAMPLED,
+        false,
+        TraceState::default(),
+    );
+    let l = Line {
+        trace: Some(&sc),
+        ..line("/", None, Some(200))
+    };
+    let now = Duration::new(1_795_804_741, 0);
+    assert!(text(&l, now)
+        .ends_with(" trace_id=4bf92f3577b34da6a3ce929d0e0e4736 span_id=00f067aa0ba902b7\n"));
+    let j = json(&l, now);
+    assert_eq!(j["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(j["span_id"], "00f067aa0ba902b7");
 }

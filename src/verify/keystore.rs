@@ -115,11 +115,8 @@ impl KeyStore {
         let body = match &self.source {
             KeySource::File(p) => self.read_file(p).await?,
             KeySource::Url(u) => {
-                let resp = self
-                    .client
-                    .get(u)
-                    .timeout(self.timeout)
-                    .send()
+                let req = self.client.get(u).timeout(self.timeout);
+                let resp = crate::telemetry::trace::send("jwks fetch", "GET", u, req)
                     .await
                     .map_err(|e| FetchError::Http(e.without_url().to_string()))?;
                 if !resp.status().is_success() {

@@ -29,6 +29,7 @@ mod session;
 #[cfg(test)]
 mod tests;
 
+use crate::telemetry::trace;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -202,8 +203,10 @@ impl Verifier {
         let keyset = self.keys.current();
         let cache_key = session_key(token);
         if let Some(s) = self.cached(&cache_key, &keyset) {
+            trace::note("extoken.verify.source", "cache");
             return Ok(s);
         }
+        trace::note("extoken.verify.source", "first_sight");
         let jws = CompactJws::parse(token)?;
         let key = self.pick_key(&jws, keyset).await?;
         let claims = check_signature(jws, key.clone()).await?;
@@ -242,6 +245,7 @@ impl Verifier {
     ) -> Result<Arc<VerifiedSession>, VerifyError> {
         if let Some(s) = memo.hit(self.id, token) {
             if self.fresh(s, &self.keys.current()) {
+                trace::note("extoken.verify.source", "memo");
                 return Ok(s.clone());
             }
             memo.session = None;

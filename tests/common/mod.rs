@@ -13,6 +13,7 @@
 //! - [`refresh`]: Descope's session refresh endpoint ([`RefreshEndpoint`]).
 //! - [`te_rig`]: that server, a backend and a gateway with `token_exchange` connectors ([`TeRig`]).
 //! - [`h2frames`]: an HTTP/2 client and raw frames ([`h2_client`], [`frame`], [`read_frame`]).
+//! - [`collector`]: an OTLP/HTTP trace receiver ([`Collector`], [`SpanRec`]).
 //! - [`tls`]: test CAs and certificates, a rustls client, an HTTPS backend ([`TestCa`], [`TlsClient`], [`TlsBackend`]).
 
 // Each `tests/*.rs` is a crate of its own that compiles this whole harness and uses a part of it
@@ -22,6 +23,8 @@
 // `unused_imports` on the re-exports, here and nowhere else.
 #[allow(dead_code)]
 mod backend;
+#[allow(dead_code)]
+mod collector;
 #[allow(dead_code)]
 mod config;
 #[allow(dead_code)]
@@ -48,8 +51,8 @@ mod tls;
 
 #[allow(unused_imports)]
 pub use {
-    backend::*, config::*, endpoint::*, h2frames::*, jwks::*, keys::*, net::*, process::*,
-    refresh::*, setup::*, sts::*, te_rig::*, tls::*,
+    backend::*, collector::*, config::*, endpoint::*, h2frames::*, jwks::*, keys::*, net::*,
+    process::*, refresh::*, setup::*, sts::*, te_rig::*, tls::*,
 };
 
 use std::path::{Path, PathBuf};

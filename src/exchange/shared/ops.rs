@@ -8,6 +8,7 @@
 //! skipped (`result="skipped"`) for [`PAUSE`], so a dead or hung Redis costs one timeout a
 //! second, not one per request; the connection is remade meanwhile by the next try.
 
+use crate::telemetry::trace;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -96,6 +97,9 @@ impl Ops {
         }
         // A measurement, not a freshness decision: real time.
         let start = Instant::now();
+        let span = trace::Span::client("shared_cache");
+        span.set("db.system.name", "redis");
+        span.set("db.operation.name", op.label());
         let reply = tokio::time::timeout(self.timeout, self.conn.query::<T>(cmd)).await;
         crate::metrics::metrics()
             .shared_cache_operation_duration_seconds
@@ -103,16 +107,20 @@ impl Ops {
             .observe(start.elapsed().as_secs_f64());
         match reply {
             Ok(Ok(v)) => {
-                count(op, result(&v));
+                let r = result(&v);
+                span.set("extoken.result", r);
+                count(op, r);
                 self.answered();
                 Ok(v)
             }
             Ok(Err(e)) => {
+                span.fail("error");
                 count(op, "error");
                 self.failed(op, &e);
                 Err(Unavailable)
             }
             Err(_) => {
+                span.fail("timeout");
                 count(op, "timeout");
                 self.pause();
                 self.unusable(op, &format!("no answer within {:?}", self.timeout));
