@@ -21,6 +21,7 @@ Checked through each ingress:
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import re
@@ -254,10 +255,9 @@ def start_ingress(kind: str, wd: Path, port: int, decider: dict, backend) -> Pro
     return start_traefik(wd, port, decider, backend)
 
 
-@pytest.fixture(scope="module", params=INGRESSES)
-def ingress(request, tmp_path_factory, decider, backend):
-    kind = request.param
-    wd = tmp_path_factory.mktemp(kind)
+@contextlib.contextmanager
+def running_ingress(kind: str, wd: Path, decider, backend):
+    """An ingress of `kind` in front of `backend`, extoken deciding; stopped on exit."""
     port = free_port()
     p = start_ingress(kind, wd, port, decider, backend)
     ing = Ingress(kind, port, p)
@@ -271,6 +271,12 @@ def ingress(request, tmp_path_factory, decider, backend):
         yield ing
     finally:
         p.stop()
+
+
+@pytest.fixture(scope="module", params=INGRESSES)
+def ingress(request, tmp_path_factory, decider, backend):
+    with running_ingress(request.param, tmp_path_factory.mktemp(request.param), decider, backend) as ing:
+        yield ing
 
 
 # The unique last segments of every path this module sent (the backend is shared with the suite).

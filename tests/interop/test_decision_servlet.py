@@ -25,13 +25,11 @@ sockets without and with a session. Checked, failures listed together:
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import dataclass
 
 import pytest
 
-from conftest import free_port
-from test_decision import INGRESSES, Ingress, decider, start_ingress, wait_port  # noqa: F401
+from test_decision import INGRESSES, decider, running_ingress  # noqa: F401
 from test_nginx_differential import Reply, send
 from test_servlet_differential import (  # noqa: F401  (fixtures used by name)
     CORPUS,
@@ -61,18 +59,8 @@ class TomcatBackend:
 def through(request, tmp_path_factory, decider, tomcat):  # noqa: F811
     kind = request.param
     wd = tmp_path_factory.mktemp(f"servlet-{kind}")
-    port = free_port()
-    p = start_ingress(kind, wd, port, decider, TomcatBackend(tomcat.ports["root"]))
-    ing = Ingress(kind, port, p)
-    try:
-        wait_port(port, p.proc, kind, p.log_path)
-        deadline = time.monotonic() + 30
-        while ing.request("/public/ready")[0] != 200:
-            assert time.monotonic() < deadline, f"{kind} never passed /public/ready:\n{p.logs()}"
-            time.sleep(0.2)
+    with running_ingress(kind, wd, decider, TomcatBackend(tomcat.ports["root"])) as ing:
         yield ing
-    finally:
-        p.stop()
 
 
 @dataclass
