@@ -16,9 +16,7 @@ type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>);
 #[tokio::test(flavor = "multi_thread")]
 async fn every_ingress_gets_the_proxys_decision() {
     let d = decider("127.0.0.0/8").await;
-    let alice = d
-        .project
-        .session("U2alice", &[("externalToken", json!("ext-alice"))]);
+    let alice = d.alice();
     let boss = d.project.session(
         "U2boss",
         &[
@@ -118,9 +116,7 @@ async fn every_ingress_gets_the_proxys_decision() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_allow_says_what_to_set_and_what_to_remove() {
     let d = decider("127.0.0.1/32").await;
-    let alice = d
-        .project
-        .session("U2alice", &[("externalToken", json!("ext-alice"))]);
+    let alice = d.alice();
     let cookie = format!("theme=dark; DS={alice}; DSR=refresh");
     let headers = [
         ("cookie", cookie.as_str()),
@@ -167,9 +163,7 @@ async fn an_allow_says_what_to_set_and_what_to_remove() {
 #[tokio::test(flavor = "multi_thread")]
 async fn only_trusted_proxies_are_believed_and_ambiguity_is_refused() {
     let d = decider("10.0.0.0/8").await;
-    let alice = d
-        .project
-        .session("U2alice", &[("externalToken", json!("ext-alice"))]);
+    let alice = d.alice();
     let bearer = format!("Bearer {alice}");
     for how in ALL {
         let a = d
@@ -225,9 +219,7 @@ async fn only_trusted_proxies_are_believed_and_ambiguity_is_refused() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reload_applies_to_both_listeners() {
     let d = decider("127.0.0.0/8").await;
-    let alice = d
-        .project
-        .session("U2alice", &[("externalToken", json!("ext-alice"))]);
+    let alice = d.alice();
     let bearer = format!("Bearer {alice}");
     let headers = [("authorization", bearer.as_str())];
     for how in ALL {

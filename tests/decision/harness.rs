@@ -116,6 +116,14 @@ pub struct Asked {
 }
 
 impl Decider {
+    /// Alice's session token: the user most tests ask for (external token `ext-alice`).
+    pub fn alice(&self) -> String {
+        self.project.session(
+            "U2alice",
+            &[("externalToken", serde_json::json!("ext-alice"))],
+        )
+    }
+
     pub async fn ask(
         &self,
         how: Ingress,
