@@ -203,16 +203,6 @@ async fn write_piece(s: &mut TcpStream, piece: &[u8], declared: bool) -> std::io
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-/// Peak resident set size (`VmHWM`) of process `pid`, in KiB.
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/<pid>/status")
-}
-
 /// The value of one series in a `/metrics` text (0 when absent).
 fn metric(text: &str, series: &str) -> u64 {
     text.lines()
@@ -351,7 +341,7 @@ async fn huge_jwks_replies_are_failed_fetches_and_do_not_grow_memory() {
     for i in 0..20 {
         assert_served(&gw, &key, &format!("warm-{i}"), Duration::from_secs(5)).await;
     }
-    let before = peak_rss_kib(gw.pid());
+    let before = gw.status_kib("VmHWM");
 
     // 50 MB of whitespace before a key set with a new key: valid JSON, too big. Once chunked
     // (refused while streaming), once with its Content-Length (refused before reading).
@@ -378,7 +368,7 @@ async fn huge_jwks_replies_are_failed_fetches_and_do_not_grow_memory() {
             .await
             .assert_invalid_token("token is signed with an unknown key");
     }
-    let after = peak_rss_kib(gw.pid());
+    let after = gw.status_kib("VmHWM");
     let growth = after.saturating_sub(before);
     println!("gateway peak RSS: {before} KiB before, {after} KiB after 50 MB JWKS replies (+{growth} KiB)");
     assert!(
@@ -615,7 +605,7 @@ async fn connectors_that_are_slow_huge_garbage_or_hanging_are_503_within_their_t
     for _ in 0..10 {
         assert_eq!(gw.get_bearer("/ok", &user).await.status, 200);
     }
-    let before = peak_rss_kib(gw.pid());
+    let before = gw.status_kib("VmHWM");
 
     for f in &faulty {
         let path = format!("/{}/x", f.name);
@@ -648,7 +638,7 @@ async fn connectors_that_are_slow_huge_garbage_or_hanging_are_503_within_their_t
         "no connector call without an OAuth token"
     );
     assert_eq!(backend.count(), 10, "nothing forwarded without a token");
-    let after = peak_rss_kib(gw.pid());
+    let after = gw.status_kib("VmHWM");
     let growth = after.saturating_sub(before);
     println!("gateway peak RSS: {before} KiB before, {after} KiB after 4 × 50 MB connector replies (+{growth} KiB)");
     assert!(

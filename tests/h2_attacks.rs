@@ -72,16 +72,6 @@ async fn rig() -> Rig {
     }
 }
 
-/// One field of `/proc/<pid>/status`, in KiB.
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
-}
-
 /// What the attacker's connection received.
 #[derive(Debug, Default)]
 struct Seen {
@@ -175,15 +165,14 @@ async fn under_attack<F>(r: &mut Rig, name: &str, attack: F) -> (Seen, usize)
 where
     F: std::future::Future<Output = (Seen, usize)>,
 {
-    let pid = r.gw.pid();
-    let (rss0, hwm0) = (status_kib(pid, "VmRSS"), status_kib(pid, "VmHWM"));
+    let (rss0, hwm0) = (r.gw.status_kib("VmRSS"), r.gw.status_kib("VmHWM"));
     let stop = Arc::new(AtomicBool::new(false));
     let by = tokio::spawn(bystander(r.gw.addr, stop.clone()));
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (seen, sent) = attack.await;
     stop.store(true, Ordering::Relaxed);
     let mut took = by.await.expect("the bystander was answered every time");
-    let (rss1, hwm1) = (status_kib(pid, "VmRSS"), status_kib(pid, "VmHWM"));
+    let (rss1, hwm1) = (r.gw.status_kib("VmRSS"), r.gw.status_kib("VmHWM"));
     took.sort_unstable();
     let pct = |p: usize| took[(took.len() * p / 100).min(took.len() - 1)];
     println!(

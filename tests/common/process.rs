@@ -205,6 +205,17 @@ impl GatewayProcess {
         self.child.id()
     }
 
+    /// One memory field of `/proc/<pid>/status` (`VmRSS`, `VmHWM`: the peak), in KiB.
+    pub fn status_kib(&self, field: &str) -> u64 {
+        let pid = self.pid();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
+    }
+
     /// The config file the gateway was started with (rewrite it, then reload).
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("gateway.yaml")
