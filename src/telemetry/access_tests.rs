@@ -239,14 +239,7 @@ fn a_client_certificate_is_named_by_subject_and_fingerprint() {
 /// A sampled request's line names its trace and SERVER span, last, in both formats.
 #[test]
 fn a_traced_request_names_its_trace() {
-    use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
-    let sc = SpanContext::new(
-        TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
-        SpanId::from_hex("00f067aa0ba902b7").unwrap(),
-        TraceFlags::SAMPLED,
-        false,
-        TraceState::default(),
-    );
+    let sc = crate::telemetry::trace::w3c_example();
     let l = Line {
         trace: Some(&sc),
         ..line("/", None, Some(200))

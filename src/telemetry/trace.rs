@@ -308,20 +308,26 @@ pub(crate) fn traceparent(sc: &SpanContext) -> http::HeaderValue {
     propagation::traceparent(sc.trace_id(), sc.span_id(), sc.trace_flags())
 }
 
+/// The W3C Trace Context specification's example span, sampled (for tests here and in `access`).
+#[cfg(test)]
+pub(crate) fn w3c_example() -> SpanContext {
+    use opentelemetry::trace::{SpanId, TraceFlags, TraceId, TraceState};
+    SpanContext::new(
+        TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").expect("hex"),
+        SpanId::from_hex("00f067aa0ba902b7").expect("hex"),
+        TraceFlags::SAMPLED,
+        false,
+        TraceState::default(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry::trace::{SpanId, TraceFlags, TraceId, TraceState};
 
     #[test]
     fn traceparent_is_w3c() {
-        let sc = SpanContext::new(
-            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
-            SpanId::from_hex("00f067aa0ba902b7").unwrap(),
-            TraceFlags::SAMPLED,
-            false,
-            TraceState::default(),
-        );
+        let sc = w3c_example();
         assert_eq!(
             traceparent(&sc),
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use super::common::*;
+use envoy_types::pb::envoy::config::core::v3::HeaderValueOption;
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
@@ -224,17 +225,19 @@ impl Decider {
     }
 }
 
+fn pb_headers(h: Vec<HeaderValueOption>) -> HashMap<String, String> {
+    h.into_iter()
+        .filter_map(|h| h.header)
+        .map(|h| (h.key, h.value))
+        .collect()
+}
+
 fn grpc_asked(r: CheckResponse) -> Asked {
     let code = r.status.map_or(-1, |s| s.code);
     match r.http_response {
         Some(HttpResponse::OkResponse(ok)) => {
             assert_eq!(code, 0, "an OkHttpResponse with a failing status");
-            let headers = ok
-                .headers
-                .into_iter()
-                .filter_map(|h| h.header)
-                .map(|h| (h.key, h.value))
-                .collect();
+            let headers = pb_headers(ok.headers);
             Asked {
                 status: 200,
                 headers,
@@ -244,12 +247,7 @@ fn grpc_asked(r: CheckResponse) -> Asked {
         }
         Some(HttpResponse::DeniedResponse(d)) => {
             assert_ne!(code, 0, "a DeniedHttpResponse with an OK status");
-            let headers = d
-                .headers
-                .into_iter()
-                .filter_map(|h| h.header)
-                .map(|h| (h.key, h.value))
-                .collect();
+            let headers = pb_headers(d.headers);
             let status = d.status.map_or(0, |s| u16::try_from(s.code).unwrap_or(0));
             Asked {
                 status,
