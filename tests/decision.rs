@@ -294,23 +294,31 @@ async fn the_grpc_listener_caps_its_connections() {
     let addr = d.grpc.trim_start_matches("http://").to_string();
     let ok = d.ask(Ingress::EnvoyGrpc, "GET", "/public/x", &[]).await;
     assert_eq!(ok.status, 200, "{ok:?}");
-    // Two connections held open (the cap) by peers that never speak...
-    let mut held = Vec::new();
-    for _ in 0..2 {
-        held.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
-    }
-    // ... and a third is closed at accept, as the proxy listener does (the client it dropped may
-    // still be counted for a moment: poll until one is refused).
+    // Peers that never speak hold connections until one is closed at accept, as the proxy
+    // listener does. The check's own connection may still be counted for a moment, so the
+    // connections are opened one by one until the cap shows (not a fixed two, which raced it).
     use tokio::io::AsyncReadExt;
-    let refused = eventually(std::time::Duration::from_secs(10), || async {
-        let mut third = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut held = Vec::new();
+    let refused = loop {
+        let mut c = tokio::net::TcpStream::connect(&addr).await.unwrap();
         let mut buf = [0u8; 16];
         let read =
-            tokio::time::timeout(std::time::Duration::from_millis(500), third.read(&mut buf)).await;
-        matches!(read, Ok(Ok(0)) | Ok(Err(_)))
-    })
-    .await;
-    assert!(refused, "a connection beyond max_connections stayed open");
+            tokio::time::timeout(std::time::Duration::from_millis(500), c.read(&mut buf)).await;
+        if matches!(read, Ok(Ok(0)) | Ok(Err(_))) {
+            break true;
+        }
+        held.push(c);
+        if std::time::Instant::now() > deadline {
+            break false;
+        }
+    };
+    assert!(refused, "{} connections open, none refused", held.len());
+    assert!(
+        held.len() <= 2,
+        "{} held beyond max_connections 2",
+        held.len()
+    );
     // Once they go (the server sees their end at once), checks are served again.
     drop(held);
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
