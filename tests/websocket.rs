@@ -108,6 +108,32 @@ async fn open(gw: &GatewayProcess, path: &str, session: &str) -> TcpStream {
     s
 }
 
+/// [`open`], then `first` echoed. pingora 0.9.1 sometimes ends a tunnel right after its `101`
+/// (a race in its body pump for an upgrade request without a body; the access line says `101`
+/// with 0 bytes each way, on an idle machine in about one connection of three). That engine race
+/// is in the closing note; it is not what these tests are about, so such an attempt is retried,
+/// at most four times, and each retry printed.
+async fn open_echoing(gw: &GatewayProcess, path: &str, session: &str, first: &[u8]) -> TcpStream {
+    for attempt in 1..=5 {
+        let mut s = open(gw, path, session).await;
+        s.write_all(first).await.unwrap();
+        let mut want = vec![0x81, first.len() as u8];
+        want.extend_from_slice(first);
+        let mut got = vec![0u8; want.len()];
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got))
+            .await
+            .expect("the echo within 5 s");
+        match read {
+            Ok(_) => {
+                assert_eq!(got, want);
+                return s;
+            }
+            Err(e) => println!("attempt {attempt}: the tunnel ended after its 101 ({e}); again"),
+        }
+    }
+    panic!("the tunnel ended after its 101 five times in a row");
+}
+
 /// Sends `msg` and reads its echo frame.
 async fn echo(s: &mut TcpStream, msg: &[u8]) {
     s.write_all(msg).await.unwrap();
@@ -135,8 +161,7 @@ async fn a_quiet_socket_outlives_the_body_and_read_timeouts() {
     let key = TestKey::rsa("k", Algorithm::RS256);
     let gw = gateway(&echo_upstream().await, &key).await;
     let session = key.sign(&session_claims(PROJECT, Some("ext")));
-    let mut s = open(&gw, "/live/chat", &session).await;
-    echo(&mut s, b"hello").await;
+    let mut s = open_echoing(&gw, "/live/chat", &session, b"hello").await;
     // Quiet for 2.5 s: past client_body_timeout (1 s) and the route's read_timeout (1 s).
     tokio::time::sleep(Duration::from_millis(2500)).await;
     echo(&mut s, b"still here").await;
@@ -179,8 +204,7 @@ async fn the_idle_timeout_bounds_a_quiet_socket() {
     let key = TestKey::rsa("k", Algorithm::RS256);
     let gw = gateway(&echo_upstream().await, &key).await;
     let session = key.sign(&session_claims(PROJECT, Some("ext")));
-    let mut s = open(&gw, "/short/x", &session).await;
-    echo(&mut s, b"a").await;
+    let mut s = open_echoing(&gw, "/short/x", &session, b"a").await;
     let quiet = Instant::now();
     let rest = until_closed(&mut s, Duration::from_secs(10)).await;
     assert!(rest.is_empty(), "{rest:?}");
@@ -196,8 +220,7 @@ async fn a_socket_is_closed_with_1008_when_its_session_expires() {
         "exp",
         json!(now() + 2),
     );
-    let mut s = open(&gw, "/live/chat", &key.sign(&claims)).await;
-    echo(&mut s, b"before").await;
+    let mut s = open_echoing(&gw, "/live/chat", &key.sign(&claims), b"before").await;
     let rest = until_closed(&mut s, Duration::from_secs(10)).await;
     assert_eq!(
         rest,
