@@ -108,42 +108,23 @@ async fn open(gw: &GatewayProcess, path: &str, session: &str) -> TcpStream {
     s
 }
 
-/// [`open`], then `first` echoed. pingora 0.9.1 sometimes ends a tunnel right after its `101`
-/// (a race in its body pump for an upgrade request without a body; the access line says `101`
-/// with 0 bytes each way, on an idle machine in about one connection of three). That engine race
-/// is in the closing note; it is not what these tests are about, so such an attempt is retried,
-/// at most four times, and each retry printed.
+/// [`open`], then `first` echoed: the tunnel carries bytes both ways after its `101`.
 async fn open_echoing(gw: &GatewayProcess, path: &str, session: &str, first: &[u8]) -> TcpStream {
-    for attempt in 1..=5 {
-        let mut s = open(gw, path, session).await;
-        s.write_all(first).await.unwrap();
-        let mut want = vec![0x81, first.len() as u8];
-        want.extend_from_slice(first);
-        let mut got = vec![0u8; want.len()];
-        let read = tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got))
-            .await
-            .expect("the echo within 5 s");
-        match read {
-            Ok(_) => {
-                assert_eq!(got, want);
-                return s;
-            }
-            Err(e) => println!("attempt {attempt}: the tunnel ended after its 101 ({e}); again"),
-        }
-    }
-    panic!("the tunnel ended after its 101 five times in a row");
+    let mut s = open(gw, path, session).await;
+    echo(&mut s, first).await;
+    s
 }
 
 /// Sends `msg` and reads its echo frame.
 async fn echo(s: &mut TcpStream, msg: &[u8]) {
-    s.write_all(msg).await.unwrap();
+    s.write_all(msg).await.expect("the socket is open");
     let mut want = vec![0x81, msg.len() as u8];
     want.extend_from_slice(msg);
     let mut got = vec![0u8; want.len()];
     tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut got))
         .await
         .expect("the echo within 5 s")
-        .expect("the socket is open");
+        .expect("the tunnel is open after its 101");
     assert_eq!(got, want);
 }
 
@@ -232,4 +213,27 @@ async fn a_socket_is_closed_with_1008_when_its_session_expires() {
         metric_sample(&m, "extoken_upgraded_session_expired_total"),
         1.0
     );
+}
+
+/// pingora 0.9.1 ended a tunnel right after its `101` whenever it read the upstream's `101` before
+/// the upgrade request's own (empty) body end (cloudflare/pingora#946; about one socket in three
+/// here). extoken builds with that fixed (`vendor/pingora-proxy`): every one of many sockets,
+/// opened one after another and twenty at once, carries bytes after its `101`.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_tunnel_carries_bytes_after_its_101() {
+    let key = TestKey::rsa("k", Algorithm::RS256);
+    let gw = gateway(&echo_upstream().await, &key).await;
+    let session = key.sign(&session_claims(PROJECT, Some("ext")));
+    for i in 0..40 {
+        let mut s = open_echoing(&gw, "/live/seq", &session, format!("seq {i}").as_bytes()).await;
+        echo(&mut s, b"and again").await;
+    }
+    let opened = (0..20).map(|i| {
+        let (gw, session) = (&gw, &session);
+        async move {
+            let mut s = open_echoing(gw, "/live/par", session, format!("par {i}").as_bytes()).await;
+            echo(&mut s, b"and again").await;
+        }
+    });
+    futures_util::future::join_all(opened).await;
 }
