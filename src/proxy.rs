@@ -3,7 +3,7 @@
 //! follow the same trust decision) in `early_request_filter`, the canonical target
 //! ([`target::decide`]), route lookup and [`Gateway::authorize`] in `request_filter`, the upstream
 //! peer in `upstream_peer`, [`rewrite::apply_to_request`] in `upstream_request_filter`. Every
-//! answer extoken writes itself goes through [`send_answer`].
+//! answer extoken writes itself goes through [`reply::send_answer`].
 //! Nothing here parses config or keys.
 
 use std::sync::Arc;
@@ -18,7 +18,7 @@ use http::header::AUTHORIZATION;
 use http::HeaderValue;
 
 use crate::answer::{self, Answer};
-use crate::config::{AuthMode, LimitsConfig, UnderscoreHeaders};
+use crate::config::{AuthMode, UnderscoreHeaders};
 use crate::drain::{Drain, InFlight};
 use crate::exchange::RequestInfo;
 use crate::extract;
@@ -26,19 +26,19 @@ use crate::gateway::Gateway;
 use crate::listener;
 use crate::rewrite::{self, Rewrite};
 use crate::route::Route;
-use crate::target::{self, BadTarget, Decided};
+use crate::target::BadTarget;
 use crate::telemetry::trace::RequestTrace;
 use crate::telemetry::{self, AccessLog, RequestLog};
 use crate::websocket;
 
-/// Bytes of a request head as it would go upstream: request line plus `name: value\r\n` lines.
-pub fn request_head_bytes(req: &RequestHeader) -> usize {
-    let target = req.uri.path_and_query().map_or(1, |p| p.as_str().len());
-    let line = req.method.as_str().len() + target + 12;
-    req.headers
-        .iter()
-        .fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4)
-}
+mod reply;
+mod retry;
+mod screen;
+
+use reply::{failure_status, send_answer};
+pub use screen::request_head_bytes;
+pub(crate) use screen::screen;
+use screen::{bad_target, check_declared_body, forwarded_host};
 
 pub(crate) struct Proxy {
     state: Arc<ArcSwap<Gateway>>,
@@ -92,171 +92,6 @@ pub(crate) struct Ctx {
     h2: Option<listener::InFlight>,
     /// Its trace (with `tracing:` only): the SERVER span, the upstream attempt's CLIENT span.
     trace: Option<RequestTrace>,
-}
-
-/// Writes an [`Answer`] to the client: the one place extoken writes a response of its own.
-/// `close` ends the connection after it (`Connection: close`), as after any proxy failure.
-/// A gRPC call (`ctx.grpc`) gets the answer's gRPC shape instead (see `answer::grpc`).
-async fn send_answer(session: &mut Session, a: &Answer, ctx: &Ctx, close: bool) -> Result<()> {
-    let log = &ctx.log;
-    if close {
-        session.set_keepalive(None);
-    }
-    if ctx.grpc {
-        return send_grpc_answer(session, a, log).await;
-    }
-    let mut h = ResponseHeader::build(a.status, Some(7))?;
-    rewrite::stamp_request_id(&mut h, log.request_id_value.as_ref());
-    h.insert_header("content-type", "application/json")?;
-    h.insert_header("content-length", a.body.len().to_string())?;
-    h.insert_header("cache-control", "no-store")?;
-    if let Some(w) = &a.www_authenticate {
-        h.insert_header("www-authenticate", w.as_str())?;
-    }
-    if let Some(r) = a.retry_after {
-        h.insert_header("retry-after", r.to_string())?;
-    }
-    session.write_response_header(Box::new(h), false).await?;
-    session
-        .write_response_body(Some(a.body.clone()), true)
-        .await?;
-    Ok(())
-}
-
-/// A gRPC Trailers-Only answer: HTTP 200, `grpc-status` and `grpc-message` in the one header
-/// block, which ends the stream. `WWW-Authenticate` and `Retry-After` are kept, as Envoy keeps
-/// them.
-async fn send_grpc_answer(session: &mut Session, a: &Answer, log: &RequestLog) -> Result<()> {
-    let mut h = ResponseHeader::build(200, Some(7))?;
-    rewrite::stamp_request_id(&mut h, log.request_id_value.as_ref());
-    h.insert_header("content-type", "application/grpc")?;
-    h.insert_header("grpc-status", a.grpc_status().to_string())?;
-    h.insert_header("grpc-message", a.grpc_message())?;
-    // On h2 the header block ends the stream; HTTP/1.1 needs the length to end the message.
-    if !session.is_http2() {
-        h.insert_header("content-length", "0")?;
-    }
-    if let Some(w) = &a.www_authenticate {
-        h.insert_header("www-authenticate", w.as_str())?;
-    }
-    if let Some(r) = a.retry_after {
-        h.insert_header("retry-after", r.to_string())?;
-    }
-    // pingora's `write_response_header` sends an HTTP/2 header block without END_STREAM and an
-    // empty DATA frame to end the stream, which gRPC clients read as a broken call ("Stream
-    // removed"): a Trailers-Only answer must end the stream on its one HEADERS frame.
-    if let pingora::protocols::http::ServerSession::H2(h2) = session.as_downstream_mut() {
-        return h2.write_response_header(Box::new(h), true);
-    }
-    session.write_response_header(Box::new(h), true).await?;
-    Ok(())
-}
-
-/// The status for a failure: 504 when the upstream timed out (connect, read, write), 502 for
-/// any other upstream failure, 408 when the client's body stalled, 400 for a bad request, 0 when
-/// the client is gone (nothing to write), 500 for our own.
-fn failure_status(e: &Error) -> u16 {
-    match e.etype() {
-        ErrorType::HTTPStatus(code) => *code,
-        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
-            if *e.esource() == ErrorSource::Upstream =>
-        {
-            504
-        }
-        _ => match e.esource() {
-            ErrorSource::Upstream => 502,
-            ErrorSource::Downstream => match e.etype() {
-                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
-                // The body paused longer than `limits.client_body_timeout`.
-                ErrorType::ReadTimedout => 408,
-                _ => 400,
-            },
-            ErrorSource::Internal | ErrorSource::Unset => 500,
-        },
-    }
-}
-
-fn bad_target(e: BadTarget) -> Answer {
-    Answer::bad_request(&e.to_string(), e.reason())
-}
-
-/// What is refused before routing: oversized heads, an ambiguous target or host, two
-/// `Authorization` headers, underscore header names when `reject`. `Ok` is the canonical target
-/// and host. Decision mode screens the original request it rebuilds with it too.
-pub(crate) fn screen(
-    req: &RequestHeader,
-    limits: &LimitsConfig,
-) -> std::result::Result<Decided, Answer> {
-    // pingora itself reads heads up to 1 MB, which backends commonly refuse or choke on.
-    if request_head_bytes(req) > limits.max_header_bytes {
-        return Err(Answer::headers_too_large());
-    }
-    let decided =
-        target::decide(req, limits.escaped_slashes, limits.path_parameters).map_err(bad_target)?;
-    if req.version == http::Version::HTTP_2 && !host_agrees_with_authority(req) {
-        return Err(Answer::bad_request(
-            "Host differs from :authority",
-            "host_authority_mismatch",
-        ));
-    }
-    if req.headers.get_all(AUTHORIZATION).iter().nth(1).is_some() {
-        return Err(Answer::bad_request(
-            "more than one Authorization header",
-            "duplicate_authorization",
-        ));
-    }
-    if limits.underscore_headers == UnderscoreHeaders::Reject
-        && req.headers.keys().any(|n| n.as_str().contains('_'))
-    {
-        return Err(Answer::bad_request(
-            "header names with underscores are not accepted",
-            "underscore_header",
-        ));
-    }
-    Ok(decided)
-}
-
-/// A `Content-Length` over the route's `max_body_bytes` is refused before anything is
-/// forwarded (a chunked body is counted as it streams, in `request_body_filter`).
-fn check_declared_body(req: &RequestHeader, route: &Route) -> std::result::Result<(), Answer> {
-    let Some(limit) = route.max_body_bytes else {
-        return Ok(());
-    };
-    let declared = req
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    match declared {
-        Some(n) if n > limit => Err(Answer::body_too_large(&route.name)),
-        _ => Ok(()),
-    }
-}
-
-/// HTTP/2: a `Host` beside `:authority` must name the same host (RFC 9113 §8.3.1), compared in
-/// canonical form; `target::decide` then takes either.
-fn host_agrees_with_authority(req: &RequestHeader) -> bool {
-    let (Some(authority), Some(host)) = (req.uri.authority(), req.headers.get(http::header::HOST))
-    else {
-        return true;
-    };
-    match (
-        target::canonical_host(authority.as_str().as_bytes()),
-        target::canonical_host(host.as_bytes()),
-    ) {
-        (Ok(a), Ok(h)) => a == h,
-        _ => false,
-    }
-}
-
-/// The `Host` to forward: the upstream's (`preserve_host: false`), else the canonical one, else
-/// (HTTP/1.0 without a host) the upstream's.
-fn forwarded_host(route: &Route, host: Option<target::Host>) -> Option<HeaderValue> {
-    route
-        .host_override
-        .clone()
-        .or_else(|| host.and_then(target::Host::into_header_value))
-        .or_else(|| route.upstream.host_header())
 }
 
 impl Proxy {
@@ -347,7 +182,7 @@ impl ProxyHttp for Proxy {
         };
         if let Err(answer) = admitted {
             ctx.log.answered(answer.outcome, answer.reason);
-            send_answer(session, &answer, ctx, self.drain.draining()).await?;
+            send_answer(session, &answer, &ctx.log, ctx.grpc, self.drain.draining()).await?;
             return Ok(true);
         }
         ctx.gateway = Some(gw);
@@ -431,8 +266,6 @@ impl ProxyHttp for Proxy {
         }
     }
 
-    /// A failed connect is retried on a fresh connection, for idempotent requests, up to the
-    /// route's `retries` (nothing of the request has gone out yet).
     fn fail_to_connect(
         &self,
         session: &mut Session,
@@ -445,19 +278,14 @@ impl ProxyHttp for Proxy {
             t.upstream_ended(None, Some(e.etype().as_str()));
         }
         let budget = ctx.route.as_ref().map_or(0, |r| r.retries);
-        let idempotent = session.req_header().method.is_idempotent();
-        e.set_retry(idempotent && ctx.failed_attempts <= budget);
+        e.set_retry(retry::after_connect_failure(
+            session.req_header(),
+            ctx.failed_attempts,
+            budget,
+        ));
         e
     }
 
-    /// Once a request is on a connection it is retried only when nothing of it can have been
-    /// acted on: a pooled connection that turned out dead before any of the response came back
-    /// (the upstream closed or reset it: the errors pingora marks `ReusedOnly`), for an
-    /// idempotent request without a body, while the client has been sent nothing. A timeout or
-    /// a failure after the response began is never retried: the upstream may be working on the
-    /// request (a second copy would reach it), and the client may already hold part of an
-    /// answer (a second one cannot follow). pingora's default would also retry requests with
-    /// bodies.
     fn error_while_proxy(
         &self,
         _peer: &HttpPeer,
@@ -466,27 +294,20 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
         client_reused: bool,
     ) -> Box<Error> {
-        let req = session.req_header();
-        let bodyless = req
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .is_none_or(|v| v == "0")
-            && req.headers.get(http::header::TRANSFER_ENCODING).is_none();
         ctx.failed_attempts += 1;
         if let Some(t) = &mut ctx.trace {
             t.upstream_ended(None, Some(e.etype().as_str()));
         }
         let budget = ctx.route.as_ref().map_or(0, |r| r.retries);
-        let dead_pooled = client_reused
-            && *e.esource() == ErrorSource::Upstream
-            && e.retry == pingora::RetryType::ReusedOnly;
-        e.set_retry(
-            dead_pooled
-                && session.response_written().is_none()
-                && bodyless
-                && req.method.is_idempotent()
-                && ctx.failed_attempts <= budget,
+        let again = retry::after_sending(
+            session.req_header(),
+            &e,
+            client_reused,
+            session.response_written().is_some(),
+            ctx.failed_attempts,
+            budget,
         );
+        e.set_retry(again);
         e
     }
 
@@ -590,7 +411,7 @@ impl ProxyHttp for Proxy {
         if status > 0 && session.response_written().is_none() {
             let route = ctx.route.as_ref().map(|r| r.name.as_str());
             let answer = Answer::proxy_failure(status, outcome, route);
-            if let Err(we) = send_answer(session, &answer, ctx, true).await {
+            if let Err(we) = send_answer(session, &answer, &ctx.log, ctx.grpc, true).await {
                 tracing::debug!(target: "extoken::proxy", request_id = %ctx.log.request_id(), error = we.etype().as_str(), "cannot send the error response");
             }
         }
