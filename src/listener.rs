@@ -33,11 +33,13 @@ use tokio::time::Instant;
 use crate::gateway::Gateway;
 
 mod client_stream;
+mod conn;
 mod h2;
 mod session;
 mod ws_frames;
 
-use client_stream::{ClientStream, Conn};
+use client_stream::ClientStream;
+use conn::Conn;
 pub(crate) use h2::{Conns, InFlight};
 pub(crate) use session::{client_cert, head_complete, put_memo, request_done, take_memo, upgraded};
 

@@ -23,126 +23,23 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::prelude::fast_timeout::FastTimeout;
 use pingora::prelude::ToTimeout;
-use pingora::protocols::raw_connect::ProxyDigest;
-use pingora::protocols::tls::{SslDigest, TlsRef};
-use pingora::protocols::{
-    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
-    TimingDigest, UniqueID, UniqueIDType, ALPN,
-};
+use pingora::protocols::{Peek, Stream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::conn_metrics;
 use super::PREFACE;
 use crate::answer::Answer;
-use crate::telemetry::ClientCert;
-use crate::verify::SessionMemo;
 
-const HEAD: u8 = 0;
-pub(super) const REQUEST: u8 = 1;
-pub(super) const IDLE: u8 = 2;
-/// An HTTP/2 connection: the head deadline covers its preface and first SETTINGS only; requests
-/// are counted in `h2_active` (see `listener/h2.rs`).
-const H2: u8 = 3;
-/// Upgraded (WebSocket after a `101`): bytes pass both ways; the only deadline is the opening
-/// session's expiry, when `close_at_session_expiry` set one (`close_at_ms`).
-pub(super) const UPGRADED: u8 = 4;
-
-/// What the adapter and the proxy phases share about one connection.
-pub(crate) struct Conn {
-    /// [`HEAD`] (reading a head, the deadline runs), [`REQUEST`] (head read: body and response,
-    /// pingora's per-read body timeout applies), [`IDLE`] (between requests: the next byte read
-    /// starts a head), or [`H2`] for good.
-    pub(super) phase: AtomicU8,
-    /// Signalled once the head deadline passed.
-    pub(super) expired: Notify,
-    /// `keepalive_timeout` of the last request, in ms (0: none set; pingora closes the connection
-    /// after the response anyway).
-    pub(super) idle_ms: AtomicU64,
-    /// The last session verified on this connection.
-    pub(super) memo: Mutex<SessionMemo>,
-    /// The client certificate verified in the TLS handshake.
-    pub(super) client_cert: Option<Arc<ClientCert>>,
-    /// HTTP/2: requests in flight, and since when (ms after `born`) none has been.
-    pub(super) h2_active: AtomicUsize,
-    h2_idle_since_ms: AtomicU64,
-    /// Upgraded: when (ms after `born`) the socket is closed, 0 for never.
-    pub(super) close_at_ms: AtomicU64,
-    born: Instant,
-}
-
-impl Default for Conn {
-    fn default() -> Conn {
-        Conn::new(None, false)
-    }
-}
-
-impl Conn {
-    pub(super) fn new(client_cert: Option<Arc<ClientCert>>, h2: bool) -> Conn {
-        Conn {
-            phase: AtomicU8::new(if h2 { H2 } else { HEAD }),
-            expired: Notify::new(),
-            idle_ms: AtomicU64::new(0),
-            memo: Mutex::default(),
-            client_cert,
-            h2_active: AtomicUsize::new(0),
-            h2_idle_since_ms: AtomicU64::new(0),
-            close_at_ms: AtomicU64::new(0),
-            born: Instant::now(),
-        }
-    }
-
-    fn is_h2(&self) -> bool {
-        self.phase.load(Ordering::Relaxed) == H2
-    }
-
-    /// `at` as the ms-after-birth `close_at_ms` holds (at least 1: 0 means never).
-    pub(super) fn ms_at(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.born).as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1)
-    }
-
-    fn age_ms(&self) -> u64 {
-        u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    /// How much longer an HTTP/2 connection may idle (zero: it has idled `keepalive`); `None`
-    /// while a request is in flight.
-    pub(super) fn h2_idle_left(&self, keepalive: Duration) -> Option<Duration> {
-        if self.h2_active.load(Ordering::Acquire) > 0 {
-            return None;
-        }
-        let since = self.h2_idle_since_ms.load(Ordering::Acquire);
-        let idle = Duration::from_millis(self.age_ms().saturating_sub(since));
-        Some(keepalive.saturating_sub(idle))
-    }
-
-    /// An HTTP/2 request ended: the idle time starts now if it was the last.
-    pub(super) fn h2_request_ended(&self) {
-        // Written before the count drops, so an idle check never pairs "none in flight" with
-        // an older idle start.
-        self.h2_idle_since_ms
-            .store(self.age_ms(), Ordering::Release);
-        self.h2_active.fetch_sub(1, Ordering::AcqRel);
-    }
-
-    fn idle_timeout(&self) -> Option<Duration> {
-        match self.idle_ms.load(Ordering::Relaxed) {
-            0 => None,
-            ms => Some(Duration::from_millis(ms)),
-        }
-    }
-}
+use super::conn::{Conn, H2, HEAD, IDLE, REQUEST, UPGRADED};
 
 /// An accepted client stream with the head deadline enforced on its reads.
 pub(crate) struct ClientStream {
@@ -517,67 +414,6 @@ impl AsyncWrite for ClientStream {
 }
 
 #[async_trait]
-impl Shutdown for ClientStream {
-    async fn shutdown(&mut self) {
-        self.inner.shutdown().await
-    }
-}
-
-impl UniqueID for ClientStream {
-    fn id(&self) -> UniqueIDType {
-        self.inner.id()
-    }
-}
-
-impl Ssl for ClientStream {
-    fn get_ssl(&self) -> Option<&TlsRef> {
-        self.inner.get_ssl()
-    }
-
-    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
-        self.inner.get_ssl_digest()
-    }
-
-    fn selected_alpn_proto(&self) -> Option<ALPN> {
-        self.inner.selected_alpn_proto()
-    }
-}
-
-impl GetTimingDigest for ClientStream {
-    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
-        self.inner.get_timing_digest()
-    }
-
-    fn get_read_pending_time(&self) -> Duration {
-        self.inner.get_read_pending_time()
-    }
-
-    fn get_write_pending_time(&self) -> Duration {
-        self.inner.get_write_pending_time()
-    }
-}
-
-impl GetProxyDigest for ClientStream {
-    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
-        self.inner.get_proxy_digest()
-    }
-
-    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
-        self.inner.set_proxy_digest(digest)
-    }
-}
-
-impl GetSocketDigest for ClientStream {
-    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        self.inner.get_socket_digest()
-    }
-
-    fn set_socket_digest(&mut self, digest: SocketDigest) {
-        self.inner.set_socket_digest(digest)
-    }
-}
-
-#[async_trait]
 impl Peek for ClientStream {
     /// pingora peeks for the HTTP/2 preface when `h2c` is on, reading until it has 24 bytes with
     /// no deadline (an HTTP/1.0 request may be shorter: it would wait forever). The listener has
@@ -592,6 +428,10 @@ impl Peek for ClientStream {
         Ok(true)
     }
 }
+
+// pingora's stream traits, passed through to the inner stream.
+#[path = "client_stream_delegate.rs"]
+mod delegate;
 
 #[cfg(test)]
 #[path = "client_stream_tests.rs"]

@@ -30,7 +30,7 @@ use pingora::server::ShutdownWatch;
 use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 
-use super::client_stream::Conn;
+use super::conn::Conn;
 use super::PREFACE;
 use crate::gateway::Gateway;
 

@@ -10,7 +10,8 @@ use std::sync::Arc;
 // these helpers.
 use pingora::protocols::http::ServerSession as Session;
 
-use super::client_stream::{ClientStream, Conn, IDLE, REQUEST, UPGRADED};
+use super::client_stream::ClientStream;
+use super::conn::{Conn, IDLE, REQUEST, UPGRADED};
 use super::h2::{Conns, InFlight};
 use crate::config::LimitsConfig;
 use crate::telemetry::ClientCert;
