@@ -1,6 +1,7 @@
 //! The hand-formatted access line: same shape as `tracing-subscriber`'s, one line whatever a client
 //! sent, valid JSON in JSON mode, a correct clock.
 
+use super::line::{civil, digits, millis, timestamp};
 use super::*;
 
 fn line<'a>(path: &'a str, reason: Option<&'a str>, upstream: Option<u16>) -> Line<'a> {
