@@ -41,7 +41,10 @@ mod ws_frames;
 use client_stream::ClientStream;
 use conn::Conn;
 pub(crate) use h2::{Conns, InFlight};
-pub(crate) use session::{client_cert, head_complete, put_memo, request_done, take_memo, upgraded};
+pub(crate) use session::{
+    client_cert, head_complete, put_memo, request_done, response_arrived, response_due,
+    response_was_late, take_memo, upgraded,
+};
 
 /// What an HTTP/2 client sends first (RFC 9113 §3.4): `h2.rs` sniffs for it, `client_stream.rs`
 /// replays it; here, so neither names the other for it.

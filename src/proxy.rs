@@ -343,10 +343,11 @@ impl ProxyHttp for Proxy {
     /// that can provoke 401s must not get a mint for each.
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        listener::response_arrived(session);
         ctx.log.upstream_answered(upstream_response.status.as_u16());
         if let Some(t) = &mut ctx.trace {
             t.upstream_ended(Some(upstream_response.status.as_u16()), None);
@@ -399,11 +400,14 @@ impl ProxyHttp for Proxy {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        let status = failure_status(e);
+        // An upgrade request's answer was late: the client connection's read ended the wait.
+        let late = listener::response_was_late(session);
+        let status = if late { 504 } else { failure_status(e) };
         if let Some(t) = &mut ctx.trace {
             t.upstream_ended(None, Some(e.etype().as_str()));
         }
         let outcome = *ctx.log.outcome.get_or_insert(match (status, e.esource()) {
+            (504, _) if late => "upstream_timeout",
             (_, ErrorSource::Downstream) => "client_error",
             (504, _) => "upstream_timeout",
             _ => "upstream_error",

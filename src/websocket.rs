@@ -22,8 +22,13 @@ use crate::config::WebSocketConfig;
 
 /// An upgrade request (`Upgrade` + `Connection: upgrade`, HTTP/1.1): its upstream connection
 /// outlives the route's read and write timeouts, so it gets the socket's idle bound instead.
+/// pingora fixes a peer's timeouts when it connects, so the wait for the upstream's answer (the
+/// `101`) is bounded by the route's `read_timeout` on the client connection's side instead.
 pub(crate) fn idle_bound(session: &Session, peer: &mut HttpPeer, ws: &WebSocketConfig) {
     if session.as_downstream().is_upgrade_req() {
+        if let Some(answer_within) = peer.options.read_timeout {
+            crate::listener::response_due(session, answer_within);
+        }
         peer.options.read_timeout = Some(ws.idle_timeout.0);
         peer.options.write_timeout = Some(ws.idle_timeout.0);
     }

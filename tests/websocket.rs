@@ -237,3 +237,46 @@ async fn every_tunnel_carries_bytes_after_its_101() {
     });
     futures_util::future::join_all(opened).await;
 }
+
+/// A backend that takes an upgrade request and never answers cannot hold it for the socket's
+/// idle bound (30 s here): the answer is due within the route's `read_timeout` (1 s), then 504.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unanswered_upgrade_gets_504_at_the_read_timeout() {
+    let key = TestKey::rsa("k", Algorithm::RS256);
+    let silent = bind(0).await;
+    let up = format!("http://{}", silent.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let gw = gateway(&up, &key).await;
+    let session = key.sign(&session_claims(PROJECT, Some("ext")));
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    let head = format!(
+        "GET /live/chat HTTP/1.1\r\nHost: app.example.com\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nCookie: DS={session}\r\n\r\n"
+    );
+    let sent = Instant::now();
+    s.write_all(head.as_bytes()).await.unwrap();
+    let reply =
+        String::from_utf8_lossy(&until_closed(&mut s, Duration::from_secs(10)).await).into_owned();
+    let waited = sent.elapsed();
+    assert!(reply.starts_with("HTTP/1.1 504"), "{reply}");
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "answered after {waited:?}"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            gw.log().contains("status=504 outcome=\"upstream_timeout\"")
+        })
+        .await,
+        "{}",
+        gw.log()
+    );
+    // Never counted as an open socket.
+    let m = gw.metrics().await;
+    assert_eq!(metric_sample(&m, "extoken_upgraded_connections_open"), 0.0);
+}

@@ -246,6 +246,33 @@ impl ClientStream {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 
+    /// A read while a request is in flight. An upgrade request's answer is due within the
+    /// route's `read_timeout` (its upstream peer has the socket's idle bound, which must hold
+    /// after the `101`, so pingora would wait that long): past it the read fails, pingora ends the
+    /// request, and `response_late` tells the proxy the upstream was late (a 504).
+    fn poll_read_request(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let at = self.conn.response_due_ms.load(Ordering::Acquire);
+        if at > 0 {
+            let due = self.conn.born + Duration::from_millis(at);
+            if self.due != Some(due) {
+                self.set_due(Some(due));
+            }
+            if self.due_passed(cx) {
+                self.conn.response_due_ms.store(0, Ordering::Release);
+                self.conn.response_late.store(true, Ordering::Release);
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no upstream answer to the upgrade request within read_timeout",
+                )));
+            }
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+
     fn upgraded(&self) -> bool {
         self.conn.phase.load(Ordering::Relaxed) == UPGRADED
     }
@@ -298,7 +325,7 @@ impl AsyncRead for ClientStream {
         let this = self.get_mut();
         let before = buf.filled().len();
         match this.conn.phase.load(Ordering::Acquire) {
-            REQUEST => Pin::new(&mut this.inner).poll_read(cx, buf),
+            REQUEST => this.poll_read_request(cx, buf),
             UPGRADED => this.poll_read_upgraded(cx, buf),
             H2 if this.due.is_none() => Pin::new(&mut this.inner).poll_read(cx, buf),
             H2 => {

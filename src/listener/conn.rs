@@ -2,7 +2,7 @@
 //! about one connection: its phase, the deadlines' settings, the last verified session, the
 //! client certificate, HTTP/2 requests in flight and an upgraded socket's closing time.
 
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,6 +42,10 @@ pub(crate) struct Conn {
     h2_idle_since_ms: AtomicU64,
     /// Upgraded: when (ms after `born`) the socket is closed, 0 for never.
     pub(super) close_at_ms: AtomicU64,
+    /// An upgrade request upstream: when (ms after `born`) its answer is due, 0 for none.
+    pub(super) response_due_ms: AtomicU64,
+    /// That answer was late: the request failed for the upstream's lateness, not the client's.
+    pub(super) response_late: AtomicBool,
     pub(super) born: Instant,
 }
 
@@ -62,6 +66,8 @@ impl Conn {
             h2_active: AtomicUsize::new(0),
             h2_idle_since_ms: AtomicU64::new(0),
             close_at_ms: AtomicU64::new(0),
+            response_due_ms: AtomicU64::new(0),
+            response_late: AtomicBool::new(false),
             born: Instant::now(),
         }
     }

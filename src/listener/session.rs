@@ -107,3 +107,25 @@ pub(crate) fn upgraded(session: &Session, close_at: Option<tokio::time::Instant>
     s.conn.phase.store(UPGRADED, Ordering::Release);
     true
 }
+
+/// An upgrade request goes upstream (`upstream_peer`): its answer is due `within` from now (the
+/// route's `read_timeout`; the peer itself gets the socket's idle bound).
+pub(crate) fn response_due(session: &Session, within: std::time::Duration) {
+    if let Some(s) = client_stream(session) {
+        let at = s.conn.ms_at(tokio::time::Instant::now() + within);
+        s.conn.response_late.store(false, Ordering::Release);
+        s.conn.response_due_ms.store(at, Ordering::Release);
+    }
+}
+
+/// The upstream's answer head arrived (`upstream_response_filter`): nothing is due any more.
+pub(crate) fn response_arrived(session: &Session) {
+    if let Some(s) = client_stream(session) {
+        s.conn.response_due_ms.store(0, Ordering::Release);
+    }
+}
+
+/// Whether the request failed because the upstream's answer to an upgrade request was late.
+pub(crate) fn response_was_late(session: &Session) -> bool {
+    client_stream(session).is_some_and(|s| s.conn.response_late.load(Ordering::Acquire))
+}
