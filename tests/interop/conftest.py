@@ -15,6 +15,7 @@ import hashlib
 import http.client
 import json
 import os
+import shutil
 import socket
 import subprocess
 import threading
@@ -136,6 +137,63 @@ def require_connector(tmp_path):
 
 
 # --------------------------------------------------------------------------- recording backend
+
+class NodeServer:
+    """A Node backend script from ``tests/interop/express`` (packages from ``node_modules``): it
+    records one JSON line per request in the file given as its argument, prints
+    ``LISTENING <port>`` once it accepts, and exits when its stdin closes."""
+
+    def __init__(self, script: str, packages: tuple[str, ...], workdir: Path):
+        node = os.environ.get("INTEROP_NODE") or shutil.which("node")
+        if not node:
+            pytest.fail("node not found (Node 20 is expected on the machine)", pytrace=False)
+        for pkg in packages:
+            if not (HERE / "node_modules" / pkg / "package.json").is_file():
+                pytest.fail(f"tests/interop/node_modules/{pkg} is missing: run "
+                            f"tests/interop/run.sh (npm ci from package-lock.json)", pytrace=False)
+        self.name = script
+        self.records_path = workdir / f"{script}.jsonl"
+        self.records_path.touch()
+        self.log_path = workdir / f"{script}.log"
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [node, str(HERE / "express" / script), str(self.records_path)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, cwd=workdir,
+            preexec_fn=_die_with_parent,
+        )
+        self.port = self._wait_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def _wait_port(self, timeout: float = 30.0) -> int:
+        os.set_blocking(self.proc.stdout.fileno(), False)
+        deadline, buf = time.monotonic() + timeout, b""
+        while time.monotonic() < deadline:
+            chunk = self.proc.stdout.read() or b""
+            buf += chunk
+            if b"\n" in buf:
+                line = buf.split(b"\n", 1)[0].decode()
+                assert line.startswith("LISTENING "), f"unexpected output: {line!r}"
+                return int(line.split()[1])
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        self.stop()
+        raise AssertionError(f"{self.name} did not listen within {timeout}s: "
+                             f"{self.log_path.read_text(errors='replace')[-3000:]}")
+
+    def records(self) -> list[dict]:
+        return [json.loads(line) for line in self.records_path.read_text().splitlines()]
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.stdin.close()  # the server exits when its stdin closes
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.log.close()
+
 
 class Backend:
     """A legacy backend: records method, path and headers of every request, answers 200 JSON

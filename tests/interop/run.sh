@@ -213,14 +213,15 @@ fi
 export INTEROP_SSLYZE="$SSLYZE_VENV/bin/sslyze"
 log "sslyze: $("$INTEROP_SSLYZE" --help 2>/dev/null | grep -o 'SSLyze version [0-9.]*' || echo '?')"
 
-# ---------------------------------------------------------------- npm, local: firebase-tools; express + method-override (test_method_override.py)
+# ---------------------------------------------------------------- npm, local: firebase-tools; express + method-override (test_method_override.py); ws (test_streams.py)
 command -v npm >/dev/null 2>&1 || die "npm not found (Node 20 + npm are expected on the machine)"
 LOCK_SHA="$(sha "$HERE/package-lock.json")"
 if [ ! -x "$HERE/node_modules/.bin/firebase" ] \
    || [ ! -f "$HERE/node_modules/express/package.json" ] \
    || [ ! -f "$HERE/node_modules/method-override/package.json" ] \
+   || [ ! -f "$HERE/node_modules/ws/package.json" ] \
    || [ "$(cat "$HERE/node_modules/.interop-stamp" 2>/dev/null || true)" != "$LOCK_SHA" ]; then
-  log "npm ci (firebase-tools, express, method-override) in $HERE"
+  log "npm ci (firebase-tools, express, method-override, ws) in $HERE"
   # --ignore-scripts: the auth emulator needs no native addon (re2 etc. fall back to JS).
   (cd "$HERE" && timeout 1200 npm ci --no-audit --no-fund --ignore-scripts --loglevel=error)
   echo "$LOCK_SHA" > "$HERE/node_modules/.interop-stamp"

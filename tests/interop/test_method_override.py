@@ -17,22 +17,17 @@ sent over raw sockets, byte-exact (duplicate headers, odd spacing).
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from conftest import EXTOKEN_BIN, HERE, Gateway, _die_with_parent
+from conftest import EXTOKEN_BIN, Gateway, NodeServer
 from test_nginx_differential import Reply, send
 
 ALLOWED = ("GET", "POST")
 EXTERNAL_TOKEN = f"legacy-method-override-{uuid.uuid4().hex[:12]}"
-SERVER_JS = HERE / "express" / "method_override_server.js"
 
 
 @dataclass(frozen=True)
@@ -119,64 +114,18 @@ CASES = [
 
 # --------------------------------------------------------------------------- Express
 
-class Express:
-    def __init__(self, node: str, workdir: Path):
-        self.records_path = workdir / "express.jsonl"
-        self.records_path.touch()
-        self.log_path = workdir / "express.log"
-        self.log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [node, str(SERVER_JS), str(self.records_path)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, cwd=workdir,
-            preexec_fn=_die_with_parent,
-        )
-        self.port = self._wait_port()
-
-    def _wait_port(self, timeout: float = 30.0) -> int:
-        os.set_blocking(self.proc.stdout.fileno(), False)
-        deadline, buf = time.monotonic() + timeout, b""
-        while time.monotonic() < deadline:
-            chunk = self.proc.stdout.read() or b""
-            buf += chunk
-            if b"\n" in buf:
-                line = buf.split(b"\n", 1)[0].decode()
-                assert line.startswith("LISTENING "), f"unexpected output: {line!r}"
-                return int(line.split()[1])
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        self.stop()
-        raise AssertionError(f"Express did not listen within {timeout}s: "
-                             f"{self.log_path.read_text(errors='replace')[-3000:]}")
-
-    def records(self) -> dict[str, list[dict]]:
-        out: dict[str, list[dict]] = {}
-        for line in self.records_path.read_text().splitlines():
-            rec = json.loads(line)
-            out.setdefault(rec.get("case") or "-", []).append(rec)
-        return out
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.stdin.close()  # the server exits when its stdin closes
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self.log.close()
+def by_case(express: NodeServer) -> dict[str, list[dict]]:
+    """What Express routed, by the case id each request carried."""
+    out: dict[str, list[dict]] = {}
+    for rec in express.records():
+        out.setdefault(rec.get("case") or "-", []).append(rec)
+    return out
 
 
 @pytest.fixture(scope="module")
 def express(tmp_path_factory):
-    node = os.environ.get("INTEROP_NODE") or shutil.which("node")
-    if not node:
-        pytest.fail("node not found (Node 20 is expected on the machine)", pytrace=False)
-    for pkg in ("express", "method-override"):
-        if not (HERE / "node_modules" / pkg / "package.json").is_file():
-            pytest.fail(f"tests/interop/node_modules/{pkg} is missing: run tests/interop/run.sh "
-                        f"(npm ci from package-lock.json)", pytrace=False)
-    e = Express(node, tmp_path_factory.mktemp("express"))
+    e = NodeServer("method_override_server.js", ("express", "method-override"),
+                   tmp_path_factory.mktemp("express"))
     yield e
     e.stop()
 
@@ -231,7 +180,7 @@ def outcomes(gw, express, session) -> list[Outcome]:
     for c in CASES:
         case_id = f"gw-{c.name}-{uuid.uuid4().hex[:6]}"
         sent.append((case_id, c, send(gw.port, c.head(case_id, f"Bearer {session}"))))
-    seen = express.records()
+    seen = by_case(express)
     return [Outcome(c, reply, seen.get(case_id, [])) for case_id, c, reply in sent]
 
 
@@ -261,7 +210,7 @@ def test_express_overrides_the_method(express):
     for headers, target, want in cases:
         case_id = f"direct-{uuid.uuid4().hex[:8]}"
         send(express.port, MCase("direct", "POST", target, headers).head(case_id, None))
-        seen = express.records().get(case_id, [])
+        seen = by_case(express).get(case_id, [])
         if [s["method"] for s in seen] != [want]:
             failures.append(f"POST {target} {list(headers)}: expected {want}, Express: {seen}")
     assert not failures, "\n".join(failures)
