@@ -36,7 +36,7 @@ pub use refresh::{CookieConfig, RefreshConfig, SameSite};
 pub use require::*;
 pub use routes::*;
 pub use tls::*;
-pub use traces::TracingConfig;
+pub use traces::{TraceExport, TracingConfig};
 
 pub use crate::target::{EscapedSlashes, PathParameters};
 
@@ -162,7 +162,7 @@ impl Config {
             }
         })?;
         if let Some(t) = &mut cfg.tracing {
-            t.resolve(env);
+            t.resolve(env)?;
         }
         cfg.validate()?;
         Ok(cfg)

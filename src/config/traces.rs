@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::ConfigError;
+use super::{ConfigError, Dur};
 
 /// `tracing:` as written; [`TracingConfig::resolve`] fills it from the environment.
 #[derive(Clone, Deserialize, PartialEq)]
@@ -25,10 +25,52 @@ pub struct TracingConfig {
     /// Headers sent with every export (an API key of a hosted backend).
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// Spans waiting for export; a span ended while the queue is full is dropped and counted
+    /// (`OTEL_BSP_MAX_QUEUE_SIZE` when absent, else 8192).
+    #[serde(default)]
+    pub max_queue_spans: Option<usize>,
+    /// Spans per OTLP request (`OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, else 512).
+    #[serde(default)]
+    pub max_batch_spans: Option<usize>,
+    /// The longest a span waits while fewer than a batch are queued (`OTEL_BSP_SCHEDULE_DELAY`
+    /// in ms, else 1s).
+    #[serde(default)]
+    pub batch_delay: Option<Dur>,
+    /// One export, connect to answer (`OTEL_EXPORTER_OTLP_TIMEOUT` in ms, else 5s).
+    #[serde(default)]
+    pub export_timeout: Option<Dur>,
 }
 
 fn d_ratio() -> f64 {
     1.0
+}
+
+/// How spans leave the process: the export queue's bounds and timings, resolved.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TraceExport {
+    pub max_queue_spans: usize,
+    pub max_batch_spans: usize,
+    pub batch_delay: std::time::Duration,
+    pub timeout: std::time::Duration,
+}
+
+/// A count from the environment (OpenTelemetry's variables are plain integers).
+fn env_count(
+    env: &dyn Fn(&str) -> Option<String>,
+    var: &str,
+) -> Result<Option<usize>, ConfigError> {
+    let Some(v) = env(var).filter(|v| !v.trim().is_empty()) else {
+        return Ok(None);
+    };
+    v.trim()
+        .parse()
+        .map(Some)
+        .map_err(|_| ConfigError::key(var, format!("{v:?} is not a whole number")))
+}
+
+/// Milliseconds from the environment, as OpenTelemetry's timing variables are written.
+fn env_ms(env: &dyn Fn(&str) -> Option<String>, var: &str) -> Result<Option<Dur>, ConfigError> {
+    Ok(env_count(env, var)?.map(|ms| Dur(std::time::Duration::from_millis(ms as u64))))
 }
 
 /// Header values may be secrets: a config's `Debug` never prints them.
@@ -39,14 +81,19 @@ impl std::fmt::Debug for TracingConfig {
             .field("sample_ratio", &self.sample_ratio)
             .field("service_name", &self.service_name)
             .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("export", &self.export())
             .finish()
     }
 }
 
 impl TracingConfig {
-    /// Fills absent keys from `OTEL_EXPORTER_OTLP_ENDPOINT` and `OTEL_SERVICE_NAME` (the keys of
-    /// the file win: they are the more specific).
-    pub(super) fn resolve(&mut self, env: &dyn Fn(&str) -> Option<String>) {
+    /// Fills absent keys from OpenTelemetry's variables (`OTEL_EXPORTER_OTLP_ENDPOINT`,
+    /// `OTEL_SERVICE_NAME`, the batch processor's `OTEL_BSP_*`, `OTEL_EXPORTER_OTLP_TIMEOUT`);
+    /// the keys of the file win: they are the more specific.
+    pub(super) fn resolve(
+        &mut self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
         let set = |v: Option<String>| v.filter(|v| !v.trim().is_empty());
         if self.otlp_endpoint.is_none() {
             self.otlp_endpoint = set(env("OTEL_EXPORTER_OTLP_ENDPOINT"));
@@ -54,6 +101,66 @@ impl TracingConfig {
         if self.service_name.is_none() {
             self.service_name = set(env("OTEL_SERVICE_NAME"));
         }
+        if self.max_queue_spans.is_none() {
+            self.max_queue_spans = env_count(env, "OTEL_BSP_MAX_QUEUE_SIZE")?;
+        }
+        if self.max_batch_spans.is_none() {
+            self.max_batch_spans = env_count(env, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE")?;
+        }
+        if self.batch_delay.is_none() {
+            self.batch_delay = env_ms(env, "OTEL_BSP_SCHEDULE_DELAY")?;
+        }
+        if self.export_timeout.is_none() {
+            self.export_timeout = env_ms(env, "OTEL_EXPORTER_OTLP_TIMEOUT")?;
+        }
+        Ok(())
+    }
+
+    /// The export queue's settings, defaults filled in.
+    pub fn export(&self) -> TraceExport {
+        TraceExport {
+            max_queue_spans: self.max_queue_spans.unwrap_or(8192),
+            max_batch_spans: self.max_batch_spans.unwrap_or(512),
+            batch_delay: self
+                .batch_delay
+                .map_or(std::time::Duration::from_secs(1), |d| d.0),
+            timeout: self
+                .export_timeout
+                .map_or(std::time::Duration::from_secs(5), |d| d.0),
+        }
+    }
+
+    fn validate_export(&self) -> Result<(), ConfigError> {
+        let e = self.export();
+        if !(1..=1_000_000).contains(&e.max_queue_spans) {
+            return Err(ConfigError::key(
+                "tracing.max_queue_spans",
+                "must be between 1 and 1000000",
+            ));
+        }
+        if e.max_batch_spans == 0 || e.max_batch_spans > e.max_queue_spans {
+            return Err(ConfigError::key(
+                "tracing.max_batch_spans",
+                format!(
+                    "must be between 1 and max_queue_spans ({})",
+                    e.max_queue_spans
+                ),
+            ));
+        }
+        let ms = std::time::Duration::from_millis;
+        if !(ms(1)..=ms(3_600_000)).contains(&e.batch_delay) {
+            return Err(ConfigError::key(
+                "tracing.batch_delay",
+                "must be between 1ms and 1h",
+            ));
+        }
+        if !(ms(1)..=ms(60_000)).contains(&e.timeout) {
+            return Err(ConfigError::key(
+                "tracing.export_timeout",
+                "must be between 1ms and 60s",
+            ));
+        }
+        Ok(())
     }
 
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
@@ -107,7 +214,7 @@ impl TracingConfig {
                 return Err(ConfigError::key(path, "not a valid header value"));
             }
         }
-        Ok(())
+        self.validate_export()
     }
 
     /// Where spans are posted: `<otlp_endpoint>/v1/traces` (as `OTEL_EXPORTER_OTLP_ENDPOINT` is
@@ -223,9 +330,78 @@ mod tests {
                 "tracing: {otlp_endpoint: 'http://c', port: 1}",
                 "tracing.port:",
             ),
+            (
+                "tracing: {otlp_endpoint: 'http://c', max_queue_spans: 0}",
+                "tracing.max_queue_spans:",
+            ),
+            (
+                "tracing: {otlp_endpoint: 'http://c', max_queue_spans: 10, max_batch_spans: 11}",
+                "tracing.max_batch_spans:",
+            ),
+            (
+                "tracing: {otlp_endpoint: 'http://c', max_batch_spans: 0}",
+                "tracing.max_batch_spans:",
+            ),
+            (
+                "tracing: {otlp_endpoint: 'http://c', batch_delay: 0s}",
+                "tracing.batch_delay:",
+            ),
+            (
+                "tracing: {otlp_endpoint: 'http://c', export_timeout: 2m}",
+                "tracing.export_timeout:",
+            ),
         ] {
             let e = parse(extra, &[]).unwrap_err();
             assert!(e.starts_with(key), "{extra}: {e}");
         }
+        let e = parse(
+            "tracing: {otlp_endpoint: 'http://c'}",
+            &[("OTEL_BSP_MAX_QUEUE_SIZE", "lots")],
+        )
+        .unwrap_err();
+        assert!(e.starts_with("OTEL_BSP_MAX_QUEUE_SIZE:"), "{e}");
+    }
+
+    #[test]
+    fn export_settings_from_the_file_the_environment_or_defaults() {
+        use std::time::Duration;
+        let t = parse("tracing: {otlp_endpoint: 'http://c'}", &[])
+            .unwrap()
+            .tracing
+            .unwrap();
+        let e = t.export();
+        assert_eq!(
+            (
+                e.max_queue_spans,
+                e.max_batch_spans,
+                e.batch_delay,
+                e.timeout
+            ),
+            (8192, 512, Duration::from_secs(1), Duration::from_secs(5))
+        );
+        let env = [
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "100"),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "10"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "250"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "2000"),
+        ];
+        let t = parse(
+            "tracing: {otlp_endpoint: 'http://c', max_batch_spans: 20}",
+            &env,
+        )
+        .unwrap()
+        .tracing
+        .unwrap();
+        let e = t.export();
+        assert_eq!(
+            (
+                e.max_queue_spans,
+                e.max_batch_spans,
+                e.batch_delay,
+                e.timeout
+            ),
+            (100, 20, Duration::from_millis(250), Duration::from_secs(2)),
+            "the file's key wins over the environment"
+        );
     }
 }

@@ -14,6 +14,7 @@
 //! - [`te_rig`]: that server, a backend and a gateway with `token_exchange` connectors ([`TeRig`]).
 //! - [`h2frames`]: an HTTP/2 client and raw frames ([`h2_client`], [`frame`], [`read_frame`]).
 //! - [`collector`]: an OTLP/HTTP trace receiver ([`Collector`], [`SpanRec`]).
+//! - [`trace_rig`]: that receiver with a project, a backend and a connector endpoint ([`TraceRig`]).
 //! - [`tls`]: test CAs and certificates, a rustls client, an HTTPS backend ([`TestCa`], [`TlsClient`], [`TlsBackend`]).
 
 // Each `tests/*.rs` is a crate of its own that compiles this whole harness and uses a part of it
@@ -48,11 +49,13 @@ mod sts;
 mod te_rig;
 #[allow(dead_code)]
 mod tls;
+#[allow(dead_code)]
+mod trace_rig;
 
 #[allow(unused_imports)]
 pub use {
     backend::*, collector::*, config::*, endpoint::*, h2frames::*, jwks::*, keys::*, net::*,
-    process::*, refresh::*, setup::*, sts::*, te_rig::*, tls::*,
+    process::*, refresh::*, setup::*, sts::*, te_rig::*, tls::*, trace_rig::*,
 };
 
 use std::path::{Path, PathBuf};

@@ -16,18 +16,8 @@ use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter as _, SpanProcessor};
 use opentelemetry_sdk::Resource;
 
-use crate::config::TracingConfig;
+use crate::config::{TraceExport, TracingConfig};
 use crate::metrics::metrics;
-
-/// Spans waiting for the exporter; beyond this they are dropped (a burst while the collector is
-/// slow must not grow the process without bound).
-const QUEUE_SPANS: usize = 8192;
-/// Spans per OTLP request.
-const BATCH_SPANS: usize = 512;
-/// The longest a span waits in the queue while fewer than a batch are there.
-const BATCH_DELAY: Duration = Duration::from_secs(1);
-/// One export, connect to answer.
-const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Default)]
 struct State {
@@ -39,9 +29,11 @@ struct State {
     finished: bool,
 }
 
-/// The queue between the proxy threads and the export thread.
-#[derive(Default)]
+/// The queue between the proxy threads and the export thread. Its bounds are `tracing:`'s
+/// (`max_queue_spans`: a burst while the collector is slow must not grow the process without
+/// bound; `max_batch_spans`, `batch_delay`, `export_timeout`).
 pub(super) struct Queue {
+    limits: TraceExport,
     state: Mutex<State>,
     /// Wakes the export thread (a full batch, a flush, a stop).
     work: Condvar,
@@ -50,6 +42,15 @@ pub(super) struct Queue {
 }
 
 impl Queue {
+    pub(super) fn new(limits: TraceExport) -> Queue {
+        Queue {
+            limits,
+            state: Mutex::default(),
+            work: Condvar::new(),
+            done: Condvar::new(),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves plain data: keep using it.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -57,13 +58,13 @@ impl Queue {
 
     fn push(&self, span: SpanData) {
         let mut s = self.lock();
-        if s.stop || s.spans.len() >= QUEUE_SPANS {
+        if s.stop || s.spans.len() >= self.limits.max_queue_spans {
             drop(s);
             dropped("queue_full", 1);
             return;
         }
         s.spans.push(span);
-        if s.spans.len() == BATCH_SPANS {
+        if s.spans.len() == self.limits.max_batch_spans {
             self.work.notify_one();
         }
     }
@@ -109,12 +110,12 @@ impl Queue {
         true
     }
 
-    /// The next batch, once there is a full one, a flush or stop is asked, or `BATCH_DELAY`
+    /// The next batch, once there is a full one, a flush or stop is asked, or `batch_delay`
     /// passed; with the flush number it completes when it is the last. `None`: stopped and empty.
     fn next_batch(&self) -> Option<(Vec<SpanData>, u64)> {
         let mut s = self.lock();
-        let until = Instant::now() + BATCH_DELAY;
-        while s.spans.len() < BATCH_SPANS && !s.stop && s.flush_asked == s.flushed {
+        let until = Instant::now() + self.limits.batch_delay;
+        while s.spans.len() < self.limits.max_batch_spans && !s.stop && s.flush_asked == s.flushed {
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
@@ -130,7 +131,7 @@ impl Queue {
             self.done.notify_all();
             return None;
         }
-        let take = s.spans.len().min(BATCH_SPANS);
+        let take = s.spans.len().min(self.limits.max_batch_spans);
         let rest = s.spans.split_off(take);
         let batch = std::mem::replace(&mut s.spans, rest);
         Some((batch, s.flush_asked))
@@ -172,9 +173,10 @@ impl SpanProcessor for Processor {
     }
 
     fn force_flush(&self) -> OTelSdkResult {
-        match self.0.flush(EXPORT_TIMEOUT) {
+        let within = self.0.limits.timeout;
+        match self.0.flush(within) {
             true => Ok(()),
-            false => Err(OTelSdkError::Timeout(EXPORT_TIMEOUT)),
+            false => Err(OTelSdkError::Timeout(within)),
         }
     }
 
@@ -188,10 +190,11 @@ impl SpanProcessor for Processor {
 
 /// Builds the OTLP exporter and starts the export thread for it.
 pub(super) fn start(cfg: &TracingConfig, resource: &Resource) -> Result<Arc<Queue>, String> {
+    let limits = cfg.export();
     let client = reqwest::Client::builder()
         .user_agent(concat!("extoken/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(EXPORT_TIMEOUT)
+        .connect_timeout(limits.timeout.min(Duration::from_secs(2)))
+        .timeout(limits.timeout)
         .build()
         .map_err(|e| format!("cannot create the HTTP client: {e}"))?;
     let headers: HashMap<String, String> = cfg.headers.clone().into_iter().collect();
@@ -200,12 +203,12 @@ pub(super) fn start(cfg: &TracingConfig, resource: &Resource) -> Result<Arc<Queu
         .with_http_client(client)
         .with_protocol(Protocol::HttpBinary)
         .with_endpoint(cfg.traces_url())
-        .with_timeout(EXPORT_TIMEOUT)
+        .with_timeout(limits.timeout)
         .with_headers(headers)
         .build()
         .map_err(|e| e.to_string())?;
     exporter.set_resource(resource);
-    let queue = Arc::new(Queue::default());
+    let queue = Arc::new(Queue::new(limits));
     let q = queue.clone();
     std::thread::Builder::new()
         .name("extoken-otlp".into())
