@@ -103,14 +103,13 @@ async fn one_trace_from_the_client_through_the_connector_to_the_backend() {
 
     // Again: the session and the token come from the caches.
     let second = "0af7651916cd43dd8448eb211c80319c";
-    let reply = gw
-        .send(
-            gw.client
-                .get(gw.url("/again"))
-                .bearer_auth(&token)
-                .header("traceparent", traceparent(second, CLIENT_SPAN, "01")),
-        )
-        .await;
+    let reply = get_traced(
+        &gw,
+        "/again",
+        &token,
+        &traceparent(second, CLIENT_SPAN, "01"),
+    )
+    .await;
     assert_eq!(reply.status, 200);
     let spans = r.collector.trace(second, 5).await;
     let source = one(&spans, "verify")
@@ -136,14 +135,13 @@ async fn log_lines_during_a_request_join_its_trace() {
         .set("log", json!({"format": "json"}));
     let gw = r.gateway(&config).await;
     let token = r.project.session("U2erin", &[]);
-    let reply = gw
-        .send(
-            gw.client
-                .get(gw.url("/fails"))
-                .bearer_auth(&token)
-                .header("traceparent", traceparent(CLIENT_TRACE, CLIENT_SPAN, "01")),
-        )
-        .await;
+    let reply = get_traced(
+        &gw,
+        "/fails",
+        &token,
+        &traceparent(CLIENT_TRACE, CLIENT_SPAN, "01"),
+    )
+    .await;
     assert_eq!(reply.status, 503, "{}", reply.body);
     let spans = r.collector.trace(CLIENT_TRACE, 4).await;
     let server = one(&spans, "GET api");
@@ -225,14 +223,13 @@ async fn unsampled_requests_export_nothing_and_the_backend_follows_the_decision(
     let gw = r.gateway(&r.config(Some(r.tracing(0.0)))).await;
     let token = r.project.session("U2bob", &[]);
     // A client that says "not sampled": the backend gets the same trace, our span, unsampled.
-    let reply = gw
-        .send(
-            gw.client
-                .get(gw.url("/a"))
-                .bearer_auth(&token)
-                .header("traceparent", traceparent(CLIENT_TRACE, CLIENT_SPAN, "00")),
-        )
-        .await;
+    let reply = get_traced(
+        &gw,
+        "/a",
+        &token,
+        &traceparent(CLIENT_TRACE, CLIENT_SPAN, "00"),
+    )
+    .await;
     assert_eq!(reply.status, 200);
     let (t, parent, flags) = parse(r.backend.last().header("traceparent").unwrap());
     assert_eq!((t.as_str(), flags.as_str()), (CLIENT_TRACE, "00"));
@@ -244,14 +241,7 @@ async fn unsampled_requests_export_nothing_and_the_backend_follows_the_decision(
     assert_eq!(flags, "00");
     // A sampled parent is followed whatever the ratio.
     let sampled = "11111111111111111111111111111111";
-    let reply = gw
-        .send(
-            gw.client
-                .get(gw.url("/c"))
-                .bearer_auth(&token)
-                .header("traceparent", traceparent(sampled, CLIENT_SPAN, "01")),
-        )
-        .await;
+    let reply = get_traced(&gw, "/c", &token, &traceparent(sampled, CLIENT_SPAN, "01")).await;
     assert_eq!(reply.status, 200);
     r.collector.trace(sampled, 4).await;
     assert!(
@@ -279,14 +269,13 @@ async fn a_jwks_refetch_is_a_span_of_the_verification() {
     r.project.jwks.set_keys(&[&r.project.key, &k2]);
     let token = k2.sign(&session("U2frank", &[]));
     let tid = "44444444444444444444444444444444";
-    let reply = gw
-        .send(
-            gw.client
-                .get(gw.url("/new-key"))
-                .bearer_auth(&token)
-                .header("traceparent", traceparent(tid, CLIENT_SPAN, "01")),
-        )
-        .await;
+    let reply = get_traced(
+        &gw,
+        "/new-key",
+        &token,
+        &traceparent(tid, CLIENT_SPAN, "01"),
+    )
+    .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     let spans = r.collector.trace(tid, 6).await;
     let verify = one(&spans, "verify");

@@ -29,14 +29,7 @@ async fn a_collector_that_is_down_costs_spans_never_requests() {
     // Back up: one line each way, then spans arrive again.
     r.collector.set_down(false);
     let tid = "22222222222222222222222222222222";
-    let reply = gw
-        .send(
-            gw.client
-                .get(gw.url("/up"))
-                .bearer_auth(&token)
-                .header("traceparent", traceparent(tid, CLIENT_SPAN, "01")),
-        )
-        .await;
+    let reply = get_traced(&gw, "/up", &token, &traceparent(tid, CLIENT_SPAN, "01")).await;
     assert_eq!(reply.status, 200);
     r.collector.trace(tid, 4).await;
     let log = gw.log_with("trace collector answers again").await;
@@ -96,14 +89,7 @@ async fn reload_turns_traces_on_and_off_and_shutdown_flushes() {
     gw.write_config(&timing(r.config(Some(r.tracing(1.0)))).to_yaml());
     reload(&gw, 3).await;
     let last = "33333333333333333333333333333333";
-    let reply = gw
-        .send(
-            gw.client
-                .get(gw.url("/last"))
-                .bearer_auth(&token)
-                .header("traceparent", traceparent(last, CLIENT_SPAN, "01")),
-        )
-        .await;
+    let reply = get_traced(&gw, "/last", &token, &traceparent(last, CLIENT_SPAN, "01")).await;
     assert_eq!(reply.status, 200);
     gw.signal(libc::SIGTERM);
     assert!(
@@ -152,14 +138,7 @@ async fn the_export_settings_shape_the_batches() {
         "44444444444444444444444444444444",
     );
     for tid in [tid_a, tid_b] {
-        let reply = gw
-            .send(
-                gw.client
-                    .get(gw.url("/batch"))
-                    .bearer_auth(&token)
-                    .header("traceparent", traceparent(tid, CLIENT_SPAN, "01")),
-            )
-            .await;
+        let reply = get_traced(&gw, "/batch", &token, &traceparent(tid, CLIENT_SPAN, "01")).await;
         assert_eq!(reply.status, 200, "{}", reply.body);
     }
     // Each request ends 4 spans (the first also mints: 5). With batch_delay 1h, whatever arrives

@@ -71,3 +71,14 @@ pub fn one<'a>(spans: &'a [SpanRec], name: &str) -> &'a SpanRec {
     assert_eq!(found.len(), 1, "one span {name:?} expected in {spans:#?}");
     found[0]
 }
+
+/// `GET path` with the session as a Bearer and `traceparent` as the client's.
+pub async fn get_traced(gw: &GatewayProcess, path: &str, token: &str, traceparent: &str) -> Reply {
+    gw.send(
+        gw.client
+            .get(gw.url(path))
+            .bearer_auth(token)
+            .header("traceparent", traceparent),
+    )
+    .await
+}

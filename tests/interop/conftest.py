@@ -66,10 +66,14 @@ def read_case_log(path: Path) -> dict[str, list[str]]:
     return seen
 
 
-def stop_process(proc: subprocess.Popen, log, grace: float) -> None:
-    """SIGTERM, then SIGKILL after `grace` seconds; closes the process's log file."""
+def stop_process(proc: subprocess.Popen, log, grace: float, ask=None) -> None:
+    """Asks the process to end (``ask(proc)``, by default SIGTERM), then SIGKILL after `grace`
+    seconds; closes the process's log file."""
     if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
+        if ask is None:
+            proc.send_signal(signal.SIGTERM)
+        else:
+            ask(proc)
         try:
             proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
@@ -185,14 +189,8 @@ class NodeServer:
         return [json.loads(line) for line in self.records_path.read_text().splitlines()]
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.stdin.close()  # the server exits when its stdin closes
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self.log.close()
+        # The server exits when its stdin closes.
+        stop_process(self.proc, self.log, 10, ask=lambda p: p.stdin.close())
 
 
 class Backend:
@@ -374,15 +372,8 @@ class Gateway:
         return Forwarded(status, body, backend.find(unique), rh)
 
     def stop(self):
-        if self.proc.poll() is None:
-            # SIGINT is extoken's fast shutdown; SIGTERM would drain for shutdown_delay first.
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self.log.close()
+        # SIGINT is extoken's fast shutdown; SIGTERM would drain for shutdown_delay first.
+        stop_process(self.proc, self.log, 10, ask=lambda p: p.send_signal(signal.SIGINT))
 
 
 @pytest.fixture

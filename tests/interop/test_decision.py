@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from conftest import EXTOKEN_BIN, ROOT, _die_with_parent, free_port
+from conftest import EXTOKEN_BIN, ROOT, _die_with_parent, free_port, stop_process
 
 EXAMPLES = ROOT / "deploy" / "examples" / "decision"
 REALM = 'Bearer realm="extoken"'
@@ -79,14 +79,7 @@ class Proc:
         return self.log_path.read_text(errors="replace")[-3000:]
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self.log.close()
+        stop_process(self.proc, self.log, 10)
 
 
 def binary(name: str) -> str:
