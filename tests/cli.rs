@@ -72,6 +72,19 @@ fn check_accepts_a_valid_file_and_prints_a_summary() {
         assert!(stdout.contains(line), "summary lacks {line:?}:\n{stdout}");
     }
     assert!(stdout.contains(&format!("ok: {path} is valid")), "{stdout}");
+    // Traces: where, and the export queue's settings as resolved.
+    let traced = valid().set(
+        "tracing",
+        json!({"otlp_endpoint": "http://127.0.0.1:4318", "max_batch_spans": 64, "batch_delay": "250ms"}),
+    );
+    let path = write(dir.path(), "traced.yaml", &traced.to_yaml());
+    let out = extoken(&["check", "--config", &path]);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("traces:   http://127.0.0.1:4318/v1/traces as \"extoken\", 1 of new traces sampled; queue 8192 spans, batches of 64 at least every 250ms, export timeout 5s"),
+        "{stdout}{}",
+        text(&out.stderr)
+    );
 
     // ${VAR} from the environment.
     let path = write(

@@ -250,12 +250,18 @@ impl Config {
             );
         }
         if let Some(t) = &self.tracing {
+            let e = t.export();
             let _ = writeln!(
                 s,
-                "traces:   {} as {:?}, {} of new traces sampled",
+                "traces:   {} as {:?}, {} of new traces sampled; queue {} spans, batches of {} \
+                 at least every {}, export timeout {}",
                 t.traces_url(),
                 t.service(),
-                t.sample_ratio
+                t.sample_ratio,
+                e.max_queue_spans,
+                e.max_batch_spans,
+                Dur(e.batch_delay),
+                Dur(e.timeout)
             );
         }
         let _ = writeln!(s, "project:  {}", d.project_id);
