@@ -25,8 +25,9 @@ pub(super) const UPGRADED: u8 = 4;
 /// What the adapter and the proxy phases share about one connection.
 pub(crate) struct Conn {
     /// [`HEAD`] (reading a head, the deadline runs), [`REQUEST`] (head read: body and response,
-    /// pingora's per-read body timeout applies), [`IDLE`] (between requests: the next byte read
-    /// starts a head), or [`H2`] for good.
+    /// pingora's per-read body timeout applies, and for an upgrade request `response_due_ms`),
+    /// [`IDLE`] (between requests: the next byte read starts a head), [`UPGRADED`], or [`H2`]
+    /// for good.
     pub(super) phase: AtomicU8,
     /// Signalled once the head deadline passed.
     pub(super) expired: Notify,
