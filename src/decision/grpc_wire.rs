@@ -67,7 +67,8 @@ pub(crate) struct HeaderEntry {
 /// is not UTF-8 fails the whole request, as decoding it as `map<string, string>` did; a key given
 /// twice counts once, the last (protobuf map semantics).
 pub(crate) fn client_headers(entries: Vec<HeaderEntry>) -> Result<HeaderMap, tonic::Status> {
-    let mut h = HeaderMap::with_capacity(entries.len());
+    // One more for the `Host` the decision sets (`Original::into_request`): no regrowth.
+    let mut h = HeaderMap::with_capacity(entries.len() + 1);
     for (i, e) in entries.iter().enumerate() {
         if !utf8(&e.key) || !utf8(&e.value) {
             return Err(tonic::Status::internal(
