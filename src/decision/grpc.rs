@@ -46,7 +46,8 @@ pub(crate) struct DecisionGrpc {
 
 /// Binds `addr` now (so a taken port fails the start, not a later request) and serves `Check` on
 /// a thread of its own for the life of the process: a tokio runtime with the proxy's number of
-/// worker `threads`, under the proxy listener's client limits (`grpc_conn.rs`).
+/// worker `threads` (one: the current-thread scheduler), under the proxy listener's client limits
+/// (`grpc_conn.rs`).
 pub(crate) fn spawn(
     addr: SocketAddr,
     state: Arc<ArcSwap<Gateway>>,
