@@ -30,6 +30,7 @@ use crate::verify::SessionMemo;
 
 pub(crate) mod grpc;
 mod grpc_conn;
+mod grpc_wire;
 pub(crate) mod http_app;
 pub(crate) mod original;
 
@@ -107,8 +108,10 @@ pub(crate) fn trusted(gw: &Gateway, peer: Option<IpAddr>) -> Result<(), Answer> 
 /// The proxy's decision on `original`: see the module comment. `memo` is the asking
 /// connection's last verified session.
 pub(crate) async fn decide(gw: &Gateway, original: Original, memo: &mut SessionMemo) -> Decision {
+    // The verdict is set just below: a placeholder that costs nothing (an `Answer` would build
+    // its JSON body for every decision).
     let mut d = Decision {
-        verdict: Err(Answer::no_route()),
+        verdict: Ok(Forward::default()),
         route: None,
         path: None,
     };
@@ -170,23 +173,23 @@ async fn decide_into(
 
 impl Original {
     /// The original request as a request head, for the proxy's own screening and target
-    /// canonicalization.
+    /// canonicalization. The headers move in whole (`RequestHeader::append_header` would copy
+    /// and re-parse every name); the target is then set from its raw bytes, which
+    /// `http::request::Parts` alone would not keep (`raw_path`), as `build_no_case` sets it.
     fn into_request(self) -> Result<pingora::http::RequestHeader, Answer> {
-        let mut req = pingora::http::RequestHeader::build_no_case(self.method, &self.target, None)
-            .map_err(|_| {
-                Answer::bad_request(
-                    "the original request target must be a path or an absolute http(s) URL",
-                    "bad_target",
-                )
-            })?;
-        // The target's raw bytes stay as pingora parsed them (`raw_path`), which a round trip
-        // through `http::request::Parts` would lose; so the headers are appended one by one.
-        let _ = req.append_header(HOST, self.host);
-        for (name, value) in &self.headers {
-            if name != HOST {
-                let _ = req.append_header(name.clone(), value.clone());
-            }
-        }
+        let mut headers = self.headers;
+        // The ingress's own `Host` (all of its lines) gives way to the original's.
+        headers.insert(HOST, self.host);
+        let (mut parts, ()) = http::Request::new(()).into_parts();
+        parts.method = self.method;
+        parts.headers = headers;
+        let mut req = pingora::http::RequestHeader::from(parts);
+        req.set_raw_path(&self.target).map_err(|_| {
+            Answer::bad_request(
+                "the original request target must be a path or an absolute http(s) URL",
+                "bad_target",
+            )
+        })?;
         Ok(req)
     }
 }

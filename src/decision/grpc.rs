@@ -14,15 +14,13 @@ use envoy_types::pb::envoy::config::core::v3::{
     header_value_option::HeaderAppendAction, HeaderValue as PbHeader, HeaderValueOption,
 };
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
-use envoy_types::pb::envoy::service::auth::v3::authorization_server::{
-    Authorization, AuthorizationServer,
-};
 use envoy_types::pb::envoy::service::auth::v3::{
-    check_response::HttpResponse, CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse,
+    check_response::HttpResponse, CheckResponse, DeniedHttpResponse, OkHttpResponse,
 };
 use envoy_types::pb::google::rpc;
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::HeaderValue;
 
+use super::grpc_wire::{client_headers, CheckRequest, CheckServer};
 use super::{original, Decision, Protocol, Report};
 use crate::answer::Answer;
 use crate::drain::Drain;
@@ -48,7 +46,8 @@ pub(crate) struct DecisionGrpc {
 
 /// Binds `addr` now (so a taken port fails the start, not a later request) and serves `Check` on
 /// a thread of its own for the life of the process: a tokio runtime with the proxy's number of
-/// worker `threads`, under the proxy listener's client limits (`grpc_conn.rs`).
+/// worker `threads` (one: the current-thread scheduler), under the proxy listener's client limits
+/// (`grpc_conn.rs`).
 pub(crate) fn spawn(
     addr: SocketAddr,
     state: Arc<ArcSwap<Gateway>>,
@@ -60,8 +59,17 @@ pub(crate) fn spawn(
     listener.set_nonblocking(true).map_err(bind)?;
     let limits = state.load().config.limits.clone();
     let max = super::grpc_conn::max_connections(&limits, threads);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads.max(1))
+    // One thread: tokio's current-thread scheduler on this listener's own thread. The
+    // multi-thread one with a single worker adds a thread hand-off and work-stealing bookkeeping
+    // to every check: 2-3 us of the ~18 us a check costs (loadtest/decision.sh, envoy-grpc).
+    let mut builder = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    let rt = builder
         .thread_name("extoken-grpc")
         .enable_all()
         .build()
@@ -82,7 +90,7 @@ pub(crate) fn spawn(
                     max,
                     limits.client_header_timeout.0,
                 );
-                let svc = AuthorizationServer::new(DecisionGrpc { state, drain });
+                let svc = CheckServer(Arc::new(DecisionGrpc { state, drain }));
                 let served = super::grpc_conn::server(&limits)
                     .add_service(svc)
                     .serve_with_incoming(incoming)
@@ -96,9 +104,9 @@ pub(crate) fn spawn(
     Ok(())
 }
 
-#[tonic::async_trait]
-impl Authorization for DecisionGrpc {
-    async fn check(
+impl DecisionGrpc {
+    /// `Check`: the decision on the request Envoy holds.
+    pub(super) async fn check(
         &self,
         request: tonic::Request<CheckRequest>,
     ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
@@ -113,7 +121,7 @@ impl Authorization for DecisionGrpc {
             .and_then(|a| a.request)
             .and_then(|r| r.http)
             .unwrap_or_default();
-        let headers = client_headers(&http.headers);
+        let headers = client_headers(http.headers)?;
         let trust = super::trusted(&gw, peer);
         // Envoy's request id (it passes a client's own only when configured to trust it).
         let offered = headers.get("x-request-id").filter(|_| trust.is_ok());
@@ -138,21 +146,6 @@ impl Authorization for DecisionGrpc {
             Err(a) => denied_response(a, &request_id),
         }))
     }
-}
-
-/// The client's headers from `CheckRequest`'s map (Envoy lower-cases names and joins repeated
-/// ones); pseudo-headers and what is not a valid header are left out.
-fn client_headers(map: &std::collections::HashMap<String, String>) -> HeaderMap {
-    let mut h = HeaderMap::with_capacity(map.len());
-    for (k, v) in map {
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(k.as_bytes()),
-            HeaderValue::from_str(v),
-        ) {
-            h.append(n, v);
-        }
-    }
-    h
 }
 
 fn header(name: &str, value: &str) -> HeaderValueOption {

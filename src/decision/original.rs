@@ -72,7 +72,8 @@ pub(crate) fn from_http(
             "uri",
         )?;
         let host = agree(&[one(headers, &http::header::HOST)?, url_host], "host")?;
-        return original(Protocol::EnvoyHttp, method, uri, host, headers);
+        let original = request_line(method, uri, host)?.with(headers.clone());
+        return Ok((Protocol::EnvoyHttp, original));
     }
     let nginx = one(headers, &X_ORIGINAL_URI)?;
     let (url_host, url_target) = original_url(headers)?;
@@ -92,24 +93,26 @@ pub(crate) fn from_http(
     } else {
         Protocol::Traefik
     };
-    original(protocol, method, uri, host, headers)
+    Ok((
+        protocol,
+        request_line(method, uri, host)?.with(headers.clone()),
+    ))
 }
 
 /// The original request of an Envoy `ext_authz` gRPC `CheckRequest`: `method`, `path` (with the
 /// query) and `host` from `attributes.request.http`, the client's headers from its `headers` map
 /// (pseudo-headers left out). A client's `X-Original-*`/`X-Forwarded-Uri|Method` may only repeat
 /// them, as on the Envoy HTTP path.
-pub(crate) fn from_grpc(
-    method: &str,
-    path: &str,
-    host: &str,
+pub(crate) fn from_grpc<'a>(
+    method: &'a str,
+    path: &'a str,
+    host: &'a str,
     headers: HeaderMap,
 ) -> Result<Original, Answer> {
-    let nonempty = |s: &str| (!s.is_empty()).then(|| s.as_bytes().to_vec());
-    let (method_v, path_v, host_v) = (nonempty(method), nonempty(path), nonempty(host));
+    let nonempty = |s: &'a str| (!s.is_empty()).then_some(s.as_bytes());
     let method = agree(
         &[
-            method_v.as_deref(),
+            nonempty(method),
             one(&headers, &X_ORIGINAL_METHOD)?,
             one(&headers, &X_FORWARDED_METHOD)?,
         ],
@@ -118,24 +121,42 @@ pub(crate) fn from_grpc(
     let (url_host, url_target) = original_url(&headers)?;
     let uri = agree(
         &[
-            path_v.as_deref(),
+            nonempty(path),
             url_target,
             one(&headers, &X_ORIGINAL_URI)?,
             one(&headers, &X_FORWARDED_URI)?,
         ],
         "uri",
     )?;
-    let host = agree(&[host_v.as_deref(), url_host], "host")?;
-    original(Protocol::EnvoyGrpc, method, uri, host, &headers).map(|(_, o)| o)
+    let host = agree(&[nonempty(host), url_host], "host")?;
+    // The map is the request's own: it moves into `Original`, uncopied.
+    Ok(request_line(method, uri, host)?.with(headers))
 }
 
-fn original(
-    protocol: Protocol,
+/// The original method, target and host, before the headers join them.
+struct RequestLine {
+    method: Method,
+    target: Vec<u8>,
+    host: HeaderValue,
+}
+
+impl RequestLine {
+    fn with(self, headers: HeaderMap) -> Original {
+        Original {
+            method: self.method,
+            target: self.target,
+            host: self.host,
+            headers,
+        }
+    }
+}
+
+/// Each of method, target and host, present and valid, or the 400 to answer.
+fn request_line(
     method: Option<&[u8]>,
     uri: Option<&[u8]>,
     host: Option<&[u8]>,
-    headers: &HeaderMap,
-) -> Result<(Protocol, Original), Answer> {
+) -> Result<RequestLine, Answer> {
     let missing = |what: &str| {
         Answer::bad_request(
             &format!("the decision request does not say the original {what}"),
@@ -150,13 +171,11 @@ fn original(
     let host = host.ok_or_else(|| missing("host"))?;
     let host = HeaderValue::from_bytes(host)
         .map_err(|_| Answer::bad_request("the original host is not valid", "bad_host"))?;
-    let original = Original {
+    Ok(RequestLine {
         method,
         target,
         host,
-        headers: headers.clone(),
-    };
-    Ok((protocol, original))
+    })
 }
 
 /// A host and a target, each if given.
