@@ -10,6 +10,7 @@
 //! The answer is still the generated `CheckResponse`. Wire format: `map<string, string>` is
 //! `repeated` entries of `{1: key, 2: value}`, so [`HttpRequest::headers`] reads it exactly.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -63,6 +64,9 @@ pub(crate) struct HeaderEntry {
     pub(crate) value: Bytes,
 }
 
+/// Up to this many header entries, duplicates are found by looking ahead (no allocation).
+const LOOK_AHEAD_MAX: usize = 32;
+
 /// The client's headers (Envoy lower-cases names and joins repeated ones); pseudo-headers and
 /// what is not a valid header are left out, as `HeaderValue::from_str` did. A name or value that
 /// is not UTF-8 fails the whole request, as decoding it as `map<string, string>` did; a key given
@@ -70,13 +74,26 @@ pub(crate) struct HeaderEntry {
 pub(crate) fn client_headers(entries: Vec<HeaderEntry>) -> Result<HeaderMap, tonic::Status> {
     // One more for the `Host` the decision sets (`Original::into_request`): no regrowth.
     let mut h = HeaderMap::with_capacity(entries.len() + 1);
+    // Which entry is the last of its key: by a look ahead for the usual few dozen headers, by a
+    // map for a long list (a peer can send thousands: a look ahead would be quadratic).
+    let last: Option<HashMap<&[u8], usize>> = (entries.len() > LOOK_AHEAD_MAX).then(|| {
+        entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (&e.key[..], i))
+            .collect()
+    });
     for (i, e) in entries.iter().enumerate() {
         if !utf8(&e.key) || !utf8(&e.value) {
             return Err(tonic::Status::internal(
                 "failed to decode Protobuf message: invalid string value: data is not UTF-8 encoded",
             ));
         }
-        if entries[i + 1..].iter().any(|later| later.key == e.key) {
+        let superseded = match &last {
+            Some(last) => last.get(&e.key[..]) != Some(&i),
+            None => entries[i + 1..].iter().any(|later| later.key == e.key),
+        };
+        if superseded {
             continue;
         }
         // `from_maybe_shared` checks the value as `from_str` does, without copying it.
@@ -224,6 +241,17 @@ mod tests {
             "caf\u{e9}".as_bytes(),
             "as from_str took it"
         );
+        // A long list reads the same (by a map, not by looking ahead).
+        let mut long: Vec<HeaderEntry> = (0..5_000)
+            .map(|i| entry(format!("x-{i}").as_bytes(), b"v"))
+            .collect();
+        long.insert(0, entry(b"x-a", b"first"));
+        long.push(entry(b"X-A", b"other case"));
+        long.push(entry(b"x-a", b"last"));
+        let h = client_headers(long).unwrap();
+        let a: Vec<_> = h.get_all("x-a").iter().collect();
+        assert_eq!(a, ["other case", "last"]);
+        assert_eq!(h.len(), 5_002);
         let err = client_headers(vec![entry(b"x-a", b"\xff")]).unwrap_err();
         assert_eq!(err.code(), tonic::Code::Internal);
         assert!(client_headers(vec![entry(b"\xff", b"v")]).is_err());
