@@ -20,7 +20,7 @@ use envoy_types::pb::envoy::service::auth::v3::{
 use envoy_types::pb::google::rpc;
 use http::HeaderValue;
 
-use super::grpc_wire::{client_headers, CheckRequest, CheckServer};
+use super::grpc_wire::{client_headers, Check, CheckRequest, CheckServer};
 use super::{original, Decision, Protocol, Report};
 use crate::answer::Answer;
 use crate::drain::Drain;
@@ -102,6 +102,15 @@ pub(crate) fn spawn(
         })
         .map_err(GrpcError::Runtime)?;
     Ok(())
+}
+
+impl Check for DecisionGrpc {
+    fn answer(
+        self: Arc<Self>,
+        request: tonic::Request<CheckRequest>,
+    ) -> tonic::codegen::BoxFuture<tonic::Response<CheckResponse>, tonic::Status> {
+        Box::pin(async move { self.check(request).await })
+    }
 }
 
 impl DecisionGrpc {

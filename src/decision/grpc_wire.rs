@@ -20,8 +20,6 @@ use envoy_types::pb::envoy::service::auth::v3::CheckResponse;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use tonic::codegen::{Body, BoxFuture, Service, StdError};
 
-use super::grpc::DecisionGrpc;
-
 /// The `CheckRequest` fields a decision reads (tags as in `external_auth.proto`).
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct CheckRequest {
@@ -111,19 +109,32 @@ fn utf8(b: &[u8]) -> bool {
     b.is_ascii() || std::str::from_utf8(b).is_ok()
 }
 
+/// What answers `Check` (the decision listener's service, `grpc.rs`).
+pub(crate) trait Check: Send + Sync + 'static {
+    fn answer(
+        self: Arc<Self>,
+        request: tonic::Request<CheckRequest>,
+    ) -> BoxFuture<tonic::Response<CheckResponse>, tonic::Status>;
+}
+
 /// The `Authorization` service with the lean request type: what `AuthorizationServer` does for
 /// `Check` (tonic's unary handling, default message limits, no compression), any other method
 /// `UNIMPLEMENTED`.
-#[derive(Clone)]
-pub(crate) struct CheckServer(pub(crate) Arc<DecisionGrpc>);
+pub(crate) struct CheckServer<C>(pub(crate) Arc<C>);
 
-impl tonic::server::NamedService for CheckServer {
+impl<C> Clone for CheckServer<C> {
+    fn clone(&self) -> Self {
+        CheckServer(self.0.clone())
+    }
+}
+
+impl<C> tonic::server::NamedService for CheckServer<C> {
     const NAME: &'static str = "envoy.service.auth.v3.Authorization";
 }
 
 const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
 
-impl<B> Service<http::Request<B>> for CheckServer
+impl<C: Check, B> Service<http::Request<B>> for CheckServer<C>
 where
     B: Body + Send + 'static,
     B::Error: Into<StdError> + Send + 'static,
@@ -148,15 +159,14 @@ where
     }
 }
 
-struct Unary(Arc<DecisionGrpc>);
+struct Unary<C>(Arc<C>);
 
-impl tonic::server::UnaryService<CheckRequest> for Unary {
+impl<C: Check> tonic::server::UnaryService<CheckRequest> for Unary<C> {
     type Response = CheckResponse;
     type Future = BoxFuture<tonic::Response<CheckResponse>, tonic::Status>;
 
     fn call(&mut self, request: tonic::Request<CheckRequest>) -> Self::Future {
-        let inner = self.0.clone();
-        Box::pin(async move { inner.check(request).await })
+        self.0.clone().answer(request)
     }
 }
 
