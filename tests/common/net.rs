@@ -15,13 +15,25 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-/// A port nobody listens on right now (bound to :0 and released).
+/// A port nobody listens on right now, for a gateway to bind later. Taken below Linux's
+/// ephemeral range (32768-60999), where every `bind(0)` of the tests' own servers lands: a port
+/// released here and bound by the gateway a moment later can then never have been handed to a
+/// backend in between (which once made a gateway's readiness probe reach another test's backend).
+/// Each process walks the range from its own offset, one port per call.
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let offset = std::process::id().wrapping_mul(7_919) % COUNT;
+    for _ in 0..COUNT {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (FIRST + (offset + n) % COUNT) as u16;
+        if StdListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in 20000-31999");
 }
 
 /// Seconds since the Unix epoch.
