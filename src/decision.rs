@@ -108,8 +108,9 @@ pub(crate) fn trusted(gw: &Gateway, peer: Option<IpAddr>) -> Result<(), Answer> 
 /// The proxy's decision on `original`: see the module comment. `memo` is the asking
 /// connection's last verified session.
 pub(crate) async fn decide(gw: &Gateway, original: Original, memo: &mut SessionMemo) -> Decision {
-    // The verdict is set just below: a placeholder that costs nothing (an `Answer` would build
-    // its JSON body for every decision).
+    // The verdict is always `decide_into`'s, set just below; the placeholder only lets it write
+    // the route and path as it finds them, and costs nothing (an `Answer` would build its JSON
+    // body for every decision).
     let mut d = Decision {
         verdict: Ok(Forward::default()),
         route: None,
