@@ -364,43 +364,29 @@ mod tests {
 
     #[test]
     fn export_settings_from_the_file_the_environment_or_defaults() {
+        use super::TraceExport;
         use std::time::Duration;
-        let t = parse("tracing: {otlp_endpoint: 'http://c'}", &[])
-            .unwrap()
-            .tracing
-            .unwrap();
-        let e = t.export();
-        assert_eq!(
-            (
-                e.max_queue_spans,
-                e.max_batch_spans,
-                e.batch_delay,
-                e.timeout
-            ),
-            (8192, 512, Duration::from_secs(1), Duration::from_secs(5))
-        );
+        let export = |extra: &str, env: &[(&str, &str)]| {
+            let yaml = format!("tracing: {{otlp_endpoint: 'http://c'{extra}}}");
+            parse(&yaml, env).unwrap().tracing.unwrap().export()
+        };
+        let want = |max_queue_spans, max_batch_spans, batch_delay, timeout| TraceExport {
+            max_queue_spans,
+            max_batch_spans,
+            batch_delay,
+            timeout,
+        };
+        let (ms, s) = (Duration::from_millis, Duration::from_secs);
+        assert_eq!(export("", &[]), want(8192, 512, s(1), s(5)));
         let env = [
             ("OTEL_BSP_MAX_QUEUE_SIZE", "100"),
             ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "10"),
             ("OTEL_BSP_SCHEDULE_DELAY", "250"),
             ("OTEL_EXPORTER_OTLP_TIMEOUT", "2000"),
         ];
-        let t = parse(
-            "tracing: {otlp_endpoint: 'http://c', max_batch_spans: 20}",
-            &env,
-        )
-        .unwrap()
-        .tracing
-        .unwrap();
-        let e = t.export();
         assert_eq!(
-            (
-                e.max_queue_spans,
-                e.max_batch_spans,
-                e.batch_delay,
-                e.timeout
-            ),
-            (100, 20, Duration::from_millis(250), Duration::from_secs(2)),
+            export(", max_batch_spans: 20", &env),
+            want(100, 20, ms(250), s(2)),
             "the file's key wins over the environment"
         );
     }
