@@ -193,6 +193,15 @@ class NodeServer:
         stop_process(self.proc, self.log, 10, ask=lambda p: p.stdin.close())
 
 
+def serve_http(handler) -> tuple[ThreadingHTTPServer, str]:
+    """A threaded HTTP server on 127.0.0.1 (an ephemeral port) serving from a daemon thread, and
+    its base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
 class Backend:
     """A legacy backend: records method, path and headers of every request, answers 200 JSON
     (or ``<code>`` for paths under ``/status/<code>/``)."""
@@ -232,12 +241,8 @@ class Backend:
             def log_message(self, *a):  # quiet
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server, self.url = serve_http(Handler)
         self.port = self.server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
 
     def find(self, path: str) -> dict | None:
         with self.lock:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EXTOKEN_BIN, ROOT, Gateway, _die_with_parent, unverified
+from conftest import EXTOKEN_BIN, ROOT, Gateway, _die_with_parent, unverified, serve_http
 
 descope_sdk = pytest.importorskip("descope", reason="pip install descope==2.16.1 (requirements.txt)")
 
@@ -150,8 +150,7 @@ class PageBackend:
     never the session) and records the request's path and cookies."""
 
     def __init__(self):
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-        import threading
+        from http.server import BaseHTTPRequestHandler
         self.seen: list[dict] = []
         pages = self
 
@@ -174,9 +173,7 @@ class PageBackend:
             def log_message(self, *a):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server, self.url = serve_http(Handler)
 
     def close(self):
         self.server.shutdown()

@@ -35,12 +35,12 @@ import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 
-from conftest import EXTOKEN_BIN, _die_with_parent, free_port
+from conftest import EXTOKEN_BIN, _die_with_parent, free_port, serve_http
 
 KEY = base64.b64encode(bytes(range(32))).decode()
 OTHER_KEY = base64.b64encode(bytes(range(100, 132))).decode()
@@ -162,10 +162,8 @@ class TokenService:
             def log_message(self, *a):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/token"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server, base = serve_http(Handler)
+        self.url = f"{base}/token"
 
     def count(self, user: str) -> int:
         with self.lock:

@@ -23,13 +23,13 @@ import os
 import shutil
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
-from conftest import free_port
+from conftest import free_port, serve_http
 from test_decision import Proc, binary, wait_port
 
 KEY = base64.b64encode(bytes(range(32))).decode()
@@ -65,8 +65,6 @@ class Recorder:
     """A loopback HTTP server; ``on_post(path, headers, body) -> (status, body)``."""
 
     def __init__(self, on_post):
-        rec = self
-
         class H(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
@@ -81,11 +79,8 @@ class Recorder:
             def log_message(self, *a):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.server.daemon_threads = True
+        self.server, self.url = serve_http(H)
         self.port = self.server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self):
         self.server.shutdown()
