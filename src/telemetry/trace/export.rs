@@ -77,17 +77,7 @@ impl Queue {
         s.flush_asked += 1;
         let mine = s.flush_asked;
         self.work.notify_one();
-        while s.flushed < mine && !s.finished {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            s = self
-                .done
-                .wait_timeout(s, left)
-                .map_or_else(|p| p.into_inner().0, |r| r.0);
-        }
-        true
+        self.wait_done(s, deadline, |s| s.flushed >= mine || s.finished)
     }
 
     /// Stops taking spans; the export thread sends what is queued and ends. Waits at most
@@ -97,7 +87,17 @@ impl Queue {
         let mut s = self.lock();
         s.stop = true;
         self.work.notify_one();
-        while !s.finished {
+        self.wait_done(s, deadline, |s| s.finished)
+    }
+
+    /// Waits for the export thread until `ready` holds (whether it did) or `deadline` passes.
+    fn wait_done(
+        &self,
+        mut s: MutexGuard<'_, State>,
+        deadline: Instant,
+        ready: impl Fn(&State) -> bool,
+    ) -> bool {
+        while !ready(&s) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return false;
